@@ -1,0 +1,332 @@
+//! Wire types of Warren's HTTP API.
+//!
+//! Everything a client sends or receives over `/v1` is defined here, once, so the server,
+//! the Rust SDK and the CLI cannot drift apart. The OpenAPI document is generated from these
+//! types (`utoipa::ToSchema`).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Name of the image that needs no download: the host's `/usr` plus a generated skeleton.
+pub const DEFAULT_IMAGE: &str = "host";
+
+/// Resource limits of a sandbox. Absent fields mean "server default".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU quota in cores; fractional values are allowed (0.5 = half a core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory limit in MiB. The OOM killer acts inside the sandbox only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Maximum number of processes and threads in the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// Body of `POST /v1/sandboxes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    /// Image to boot; only `host` exists for now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment given to every command run in the sandbox.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Caller-defined labels; `GET /v1/sandboxes?metadata.KEY=VALUE` filters on them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Seconds until the sandbox expires and is deleted (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// Lifecycle state of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    Creating,
+    Running,
+    Deleting,
+    Failed,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Creating => "creating",
+            SandboxState::Running => "running",
+            SandboxState::Deleting => "deleting",
+            SandboxState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => SandboxState::Creating,
+            "running" => SandboxState::Running,
+            "deleting" => SandboxState::Deleting,
+            "failed" => SandboxState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A sandbox as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Sandbox {
+    pub id: String,
+    pub state: SandboxState,
+    pub image: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub timeout_secs: u64,
+    pub metadata: BTreeMap<String, String>,
+    /// The limits in force (server defaults filled in).
+    pub resources: Resources,
+    /// Names of the sandbox-wide environment variables (values are never echoed back).
+    pub env_keys: Vec<String>,
+    /// Why the sandbox failed, when `state` is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
+/// Body of `POST /v1/sandboxes/{id}/timeout`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetTimeoutRequest {
+    /// New lifetime in seconds, counted from now.
+    pub timeout_secs: u64,
+}
+
+/// Which skeleton user runs a command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecUser {
+    /// uid 0 (with the container-default capability set only).
+    #[default]
+    Root,
+    /// The unprivileged `user`, uid/gid 1000, home `/home/user`.
+    User,
+}
+
+/// How command output is carried in JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputEncoding {
+    /// UTF-8 text; invalid bytes become U+FFFD, multi-byte characters are never split.
+    #[default]
+    Utf8,
+    /// Exact bytes, base64 (standard alphabet, padded).
+    Base64,
+}
+
+/// Body of `POST /v1/sandboxes/{id}/exec`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// argv; the first element is looked up in `PATH` when it has no slash.
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the sandbox (default `/workspace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Text written to the command's standard input, which is then closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Kill the command's whole process group after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<ExecUser>,
+    /// Encoding of `stdout`/`stderr` in the response and in stream events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<OutputEncoding>,
+}
+
+/// Result of a finished command (`POST .../exec` without streaming).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExecResult {
+    /// Exit status; a death by signal N reports 128+N.
+    pub exit_code: i32,
+    /// Name of the signal that killed the command (`SIGKILL`, ...), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// True when the command was killed because `timeout_secs` ran out.
+    #[serde(default)]
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// True when output beyond the server's capture limit was dropped (stream instead).
+    #[serde(default)]
+    pub truncated: bool,
+    pub duration_ms: u64,
+}
+
+/// Data of the `stdout` and `stderr` SSE events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OutputChunk {
+    /// The chunk, in the requested encoding.
+    pub data: String,
+}
+
+/// Data of the final `exit` SSE event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExitEvent {
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    #[serde(default)]
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+/// What this server and its runtime support.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Capabilities {
+    pub version: String,
+    /// Runtime backend (`native`).
+    pub runtime: String,
+    pub images: Vec<String>,
+    /// Cgroup layout of the host: `v1`, `hybrid` or `v2`.
+    pub cgroup: String,
+    pub isolation: Isolation,
+    pub features: Features,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Isolation {
+    pub namespaces: Vec<String>,
+    pub user_namespace: bool,
+    pub seccomp: bool,
+    pub capabilities: Vec<String>,
+    /// `loopback` (no external network) for now.
+    pub network: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Features {
+    pub exec: bool,
+    pub exec_stream: bool,
+    pub pause: bool,
+    pub snapshots: bool,
+    pub rollback: bool,
+    pub fork: bool,
+    pub processes: bool,
+    pub files: bool,
+    pub ports: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Limits {
+    /// Maximum number of sandboxes at once (0 = unlimited).
+    pub max_sandboxes: u64,
+    pub default_timeout_secs: u64,
+    pub max_timeout_secs: u64,
+    pub max_cpus: f64,
+    pub max_memory_mib: u64,
+    pub max_pids: u64,
+    pub default_resources: Resources,
+    pub max_request_bytes: u64,
+}
+
+/// Every error response: `{"error":{"code":"...","message":"..."}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `sandbox_not_found`, `invalid_request`.
+    pub code: String,
+    pub message: String,
+}
+
+/// Name of a signal number as the API reports it (`SIGKILL`), or `SIG<n>` when unknown.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        16 => "SIGSTKFLT",
+        17 => "SIGCHLD",
+        18 => "SIGCONT",
+        19 => "SIGSTOP",
+        20 => "SIGTSTP",
+        21 => "SIGTTIN",
+        22 => "SIGTTOU",
+        23 => "SIGURG",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        26 => "SIGVTALRM",
+        27 => "SIGPROF",
+        28 => "SIGWINCH",
+        29 => "SIGIO",
+        30 => "SIGPWR",
+        31 => "SIGSYS",
+        n => return format!("SIG{n}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_request_rejects_unknown_fields() {
+        let err = serde_json::from_str::<CreateSandboxRequest>(r#"{"imag":"host"}"#);
+        assert!(err.is_err());
+        let ok: CreateSandboxRequest =
+            serde_json::from_str(r#"{"resources":{"cpus":0.5}}"#).unwrap();
+        assert_eq!(ok.resources.unwrap().cpus, Some(0.5));
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            SandboxState::Creating,
+            SandboxState::Running,
+            SandboxState::Deleting,
+            SandboxState::Failed,
+        ] {
+            assert_eq!(SandboxState::parse(s.as_str()), Some(s));
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+        }
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(64), "SIG64");
+    }
+}

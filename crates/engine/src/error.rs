@@ -1,0 +1,61 @@
+use warren_runtime::RuntimeError;
+
+/// Everything the engine can refuse or fail with. `code()` is the API's snake_case error
+/// code and `http_status()` its status; the server maps nothing else.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("sandbox {0} not found")]
+    SandboxNotFound(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("image {0} not found")]
+    ImageNotFound(String),
+    /// The sandbox is in a state that does not allow the operation (409).
+    #[error("sandbox {id} is {state}: {message}")]
+    InvalidState {
+        id: String,
+        state: warren_api::SandboxState,
+        message: String,
+    },
+    /// The command could not be started: `command_not_found` (404-ish, but reported 400),
+    /// `invalid_cwd`, `spawn_failed`.
+    #[error("{message}")]
+    Spawn { code: &'static str, message: String },
+    #[error("limit reached: {0}")]
+    LimitReached(String),
+    #[error("runtime: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl EngineError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::SandboxNotFound(_) => "sandbox_not_found",
+            EngineError::InvalidRequest(_) => "invalid_request",
+            EngineError::ImageNotFound(_) => "image_not_found",
+            EngineError::InvalidState { .. } => "invalid_state",
+            EngineError::Spawn { code, .. } => code,
+            EngineError::LimitReached(_) => "limit_reached",
+            EngineError::Runtime(_) => "runtime_error",
+            EngineError::Store(_) => "store_error",
+            EngineError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            EngineError::SandboxNotFound(_) => 404,
+            EngineError::InvalidRequest(_) => 400,
+            EngineError::ImageNotFound(_) => 400,
+            EngineError::InvalidState { .. } => 409,
+            EngineError::Spawn { .. } => 400,
+            EngineError::LimitReached(_) => 429,
+            EngineError::Runtime(_) | EngineError::Store(_) => 500,
+            EngineError::ShuttingDown => 503,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! How a Warren sandbox is made real on this machine.
+//!
+//! The engine owns states and bookkeeping; a [`Runtime`] owns the kernel details. Every
+//! backend speaks the same agent protocol ([`warren_proto`]) to the agent that runs as PID 1
+//! inside the sandbox, so exec and (later) processes and files work the same on all of them.
+
+pub mod native;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+pub use warren_proto::ExecSpec;
+
+/// Resource limits applied to a sandbox's own cgroup.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    /// CPU quota in cores (fractional).
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// Everything a runtime needs to create a sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    /// Unique id; also the hostname inside the sandbox. `[a-z0-9-]`, at most 63 bytes.
+    pub id: String,
+    /// Image name (`host` is built in).
+    pub image: String,
+    pub limits: Limits,
+}
+
+/// One item of a running command's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecOutput {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// Always the last item.
+    Exit(ExitInfo),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// 128+signal for a signal death.
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub duration_us: u64,
+}
+
+/// A running command's output. Dropping it before the exit kills the command's process group.
+pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, RuntimeError>> + Send>>;
+
+/// What a backend is and supports; the engine folds this into `GET /v1/capabilities`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeInfo {
+    pub name: String,
+    /// `v1`, `hybrid` or `v2`.
+    pub cgroup: String,
+    pub namespaces: Vec<String>,
+    pub user_namespace: bool,
+    pub seccomp: bool,
+    /// Capabilities a sandbox's root keeps (e.g. `CAP_CHOWN`).
+    pub capabilities: Vec<String>,
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("sandbox {0} not found in the runtime")]
+    NotFound(String),
+    #[error("image {0} not found")]
+    ImageNotFound(String),
+    /// The command could not be started (`code` as in the agent protocol: `not_found`,
+    /// `bad_cwd`, `spawn_failed`).
+    #[error("{message}")]
+    Spawn { code: String, message: String },
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    #[error("cgroup: {0}")]
+    Cgroup(String),
+    #[error("agent: {0}")]
+    Agent(#[from] warren_proto::ProtoError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A sandbox backend.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    fn info(&self) -> RuntimeInfo;
+
+    /// Make the sandbox and return once its agent answers. On error nothing is left behind.
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
+
+    /// Run a command through the sandbox's agent.
+    async fn exec(
+        &self,
+        id: &str,
+        spec: ExecSpec,
+        stdin: Option<Bytes>,
+    ) -> Result<ExecStream, RuntimeError>;
+
+    /// Kill every process, remove cgroups, mounts and files. Idempotent: an unknown or
+    /// already-destroyed sandbox is `Ok`.
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Remove whatever an earlier (crashed) daemon left behind: processes, cgroups, sandbox
+    /// directories. Returns the ids it cleaned.
+    async fn cleanup_all(&self) -> Result<Vec<String>, RuntimeError>;
+}

@@ -1,0 +1,1 @@
+//! Capability dropping (being written).
