@@ -31,6 +31,9 @@ pub enum ProtoError {
     Closed,
     #[error("unexpected frame: {0}")]
     Unexpected(String),
+    /// The agent refused the request with an [`crate::Event::Error`].
+    #[error("{code}: {message}")]
+    Remote { code: String, message: String },
 }
 
 /// One frame of the protocol.

@@ -111,4 +111,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Remove whatever an earlier (crashed) daemon left behind: processes, cgroups, sandbox
     /// directories. Returns the ids it cleaned.
     async fn cleanup_all(&self) -> Result<Vec<String>, RuntimeError>;
+
+    /// Called once when the daemon stops after every sandbox was destroyed: remove what the
+    /// runtime itself made on the host (e.g. its parent cgroups), so nothing is left behind.
+    async fn shutdown(&self) -> Result<(), RuntimeError>;
 }
