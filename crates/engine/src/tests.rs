@@ -1,0 +1,283 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use warren_api::{CreateSandboxRequest, ExecRequest, Resources, SandboxState};
+
+use crate::fake::FakeRuntime;
+use crate::{Engine, EngineConfig, EngineError, ExecOutput};
+
+pub(crate) fn config() -> EngineConfig {
+    let mut c = EngineConfig::with_defaults(std::path::PathBuf::from("/nonexistent"));
+    c.max_cpus = 2.0;
+    c.max_memory_mib = 4096;
+    c.max_pids = 4096;
+    c.default_resources = Resources {
+        cpus: Some(1.0),
+        memory_mib: Some(512),
+        pids: Some(256),
+    };
+    c.reap_interval = Duration::from_millis(20);
+    c
+}
+
+struct TestDir(std::path::PathBuf);
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn engine_with(mut c: EngineConfig) -> (Engine, Arc<FakeRuntime>, TestDir) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "warren-engine-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    c.data_dir = dir.clone();
+    let rt = Arc::new(FakeRuntime::new());
+    let e = Engine::open(c, rt.clone()).await.unwrap();
+    (e, rt, TestDir(dir))
+}
+
+async fn engine() -> (Engine, Arc<FakeRuntime>, TestDir) {
+    engine_with(config()).await
+}
+
+fn exec(cmd: &[&str]) -> ExecRequest {
+    ExecRequest {
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn create_get_list_delete() {
+    let (e, rt, _d) = engine().await;
+    let a = e
+        .create(CreateSandboxRequest {
+            metadata: [("team".to_string(), "x".to_string())].into(),
+            env: [("SECRET".to_string(), "v".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.state, SandboxState::Running);
+    assert_eq!(a.timeout_secs, 300);
+    assert_eq!(a.env_keys, vec!["SECRET".to_string()]);
+    assert_eq!(a.resources.memory_mib, Some(512));
+    let b = e.create(CreateSandboxRequest::default()).await.unwrap();
+    assert_eq!(rt.live().len(), 2);
+    let filter = [("team".to_string(), "x".to_string())].into();
+    let listed = e.list(&filter).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, a.id);
+    assert_eq!(e.list(&Default::default()).await.unwrap().len(), 2);
+    e.delete(&a.id).await.unwrap();
+    assert!(matches!(
+        e.get(&a.id).await,
+        Err(EngineError::SandboxNotFound(_))
+    ));
+    assert!(matches!(
+        e.delete(&a.id).await,
+        Err(EngineError::SandboxNotFound(_))
+    ));
+    assert_eq!(rt.live(), vec![b.id.clone()]);
+    e.shutdown().await;
+    assert!(rt.live().is_empty());
+    assert!(rt.shut_down.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn bad_input_changes_nothing() {
+    let (e, rt, _d) = engine().await;
+    for req in [
+        CreateSandboxRequest {
+            image: Some("nope".into()),
+            ..Default::default()
+        },
+        CreateSandboxRequest {
+            timeout_secs: Some(0),
+            ..Default::default()
+        },
+        CreateSandboxRequest {
+            resources: Some(Resources {
+                memory_mib: Some(1 << 40),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ] {
+        assert!(e.create(req).await.is_err());
+    }
+    assert!(e.list(&Default::default()).await.unwrap().is_empty());
+    assert!(rt.live().is_empty());
+}
+
+#[tokio::test]
+async fn failed_create_leaves_nothing() {
+    let (e, rt, _d) = engine().await;
+    rt.fail_next_create();
+    let err = e.create(CreateSandboxRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), "runtime_error");
+    assert!(e.list(&Default::default()).await.unwrap().is_empty());
+    assert!(rt.live().is_empty());
+}
+
+#[tokio::test]
+async fn delete_during_create() {
+    let (e, rt, _d) = engine().await;
+    rt.set_create_delay(Duration::from_millis(200));
+    let e2 = e.clone();
+    let create = tokio::spawn(async move { e2.create(CreateSandboxRequest::default()).await });
+    // Wait until the record exists, then delete it while the runtime is still creating.
+    let id = loop {
+        if let Some(s) = e.list(&Default::default()).await.unwrap().first() {
+            break s.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    e.delete(&id).await.unwrap();
+    let res = create.await.unwrap();
+    assert_eq!(res.unwrap_err().http_status(), 409);
+    assert!(rt.live().is_empty());
+    assert!(e.get(&id).await.is_err());
+}
+
+#[tokio::test]
+async fn concurrent_deletes_all_succeed() {
+    let (e, rt, _d) = engine().await;
+    let s = e.create(CreateSandboxRequest::default()).await.unwrap();
+    let (a, b) = tokio::join!(e.delete(&s.id), e.delete(&s.id));
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+    assert!(rt.live().is_empty());
+}
+
+#[tokio::test]
+async fn ttl_expiry_and_extension() {
+    let (e, rt, _d) = engine().await;
+    let reaper = e.spawn_reaper();
+    let keep = e
+        .create(CreateSandboxRequest {
+            timeout_secs: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let gone = e
+        .create(CreateSandboxRequest {
+            timeout_secs: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let updated = e.set_timeout(&keep.id, 3600).await.unwrap();
+    assert!(updated.expires_at > keep.expires_at);
+    assert!(e.set_timeout(&keep.id, 0).await.is_err());
+    for _ in 0..200 {
+        if e.get(&gone.id).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        e.get(&gone.id).await.is_err(),
+        "expired sandbox still there"
+    );
+    assert!(e.get(&keep.id).await.is_ok());
+    assert_eq!(rt.live(), vec![keep.id.clone()]);
+    reaper.abort();
+}
+
+#[tokio::test]
+async fn admission_limit() {
+    let mut c = config();
+    c.max_sandboxes = 2;
+    let (e, _rt, _d) = engine_with(c).await;
+    e.create(CreateSandboxRequest::default()).await.unwrap();
+    e.create(CreateSandboxRequest::default()).await.unwrap();
+    let err = e.create(CreateSandboxRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), "limit_reached");
+    assert_eq!(err.http_status(), 429);
+}
+
+#[tokio::test]
+async fn exec_env_and_errors() {
+    let (e, _rt, _d) = engine().await;
+    let s = e
+        .create(CreateSandboxRequest {
+            env: [("FROM_SANDBOX".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut req = exec(&["env"]);
+    req.env.insert("FROM_EXEC".into(), "2".into());
+    let out = e.collect(e.exec(&s.id, req).await.unwrap()).await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("FROM_SANDBOX=1\n"), "{text}");
+    assert!(text.contains("FROM_EXEC=2\n"));
+    assert!(text.contains("HOME=/root\n"));
+    assert!(text.contains(&format!("HOSTNAME={}\n", s.id)));
+    assert_eq!(out.exit.unwrap().exit_code, 0);
+
+    assert_eq!(
+        e.exec(&s.id, exec(&[])).await.err().unwrap().http_status(),
+        400
+    );
+    assert_eq!(
+        e.exec("sb-nope", exec(&["echo"]))
+            .await
+            .err()
+            .unwrap()
+            .http_status(),
+        404
+    );
+    let err = e.exec(&s.id, exec(&["nonexistent"])).await.err().unwrap();
+    assert_eq!(err.code(), "command_not_found");
+    let mut bad_cwd = exec(&["echo"]);
+    bad_cwd.cwd = Some("relative".into());
+    assert_eq!(
+        e.exec(&s.id, bad_cwd).await.err().unwrap().code(),
+        "invalid_request"
+    );
+
+    let mut stream = e.exec(&s.id, exec(&["fail", "3"])).await.unwrap();
+    let mut last = None;
+    while let Some(item) = stream.next().await {
+        last = Some(item.unwrap());
+    }
+    assert!(matches!(last, Some(ExecOutput::Exit(x)) if x.exit_code == 3));
+}
+
+#[tokio::test]
+async fn capture_is_capped() {
+    let mut c = config();
+    c.max_exec_capture_bytes = 4;
+    let (e, _rt, _d) = engine_with(c).await;
+    let s = e.create(CreateSandboxRequest::default()).await.unwrap();
+    let out = e
+        .collect(e.exec(&s.id, exec(&["echo", "hello"])).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"hell");
+    assert!(out.truncated);
+}
+
+#[tokio::test]
+async fn restart_marks_old_sandboxes_failed() {
+    let (e, _rt, dir) = engine().await;
+    let s = e.create(CreateSandboxRequest::default()).await.unwrap();
+    drop(e);
+    let mut c = config();
+    c.data_dir = dir.0.clone();
+    let e = Engine::open(c, Arc::new(FakeRuntime::new())).await.unwrap();
+    let got = e.get(&s.id).await.unwrap();
+    assert_eq!(got.state, SandboxState::Failed);
+    assert!(got.failure_reason.is_some());
+    let err = e.exec(&s.id, exec(&["echo"])).await.err().unwrap();
+    assert_eq!(err.http_status(), 409);
+    e.delete(&s.id).await.unwrap();
+    assert!(e.get(&s.id).await.is_err());
+}

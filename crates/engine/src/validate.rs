@@ -1,0 +1,209 @@
+//! Validation of client input. Everything here runs before any state changes, so bad input
+//! is refused with `invalid_request` and leaves nothing behind.
+
+use std::collections::BTreeMap;
+
+use warren_api::Resources;
+
+use crate::{EngineConfig, EngineError};
+
+const MAX_MAP_ENTRIES: usize = 128;
+const MAX_KEY_LEN: usize = 256;
+const MAX_VALUE_LEN: usize = 16 * 1024;
+const MIN_MEMORY_MIB: u64 = 16;
+const MIN_PIDS: u64 = 8;
+/// Longest a single exec may be told to run.
+pub const MAX_EXEC_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+fn invalid(msg: impl Into<String>) -> EngineError {
+    EngineError::InvalidRequest(msg.into())
+}
+
+pub fn timeout(secs: u64, config: &EngineConfig) -> Result<u64, EngineError> {
+    if secs == 0 {
+        return Err(invalid("timeout_secs must be at least 1"));
+    }
+    if secs > config.max_timeout_secs {
+        return Err(invalid(format!(
+            "timeout_secs {secs} exceeds the server maximum of {}",
+            config.max_timeout_secs
+        )));
+    }
+    Ok(secs)
+}
+
+/// Fill defaults and check bounds.
+pub fn resources(req: Option<&Resources>, config: &EngineConfig) -> Result<Resources, EngineError> {
+    let d = &config.default_resources;
+    let req = req.cloned().unwrap_or_default();
+    let out = Resources {
+        cpus: req.cpus.or(d.cpus),
+        memory_mib: req.memory_mib.or(d.memory_mib),
+        pids: req.pids.or(d.pids),
+    };
+    if let Some(c) = out.cpus {
+        if !c.is_finite() || c < 0.01 || c > config.max_cpus {
+            return Err(invalid(format!(
+                "resources.cpus must be between 0.01 and {}, got {c}",
+                config.max_cpus
+            )));
+        }
+    }
+    if let Some(m) = out.memory_mib {
+        if m < MIN_MEMORY_MIB || m > config.max_memory_mib {
+            return Err(invalid(format!(
+                "resources.memory_mib must be between {MIN_MEMORY_MIB} and {}, got {m}",
+                config.max_memory_mib
+            )));
+        }
+    }
+    if let Some(p) = out.pids {
+        if p < MIN_PIDS || p > config.max_pids {
+            return Err(invalid(format!(
+                "resources.pids must be between {MIN_PIDS} and {}, got {p}",
+                config.max_pids
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn has_nul(s: &str) -> bool {
+    s.as_bytes().contains(&0)
+}
+
+pub fn env(what: &str, env: &BTreeMap<String, String>) -> Result<(), EngineError> {
+    if env.len() > MAX_MAP_ENTRIES {
+        return Err(invalid(format!(
+            "{what}: at most {MAX_MAP_ENTRIES} entries"
+        )));
+    }
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || has_nul(k) || k.len() > MAX_KEY_LEN {
+            return Err(invalid(format!("{what}: invalid variable name {k:?}")));
+        }
+        if has_nul(v) || v.len() > MAX_VALUE_LEN {
+            return Err(invalid(format!("{what}: invalid value for {k}")));
+        }
+    }
+    Ok(())
+}
+
+pub fn metadata(m: &BTreeMap<String, String>) -> Result<(), EngineError> {
+    if m.len() > MAX_MAP_ENTRIES {
+        return Err(invalid(format!(
+            "metadata: at most {MAX_MAP_ENTRIES} entries"
+        )));
+    }
+    for (k, v) in m {
+        if k.is_empty() || k.len() > MAX_KEY_LEN || has_nul(k) {
+            return Err(invalid(format!("metadata: invalid key {k:?}")));
+        }
+        if v.len() > MAX_VALUE_LEN || has_nul(v) {
+            return Err(invalid(format!("metadata: value of {k} is invalid")));
+        }
+    }
+    Ok(())
+}
+
+pub fn cmd(cmd: &[String]) -> Result<(), EngineError> {
+    match cmd.first() {
+        None => return Err(invalid("cmd must not be empty")),
+        Some(c) if c.is_empty() => return Err(invalid("cmd[0] must not be empty")),
+        _ => {}
+    }
+    if cmd.iter().any(|a| has_nul(a)) {
+        return Err(invalid("cmd arguments must not contain NUL bytes"));
+    }
+    Ok(())
+}
+
+pub fn cwd(cwd: &str) -> Result<(), EngineError> {
+    if !cwd.starts_with('/') || has_nul(cwd) || cwd.len() > 4096 {
+        return Err(invalid(format!(
+            "cwd must be an absolute path, got {cwd:?}"
+        )));
+    }
+    Ok(())
+}
+
+pub fn exec_timeout(secs: u64) -> Result<u64, EngineError> {
+    if secs == 0 || secs > MAX_EXEC_TIMEOUT_SECS {
+        return Err(invalid(format!(
+            "timeout_secs must be between 1 and {MAX_EXEC_TIMEOUT_SECS}"
+        )));
+    }
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::config;
+
+    #[test]
+    fn resources_bounds() {
+        let c = config();
+        let ok = resources(None, &c).unwrap();
+        assert_eq!(ok, c.default_resources);
+        for bad in [
+            Resources {
+                cpus: Some(-1.0),
+                ..Default::default()
+            },
+            Resources {
+                cpus: Some(f64::NAN),
+                ..Default::default()
+            },
+            Resources {
+                cpus: Some(1e9),
+                ..Default::default()
+            },
+            Resources {
+                memory_mib: Some(1),
+                ..Default::default()
+            },
+            Resources {
+                memory_mib: Some(u64::MAX),
+                ..Default::default()
+            },
+            Resources {
+                pids: Some(0),
+                ..Default::default()
+            },
+            Resources {
+                pids: Some(u64::MAX),
+                ..Default::default()
+            },
+        ] {
+            assert!(resources(Some(&bad), &c).is_err(), "{bad:?} accepted");
+        }
+        let r = resources(
+            Some(&Resources {
+                cpus: Some(0.5),
+                ..Default::default()
+            }),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(r.cpus, Some(0.5));
+        assert_eq!(r.memory_mib, c.default_resources.memory_mib);
+    }
+
+    #[test]
+    fn inputs() {
+        assert!(cmd(&[]).is_err());
+        assert!(cmd(&["".into()]).is_err());
+        assert!(cmd(&["a\0b".into()]).is_err());
+        assert!(cmd(&["true".into()]).is_ok());
+        assert!(cwd("relative").is_err());
+        assert!(cwd("/tmp").is_ok());
+        assert!(env("env", &[("A=B".to_string(), "x".to_string())].into()).is_err());
+        assert!(env("env", &[("".to_string(), "x".to_string())].into()).is_err());
+        assert!(env("env", &[("A".to_string(), "x".to_string())].into()).is_ok());
+        assert!(metadata(&[("".to_string(), "x".to_string())].into()).is_err());
+        assert!(timeout(0, &config()).is_err());
+        assert!(timeout(u64::MAX, &config()).is_err());
+        assert!(exec_timeout(0).is_err());
+    }
+}
