@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use warren_api::{Resources, SandboxState};
 
 use crate::EngineError;
@@ -206,6 +206,7 @@ impl Store {
     /// Used by tests to check persistence.
     #[cfg(test)]
     pub async fn get(&self, id: &str) -> Result<Option<String>, EngineError> {
+        use rusqlite::OptionalExtension;
         let id = id.to_string();
         self.with(move |c| {
             c.query_row(

@@ -14,6 +14,7 @@
 //! [`Frame::StdinEof`] meanwhile. If the host closes the connection before the exit, the agent
 //! kills the command's process group: a one-shot exec never outlives its caller.
 
+pub mod client;
 pub mod codec;
 
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,627 @@
 //! The native backend: Linux namespaces, cgroups (v1, hybrid, v2), overlayfs, seccomp.
-//! (Being written.)
+//!
+//! A sandbox is a process tree in fresh mount, UTS, IPC, network, PID and cgroup namespaces,
+//! in its own cgroup, on an overlay root whose lower layers are the `host` image skeleton and
+//! the host's `/usr`. Its PID 1 is the agent (this same binary), reached over a Unix socket
+//! at `<data_dir>/sandboxes/<id>/agent.sock`. See [`init`] for how a sandbox starts without
+//! the daemon ever forking.
+//!
+//! On disk (`data_dir`): `images/host/` (the skeleton) and `sandboxes/<id>/` (`upper/`,
+//! `work/`, `usr-upper/`, `usr-work/`, `rootfs/`, `agent.sock`, `agent.log`).
 
 pub mod caps;
+pub mod cgroup;
+pub mod image;
+pub mod init;
+pub mod net;
+pub mod rootfs;
 pub mod seccomp;
+pub mod spec;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use warren_proto::client::{self as agent, ExecEvent};
+use warren_proto::{ProtoError, PROTOCOL_VERSION};
+
+use crate::{
+    ExecOutput, ExecSpec, ExecStream, ExitInfo, Runtime, RuntimeError, RuntimeInfo, SandboxSpec,
+};
+use cgroup::Layout;
+use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
+
+pub use init::{run_helper, InitError};
+pub use spec::HELPER_ARG as SANDBOX_INIT_ARG;
+
+/// How long the helper may take to report.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent may take to answer its first ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long destroy waits for a cgroup to empty after SIGKILL.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const SUN_PATH_MAX: usize = 107;
+/// The helper's only environment besides `RUST_LOG`/`RUST_BACKTRACE` (nothing of the
+/// daemon's environment, which may hold secrets, reaches a sandbox).
+const HELPER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Configuration of [`NativeRuntime`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeConfig {
+    /// Root of the runtime's files (absolute): `images/` and `sandboxes/` live here.
+    pub data_dir: PathBuf,
+    /// The `warren` binary to exec as `<helper_exe> __sandbox-init` (usually the daemon's
+    /// own executable, `std::env::current_exe()`).
+    pub helper_exe: PathBuf,
+    /// Cgroup (relative to each hierarchy root) under which sandbox cgroups are made, e.g.
+    /// `warren`.
+    pub cgroup_parent: String,
+}
+
+/// The native runtime backend. Cheap to clone.
+#[derive(Clone)]
+pub struct NativeRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: NativeConfig,
+    layout: Layout,
+    image_dir: PathBuf,
+}
+
+impl NativeRuntime {
+    /// Check the configuration, detect the cgroup layout and build the `host` image if it is
+    /// missing. Blocking (file-system work): call it at startup or from `spawn_blocking`.
+    pub fn new(cfg: NativeConfig) -> Result<Self, RuntimeError> {
+        if !cfg.data_dir.is_absolute() {
+            return Err(RuntimeError::Setup(format!(
+                "data_dir must be absolute: {}",
+                cfg.data_dir.display()
+            )));
+        }
+        spec::check_overlay_path(&cfg.data_dir)
+            .map_err(|e| RuntimeError::Setup(format!("data_dir: {e}")))?;
+        check_cgroup_parent(&cfg.cgroup_parent)?;
+        if !cfg.helper_exe.is_file() {
+            return Err(RuntimeError::Setup(format!(
+                "helper executable {} not found",
+                cfg.helper_exe.display()
+            )));
+        }
+        let layout = Layout::detect().map_err(|e| RuntimeError::Cgroup(e.to_string()))?;
+        let image_dir = image::ensure_host_image(&cfg.data_dir, Path::new("/"))
+            .map_err(|e| RuntimeError::Setup(format!("building the host image: {e}")))?;
+        image::mkdir_sandboxes(&cfg.data_dir)
+            .map_err(|e| RuntimeError::Setup(format!("creating sandboxes dir: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                layout,
+                image_dir,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &NativeConfig {
+        &self.inner.cfg
+    }
+}
+
+fn check_cgroup_parent(parent: &str) -> Result<(), RuntimeError> {
+    let trimmed = parent.trim_matches('/');
+    let ok = !trimmed.is_empty()
+        && trimmed.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Setup(format!(
+            "cgroup_parent {parent:?} must be a relative path of [A-Za-z0-9._-] components"
+        )))
+    }
+}
+
+/// Run blocking work off the async workers.
+async fn blocking<T, F>(f: F) -> Result<T, RuntimeError>
+where
+    F: FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::Setup(format!("blocking task failed: {e}")))?
+}
+
+fn cg_err(e: cgroup::CgroupError) -> RuntimeError {
+    RuntimeError::Cgroup(e.to_string())
+}
+
+impl Inner {
+    fn sandboxes_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("sandboxes")
+    }
+
+    /// Only for validated ids.
+    fn paths(&self, id: &str) -> SandboxPaths {
+        SandboxPaths::new(&self.sandboxes_dir().join(id))
+    }
+
+    fn cgroup_path(&self, id: &str) -> PathBuf {
+        cgroup::sandbox_cgroup_path(&self.cfg.cgroup_parent, id)
+    }
+
+    async fn create(self: Arc<Self>, spec: SandboxSpec) -> Result<(), RuntimeError> {
+        spec::validate_id(&spec.id).map_err(RuntimeError::Setup)?;
+        if spec.image != image::HOST_IMAGE {
+            return Err(RuntimeError::ImageNotFound(spec.image.clone()));
+        }
+        let id = spec.id.clone();
+        let paths = self.paths(&id);
+        {
+            let paths = paths.clone();
+            let id = id.clone();
+            blocking(move || {
+                image::prepare_sandbox_dir(&paths, &id).map_err(|e| {
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        RuntimeError::Setup(format!("sandbox {id} already exists"))
+                    } else {
+                        RuntimeError::Setup(format!("preparing {}: {e}", paths.dir.display()))
+                    }
+                })
+            })
+            .await?;
+        }
+        // From here on, a failure removes everything this call made.
+        match self.clone().start(&spec, &paths).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Err(ce) = self.teardown(&id).await {
+                    tracing::error!(sandbox = %id, error = %ce, "cleanup after failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(
+        self: Arc<Self>,
+        spec: &SandboxSpec,
+        paths: &SandboxPaths,
+    ) -> Result<(), RuntimeError> {
+        let id = spec.id.clone();
+        let cgroup_path = self.cgroup_path(&id);
+        {
+            let (layout, parent, id, limits) = (
+                self.layout,
+                self.cfg.cgroup_parent.clone(),
+                id.clone(),
+                spec.limits.clone(),
+            );
+            blocking(move || cgroup::create(layout, &parent, &id, &limits).map_err(cg_err)).await?;
+        }
+        let init = InitSpec {
+            id: id.clone(),
+            sandbox_dir: paths.dir.clone(),
+            image_dir: self.image_dir.clone(),
+            cgroup_path,
+        };
+        let pid = self.spawn_helper(&init).await?;
+        tracing::debug!(sandbox = %id, pid, "sandbox init ready");
+        self.wait_agent(&paths.socket).await
+    }
+
+    /// Exec the helper, hand it the spec, and read its one-line report.
+    async fn spawn_helper(&self, init: &InitSpec) -> Result<i32, RuntimeError> {
+        let json = serde_json::to_vec(init)
+            .map_err(|e| RuntimeError::Setup(format!("encoding init spec: {e}")))?;
+        let mut cmd = tokio::process::Command::new(&self.cfg.helper_exe);
+        cmd.arg(HELPER_ARG)
+            .env_clear()
+            .env("PATH", HELPER_PATH)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for var in ["RUST_LOG", "RUST_BACKTRACE"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            RuntimeError::Setup(format!(
+                "spawning {} {HELPER_ARG}: {e}",
+                self.cfg.helper_exe.display()
+            ))
+        })?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| RuntimeError::Setup("helper stdin missing".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| RuntimeError::Setup("helper stdout missing".into()))?;
+
+        let talk = async {
+            stdin.write_all(&json).await?;
+            stdin.shutdown().await?;
+            drop(stdin);
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).await?;
+            io::Result::Ok(line)
+        };
+        let line = match tokio::time::timeout(HELPER_TIMEOUT, talk).await {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => return Err(RuntimeError::Setup(format!("talking to the helper: {e}"))),
+            Err(_) => {
+                return Err(RuntimeError::Setup(format!(
+                    "sandbox init did not report within {HELPER_TIMEOUT:?}"
+                )))
+            }
+        };
+        // The helper exits right after its report.
+        let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        let report = HelperReport::parse(&line);
+        match (report, status) {
+            (Ok(HelperReport::Ready { pid }), Ok(Ok(st))) if st.success() => Ok(pid),
+            (Ok(HelperReport::Failed { error }), _) => Err(RuntimeError::Setup(error)),
+            (_, st) => Err(RuntimeError::Setup(format!(
+                "sandbox init failed (report {:?}, helper {})",
+                line.trim(),
+                match st {
+                    Ok(Ok(st)) => st.to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "did not exit".into(),
+                }
+            ))),
+        }
+    }
+
+    /// Ping the agent until it answers (the socket is listening before the helper reports,
+    /// so this mostly waits for the agent to start serving).
+    async fn wait_agent(&self, socket: &Path) -> Result<(), RuntimeError> {
+        let start = Instant::now();
+        let mut last_err;
+        loop {
+            let attempt = async {
+                let stream = connect(socket).await.map_err(ProtoError::Io)?;
+                agent::ping(stream).await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                Ok(Ok((protocol, version))) if protocol == PROTOCOL_VERSION => {
+                    tracing::debug!(agent_version = %version, "agent answered");
+                    return Ok(());
+                }
+                Ok(Ok((protocol, version))) => {
+                    return Err(RuntimeError::Setup(format!(
+                        "agent {version} speaks protocol {protocol}, expected {PROTOCOL_VERSION}"
+                    )))
+                }
+                Ok(Err(e)) => last_err = e.to_string(),
+                Err(_) => last_err = "ping timed out".into(),
+            }
+            if start.elapsed() >= PING_TIMEOUT {
+                return Err(RuntimeError::Setup(format!(
+                    "agent did not answer within {PING_TIMEOUT:?}: {last_err}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kill everything in the sandbox's cgroup, remove the cgroup and the sandbox's files.
+    /// Unknown ids are fine.
+    async fn teardown(&self, id: &str) -> Result<(), RuntimeError> {
+        if spec::validate_id(id).is_err() {
+            // Nothing with this name can exist (and it must never reach a path).
+            return Ok(());
+        }
+        let layout = self.layout;
+        let cg = self.cgroup_path(id);
+        let start = Instant::now();
+        let mut last_kill: Option<Instant> = None;
+        loop {
+            // (Re)kill at most every 500ms; in between just watch the cgroup drain.
+            let kill_now = last_kill.is_none_or(|t| t.elapsed() >= Duration::from_millis(500));
+            let (idc, cgc) = (id.to_string(), cg.clone());
+            let left = blocking(move || {
+                if kill_now {
+                    cgroup::kill_all(layout, &idc, &cgc).map_err(cg_err)?;
+                }
+                cgroup::pids(layout, &cgc).map_err(cg_err)
+            })
+            .await?;
+            if kill_now {
+                last_kill = Some(Instant::now());
+            }
+            if left.is_empty() {
+                break;
+            }
+            if start.elapsed() >= KILL_TIMEOUT {
+                return Err(RuntimeError::Cgroup(format!(
+                    "sandbox {id}: {} processes still alive {KILL_TIMEOUT:?} after SIGKILL",
+                    left.len()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A just-emptied cgroup can briefly refuse rmdir (EBUSY).
+        let mut attempt = 0;
+        loop {
+            let cgc = cg.clone();
+            match blocking(move || cgroup::remove_dirs(layout, &cgc).map_err(cg_err)).await {
+                Ok(()) => break,
+                Err(e) if attempt < 20 => {
+                    tracing::debug!(sandbox = %id, error = %e, "retrying cgroup removal");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let dir = self.paths(id).dir;
+        blocking(move || {
+            image::remove_if_exists(&dir)
+                .map_err(|e| RuntimeError::Setup(format!("removing {}: {e}", dir.display())))
+        })
+        .await
+    }
+
+    async fn cleanup_all(self: Arc<Self>) -> Result<Vec<String>, RuntimeError> {
+        let (layout, parent, sandboxes, data_dir) = (
+            self.layout,
+            self.cfg.cgroup_parent.clone(),
+            self.sandboxes_dir(),
+            self.cfg.data_dir.clone(),
+        );
+        let ids = blocking(move || {
+            let mut ids = cgroup::list_children(layout, &parent).map_err(cg_err)?;
+            match std::fs::read_dir(&sandboxes) {
+                Ok(entries) => {
+                    for e in entries.flatten() {
+                        if let Some(name) = e.file_name().to_str() {
+                            ids.push(name.to_string());
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RuntimeError::Io(e)),
+            }
+            ids.sort();
+            ids.dedup();
+            ids.retain(|id| {
+                let ok = spec::validate_id(id).is_ok();
+                if !ok {
+                    tracing::warn!(name = %id, "ignoring a sandbox entry that is not a valid id");
+                }
+                ok
+            });
+            Ok(ids)
+        })
+        .await?;
+        let mut first_err = None;
+        let mut cleaned = Vec::new();
+        for id in ids {
+            match self.teardown(&id).await {
+                Ok(()) => cleaned.push(id),
+                Err(e) => {
+                    tracing::error!(sandbox = %id, error = %e, "cleanup failed");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if first_err.is_none() {
+            // No sandbox runs now, so replaced images are unused.
+            if let Err(e) =
+                blocking(move || image::remove_stale_images(&data_dir).map_err(RuntimeError::Io))
+                    .await
+            {
+                tracing::warn!(error = %e, "removing stale images");
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(cleaned),
+        }
+    }
+}
+
+/// Connect to an agent socket; paths longer than `sun_path` go through `/proc/self/fd`.
+async fn connect(socket: &Path) -> io::Result<UnixStream> {
+    if socket.as_os_str().len() <= SUN_PATH_MAX {
+        return UnixStream::connect(socket).await;
+    }
+    let dir = socket
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path has no parent"))?
+        .to_path_buf();
+    let dir = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir)
+    })
+    .await
+    .map_err(io::Error::other)??;
+    let via = format!("/proc/self/fd/{}/{SOCKET_NAME}", dir.as_raw_fd());
+    let r = UnixStream::connect(&via).await;
+    drop(dir);
+    r
+}
+
+fn map_event(ev: Result<ExecEvent, ProtoError>) -> Option<Result<ExecOutput, RuntimeError>> {
+    match ev {
+        Ok(ExecEvent::Started { .. }) => None,
+        Ok(ExecEvent::Stdout(b)) => Some(Ok(ExecOutput::Stdout(b))),
+        Ok(ExecEvent::Stderr(b)) => Some(Ok(ExecOutput::Stderr(b))),
+        Ok(ExecEvent::Exit {
+            exit_code,
+            signal,
+            timed_out,
+            duration_us,
+        }) => Some(Ok(ExecOutput::Exit(ExitInfo {
+            exit_code,
+            signal,
+            timed_out,
+            duration_us,
+        }))),
+        Err(e) => Some(Err(RuntimeError::Agent(e))),
+    }
+}
+
+fn map_exec_error(e: ProtoError) -> RuntimeError {
+    match e {
+        ProtoError::Remote { code, message } => RuntimeError::Spawn { code, message },
+        e => RuntimeError::Agent(e),
+    }
+}
+
+/// Run a task to completion even if the caller stops waiting (so a cancelled create still
+/// cleans up after itself, and a cancelled destroy still finishes).
+async fn detached<T: Send + 'static>(
+    fut: impl std::future::Future<Output = Result<T, RuntimeError>> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::spawn(fut)
+        .await
+        .map_err(|e| RuntimeError::Setup(format!("runtime task failed: {e}")))?
+}
+
+#[async_trait]
+impl Runtime for NativeRuntime {
+    fn info(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            name: "native".into(),
+            cgroup: self.inner.layout.as_str().into(),
+            namespaces: ["mount", "pid", "uts", "ipc", "network", "cgroup"]
+                .map(String::from)
+                .to_vec(),
+            user_namespace: false,
+            seccomp: true,
+            capabilities: caps::default_names(),
+            images: vec![image::HOST_IMAGE.into()],
+        }
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        detached(self.inner.clone().create(spec.clone())).await
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        spec: ExecSpec,
+        stdin: Option<Bytes>,
+    ) -> Result<ExecStream, RuntimeError> {
+        if spec::validate_id(id).is_err() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        let paths = self.inner.paths(id);
+        if !tokio::fs::try_exists(&paths.dir).await.unwrap_or(false) {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        let stream = match connect(&paths.socket).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RuntimeError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(RuntimeError::Agent(ProtoError::Io(e))),
+        };
+        let events = agent::exec(stream, spec, stdin)
+            .await
+            .map_err(map_exec_error)?;
+        Ok(Box::pin(
+            events.filter_map(|ev| futures::future::ready(map_event(ev))),
+        ))
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        let inner = self.inner.clone();
+        let id = id.to_string();
+        detached(async move { inner.teardown(&id).await }).await
+    }
+
+    async fn cleanup_all(&self) -> Result<Vec<String>, RuntimeError> {
+        detached(self.inner.clone().cleanup_all()).await
+    }
+
+    async fn shutdown(&self) -> Result<(), RuntimeError> {
+        let (layout, parent) = (self.inner.layout, self.inner.cfg.cgroup_parent.clone());
+        blocking(move || cgroup::remove_parent(layout, &parent).map_err(cg_err)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_parent_validation() {
+        for ok in ["warren", "/warren/", "a/b.c_d-e"] {
+            check_cgroup_parent(ok).unwrap();
+        }
+        for bad in ["", "/", "a/../b", "a//b", "a b", "..", "x,y"] {
+            assert!(check_cgroup_parent(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn events_map() {
+        assert!(map_event(Ok(ExecEvent::Started { pid: 1 })).is_none());
+        assert!(matches!(
+            map_event(Ok(ExecEvent::Stdout(Bytes::from_static(b"x")))),
+            Some(Ok(ExecOutput::Stdout(b))) if b == "x"
+        ));
+        assert!(matches!(
+            map_event(Ok(ExecEvent::Exit {
+                exit_code: 137,
+                signal: Some(9),
+                timed_out: false,
+                duration_us: 5
+            })),
+            Some(Ok(ExecOutput::Exit(ExitInfo {
+                exit_code: 137,
+                signal: Some(9),
+                ..
+            })))
+        ));
+        assert!(matches!(
+            map_event(Err(ProtoError::Closed)),
+            Some(Err(RuntimeError::Agent(ProtoError::Closed)))
+        ));
+        assert!(matches!(
+            map_exec_error(ProtoError::Remote {
+                code: "not_found".into(),
+                message: "nope".into()
+            }),
+            RuntimeError::Spawn { code, .. } if code == "not_found"
+        ));
+    }
+
+    #[test]
+    fn new_rejects_bad_config() {
+        let cfg = |data: &str, parent: &str| NativeConfig {
+            data_dir: data.into(),
+            helper_exe: "/bin/sh".into(),
+            cgroup_parent: parent.into(),
+        };
+        assert!(NativeRuntime::new(cfg("relative", "warren")).is_err());
+        assert!(NativeRuntime::new(cfg("/a,b", "warren")).is_err());
+        assert!(NativeRuntime::new(cfg("/tmp/x", "../up")).is_err());
+    }
+}

@@ -1,0 +1,403 @@
+//! The host side of the agent protocol: [`ping`] and [`exec`] over any byte stream.
+//!
+//! Each call consumes one connection (one connection carries one conversation).
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use futures::{SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+
+use crate::{Event, ExecSpec, Frame, FrameCodec, ProtoError, Request, MAX_FRAME_LEN};
+
+/// Stdin is sent in frames of at most this many bytes (well below [`MAX_FRAME_LEN`]).
+const STDIN_CHUNK: usize = 256 * 1024;
+const _: () = assert!(STDIN_CHUNK < MAX_FRAME_LEN);
+
+/// What a running command reports after [`exec`] returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecEvent {
+    /// Never yielded by [`ExecEvents`] (the pid is in [`ExecEvents::pid`]); kept so callers can
+    /// forward the start of a command through the same type.
+    Started {
+        pid: i32,
+    },
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// The last event; `exit_code` is 128+signal for a signal death.
+    Exit {
+        exit_code: i32,
+        signal: Option<i32>,
+        timed_out: bool,
+        duration_us: u64,
+    },
+}
+
+/// Checks that the agent answers; returns `(protocol, agent_version)`.
+pub async fn ping<T: AsyncRead + AsyncWrite + Unpin>(io: T) -> Result<(u32, String), ProtoError> {
+    let mut framed = Framed::new(io, FrameCodec);
+    framed.send(Frame::Request(Request::Ping)).await?;
+    match framed.next().await {
+        Some(Ok(Frame::Event(Event::Pong {
+            protocol,
+            agent_version,
+        }))) => Ok((protocol, agent_version)),
+        Some(Ok(Frame::Event(Event::Error { code, message }))) => {
+            Err(ProtoError::Remote { code, message })
+        }
+        Some(Ok(other)) => Err(ProtoError::Unexpected(describe(&other))),
+        Some(Err(e)) => Err(e),
+        None => Err(ProtoError::Closed),
+    }
+}
+
+/// Runs a command through the agent.
+///
+/// Sends [`Request::Exec`], then, if `stdin` is `Some`, the stdin bytes and
+/// [`Frame::StdinEof`] from a spawned task (`spec.stdin` is set to `stdin.is_some()`: without
+/// bytes the command reads `/dev/null`), concurrently with reading the output (so a
+/// command that writes a lot before reading its stdin cannot deadlock). Waits for
+/// [`Event::Started`] (an [`Event::Error`] becomes [`ProtoError::Remote`]) and returns the
+/// remaining events. Must be called within a tokio runtime.
+pub async fn exec<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    io: T,
+    mut spec: ExecSpec,
+    stdin: Option<Bytes>,
+) -> Result<ExecEvents, ProtoError> {
+    // Without stdin bytes there is no way to send any later: give the command /dev/null
+    // rather than a pipe that never ends.
+    spec.stdin = stdin.is_some();
+    let (r, w) = tokio::io::split(io);
+    let mut writer = FramedWrite::new(w, FrameCodec);
+    writer.send(Frame::Request(Request::Exec(spec))).await?;
+
+    let (stdin_task, writer) = match stdin {
+        Some(data) => (Some(tokio::spawn(write_stdin(writer, data))), None),
+        None => (None, Some(Box::new(writer) as Box<dyn Send>)),
+    };
+    let mut events = ExecEvents {
+        pid: 0,
+        frames: Some(Box::pin(FramedRead::new(r, FrameCodec))),
+        stdin_task,
+        _writer: writer,
+    };
+    // On any error below, dropping `events` stops the stdin writer and closes the connection.
+    let frames = events.frames.as_mut().ok_or(ProtoError::Closed)?;
+    match frames.next().await {
+        Some(Ok(Frame::Event(Event::Started { pid }))) => {
+            events.pid = pid;
+            Ok(events)
+        }
+        Some(Ok(Frame::Event(Event::Error { code, message }))) => {
+            Err(ProtoError::Remote { code, message })
+        }
+        Some(Ok(other)) => Err(ProtoError::Unexpected(describe(&other))),
+        Some(Err(e)) => Err(e),
+        None => Err(ProtoError::Closed),
+    }
+}
+
+async fn write_stdin<W: AsyncWrite + Unpin>(mut writer: FramedWrite<W, FrameCodec>, data: Bytes) {
+    let mut offset = 0;
+    while offset < data.len() {
+        let end = (offset + STDIN_CHUNK).min(data.len());
+        if writer
+            .feed(Frame::Stdin(data.slice(offset..end)))
+            .await
+            .is_err()
+        {
+            // The agent went away (or closed its side after an error): the reader reports it.
+            return;
+        }
+        offset = end;
+    }
+    let _ = writer.send(Frame::StdinEof).await;
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, ProtoError>> + Send>>;
+
+/// The events of a started command: [`ExecEvent::Stdout`], [`ExecEvent::Stderr`], and finally
+/// [`ExecEvent::Exit`], after which the stream ends. A connection that ends before the exit
+/// yields [`ProtoError::Closed`]. Dropping it closes the connection, which makes the agent kill
+/// the command's process group if it is still running.
+pub struct ExecEvents {
+    pid: i32,
+    frames: Option<FrameStream>,
+    stdin_task: Option<JoinHandle<()>>,
+    /// Keeps the write half alive when no stdin task owns it.
+    _writer: Option<Box<dyn Send>>,
+}
+
+impl ExecEvents {
+    /// The command's pid in the sandbox; it leads its own process group and session.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn finish(&mut self) {
+        self.frames = None;
+        self._writer = None;
+        if let Some(task) = self.stdin_task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for ExecEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecEvents")
+            .field("pid", &self.pid)
+            .field("finished", &self.frames.is_none())
+            .finish()
+    }
+}
+
+impl Drop for ExecEvents {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Stream for ExecEvents {
+    type Item = Result<ExecEvent, ProtoError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(frames) = this.frames.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let last = match ready!(frames.as_mut().poll_next(cx)) {
+            Some(Ok(Frame::Stdout(b))) => return Poll::Ready(Some(Ok(ExecEvent::Stdout(b)))),
+            Some(Ok(Frame::Stderr(b))) => return Poll::Ready(Some(Ok(ExecEvent::Stderr(b)))),
+            Some(Ok(Frame::Event(Event::Exit {
+                exit_code,
+                signal,
+                timed_out,
+                duration_us,
+            }))) => Ok(ExecEvent::Exit {
+                exit_code,
+                signal,
+                timed_out,
+                duration_us,
+            }),
+            Some(Ok(Frame::Event(Event::Error { code, message }))) => {
+                Err(ProtoError::Remote { code, message })
+            }
+            Some(Ok(other)) => Err(ProtoError::Unexpected(describe(&other))),
+            Some(Err(e)) => Err(e),
+            None => Err(ProtoError::Closed),
+        };
+        this.finish();
+        Poll::Ready(Some(last))
+    }
+}
+
+/// A short description of an unexpected frame (never its payload).
+fn describe(frame: &Frame) -> String {
+    match frame {
+        Frame::Request(Request::Ping) => "ping request".into(),
+        Frame::Request(Request::Exec(_)) => "exec request".into(),
+        Frame::Event(e) => match e {
+            Event::Pong { .. } => "pong event".into(),
+            Event::Started { .. } => "started event".into(),
+            Event::Exit { .. } => "exit event".into(),
+            Event::Error { .. } => "error event".into(),
+        },
+        Frame::Stdout(b) => format!("stdout frame of {} bytes", b.len()),
+        Frame::Stderr(b) => format!("stderr frame of {} bytes", b.len()),
+        Frame::Stdin(b) => format!("stdin frame of {} bytes", b.len()),
+        Frame::StdinEof => "stdin eof frame".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    type AgentSide = Framed<DuplexStream, FrameCodec>;
+
+    fn pair() -> (DuplexStream, AgentSide) {
+        let (host, agent) = tokio::io::duplex(64 * 1024);
+        (host, Framed::new(agent, FrameCodec))
+    }
+
+    fn exit(code: i32) -> Frame {
+        Frame::Event(Event::Exit {
+            exit_code: code,
+            signal: None,
+            timed_out: false,
+            duration_us: 1,
+        })
+    }
+
+    #[tokio::test]
+    async fn ping_round_trip() {
+        let (host, mut agent) = pair();
+        let fake = tokio::spawn(async move {
+            let req = agent.next().await.unwrap().unwrap();
+            assert_eq!(req, Frame::Request(Request::Ping));
+            agent
+                .send(Frame::Event(Event::Pong {
+                    protocol: 1,
+                    agent_version: "v".into(),
+                }))
+                .await
+                .unwrap();
+        });
+        assert_eq!(ping(host).await.unwrap(), (1, "v".to_owned()));
+        fake.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn exec_streams_stdin_and_events() {
+        let (host, mut agent) = pair();
+        let input = Bytes::from(
+            (0..(STDIN_CHUNK * 2 + 10))
+                .map(|i| i as u8)
+                .collect::<Vec<_>>(),
+        );
+        let expected = input.clone();
+        let fake = tokio::spawn(async move {
+            let Some(Ok(Frame::Request(Request::Exec(spec)))) = agent.next().await else {
+                panic!("no exec");
+            };
+            assert!(spec.stdin);
+            agent
+                .send(Frame::Event(Event::Started { pid: 42 }))
+                .await
+                .unwrap();
+            // Output before reading any stdin (the client must not deadlock).
+            for _ in 0..64 {
+                agent
+                    .send(Frame::Stdout(Bytes::from(vec![1u8; 16 * 1024])))
+                    .await
+                    .unwrap();
+            }
+            let mut got = Vec::new();
+            loop {
+                match agent.next().await.unwrap().unwrap() {
+                    Frame::Stdin(b) => {
+                        assert!(b.len() <= STDIN_CHUNK);
+                        got.extend_from_slice(&b);
+                    }
+                    Frame::StdinEof => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert!(got == expected);
+            agent
+                .send(Frame::Stderr(Bytes::from_static(b"e")))
+                .await
+                .unwrap();
+            agent.send(exit(3)).await.unwrap();
+        });
+        let spec = ExecSpec {
+            argv: vec!["cat".into()],
+            ..Default::default()
+        };
+        let mut events = exec(host, spec, Some(input)).await.unwrap();
+        assert_eq!(events.pid(), 42);
+        let mut stdout = 0;
+        let mut rest = Vec::new();
+        while let Some(ev) = events.next().await {
+            match ev.unwrap() {
+                ExecEvent::Stdout(b) => stdout += b.len(),
+                other => rest.push(other),
+            }
+        }
+        assert_eq!(stdout, 64 * 16 * 1024);
+        assert_eq!(
+            rest,
+            vec![
+                ExecEvent::Stderr(Bytes::from_static(b"e")),
+                ExecEvent::Exit {
+                    exit_code: 3,
+                    signal: None,
+                    timed_out: false,
+                    duration_us: 1
+                }
+            ]
+        );
+        fake.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn exec_errors() {
+        // Remote refusal.
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let _ = agent.next().await;
+            agent
+                .send(Frame::Event(Event::Error {
+                    code: "not_found".into(),
+                    message: "nope".into(),
+                }))
+                .await
+                .unwrap();
+        });
+        match exec(host, ExecSpec::default(), None).await {
+            Err(ProtoError::Remote { code, .. }) => assert_eq!(code, "not_found"),
+            other => panic!("{other:?}"),
+        }
+
+        // Connection closed before the exit.
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let Some(Ok(Frame::Request(Request::Exec(spec)))) = agent.next().await else {
+                panic!("no exec");
+            };
+            assert!(!spec.stdin);
+            agent
+                .send(Frame::Event(Event::Started { pid: 1 }))
+                .await
+                .unwrap();
+            agent
+                .send(Frame::Stdout(Bytes::from_static(b"x")))
+                .await
+                .unwrap();
+        });
+        let spec = ExecSpec {
+            stdin: true, // without stdin bytes the client turns this off
+            ..Default::default()
+        };
+        let mut events = exec(host, spec, None).await.unwrap();
+        assert!(matches!(
+            events.next().await,
+            Some(Ok(ExecEvent::Stdout(_)))
+        ));
+        assert!(matches!(events.next().await, Some(Err(ProtoError::Closed))));
+        assert!(events.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_events_closes_the_connection() {
+        let (host, mut agent) = pair();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = agent.next().await;
+            agent
+                .send(Frame::Event(Event::Started { pid: 1 }))
+                .await
+                .unwrap();
+            // Drain stdin until the host goes away.
+            while let Some(Ok(_)) = agent.next().await {}
+            let _ = tx.send(());
+        });
+        let events = exec(
+            host,
+            ExecSpec::default(),
+            Some(Bytes::from(vec![0u8; 4 << 20])),
+        )
+        .await
+        .unwrap();
+        drop(events);
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,237 @@
+//! What the daemon hands the `__sandbox-init` helper, what the helper answers, and where a
+//! sandbox's files live. Pure data: no syscalls here.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Argument that makes the `warren` binary run [`super::init::run_helper`].
+pub const HELPER_ARG: &str = "__sandbox-init";
+
+/// Longest sandbox id (it is also the hostname).
+pub const MAX_ID_LEN: usize = 63;
+
+/// The helper's input, one JSON document on its stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitSpec {
+    /// Sandbox id; becomes the hostname.
+    pub id: String,
+    /// `<data_dir>/sandboxes/<id>` (host path).
+    pub sandbox_dir: PathBuf,
+    /// The image's root directory: the lower layer of the sandbox's root overlay.
+    pub image_dir: PathBuf,
+    /// Cgroup path relative to every hierarchy's root (`/<parent>/<id>`), already created
+    /// and limited by the daemon; the helper only joins it.
+    pub cgroup_path: PathBuf,
+}
+
+impl InitSpec {
+    /// Check what the helper relies on before it touches anything.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_id(&self.id)?;
+        for (what, p) in [
+            ("sandbox_dir", &self.sandbox_dir),
+            ("image_dir", &self.image_dir),
+            ("cgroup_path", &self.cgroup_path),
+        ] {
+            if !p.is_absolute() {
+                return Err(format!("{what} must be absolute: {}", p.display()));
+            }
+        }
+        for (what, p) in [
+            ("sandbox_dir", &self.sandbox_dir),
+            ("image_dir", &self.image_dir),
+        ] {
+            check_overlay_path(p).map_err(|e| format!("{what}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn paths(&self) -> SandboxPaths {
+        SandboxPaths::new(&self.sandbox_dir)
+    }
+}
+
+/// The helper's answer: exactly one JSON line on its stdout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HelperReport {
+    /// The sandbox is up; `pid` is its PID 1 as seen from the host.
+    Ready {
+        pid: i32,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl HelperReport {
+    pub fn to_line(&self) -> String {
+        // Serializing these two plain shapes cannot fail; fall back to a fixed text anyway.
+        let mut s = serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"error":"unserializable report"}"#.to_string());
+        s.push('\n');
+        s
+    }
+
+    pub fn parse(line: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(line.trim())
+    }
+}
+
+/// `[a-z0-9-]`, 1..=63 bytes, not starting with `-` (it is a hostname and a path component).
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!("sandbox id must be 1..={MAX_ID_LEN} bytes"));
+    }
+    if id.starts_with('-') {
+        return Err("sandbox id must not start with '-'".into());
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!("sandbox id {id:?} may only contain [a-z0-9-]"));
+    }
+    Ok(())
+}
+
+/// Overlayfs mount options are a comma-separated list with `:` between lower dirs; refuse
+/// paths that would need escaping rather than escape them.
+pub fn check_overlay_path(p: &Path) -> Result<(), String> {
+    let s = p
+        .to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", p.display()))?;
+    if s.contains([',', ':', '\\', '\n']) {
+        return Err(format!("{s:?} contains ',', ':', '\\' or a newline"));
+    }
+    Ok(())
+}
+
+/// Where one sandbox's files live on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPaths {
+    pub dir: PathBuf,
+    /// Upper layer of the root overlay.
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Upper layer of the `/usr` overlay (lower: the host's `/usr`).
+    pub usr_upper: PathBuf,
+    pub usr_work: PathBuf,
+    /// Mount point of the merged root (only mounted inside the sandbox's mount namespace).
+    pub rootfs: PathBuf,
+    /// The agent's listening socket.
+    pub socket: PathBuf,
+    /// The agent's stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl SandboxPaths {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            usr_upper: dir.join("usr-upper"),
+            usr_work: dir.join("usr-work"),
+            rootfs: dir.join("rootfs"),
+            socket: dir.join(SOCKET_NAME),
+            log: dir.join("agent.log"),
+        }
+    }
+}
+
+pub const SOCKET_NAME: &str = "agent.sock";
+
+/// `overlay` mount data for one lower dir.
+pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    )
+}
+
+/// The sandbox's `/etc/hosts`.
+pub fn hosts_file(id: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost {id}\n::1\tlocalhost ip6-localhost ip6-loopback {id}\n\
+         ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> InitSpec {
+        InitSpec {
+            id: "sb-1".into(),
+            sandbox_dir: "/var/lib/warren/sandboxes/sb-1".into(),
+            image_dir: "/var/lib/warren/images/host".into(),
+            cgroup_path: "/warren/sb-1".into(),
+        }
+    }
+
+    #[test]
+    fn spec_roundtrips_and_validates() {
+        let s = spec();
+        let json = serde_json::to_string(&s).unwrap();
+        let back: InitSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        back.validate().unwrap();
+    }
+
+    #[test]
+    fn spec_rejects_bad_fields() {
+        let mut s = spec();
+        s.id = "Bad_Id".into();
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.sandbox_dir = "relative/dir".into();
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.image_dir = "/a,b".into();
+        assert!(s.validate().is_err());
+        assert!(serde_json::from_str::<InitSpec>(r#"{"id":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn ids() {
+        validate_id("abc-123").unwrap();
+        validate_id(&"a".repeat(63)).unwrap();
+        assert!(validate_id("").is_err());
+        assert!(validate_id(&"a".repeat(64)).is_err());
+        assert!(validate_id("-a").is_err());
+        assert!(validate_id("a/b").is_err());
+        assert!(validate_id("..").is_err());
+        assert!(validate_id("A").is_err());
+    }
+
+    #[test]
+    fn report_lines() {
+        let ok = HelperReport::Ready { pid: 42 };
+        assert_eq!(ok.to_line(), "{\"pid\":42}\n");
+        assert_eq!(HelperReport::parse("{\"pid\":42}\n").unwrap(), ok);
+        let err = HelperReport::Failed {
+            error: "boom".into(),
+        };
+        assert_eq!(err.to_line(), "{\"error\":\"boom\"}\n");
+        assert_eq!(HelperReport::parse(&err.to_line()).unwrap(), err);
+        assert!(HelperReport::parse("garbage").is_err());
+    }
+
+    #[test]
+    fn paths_and_files() {
+        let p = SandboxPaths::new(Path::new("/d/sandboxes/x"));
+        assert_eq!(p.socket, Path::new("/d/sandboxes/x/agent.sock"));
+        assert_eq!(p.usr_work, Path::new("/d/sandboxes/x/usr-work"));
+        assert_eq!(
+            overlay_options(Path::new("/l"), Path::new("/u"), Path::new("/w")),
+            "lowerdir=/l,upperdir=/u,workdir=/w"
+        );
+        let hosts = hosts_file("x");
+        assert!(hosts.starts_with("127.0.0.1\tlocalhost x\n::1\t"));
+    }
+}
