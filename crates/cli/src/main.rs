@@ -1,1 +1,260 @@
-fn main() {}
+//! `warren`: the daemon (`warren serve`), the CLI verbs, and the hidden in-sandbox role.
+
+mod bench;
+mod commands;
+mod serve;
+mod serve_args;
+
+use std::ffi::OsStr;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::serve_args::ServeArgs;
+
+/// Self-hosted sandboxes for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, propagate_version = true)]
+struct Cli {
+    /// Server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_URL",
+        default_value = warren_client::DEFAULT_URL,
+        value_name = "URL"
+    )]
+    url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a sandbox and print its id.
+    Create(SandboxOpts),
+    /// List sandboxes.
+    #[command(alias = "list", alias = "ps")]
+    Ls {
+        /// Only sandboxes with this metadata (repeatable; all must match).
+        #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
+        meta: Vec<(String, String)>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a sandbox as JSON.
+    Inspect { id: String },
+    /// Delete sandboxes.
+    #[command(alias = "delete")]
+    Rm {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Run a command in a sandbox, streaming its output; exits with its exit code.
+    Exec {
+        id: String,
+        #[command(flatten)]
+        opts: ExecOpts,
+        /// Environment for this command (repeatable).
+        #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_kv)]
+        env: Vec<(String, String)>,
+        /// Kill the command after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// The command and its arguments (after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        cmd: Vec<String>,
+    },
+    /// Create a sandbox, run a command in it, and (with --rm) delete it.
+    Run {
+        /// Delete the sandbox afterwards (also on Ctrl-C).
+        #[arg(long)]
+        rm: bool,
+        #[command(flatten)]
+        sandbox: SandboxOpts,
+        #[command(flatten)]
+        opts: ExecOpts,
+        /// Kill the command after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        exec_timeout: Option<u64>,
+        /// The command and its arguments (after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        cmd: Vec<String>,
+    },
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Measure a running daemon (lifecycle, exec round trip) against a bubblewrap baseline.
+    Bench(bench::BenchArgs),
+}
+
+/// Options of a new sandbox.
+#[derive(Debug, Clone, Args)]
+struct SandboxOpts {
+    /// CPU quota in cores (fractions allowed).
+    #[arg(long, value_name = "F")]
+    cpus: Option<f64>,
+    /// Memory limit in MiB.
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u64>,
+    /// Maximum number of processes.
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// Seconds until the sandbox expires.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// Environment of every command in the sandbox (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_kv)]
+    env: Vec<(String, String)>,
+    /// Metadata label (repeatable).
+    #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
+    meta: Vec<(String, String)>,
+    /// Image (default: host).
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
+}
+
+/// Options of a command.
+#[derive(Debug, Clone, Args)]
+struct ExecOpts {
+    /// Working directory inside the sandbox (default /workspace).
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<String>,
+    /// Who runs the command.
+    #[arg(long, value_enum)]
+    user: Option<User>,
+    /// Never forward standard input (by default it is read to the end and sent when it is
+    /// not a terminal).
+    #[arg(long, short = 'n')]
+    no_stdin: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum User {
+    Root,
+    User,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+fn main() -> ExitCode {
+    // The sandbox-init role must run before any thread or async runtime exists.
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new("__sandbox-init")) {
+        return sandbox_init();
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            commands::report(&err);
+            1
+        }
+    };
+    // Don't wait for a blocking stdin read that nobody needs any more.
+    runtime.shutdown_background();
+    ExitCode::from(code)
+}
+
+/// `warren __sandbox-init`: the helper that builds a sandbox, then the sandbox's PID 1 (the
+/// agent). Single-threaded until `warren_agent::serve` builds its own runtime.
+fn sandbox_init() -> ExitCode {
+    let listener = match warren_runtime::native::init::run_helper() {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("warren __sandbox-init: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match warren_agent::serve(listener) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_dashes_or_not() {
+        let cli = Cli::parse_from(["warren", "exec", "sb1", "-e", "A=1", "--", "ls", "-la"]);
+        match cli.command {
+            Command::Exec { id, cmd, env, .. } => {
+                assert_eq!(id, "sb1");
+                assert_eq!(cmd, ["ls", "-la"]);
+                assert_eq!(env, [("A".to_string(), "1".to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::parse_from(["warren", "exec", "--cwd", "/tmp", "sb1", "sh", "-c", "x"]);
+        match cli.command {
+            Command::Exec { cmd, opts, .. } => {
+                assert_eq!(cmd, ["sh", "-c", "x"]);
+                assert_eq!(opts.cwd.as_deref(), Some("/tmp"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["warren", "exec", "sb1"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "create", "--env", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn run_and_serve_args() {
+        let cli = Cli::parse_from([
+            "warren", "run", "--rm", "--memory", "256", "--meta", "a=b=c", "--", "true",
+        ]);
+        match cli.command {
+            Command::Run {
+                rm, sandbox, cmd, ..
+            } => {
+                assert!(rm);
+                assert_eq!(sandbox.memory, Some(256));
+                assert_eq!(sandbox.meta, [("a".to_string(), "b=c".to_string())]);
+                assert_eq!(cmd, ["true"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::parse_from(["warren", "serve", "--listen", "0.0.0.0:9000"]);
+        match cli.command {
+            Command::Serve(args) => {
+                assert_eq!(args.listen.port(), 9000);
+                assert_eq!(args.data_dir, std::path::Path::new("/var/lib/warren"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

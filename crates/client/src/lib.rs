@@ -1,1 +1,504 @@
-//! client (being written)
+//! Rust SDK for Warren's HTTP API.
+//!
+//! A [`Client`] talks to one `warren serve` daemon; every method maps to one endpoint and
+//! returns the wire types of [`warren_api`] (re-exported as [`api`]). Failures are a typed
+//! [`Error`]: [`Error::Api`] carries the server's stable error `code`.
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use warren_client::{api::CreateSandboxRequest, api::ExecRequest, Client, ExecStreamEvent};
+//!
+//! # async fn demo() -> Result<(), warren_client::Error> {
+//! let client = Client::from_env()?; // WARREN_URL, default http://127.0.0.1:7400
+//! let sb = client.create_sandbox(&CreateSandboxRequest::default()).await?;
+//! let sandbox = client.sandbox(&sb.id);
+//!
+//! // Run a command and wait for it.
+//! let result = sandbox.run(["uname", "-a"]).await?;
+//! println!("exit {}: {}", result.exit_code, result.stdout);
+//!
+//! // Or stream its output as it is produced.
+//! let req = ExecRequest { cmd: vec!["ls".into(), "-la".into()], ..Default::default() };
+//! let mut events = sandbox.exec_stream(&req).await?;
+//! while let Some(event) = events.next().await {
+//!     match event? {
+//!         ExecStreamEvent::Stdout(bytes) => print!("{}", String::from_utf8_lossy(&bytes)),
+//!         ExecStreamEvent::Stderr(bytes) => eprint!("{}", String::from_utf8_lossy(&bytes)),
+//!         ExecStreamEvent::Exit(exit) => println!("exit {}", exit.exit_code),
+//!     }
+//! }
+//! sandbox.delete().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod sse;
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::{Stream, StreamExt};
+use reqwest::header::{HeaderValue, ACCEPT};
+use reqwest::{Method, Response, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use warren_api as api;
+use warren_api::{
+    Capabilities, CreateSandboxRequest, ErrorBody, ExecRequest, ExecResult, ExitEvent, OutputChunk,
+    OutputEncoding, Sandbox, SetTimeoutRequest,
+};
+
+/// The daemon's address when `WARREN_URL` is not set.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7400";
+
+/// Everything a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server refused or failed the request; `code` is its stable snake_case error code
+    /// (`sandbox_not_found`, `invalid_request`, ...). An `error` event in the middle of an
+    /// exec stream is reported here too, with status 500.
+    #[error("{code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The request did not get an answer (connection refused, reset, ...).
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The answer was not what the API promises.
+    #[error("unexpected response: {0}")]
+    Decode(String),
+    /// The base URL is unusable.
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+}
+
+impl Error {
+    /// The API error code, if the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// True for `sandbox_not_found`.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some("sandbox_not_found")
+    }
+}
+
+/// A client of one Warren server. Cheap to clone (connections are pooled and shared).
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+}
+
+impl Client {
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:7400`).
+    pub fn new(base_url: &str) -> Result<Client, Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Client::with_http_client(base_url, http)
+    }
+
+    /// Like [`Client::new`] with a caller-configured `reqwest::Client`.
+    pub fn with_http_client(base_url: &str, http: reqwest::Client) -> Result<Client, Error> {
+        let invalid = |reason: &str| Error::InvalidUrl {
+            url: base_url.to_string(),
+            reason: reason.to_string(),
+        };
+        let base = Url::parse(base_url).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid("the scheme must be http or https"));
+        }
+        if base.cannot_be_a_base() || base.host().is_none() {
+            return Err(invalid("not a server address"));
+        }
+        Ok(Client { http, base })
+    }
+
+    /// A client of `$WARREN_URL`, or of [`DEFAULT_URL`] when it is unset or empty.
+    pub fn from_env() -> Result<Client, Error> {
+        match std::env::var("WARREN_URL") {
+            Ok(url) if !url.trim().is_empty() => Client::new(url.trim()),
+            _ => Client::new(DEFAULT_URL),
+        }
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// A handle on the sandbox `id` (no request is made).
+    pub fn sandbox(&self, id: impl Into<String>) -> SandboxHandle {
+        SandboxHandle {
+            client: self.clone(),
+            id: id.into(),
+        }
+    }
+
+    /// `GET /healthz`: Ok when the server answers.
+    pub async fn health(&self) -> Result<(), Error> {
+        let resp = self.request(Method::GET, &["healthz"]).send().await?;
+        check(resp).await.map(drop)
+    }
+
+    /// `GET /v1/capabilities`.
+    pub async fn capabilities(&self) -> Result<Capabilities, Error> {
+        self.call(Method::GET, &["v1", "capabilities"], None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/sandboxes`: create a sandbox; returns once it runs.
+    pub async fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<Sandbox, Error> {
+        self.call(Method::POST, &["v1", "sandboxes"], Some(req))
+            .await
+    }
+
+    /// `GET /v1/sandboxes/{id}`.
+    pub async fn get_sandbox(&self, id: &str) -> Result<Sandbox, Error> {
+        self.call(Method::GET, &["v1", "sandboxes", id], None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/sandboxes`: the sandboxes whose metadata has every `(key, value)` pair of
+    /// `metadata` (all of them when it is empty), oldest first.
+    pub async fn list_sandboxes<K, V>(&self, metadata: &[(K, V)]) -> Result<Vec<Sandbox>, Error>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut url = self.url(&["v1", "sandboxes"]);
+        if !metadata.is_empty() {
+            let mut query = url.query_pairs_mut();
+            for (k, v) in metadata {
+                query.append_pair(&format!("metadata.{}", k.as_ref()), v.as_ref());
+            }
+        }
+        let resp = self.http.get(url).send().await?;
+        decode(check(resp).await?).await
+    }
+
+    /// `DELETE /v1/sandboxes/{id}`: kill everything in the sandbox and remove it.
+    pub async fn delete_sandbox(&self, id: &str) -> Result<(), Error> {
+        let resp = self
+            .request(Method::DELETE, &["v1", "sandboxes", id])
+            .send()
+            .await?;
+        check(resp).await.map(drop)
+    }
+
+    /// Alias of [`Client::delete_sandbox`] (the orchestrator's `DestroySandbox`).
+    pub async fn destroy_sandbox(&self, id: &str) -> Result<(), Error> {
+        self.delete_sandbox(id).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/timeout`: the sandbox now expires `timeout_secs` from now.
+    pub async fn set_timeout(&self, id: &str, timeout_secs: u64) -> Result<Sandbox, Error> {
+        self.call(
+            Method::POST,
+            &["v1", "sandboxes", id, "timeout"],
+            Some(&SetTimeoutRequest { timeout_secs }),
+        )
+        .await
+    }
+
+    /// `POST /v1/sandboxes/{id}/exec`: run a command to completion. Each of stdout/stderr is
+    /// capped by the server (`truncated`); use [`Client::exec_stream`] for large output.
+    /// With `encoding: base64`, decode the output with [`decode_base64`].
+    pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResult, Error> {
+        self.call(Method::POST, &["v1", "sandboxes", id, "exec"], Some(req))
+            .await
+    }
+
+    /// `POST /v1/sandboxes/{id}/exec` as a stream: output as it is produced, then the exit.
+    /// Errors that stop the command from starting (unknown sandbox, command not found, ...)
+    /// are returned here; dropping the stream closes the connection, which kills the
+    /// command.
+    pub async fn exec_stream(&self, id: &str, req: &ExecRequest) -> Result<ExecEvents, Error> {
+        let resp = self
+            .request(Method::POST, &["v1", "sandboxes", id, "exec"])
+            .header(ACCEPT, HeaderValue::from_static("text/event-stream"))
+            .json(req)
+            .send()
+            .await?;
+        let resp = check(resp).await?;
+        let is_sse = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_sse {
+            return Err(Error::Decode(
+                "expected a text/event-stream response".to_string(),
+            ));
+        }
+        let base64 = req.encoding == Some(OutputEncoding::Base64);
+        Ok(ExecEvents::new(resp, base64))
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.set_query(None);
+        url.set_fragment(None);
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(segments))
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<&B>,
+    ) -> Result<T, Error> {
+        let mut req = self.request(method, segments);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await?;
+        decode(check(resp).await?).await
+    }
+}
+
+/// Turn a non-2xx response into [`Error::Api`].
+async fn check(resp: Response) -> Result<Response, Error> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.bytes().await?;
+    Err(match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(e) => Error::Api {
+            status: status.as_u16(),
+            code: e.error.code,
+            message: e.error.message,
+        },
+        Err(_) => Error::Api {
+            status: status.as_u16(),
+            code: fallback_code(status),
+            message: {
+                let text = String::from_utf8_lossy(&body).trim().to_string();
+                if text.is_empty() {
+                    status.to_string()
+                } else {
+                    text
+                }
+            },
+        },
+    })
+}
+
+/// A code for an error response that did not come from Warren (e.g. a proxy's).
+fn fallback_code(status: StatusCode) -> String {
+    status
+        .canonical_reason()
+        .map(|r| r.to_ascii_lowercase().replace([' ', '-'], "_"))
+        .unwrap_or_else(|| format!("http_{}", status.as_u16()))
+}
+
+async fn decode<T: DeserializeOwned>(resp: Response) -> Result<T, Error> {
+    let body = resp.bytes().await?;
+    serde_json::from_slice(&body).map_err(|e| Error::Decode(e.to_string()))
+}
+
+/// Decode output requested with `encoding: base64`.
+pub fn decode_base64(data: &str) -> Result<Vec<u8>, Error> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| Error::Decode(format!("bad base64 output: {e}")))
+}
+
+/// One item of a streamed exec.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecStreamEvent {
+    /// Raw bytes (UTF-8 text when the request asked for `utf8`, exact bytes for `base64`).
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// Always the last item.
+    Exit(ExitEvent),
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>>;
+
+/// The live output of a command started with [`Client::exec_stream`]: a
+/// `Stream<Item = Result<ExecStreamEvent, Error>>` that ends after [`ExecStreamEvent::Exit`].
+pub struct ExecEvents {
+    body: ByteStream,
+    parser: sse::SseParser,
+    pending: VecDeque<sse::SseEvent>,
+    base64: bool,
+    done: bool,
+}
+
+impl std::fmt::Debug for ExecEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecEvents")
+            .field("base64", &self.base64)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExecEvents {
+    fn new(resp: Response, base64: bool) -> ExecEvents {
+        ExecEvents {
+            body: Box::pin(resp.bytes_stream()),
+            parser: sse::SseParser::default(),
+            pending: VecDeque::new(),
+            base64,
+            done: false,
+        }
+    }
+
+    /// Wait for the end, collecting the output: `(stdout, stderr, exit)`.
+    pub async fn collect_all(mut self) -> Result<(Vec<u8>, Vec<u8>, ExitEvent), Error> {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some(event) = self.next().await {
+            match event? {
+                ExecStreamEvent::Stdout(b) => out.extend(b),
+                ExecStreamEvent::Stderr(b) => err.extend(b),
+                ExecStreamEvent::Exit(exit) => return Ok((out, err, exit)),
+            }
+        }
+        Err(Error::Decode(
+            "the stream ended before the exit event".into(),
+        ))
+    }
+
+    /// Convert one SSE event; `None` for event types this client does not know.
+    fn convert(&mut self, ev: sse::SseEvent) -> Option<Result<ExecStreamEvent, Error>> {
+        let chunk = |data: &str, base64: bool| -> Result<Vec<u8>, Error> {
+            let chunk: OutputChunk = serde_json::from_str(data)
+                .map_err(|e| Error::Decode(format!("bad output event: {e}")))?;
+            if base64 {
+                decode_base64(&chunk.data)
+            } else {
+                Ok(chunk.data.into_bytes())
+            }
+        };
+        Some(match ev.event.as_str() {
+            "stdout" => chunk(&ev.data, self.base64).map(ExecStreamEvent::Stdout),
+            "stderr" => chunk(&ev.data, self.base64).map(ExecStreamEvent::Stderr),
+            "exit" => {
+                self.done = true;
+                serde_json::from_str::<ExitEvent>(&ev.data)
+                    .map(ExecStreamEvent::Exit)
+                    .map_err(|e| Error::Decode(format!("bad exit event: {e}")))
+            }
+            "error" => {
+                self.done = true;
+                Err(match serde_json::from_str::<ErrorBody>(&ev.data) {
+                    Ok(e) => Error::Api {
+                        status: 500,
+                        code: e.error.code,
+                        message: e.error.message,
+                    },
+                    Err(e) => Error::Decode(format!("bad error event: {e}")),
+                })
+            }
+            _ => return None,
+        })
+    }
+}
+
+impl Stream for ExecEvents {
+    type Item = Result<ExecStreamEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if let Some(ev) = self.pending.pop_front() {
+                match self.convert(ev) {
+                    Some(item) => return Poll::Ready(Some(item)),
+                    None => continue,
+                }
+            }
+            let this = &mut *self;
+            match this.body.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(bytes))) => this.parser.push(&bytes, &mut this.pending),
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Error::Http(e))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Error::Decode(
+                        "the stream ended before the exit event".into(),
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// A sandbox by id: the calls of [`Client`] that take one, bound to it.
+#[derive(Debug, Clone)]
+pub struct SandboxHandle {
+    client: Client,
+    id: String,
+}
+
+impl SandboxHandle {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The sandbox's current record.
+    pub async fn info(&self) -> Result<Sandbox, Error> {
+        self.client.get_sandbox(&self.id).await
+    }
+
+    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecResult, Error> {
+        self.client.exec(&self.id, req).await
+    }
+
+    /// Run `cmd` with defaults (UTF-8 output, root, `/workspace`) and wait for it.
+    pub async fn run<I, S>(&self, cmd: I) -> Result<ExecResult, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let req = ExecRequest {
+            cmd: cmd.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        };
+        self.exec(&req).await
+    }
+
+    pub async fn exec_stream(&self, req: &ExecRequest) -> Result<ExecEvents, Error> {
+        self.client.exec_stream(&self.id, req).await
+    }
+
+    pub async fn set_timeout(&self, timeout_secs: u64) -> Result<Sandbox, Error> {
+        self.client.set_timeout(&self.id, timeout_secs).await
+    }
+
+    pub async fn delete(&self) -> Result<(), Error> {
+        self.client.delete_sandbox(&self.id).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

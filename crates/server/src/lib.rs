@@ -1,1 +1,250 @@
-//! server (being written)
+//! Warren's HTTP API.
+//!
+//! [`router`] turns an [`Engine`] into an axum [`Router`] serving the `/v1` API; [`openapi`]
+//! is the OpenAPI document generated from the same handlers and the `warren_api` types.
+//! Every error leaves as `{"error":{"code":"...","message":"..."}}` ([`warren_api::ErrorBody`]).
+//! Binding a listener and graceful shutdown are the caller's job.
+
+mod encode;
+mod error;
+mod exec;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+use std::collections::BTreeMap;
+
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use warren_api::{
+    Capabilities, CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest, ExecResult, ExecUser,
+    ExitEvent, Features, Isolation, Limits, OutputChunk, OutputEncoding, Resources, Sandbox,
+    SandboxState, SetTimeoutRequest,
+};
+use warren_engine::Engine;
+
+pub use error::ApiError;
+use error::{ApiJson, SandboxId};
+
+/// The full HTTP API over `engine`.
+pub fn router(engine: Engine) -> Router {
+    let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/capabilities", get(capabilities))
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/sandboxes", post(create_sandbox).get(list_sandboxes))
+        .route(
+            "/v1/sandboxes/{id}",
+            get(get_sandbox).delete(delete_sandbox),
+        )
+        .route("/v1/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/v1/sandboxes/{id}/exec", post(exec::exec))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(engine)
+}
+
+/// The OpenAPI document of [`router`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Warren",
+        description = "Self-hosted sandboxes for AI agents. Every error is \
+            `{\"error\":{\"code\":\"snake_case\",\"message\":\"...\"}}`; unknown routes are \
+            404 `not_found`, wrong methods 405 `method_not_allowed`, malformed bodies 400 \
+            `invalid_request`, oversized bodies 413 `payload_too_large`.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        healthz,
+        capabilities,
+        openapi_json,
+        create_sandbox,
+        list_sandboxes,
+        get_sandbox,
+        delete_sandbox,
+        set_timeout,
+        exec::exec,
+    ),
+    components(schemas(
+        Capabilities,
+        CreateSandboxRequest,
+        ErrorBody,
+        ErrorDetail,
+        ExecRequest,
+        ExecResult,
+        ExecUser,
+        ExitEvent,
+        Features,
+        Isolation,
+        Limits,
+        OutputChunk,
+        OutputEncoding,
+        Resources,
+        Sandbox,
+        SandboxState,
+        SetTimeoutRequest,
+    )),
+    tags((name = "sandboxes", description = "Sandbox lifecycle and commands"),
+         (name = "meta", description = "Health, capabilities, this document"))
+)]
+struct ApiDoc;
+
+/// Liveness probe.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "The server is up", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// What this server and its runtime support.
+#[utoipa::path(get, path = "/v1/capabilities", tag = "meta",
+    responses((status = 200, description = "Capabilities", body = Capabilities)))]
+async fn capabilities(State(engine): State<Engine>) -> Json<Capabilities> {
+    Json(engine.capabilities())
+}
+
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object)))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+/// Create a sandbox; returns once it is running.
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes",
+    request_body = CreateSandboxRequest,
+    responses(
+        (status = 201, description = "The sandbox, running", body = Sandbox),
+        (status = 400, description = "`invalid_request` or `image_not_found`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 429, description = "`limit_reached`: too many sandboxes", body = ErrorBody),
+        (status = 500, description = "`runtime_error` or `store_error`", body = ErrorBody),
+        (status = 503, description = "`shutting_down`", body = ErrorBody),
+    ))]
+async fn create_sandbox(
+    State(engine): State<Engine>,
+    ApiJson(req): ApiJson<CreateSandboxRequest>,
+) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
+    let sandbox = engine.create(req).await?;
+    Ok((StatusCode::CREATED, Json(sandbox)))
+}
+
+/// List sandboxes, oldest first.
+///
+/// Filter with any number of `metadata.KEY=VALUE` query parameters (all must match). Any
+/// other query parameter is rejected.
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes",
+    params(("metadata.KEY" = Option<String>, Query,
+        description = "Repeatable: only sandboxes whose metadata has KEY=VALUE, e.g. `?metadata.owner=alice&metadata.task=42`")),
+    responses(
+        (status = 200, description = "Matching sandboxes", body = Vec<Sandbox>),
+        (status = 400, description = "`invalid_request`: unknown query parameter", body = ErrorBody),
+    ))]
+async fn list_sandboxes(
+    State(engine): State<Engine>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<Sandbox>>, ApiError> {
+    let filter = parse_metadata_filter(query.as_deref().unwrap_or(""))?;
+    Ok(Json(engine.list(&filter).await?))
+}
+
+fn parse_metadata_filter(query: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut filter = BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let Some(meta_key) = key.strip_prefix("metadata.") else {
+            return Err(ApiError::invalid_request(format!(
+                "unknown query parameter `{key}` (only `metadata.KEY=VALUE` filters are supported)"
+            )));
+        };
+        if meta_key.is_empty() {
+            return Err(ApiError::invalid_request(
+                "empty metadata key in filter `metadata.=...`",
+            ));
+        }
+        if let Some(previous) = filter.insert(meta_key.to_string(), value.to_string()) {
+            if previous != value {
+                return Err(ApiError::invalid_request(format!(
+                    "conflicting filters for metadata key `{meta_key}`"
+                )));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The sandbox", body = Sandbox),
+        (status = 404, description = "`sandbox_not_found`", body = ErrorBody),
+    ))]
+async fn get_sandbox(
+    State(engine): State<Engine>,
+    SandboxId(id): SandboxId,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(engine.get(&id).await?))
+}
+
+/// Delete a sandbox: kill everything in it and remove it.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`sandbox_not_found`", body = ErrorBody),
+        (status = 500, description = "`runtime_error` or `store_error`", body = ErrorBody),
+    ))]
+async fn delete_sandbox(
+    State(engine): State<Engine>,
+    SandboxId(id): SandboxId,
+) -> Result<StatusCode, ApiError> {
+    engine.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set a sandbox's remaining lifetime, counted from now.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/timeout", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = SetTimeoutRequest,
+    responses(
+        (status = 200, description = "The sandbox with its new `expires_at`", body = Sandbox),
+        (status = 400, description = "`invalid_request`: e.g. above the server's maximum", body = ErrorBody),
+        (status = 404, description = "`sandbox_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`", body = ErrorBody),
+    ))]
+async fn set_timeout(
+    State(engine): State<Engine>,
+    SandboxId(id): SandboxId,
+    ApiJson(req): ApiJson<SetTimeoutRequest>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(engine.set_timeout(&id, req.timeout_secs).await?))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+#[cfg(test)]
+mod tests;

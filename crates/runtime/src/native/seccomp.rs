@@ -751,6 +751,7 @@ mod tests {
     use std::process::Command;
 
     const CHILD_ENV: &str = "WARREN_SECCOMP_CHILD";
+    const SCRATCH_ENV: &str = "WARREN_SECCOMP_SCRATCH";
     const CHILD_OK_MARKER: &str = "warren-seccomp-child: all checks passed";
 
     #[test]
@@ -878,6 +879,9 @@ mod tests {
             return;
         }
         let exe = std::env::current_exe().expect("current_exe");
+        // The parent owns the scratch dir so it is removed however the child ends.
+        let scratch = std::env::temp_dir().join(format!("warren-seccomp-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).expect("mkdir scratch");
         let output = Command::new(exe)
             .args([
                 "--exact",
@@ -886,8 +890,10 @@ mod tests {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, "1")
-            .output()
-            .expect("spawn child test process");
+            .env(SCRATCH_ENV, &scratch)
+            .output();
+        let _ = std::fs::remove_dir(&scratch);
+        let output = output.expect("spawn child test process");
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(
@@ -990,8 +996,9 @@ mod tests {
 
         // Prepared before the filter goes on (mkdir is allowed anyway; this keeps the mount
         // check away from anything real).
-        let scratch = std::env::temp_dir().join(format!("warren-seccomp-{}", std::process::id()));
-        std::fs::create_dir_all(&scratch).map_err(|e| (2, format!("mkdir scratch: {e}")))?;
+        let scratch = std::path::PathBuf::from(
+            std::env::var_os(SCRATCH_ENV).ok_or((2, "no scratch dir given".to_string()))?,
+        );
         let scratch_c = CString::new(scratch.as_os_str().as_encoded_bytes())
             .map_err(|e| (2, format!("scratch path: {e}")))?;
 
@@ -1285,8 +1292,6 @@ mod tests {
                 other => return Err((88, format!("x32 getpid: child ended {other:?}"))),
             }
         }
-
-        let _ = std::fs::remove_dir(&scratch);
 
         // Last: drop to an unprivileged user, and check it still cannot make a user namespace.
         nix::unistd::setgroups(&[nix::unistd::Gid::from_raw(1000)])

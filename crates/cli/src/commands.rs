@@ -1,0 +1,309 @@
+//! The client verbs.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use warren_api::{CreateSandboxRequest, ExecRequest, ExecUser, OutputEncoding, Resources, Sandbox};
+use warren_client::{Client, ExecStreamEvent};
+
+use crate::{Cli, Command, ExecOpts, SandboxOpts, User};
+
+/// Run one verb; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Serve(args) = cli.command {
+        crate::serve::run(args).await?;
+        return Ok(0);
+    }
+    let client = Client::new(&cli.url).context("bad --url / WARREN_URL")?;
+    match cli.command {
+        Command::Serve(_) => Ok(0),
+        Command::Bench(args) => {
+            crate::bench::run(&client, args).await?;
+            Ok(0)
+        }
+        Command::Create(opts) => {
+            let sb = client.create_sandbox(&create_request(&opts)).await?;
+            println!("{}", sb.id);
+            Ok(0)
+        }
+        Command::Ls { meta, json } => {
+            let list = client.list_sandboxes(&meta).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", table(&list, Utc::now()));
+            }
+            Ok(0)
+        }
+        Command::Inspect { id } => {
+            let sb = client.get_sandbox(&id).await?;
+            println!("{}", serde_json::to_string_pretty(&sb)?);
+            Ok(0)
+        }
+        Command::Rm { ids } => {
+            let mut failed = false;
+            for id in ids {
+                match client.delete_sandbox(&id).await {
+                    Ok(()) => println!("{id}"),
+                    Err(err) => {
+                        failed = true;
+                        match &err {
+                            warren_client::Error::Api { .. } => eprintln!("error: {err}"),
+                            _ => eprintln!("error: {id}: {err}"),
+                        }
+                    }
+                }
+            }
+            Ok(u8::from(failed))
+        }
+        Command::Exec {
+            id,
+            opts,
+            env,
+            timeout,
+            cmd,
+        } => {
+            let req = exec_request(cmd, env, timeout, &opts).await?;
+            stream_exec(&client, &id, &req).await
+        }
+        Command::Run {
+            rm,
+            sandbox,
+            opts,
+            exec_timeout,
+            cmd,
+        } => {
+            // Read stdin before creating anything, so a failure here leaves nothing behind.
+            let req = exec_request(cmd, Vec::new(), exec_timeout, &opts).await?;
+            let sb = client.create_sandbox(&create_request(&sandbox)).await?;
+            if !rm {
+                eprintln!("{}", sb.id);
+                return stream_exec(&client, &sb.id, &req).await;
+            }
+            let outcome = tokio::select! {
+                outcome = stream_exec(&client, &sb.id, &req) => outcome,
+                _ = tokio::signal::ctrl_c() => Ok(130),
+            };
+            if let Err(err) = client.delete_sandbox(&sb.id).await {
+                eprintln!("error: deleting sandbox {}: {err}", sb.id);
+                if outcome.is_ok() {
+                    return Ok(1);
+                }
+            }
+            outcome
+        }
+    }
+}
+
+/// Print an error the way the CLI promises: `error: <code>: <message>` for API errors.
+pub fn report(err: &anyhow::Error) {
+    if let Some(api @ warren_client::Error::Api { .. }) = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<warren_client::Error>())
+    {
+        eprintln!("error: {api}");
+    } else {
+        eprintln!("error: {err:#}");
+    }
+}
+
+fn create_request(opts: &SandboxOpts) -> CreateSandboxRequest {
+    let resources = Resources {
+        cpus: opts.cpus,
+        memory_mib: opts.memory,
+        pids: opts.pids,
+    };
+    CreateSandboxRequest {
+        image: opts.image.clone(),
+        env: opts.env.iter().cloned().collect(),
+        metadata: opts.meta.iter().cloned().collect(),
+        timeout_secs: opts.timeout,
+        resources: (resources != Resources::default()).then_some(resources),
+    }
+}
+
+async fn exec_request(
+    cmd: Vec<String>,
+    env: Vec<(String, String)>,
+    timeout_secs: Option<u64>,
+    opts: &ExecOpts,
+) -> anyhow::Result<ExecRequest> {
+    let stdin = if opts.no_stdin || std::io::stdin().is_terminal() {
+        None
+    } else {
+        let mut buf = Vec::new();
+        tokio::io::stdin()
+            .read_to_end(&mut buf)
+            .await
+            .context("reading standard input")?;
+        if buf.is_empty() {
+            None
+        } else {
+            Some(String::from_utf8(buf).map_err(|_| {
+                anyhow::anyhow!("standard input is not UTF-8 text (the API carries text only)")
+            })?)
+        }
+    };
+    Ok(ExecRequest {
+        cmd,
+        env: env.into_iter().collect::<BTreeMap<_, _>>(),
+        cwd: opts.cwd.clone(),
+        stdin,
+        timeout_secs,
+        user: opts.user.map(|u| match u {
+            User::Root => ExecUser::Root,
+            User::User => ExecUser::User,
+        }),
+        // Exact bytes: the terminal gets precisely what the command wrote.
+        encoding: Some(OutputEncoding::Base64),
+    })
+}
+
+/// Stream a command's output to our stdout/stderr; returns its exit code.
+async fn stream_exec(client: &Client, id: &str, req: &ExecRequest) -> anyhow::Result<u8> {
+    let mut events = client.exec_stream(id, req).await?;
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    while let Some(event) = events.next().await {
+        let written = match event? {
+            ExecStreamEvent::Stdout(bytes) => write_now(&mut stdout, &bytes).await,
+            ExecStreamEvent::Stderr(bytes) => write_now(&mut stderr, &bytes).await,
+            ExecStreamEvent::Exit(exit) => {
+                if exit.timed_out {
+                    eprintln!("warren: the command timed out and was killed");
+                }
+                return Ok(u8::try_from(exit.exit_code).unwrap_or(255));
+            }
+        };
+        match written {
+            Ok(()) => {}
+            // Our reader went away (`| head`): stop like a command killed by SIGPIPE would.
+            // Dropping the stream kills the remote command.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(141),
+            Err(e) => return Err(e).context("writing the command's output"),
+        }
+    }
+    bail!("the server ended the output stream without an exit status")
+}
+
+async fn write_now<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+/// `warren ls` table.
+fn table(list: &[Sandbox], now: DateTime<Utc>) -> String {
+    let mut rows = vec![[
+        "ID".to_string(),
+        "STATE".to_string(),
+        "IMAGE".to_string(),
+        "CREATED".to_string(),
+        "EXPIRES".to_string(),
+        "METADATA".to_string(),
+    ]];
+    for sb in list {
+        let metadata = if sb.metadata.is_empty() {
+            "-".to_string()
+        } else {
+            sb.metadata
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        rows.push([
+            sb.id.clone(),
+            sb.state.to_string(),
+            sb.image.clone(),
+            format!("{} ago", human(now - sb.created_at)),
+            if sb.expires_at > now {
+                format!("in {}", human(sb.expires_at - now))
+            } else {
+                "expired".to_string()
+            },
+            metadata,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `42s`, `3m12s`, `5h3m`, `2d4h`.
+fn human(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+    use warren_api::SandboxState;
+
+    #[test]
+    fn table_layout() {
+        let now = Utc::now();
+        let sb = |id: &str, meta: &[(&str, &str)]| Sandbox {
+            id: id.to_string(),
+            state: SandboxState::Running,
+            image: "host".into(),
+            created_at: now - TimeDelta::seconds(75),
+            expires_at: now + TimeDelta::seconds(3 * 3600 + 120),
+            timeout_secs: 300,
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            resources: Resources::default(),
+            env_keys: vec![],
+            failure_reason: None,
+        };
+        let t = table(
+            &[sb("sb-1", &[]), sb("sb-longer", &[("a", "1"), ("b", "2")])],
+            now,
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID         STATE    IMAGE  CREATED    EXPIRES  METADATA"
+        );
+        assert_eq!(lines[1], "sb-1       running  host   1m15s ago  in 3h2m  -");
+        assert!(lines[2].ends_with("a=1,b=2"));
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(TimeDelta::seconds(-3)), "0s");
+        assert_eq!(human(TimeDelta::seconds(59)), "59s");
+        assert_eq!(human(TimeDelta::seconds(61)), "1m1s");
+        assert_eq!(human(TimeDelta::seconds(7200)), "2h0m");
+        assert_eq!(human(TimeDelta::seconds(90000)), "1d1h");
+    }
+}

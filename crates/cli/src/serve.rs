@@ -1,0 +1,176 @@
+//! `warren serve`: the daemon. Wires the native runtime, the engine and the HTTP server,
+//! prints the bound address, and on SIGTERM/SIGINT deletes every sandbox before exiting.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+use warren_engine::{Engine, EngineConfig};
+use warren_runtime::native::{NativeConfig, NativeRuntime};
+
+use crate::serve_args::ServeArgs;
+
+/// Data directory of a daemon started with no flags.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/warren";
+
+/// The cgroup parent for a data dir: `warren` for the default one, otherwise `warren-` plus
+/// a short hash of the path, so two daemons with different data dirs never touch each
+/// other's cgroups.
+fn cgroup_parent_for(data_dir: &Path) -> String {
+    if data_dir == Path::new(DEFAULT_DATA_DIR) {
+        return "warren".to_string();
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data_dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("warren-{:08x}", h as u32)
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},libcgroups=error"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_level);
+    if !nix_is_root() {
+        bail!("warren serve must run as root (it creates namespaces, mounts and cgroups)");
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let data_dir = args
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    let _lock = lock_data_dir(&data_dir)?;
+
+    let cgroup_parent = args
+        .cgroup_parent
+        .clone()
+        .unwrap_or_else(|| cgroup_parent_for(&data_dir));
+    let helper_exe = std::env::current_exe().context("locating the warren binary")?;
+    let native_config = NativeConfig {
+        data_dir: data_dir.clone(),
+        helper_exe,
+        cgroup_parent,
+    };
+    let runtime = tokio::task::spawn_blocking(move || NativeRuntime::new(native_config))
+        .await
+        .context("runtime setup task")?
+        .context("setting up the native runtime")?;
+
+    let mut config = EngineConfig::with_defaults(data_dir.clone());
+    if let Some(n) = args.max_sandboxes {
+        config.max_sandboxes = n;
+    }
+    if let Some(s) = args.max_timeout {
+        config.max_timeout_secs = s;
+    }
+    if let Some(s) = args.default_timeout {
+        config.default_timeout_secs = s;
+    }
+    if config.default_timeout_secs == 0 || config.default_timeout_secs > config.max_timeout_secs {
+        bail!(
+            "--default-timeout ({}) must be between 1 and --max-timeout ({})",
+            config.default_timeout_secs,
+            config.max_timeout_secs
+        );
+    }
+    let engine = Engine::open(config, Arc::new(runtime))
+        .await
+        .context("opening the engine")?;
+    let reaper = engine.spawn_reaper();
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find the port when listening on :0.
+    println!("warren listening on http://{addr}");
+    info!(%addr, data_dir = %data_dir.display(), "warren serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = warren_server::router(engine.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = which, "shutting down: deleting every sandbox");
+    let _ = stop_tx.send(());
+    reaper.abort();
+    // Deleting the sandboxes also ends the streams still attached to them, which lets the
+    // graceful shutdown finish.
+    engine.shutdown().await;
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e).context("http server"),
+        Ok(Err(e)) => return Err(e).context("http server task"),
+        Err(_) => info!("connections still open after 10 s; closing them"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Hold an exclusive lock on `<data>/warren.lock` for the daemon's lifetime: a second daemon
+/// on the same data dir would otherwise "clean up" the first one's sandboxes.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("warren.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own; the lock lives as long as `file`.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "another warren daemon is using {} (lock {} is held)",
+            data_dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_parent_names() {
+        assert_eq!(cgroup_parent_for(Path::new("/var/lib/warren")), "warren");
+        let a = cgroup_parent_for(Path::new("/tmp/a"));
+        let b = cgroup_parent_for(Path::new("/tmp/b"));
+        assert!(a.starts_with("warren-") && a.len() == 15, "{a}");
+        assert_ne!(a, b);
+        assert_eq!(a, cgroup_parent_for(Path::new("/tmp/a")));
+    }
+}

@@ -1,0 +1,214 @@
+//! The client verbs against an in-process server over a fake runtime.
+
+use std::process::{Output, Stdio};
+
+use tokio::io::AsyncWriteExt;
+use warren_server::testing::TestServer;
+
+async fn warren(server: &TestServer, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"));
+    cmd.args(args)
+        .env("WARREN_URL", &server.url)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn warren");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).await.unwrap();
+        drop(pipe);
+    }
+    child.wait_with_output().await.unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn live(server: &TestServer) -> usize {
+    server.engine.runtime.sandboxes.lock().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_ls_inspect_rm() {
+    let server = TestServer::start().await;
+    let out = warren(
+        &server,
+        &["create", "--meta", "team=a", "--memory", "256"],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert!(!id.is_empty());
+    let other = warren(&server, &["create"], None).await;
+    let other = text(&other.stdout).trim().to_string();
+
+    let out = warren(&server, &["ls"], None).await;
+    let table = text(&out.stdout);
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains(&id) && table.contains("team=a"), "{table}");
+    assert_eq!(table.lines().count(), 3);
+
+    let out = warren(&server, &["ls", "--json", "--meta", "team=a"], None).await;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+
+    let out = warren(&server, &["inspect", &id], None).await;
+    let sb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sb["resources"]["memory_mib"], 256);
+
+    let out = warren(&server, &["rm", &id, "sb-missing", &other], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), format!("{id}\n{other}\n"));
+    assert!(
+        text(&out.stderr).starts_with("error: sandbox_not_found: "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(live(&server), 0);
+
+    let out = warren(&server, &["inspect", &id], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("error: sandbox_not_found: "));
+
+    let out = warren(&server, &["create", "--cpus=-1"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("error: invalid_request: "));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_streams_and_exits_with_the_code() {
+    let server = TestServer::start().await;
+    let id = text(&warren(&server, &["create"], None).await.stdout)
+        .trim()
+        .to_string();
+
+    let out = warren(&server, &["exec", &id, "--", "echo", "hello", "-n"], None).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "hello -n\n");
+
+    let out = warren(&server, &["exec", &id, "fail", "3"], None).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stderr), "failing\n");
+
+    let out = warren(&server, &["exec", &id, "--", "binary"], None).await;
+    assert_eq!(out.stdout, (0..=255u8).collect::<Vec<_>>());
+
+    let out = warren(&server, &["exec", &id, "--", "split-utf8"], None).await;
+    assert_eq!(text(&out.stdout), "café\n");
+    assert_eq!(text(&out.stderr), "warn\n");
+
+    let out = warren(
+        &server,
+        &["exec", &id, "--", "cat"],
+        Some("piped ✓\n".as_bytes()),
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "piped ✓\n");
+    let out = warren(&server, &["exec", "-n", &id, "--", "cat"], Some(b"ignored")).await;
+    assert_eq!(text(&out.stdout), "");
+
+    let out = warren(&server, &["exec", &id, "--", "killed"], None).await;
+    assert_eq!(out.status.code(), Some(137));
+    assert!(text(&out.stderr).contains("timed out"));
+
+    let out = warren(&server, &["exec", &id, "--", "nope"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("error: command_not_found: "));
+
+    let out = warren(&server, &["exec", "sb-missing", "--", "echo"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("error: sandbox_not_found: "));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_and_without_rm() {
+    let server = TestServer::start().await;
+    let out = warren(&server, &["run", "--rm", "--env", "A=1", "--", "env"], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("A=1\n"));
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(live(&server), 0);
+
+    let out = warren(&server, &["run", "--rm", "--", "fail", "4"], None).await;
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(live(&server), 0);
+
+    let out = warren(&server, &["run", "--rm", "--", "nope"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(live(&server), 0);
+
+    let out = warren(
+        &server,
+        &["run", "--meta", "k=v", "--", "echo", "kept"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "kept\n");
+    let id = text(&out.stderr).trim().to_string();
+    assert!(server
+        .engine
+        .runtime
+        .sandboxes
+        .lock()
+        .unwrap()
+        .contains(&id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_server() {
+    let server = TestServer::start().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--url", "http://127.0.0.1:1", "ls"])
+        .env("WARREN_URL", &server.url)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: "),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_rm_deletes_on_ctrl_c() {
+    use tokio::io::AsyncBufReadExt;
+    let server = TestServer::start().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["run", "--rm", "--", "sleep"])
+        .env("WARREN_URL", &server.url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("no output")
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("started"));
+    assert_eq!(live(&server), 1);
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("warren did not stop")
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(live(&server), 0);
+}

@@ -1,0 +1,211 @@
+//! Test harness: starts a real `warren serve` (as root, on the real kernel) with its own
+//! data directory and port, and guarantees teardown even when a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warren_api::{CreateSandboxRequest, ExecRequest, ExecResult, Resources, Sandbox};
+use warren_client::Client;
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    /// Cgroup parent of this daemon's sandboxes (unique per test daemon).
+    pub cgroup_parent: String,
+    pub client: Client,
+}
+
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Daemon {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let data_dir = std::env::temp_dir().join(format!("warren-it-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let cgroup_parent = format!("warren-it-{}-{n}", std::process::id());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--cgroup-parent")
+            .arg(&cgroup_parent)
+            .args(extra)
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn warren serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut daemon = Daemon {
+            child: Some(child),
+            url: String::new(),
+            data_dir,
+            cgroup_parent,
+            client: Client::new("http://127.0.0.1:1").expect("client"),
+        };
+        let line = lines
+            .next()
+            .and_then(|l| l.ok())
+            .unwrap_or_else(|| panic!("warren serve exited before listening"));
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_string();
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        daemon.client = Client::new(&url).expect("client");
+        daemon.url = url;
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn sandbox_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.data_dir.join("sandboxes"))
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; returns the exit status. Panics if it does not stop in time.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("warren serve did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Tokio runtime for a test body.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub fn req(cmd: &[&str]) -> ExecRequest {
+    ExecRequest {
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn sh(script: &str) -> ExecRequest {
+    req(&["sh", "-c", script])
+}
+
+pub async fn create(c: &Client) -> Sandbox {
+    c.create_sandbox(&CreateSandboxRequest::default())
+        .await
+        .expect("create sandbox")
+}
+
+pub async fn create_with(c: &Client, r: Resources) -> Sandbox {
+    c.create_sandbox(&CreateSandboxRequest {
+        resources: Some(r),
+        ..Default::default()
+    })
+    .await
+    .expect("create sandbox")
+}
+
+pub async fn run(c: &Client, id: &str, r: ExecRequest) -> ExecResult {
+    c.exec(id, &r).await.expect("exec")
+}
+
+pub async fn run_sh(c: &Client, id: &str, script: &str) -> ExecResult {
+    run(c, id, sh(script)).await
+}
+
+/// Mounts in the host's mount table whose source or target mentions `needle`.
+pub fn host_mounts_mentioning(needle: &Path) -> Vec<String> {
+    let needle = needle.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Cgroup directories anywhere under /sys/fs/cgroup (depth ≤ 3) whose name contains `needle`.
+pub fn cgroups_named(needle: &str) -> Vec<PathBuf> {
+    let mut out = vec![];
+    fn walk(dir: &Path, depth: usize, needle: &str, out: &mut Vec<PathBuf>) {
+        if depth > 3 {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if e.file_name().to_string_lossy().contains(needle) {
+                    out.push(p.clone());
+                }
+                walk(&p, depth + 1, needle, out);
+            }
+        }
+    }
+    walk(Path::new("/sys/fs/cgroup"), 0, needle, &mut out);
+    out
+}
+
+/// Host processes that live in a cgroup under `parent` (in any hierarchy).
+pub fn processes_in_cgroup(parent: &str) -> Vec<String> {
+    let needle = format!("/{parent}/");
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("cgroup"))
+                        .map(|c| c.contains(&needle))
+                        .unwrap_or(false)
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,290 @@
+//! Test support (feature `testing`): a fake runtime whose "commands" return canned output, an
+//! engine over it in a temporary directory, and an in-process HTTP server.
+//!
+//! Fake commands (`argv[0]`):
+//! - `echo ARGS...`: prints its arguments joined by spaces and a newline.
+//! - `cat`: prints its stdin.
+//! - `env`: prints the command's environment, `K=V` per line.
+//! - `split-utf8`: stdout `café\n` with `é` split across two chunks, stderr `warn\n`.
+//! - `binary`: stdout every byte value 0..=255, in two chunks.
+//! - `fail CODE`: stderr `failing\n`, exits with CODE.
+//! - `yes N`: N bytes of `y` in chunks of at most 4096.
+//! - `killed`: dies by SIGKILL (exit 137).
+//! - `sleep`: prints `started\n` and never exits (drops are counted in `FakeRuntime::drops`).
+//! - `broken`: prints `partial\n`, then the runtime fails.
+//! - anything else: the spawn fails with `not_found`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{stream, Stream, StreamExt};
+use warren_api::Resources;
+use warren_engine::{Engine, EngineConfig};
+use warren_runtime::{
+    ExecOutput, ExecSpec, ExecStream, ExitInfo, Runtime, RuntimeError, RuntimeInfo, SandboxSpec,
+};
+
+/// A runtime that creates nothing and "runs" the fake commands listed in the module docs.
+#[derive(Debug, Default, Clone)]
+pub struct FakeRuntime {
+    pub sandboxes: Arc<Mutex<BTreeSet<String>>>,
+    /// How many exec streams were dropped before their end (i.e. "killed").
+    pub drops: Arc<AtomicUsize>,
+}
+
+fn exit(code: i32) -> ExecOutput {
+    ExecOutput::Exit(ExitInfo {
+        exit_code: code,
+        signal: None,
+        timed_out: false,
+        duration_us: 1500,
+    })
+}
+
+fn out(s: impl Into<Bytes>) -> ExecOutput {
+    ExecOutput::Stdout(s.into())
+}
+
+fn err(s: impl Into<Bytes>) -> ExecOutput {
+    ExecOutput::Stderr(s.into())
+}
+
+/// Counts a drop of a stream that had not finished.
+struct Tracked {
+    inner: ExecStream,
+    finished: bool,
+    drops: Arc<AtomicUsize>,
+}
+
+impl Stream for Tracked {
+    type Item = Result<ExecOutput, RuntimeError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Ok(ExecOutput::Exit(_)))) = &item {
+            self.finished = true;
+        }
+        item
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.drops.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    fn info(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            name: "fake".into(),
+            cgroup: "v2".into(),
+            namespaces: vec!["pid".into(), "mnt".into()],
+            user_namespace: false,
+            seccomp: false,
+            capabilities: vec![],
+            images: vec![warren_api::DEFAULT_IMAGE.into()],
+        }
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        if spec.image != warren_api::DEFAULT_IMAGE {
+            return Err(RuntimeError::ImageNotFound(spec.image.clone()));
+        }
+        self.lock().insert(spec.id.clone());
+        Ok(())
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        spec: ExecSpec,
+        stdin: Option<Bytes>,
+    ) -> Result<ExecStream, RuntimeError> {
+        if !self.lock().contains(id) {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        let argv = spec.argv;
+        let args = argv.get(1..).unwrap_or_default();
+        let items: Vec<Result<ExecOutput, RuntimeError>> =
+            match argv.first().map(String::as_str).unwrap_or_default() {
+                "echo" => vec![Ok(out(format!("{}\n", args.join(" ")))), Ok(exit(0))],
+                "cat" => vec![Ok(out(stdin.unwrap_or_default())), Ok(exit(0))],
+                "env" => {
+                    let text: String = spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                    vec![Ok(out(text)), Ok(exit(0))]
+                }
+                "split-utf8" => vec![
+                    Ok(out(&b"caf\xc3"[..])),
+                    Ok(err("warn\n")),
+                    Ok(out(&b"\xa9\n"[..])),
+                    Ok(exit(0)),
+                ],
+                "binary" => {
+                    let all: Vec<u8> = (0..=255u8).collect();
+                    vec![
+                        Ok(out(all[..100].to_vec())),
+                        Ok(out(all[100..].to_vec())),
+                        Ok(exit(0)),
+                    ]
+                }
+                "fail" => {
+                    let code = args.first().and_then(|c| c.parse().ok()).unwrap_or(1);
+                    vec![Ok(err("failing\n")), Ok(exit(code))]
+                }
+                "yes" => {
+                    let mut n: usize = args.first().and_then(|c| c.parse().ok()).unwrap_or(10);
+                    let mut items = Vec::new();
+                    while n > 0 {
+                        let k = n.min(4096);
+                        items.push(Ok(out(vec![b'y'; k])));
+                        n -= k;
+                    }
+                    items.push(Ok(exit(0)));
+                    items
+                }
+                "killed" => vec![Ok(ExecOutput::Exit(ExitInfo {
+                    exit_code: 137,
+                    signal: Some(9),
+                    timed_out: true,
+                    duration_us: 2_000_000,
+                }))],
+                "sleep" => {
+                    let s = stream::iter(vec![Ok(out("started\n"))]).chain(stream::pending());
+                    return Ok(self.track(Box::pin(s)));
+                }
+                "broken" => vec![
+                    Ok(out("partial\n")),
+                    Err(RuntimeError::Setup("agent went away".into())),
+                ],
+                other => {
+                    return Err(RuntimeError::Spawn {
+                        code: "not_found".into(),
+                        message: format!("{other}: command not found"),
+                    })
+                }
+            };
+        Ok(self.track(Box::pin(stream::iter(items))))
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        self.lock().remove(id);
+        Ok(())
+    }
+
+    async fn cleanup_all(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
+    async fn shutdown(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+}
+
+impl FakeRuntime {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.sandboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn track(&self, inner: ExecStream) -> ExecStream {
+        Box::pin(Tracked {
+            inner,
+            finished: false,
+            drops: self.drops.clone(),
+        })
+    }
+}
+
+/// Small limits, so tests can hit them: 64 KiB bodies, 1 KiB of captured output per stream.
+pub fn test_config(data_dir: &Path) -> EngineConfig {
+    EngineConfig {
+        default_timeout_secs: 300,
+        max_timeout_secs: 3600,
+        max_sandboxes: 0,
+        default_resources: Resources {
+            cpus: Some(1.0),
+            memory_mib: Some(512),
+            pids: Some(256),
+        },
+        max_cpus: 4.0,
+        max_memory_mib: 8192,
+        max_pids: 4096,
+        max_request_bytes: 64 * 1024,
+        max_exec_capture_bytes: 1024,
+        ..EngineConfig::with_defaults(data_dir.to_path_buf())
+    }
+}
+
+/// An engine over a [`FakeRuntime`] in a fresh temporary directory.
+pub struct TestEngine {
+    pub engine: Engine,
+    pub runtime: FakeRuntime,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEngine {
+    pub async fn new() -> TestEngine {
+        Self::with_config(|_| {}).await
+    }
+
+    /// Panics on setup failure (test code only).
+    pub async fn with_config(adjust: impl FnOnce(&mut EngineConfig)) -> TestEngine {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let runtime = FakeRuntime::default();
+        let engine = Engine::open(config, Arc::new(runtime.clone()))
+            .await
+            .expect("open engine");
+        TestEngine {
+            engine,
+            runtime,
+            dir,
+        }
+    }
+}
+
+/// [`crate::router`] over a [`TestEngine`], served on an ephemeral loopback port until dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub engine: TestEngine,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Panics on setup failure (test code only).
+    pub async fn start() -> TestServer {
+        let engine = TestEngine::new().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let app = crate::router(engine.engine.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestServer {
+            addr,
+            url: format!("http://{addr}"),
+            engine,
+            task,
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
