@@ -18,9 +18,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         crate::serve::run(args).await?;
         return Ok(0);
     }
+    if let Command::Openapi = cli.command {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&warren_server::openapi())?
+        );
+        return Ok(0);
+    }
     let client = Client::new(&cli.url).context("bad --url / WARREN_URL")?;
     match cli.command {
-        Command::Serve(_) => Ok(0),
+        Command::Serve(_) | Command::Openapi => Ok(0),
         Command::Bench(args) => {
             crate::bench::run(&client, args).await?;
             Ok(0)

@@ -96,6 +96,9 @@ enum Command {
     Serve(ServeArgs),
     /// Measure a running daemon (lifecycle, exec round trip) against a bubblewrap baseline.
     Bench(bench::BenchArgs),
+    /// Print the OpenAPI document of the HTTP API (the source of docs/openapi.json).
+    #[command(hide = true)]
+    Openapi,
 }
 
 /// Options of a new sandbox.

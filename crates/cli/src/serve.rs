@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum::serve::ListenerExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use warren_engine::{Engine, EngineConfig};
@@ -96,6 +97,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    // Streams write small frames one after another: without TCP_NODELAY, Nagle holds each
+    // one back until the client's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     // Tests and scripts read this line to find the port when listening on :0.
     println!("warren listening on http://{addr}");
     info!(%addr, data_dir = %data_dir.display(), "warren serving");

@@ -212,3 +212,27 @@ async fn run_rm_deletes_on_ctrl_c() {
     assert_eq!(status.code(), Some(130));
     assert_eq!(live(&server), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_prints_the_document_without_a_server() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--url", "http://127.0.0.1:1", "openapi"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.ends_with(b"}\n"));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc, serde_json::to_value(warren_server::openapi()).unwrap());
+    let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !text(&help.stdout).contains("openapi"),
+        "{}",
+        text(&help.stdout)
+    );
+}

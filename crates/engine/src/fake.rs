@@ -1,27 +1,50 @@
-//! An in-memory [`Runtime`] for testing the engine and the HTTP layer without a kernel.
+//! An in-memory [`Runtime`] for testing the engine, the HTTP layer, the client and the CLI
+//! without a kernel (the server's `testing` feature builds its test engine and server on it).
 //!
-//! It keeps a set of "live" sandboxes and runs a few built-in commands:
-//! `echo ARGS..` (stdout), `fail N` (exit N), `cat` (stdin to stdout), `split` (writes the
-//! bytes of "é" across two chunks), `bytes` (all 256 byte values). Anything else is
-//! `not_found`. Failures can be injected with [`FakeRuntime::fail_next_create`].
+//! It keeps a set of "live" sandboxes ([`FakeRuntime::sandboxes`]), accepts only the image
+//! [`warren_api::DEFAULT_IMAGE`], and "runs" a few built-in commands (`argv[0]`):
+//! - `echo ARGS...`: prints its arguments joined by spaces and a newline.
+//! - `cat`: prints its stdin.
+//! - `env`: prints the command's environment, `K=V` per line.
+//! - `split-utf8`: stdout `café\n` with `é` split across two chunks, stderr `warn\n`.
+//! - `binary`: stdout every byte value 0..=255, in two chunks.
+//! - `fail CODE`: stderr `failing\n`, exits with CODE (default 1).
+//! - `yes N`: N bytes of `y` in chunks of at most 4096.
+//! - `killed`: dies by SIGKILL (exit 137).
+//! - `sleep`: prints `started\n` and never exits (drops are counted in [`FakeRuntime::drops`]).
+//! - `broken`: prints `partial\n`, then the runtime fails.
+//! - anything else: the spawn fails with `not_found`.
+//!
+//! Failures and slowness can be injected with [`FakeRuntime::fail_next_create`] and
+//! [`FakeRuntime::set_create_delay`]; [`FakeRuntime::shut_down`] records a runtime shutdown.
+//!
+//! Clones share their state, so a test can keep one clone and hand another to the engine.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::{stream, Stream, StreamExt};
 use warren_runtime::{
     ExecOutput, ExecSpec, ExecStream, ExitInfo, Runtime, RuntimeError, RuntimeInfo, SandboxSpec,
 };
 
-#[derive(Default)]
+/// A runtime that creates nothing and "runs" the fake commands listed in the module docs.
+#[derive(Debug, Default, Clone)]
 pub struct FakeRuntime {
-    live: Mutex<HashSet<String>>,
-    fail_next_create: AtomicBool,
-    create_delay: Mutex<Duration>,
-    pub shut_down: AtomicBool,
+    /// The ids of the live sandboxes.
+    pub sandboxes: Arc<Mutex<BTreeSet<String>>>,
+    /// How many exec streams were dropped before their end (i.e. "killed").
+    pub drops: Arc<AtomicUsize>,
+    /// Set once [`Runtime::shutdown`] has been called.
+    pub shut_down: Arc<AtomicBool>,
+    fail_next_create: Arc<AtomicBool>,
+    create_delay: Arc<Mutex<Duration>>,
 }
 
 impl FakeRuntime {
@@ -29,28 +52,31 @@ impl FakeRuntime {
         FakeRuntime::default()
     }
 
+    /// Make the next [`Runtime::create`] fail with a setup error.
     pub fn fail_next_create(&self) {
         self.fail_next_create.store(true, Ordering::SeqCst);
     }
 
+    /// Make every [`Runtime::create`] wait this long first.
     pub fn set_create_delay(&self, d: Duration) {
-        if let Ok(mut g) = self.create_delay.lock() {
-            *g = d;
-        }
+        *self.create_delay.lock().unwrap_or_else(|p| p.into_inner()) = d;
     }
 
+    /// The ids of the live sandboxes, sorted.
     pub fn live(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .live
-            .lock()
-            .map(|g| g.iter().cloned().collect())
-            .unwrap_or_default();
-        v.sort();
-        v
+        self.lock().iter().cloned().collect()
     }
 
-    fn is_live(&self, id: &str) -> bool {
-        self.live.lock().map(|g| g.contains(id)).unwrap_or(false)
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.sandboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn track(&self, inner: ExecStream) -> ExecStream {
+        Box::pin(Tracked {
+            inner,
+            finished: false,
+            drops: self.drops.clone(),
+        })
     }
 }
 
@@ -59,8 +85,43 @@ fn exit(code: i32) -> ExecOutput {
         exit_code: code,
         signal: None,
         timed_out: false,
-        duration_us: 1,
+        duration_us: 1500,
     })
+}
+
+fn out(s: impl Into<Bytes>) -> ExecOutput {
+    ExecOutput::Stdout(s.into())
+}
+
+fn err(s: impl Into<Bytes>) -> ExecOutput {
+    ExecOutput::Stderr(s.into())
+}
+
+/// Counts a drop of a stream that had not finished.
+struct Tracked {
+    inner: ExecStream,
+    finished: bool,
+    drops: Arc<AtomicUsize>,
+}
+
+impl Stream for Tracked {
+    type Item = Result<ExecOutput, RuntimeError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Ok(ExecOutput::Exit(_)))) = &item {
+            self.finished = true;
+        }
+        item
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.drops.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 #[async_trait]
@@ -68,26 +129,27 @@ impl Runtime for FakeRuntime {
     fn info(&self) -> RuntimeInfo {
         RuntimeInfo {
             name: "fake".into(),
-            cgroup: "none".into(),
-            namespaces: vec![],
+            cgroup: "v2".into(),
+            namespaces: vec!["pid".into(), "mnt".into()],
             user_namespace: false,
             seccomp: false,
             capabilities: vec![],
-            images: vec!["host".into()],
+            images: vec![warren_api::DEFAULT_IMAGE.into()],
         }
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
-        let delay = self.create_delay.lock().map(|g| *g).unwrap_or_default();
+        let delay = *self.create_delay.lock().unwrap_or_else(|p| p.into_inner());
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         if self.fail_next_create.swap(false, Ordering::SeqCst) {
             return Err(RuntimeError::Setup("injected failure".into()));
         }
-        if let Ok(mut g) = self.live.lock() {
-            g.insert(spec.id.clone());
+        if spec.image != warren_api::DEFAULT_IMAGE {
+            return Err(RuntimeError::ImageNotFound(spec.image.clone()));
         }
+        self.lock().insert(spec.id.clone());
         Ok(())
     }
 
@@ -97,56 +159,79 @@ impl Runtime for FakeRuntime {
         spec: ExecSpec,
         stdin: Option<Bytes>,
     ) -> Result<ExecStream, RuntimeError> {
-        if !self.is_live(id) {
+        if !self.lock().contains(id) {
             return Err(RuntimeError::NotFound(id.to_string()));
         }
-        let args = &spec.argv[1..];
-        let items: Vec<ExecOutput> = match spec.argv[0].as_str() {
-            "echo" => vec![
-                ExecOutput::Stdout(Bytes::from(args.join(" ") + "\n")),
-                exit(0),
-            ],
-            "env" => {
-                let text: String = spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-                vec![ExecOutput::Stdout(Bytes::from(text)), exit(0)]
-            }
-            "fail" => vec![
-                ExecOutput::Stderr(Bytes::from_static(b"failing\n")),
-                exit(args.first().and_then(|a| a.parse().ok()).unwrap_or(1)),
-            ],
-            "cat" => vec![ExecOutput::Stdout(stdin.unwrap_or_default()), exit(0)],
-            "split" => vec![
-                ExecOutput::Stdout(Bytes::from_static(b"a\xc3")),
-                ExecOutput::Stdout(Bytes::from_static(b"\xa9b")),
-                exit(0),
-            ],
-            "bytes" => vec![
-                ExecOutput::Stdout(Bytes::from((0..=255u8).collect::<Vec<u8>>())),
-                exit(0),
-            ],
-            other => {
-                return Err(RuntimeError::Spawn {
-                    code: "not_found".into(),
-                    message: format!("{other}: command not found"),
-                })
-            }
-        };
-        Ok(Box::pin(futures::stream::iter(items.into_iter().map(Ok))))
+        let argv = spec.argv;
+        let args = argv.get(1..).unwrap_or_default();
+        let items: Vec<Result<ExecOutput, RuntimeError>> =
+            match argv.first().map(String::as_str).unwrap_or_default() {
+                "echo" => vec![Ok(out(format!("{}\n", args.join(" ")))), Ok(exit(0))],
+                "cat" => vec![Ok(out(stdin.unwrap_or_default())), Ok(exit(0))],
+                "env" => {
+                    let text: String = spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                    vec![Ok(out(text)), Ok(exit(0))]
+                }
+                "split-utf8" => vec![
+                    Ok(out(&b"caf\xc3"[..])),
+                    Ok(err("warn\n")),
+                    Ok(out(&b"\xa9\n"[..])),
+                    Ok(exit(0)),
+                ],
+                "binary" => {
+                    let all: Vec<u8> = (0..=255u8).collect();
+                    vec![
+                        Ok(out(all[..100].to_vec())),
+                        Ok(out(all[100..].to_vec())),
+                        Ok(exit(0)),
+                    ]
+                }
+                "fail" => {
+                    let code = args.first().and_then(|c| c.parse().ok()).unwrap_or(1);
+                    vec![Ok(err("failing\n")), Ok(exit(code))]
+                }
+                "yes" => {
+                    let mut n: usize = args.first().and_then(|c| c.parse().ok()).unwrap_or(10);
+                    let mut items = Vec::new();
+                    while n > 0 {
+                        let k = n.min(4096);
+                        items.push(Ok(out(vec![b'y'; k])));
+                        n -= k;
+                    }
+                    items.push(Ok(exit(0)));
+                    items
+                }
+                "killed" => vec![Ok(ExecOutput::Exit(ExitInfo {
+                    exit_code: 137,
+                    signal: Some(9),
+                    timed_out: true,
+                    duration_us: 2_000_000,
+                }))],
+                "sleep" => {
+                    let s = stream::iter(vec![Ok(out("started\n"))]).chain(stream::pending());
+                    return Ok(self.track(Box::pin(s)));
+                }
+                "broken" => vec![
+                    Ok(out("partial\n")),
+                    Err(RuntimeError::Setup("agent went away".into())),
+                ],
+                other => {
+                    return Err(RuntimeError::Spawn {
+                        code: "not_found".into(),
+                        message: format!("{other}: command not found"),
+                    })
+                }
+            };
+        Ok(self.track(Box::pin(stream::iter(items))))
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
-        if let Ok(mut g) = self.live.lock() {
-            g.remove(id);
-        }
+        self.lock().remove(id);
         Ok(())
     }
 
     async fn cleanup_all(&self) -> Result<Vec<String>, RuntimeError> {
-        let mut g = self
-            .live
-            .lock()
-            .map_err(|_| RuntimeError::Setup("poisoned".into()))?;
-        Ok(g.drain().collect())
+        Ok(std::mem::take(&mut *self.lock()).into_iter().collect())
     }
 
     async fn shutdown(&self) -> Result<(), RuntimeError> {

@@ -175,6 +175,17 @@ async fn openapi_documents_every_route_and_schema() {
     assert_eq!(serde_json::to_value(crate::openapi()).unwrap(), doc);
 }
 
+#[test]
+fn committed_openapi_document_is_current() {
+    let committed: Value = serde_json::from_str(include_str!("../../../docs/openapi.json"))
+        .expect("docs/openapi.json is not valid JSON");
+    let generated = serde_json::to_value(crate::openapi()).unwrap();
+    assert!(
+        committed == generated,
+        "docs/openapi.json is stale: run `cargo run -p warren -- openapi > docs/openapi.json`"
+    );
+}
+
 #[tokio::test]
 async fn sandbox_lifecycle() {
     let a = app().await;

@@ -265,11 +265,17 @@ fn enable_v2_controllers(dir: &Path) {
     }
 }
 
-/// Move the calling process into the sandbox cgroup (in every hierarchy). Used by the helper.
-pub fn join(id: &str, cgroup_path: &Path) -> Result<(), CgroupError> {
-    manager(id, cgroup_path)?
-        .add_task(nix::unistd::getpid())
-        .map_err(|e| CgroupError::Manager(e.to_string()))
+/// Move process `pid` into the sandbox cgroup in every hierarchy we manage. The daemon
+/// does this for the helper before handing it its spec, so the helper (and the sandbox it
+/// forks) is limited from its first instruction on, and the helper itself needs no cgroup
+/// code (libcgroups' manager setup costs several milliseconds per process).
+pub fn add_process(layout: Layout, cgroup_path: &Path, pid: Pid) -> Result<(), CgroupError> {
+    let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
+    for root in managed_roots(layout)? {
+        let procs = root.join(rel).join("cgroup.procs");
+        fs::write(&procs, pid.as_raw().to_string()).map_err(io_err("write", &procs))?;
+    }
+    Ok(())
 }
 
 /// Pids (host view) in the sandbox cgroup; empty if it does not exist.

@@ -4,9 +4,9 @@
 //! sandbox it execs a fresh copy of the binary (`warren __sandbox-init`) whose `main()`
 //! calls [`run_helper`] before it starts any thread. The helper (single-threaded):
 //!
-//! 1. reads an [`InitSpec`] (JSON) from stdin;
-//! 2. joins the sandbox cgroup (made and limited by the daemon), sets its own
-//!    `oom_score_adj` to -1000 (inherited by the agent, which resets its children to 0);
+//! 1. reads an [`InitSpec`] (JSON) from stdin — by then the daemon has already moved it
+//!    into the sandbox cgroup (made and limited by the daemon);
+//! 2. sets its own `oom_score_adj` to -1000 (inherited by the agent, which resets its children to 0);
 //! 3. `unshare`s mount, UTS, IPC, network, PID and cgroup namespaces and forks;
 //! 4. the parent waits for the child's verdict on a pipe, prints one JSON line
 //!    (`{"pid":N}` or `{"error":"..."}`) and exits; the child — PID 1 of the new PID
@@ -32,7 +32,7 @@ use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::waitpid;
 use nix::unistd::{chdir, dup2, fork, pipe2, sethostname, setsid, ForkResult, Pid};
 
-use super::cgroup::{self, CgroupError};
+use super::cgroup::CgroupError;
 use super::spec::{HelperReport, InitSpec, SOCKET_NAME};
 use super::{caps, net, rootfs, seccomp};
 
@@ -132,7 +132,7 @@ fn thread_count() -> Result<usize, InitError> {
 }
 
 fn helper(spec: &InitSpec) -> Result<Stage, InitError> {
-    cgroup::join(&spec.id, &spec.cgroup_path)?;
+    // The daemon already put this process into the sandbox cgroup (before sending the spec).
     // Best effort: lowering it needs CAP_SYS_RESOURCE, which some hosts (containers) lack;
     // the agent then merely shares its commands' chances of being picked.
     if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {

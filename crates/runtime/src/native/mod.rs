@@ -205,6 +205,7 @@ impl Inner {
     ) -> Result<(), RuntimeError> {
         let id = spec.id.clone();
         let cgroup_path = self.cgroup_path(&id);
+        let t0 = Instant::now();
         {
             let (layout, parent, id, limits) = (
                 self.layout,
@@ -220,9 +221,19 @@ impl Inner {
             image_dir: self.image_dir.clone(),
             cgroup_path,
         };
+        let t_cgroup = t0.elapsed();
         let pid = self.spawn_helper(&init).await?;
-        tracing::debug!(sandbox = %id, pid, "sandbox init ready");
-        self.wait_agent(&paths.socket).await
+        let t_helper = t0.elapsed();
+        self.wait_agent(&paths.socket).await?;
+        tracing::debug!(
+            sandbox = %id,
+            pid,
+            cgroup_us = t_cgroup.as_micros() as u64,
+            helper_us = (t_helper - t_cgroup).as_micros() as u64,
+            agent_us = (t0.elapsed() - t_helper).as_micros() as u64,
+            "sandbox started"
+        );
+        Ok(())
     }
 
     /// Exec the helper, hand it the spec, and read its one-line report.
@@ -257,6 +268,18 @@ impl Inner {
             .take()
             .ok_or_else(|| RuntimeError::Setup("helper stdout missing".into()))?;
 
+        // Into the sandbox cgroup before it gets its spec (it waits for it on stdin).
+        let pid = child
+            .id()
+            .ok_or_else(|| RuntimeError::Setup("helper exited at once".into()))?;
+        {
+            let (layout, path) = (self.layout, init.cgroup_path.clone());
+            blocking(move || {
+                cgroup::add_process(layout, &path, nix::unistd::Pid::from_raw(pid as i32))
+                    .map_err(cg_err)
+            })
+            .await?;
+        }
         let talk = async {
             stdin.write_all(&json).await?;
             stdin.shutdown().await?;
@@ -335,6 +358,7 @@ impl Inner {
         let cg = self.cgroup_path(id);
         let start = Instant::now();
         let mut last_kill: Option<Instant> = None;
+        let mut backoff = Backoff::new();
         loop {
             // (Re)kill at most every 500ms; in between just watch the cgroup drain.
             let kill_now = last_kill.is_none_or(|t| t.elapsed() >= Duration::from_millis(500));
@@ -358,28 +382,36 @@ impl Inner {
                     left.len()
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Killed processes usually leave within a millisecond or two: poll fast first.
+            tokio::time::sleep(backoff.next()).await;
         }
         // A just-emptied cgroup can briefly refuse rmdir (EBUSY).
-        let mut attempt = 0;
+        let mut backoff = Backoff::new();
         loop {
             let cgc = cg.clone();
             match blocking(move || cgroup::remove_dirs(layout, &cgc).map_err(cg_err)).await {
                 Ok(()) => break,
-                Err(e) if attempt < 20 => {
+                Err(e) if start.elapsed() < KILL_TIMEOUT => {
                     tracing::debug!(sandbox = %id, error = %e, "retrying cgroup removal");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(backoff.next()).await;
                 }
                 Err(e) => return Err(e),
             }
         }
+        let t_cgroup = start.elapsed();
         let dir = self.paths(id).dir;
         blocking(move || {
             image::remove_if_exists(&dir)
                 .map_err(|e| RuntimeError::Setup(format!("removing {}: {e}", dir.display())))
         })
-        .await
+        .await?;
+        tracing::debug!(
+            sandbox = %id,
+            kill_and_cgroup_us = t_cgroup.as_micros() as u64,
+            files_us = (start.elapsed() - t_cgroup).as_micros() as u64,
+            "sandbox torn down"
+        );
+        Ok(())
     }
 
     async fn cleanup_all(self: Arc<Self>) -> Result<Vec<String>, RuntimeError> {
@@ -566,9 +598,32 @@ impl Runtime for NativeRuntime {
     }
 }
 
+/// Poll intervals that start at 1 ms and double up to 32 ms: cheap for the common case
+/// (done almost at once), gentle for the slow one.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_millis(1))
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (d * 2).min(Duration::from_millis(32));
+        d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let mut b = Backoff::new();
+        let seen: Vec<u64> = (0..8).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 32, 32]);
+    }
 
     #[test]
     fn cgroup_parent_validation() {
