@@ -219,7 +219,7 @@ fn sandbox_init(spec: &InitSpec) -> Result<OwnedFd, InitError> {
     nix::sys::prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
     caps::apply_default()?;
     // Last: after this only the syscalls the filter allows are left.
-    seccomp::apply_default()?;
+    seccomp::load_bpf(&spec.seccomp_bpf)?;
     Ok(listener)
 }
 

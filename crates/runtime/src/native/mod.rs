@@ -77,6 +77,8 @@ struct Inner {
     cfg: NativeConfig,
     layout: Layout,
     image_dir: PathBuf,
+    /// The seccomp program, compiled once (building it costs ~1.5 ms per sandbox otherwise).
+    seccomp_bpf: Vec<u8>,
 }
 
 impl NativeRuntime {
@@ -103,11 +105,14 @@ impl NativeRuntime {
             .map_err(|e| RuntimeError::Setup(format!("building the host image: {e}")))?;
         image::mkdir_sandboxes(&cfg.data_dir)
             .map_err(|e| RuntimeError::Setup(format!("creating sandboxes dir: {e}")))?;
+        let seccomp_bpf =
+            seccomp::export_default_bpf().map_err(|e| RuntimeError::Setup(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
                 layout,
                 image_dir,
+                seccomp_bpf,
             }),
         })
     }
@@ -220,6 +225,7 @@ impl Inner {
             sandbox_dir: paths.dir.clone(),
             image_dir: self.image_dir.clone(),
             cgroup_path,
+            seccomp_bpf: self.seccomp_bpf.clone(),
         };
         let t_cgroup = t0.elapsed();
         let pid = self.spawn_helper(&init).await?;

@@ -20,9 +20,12 @@ pub struct InitSpec {
     pub sandbox_dir: PathBuf,
     /// The image's root directory: the lower layer of the sandbox's root overlay.
     pub image_dir: PathBuf,
-    /// Cgroup path relative to every hierarchy's root (`/<parent>/<id>`), already created
-    /// and limited by the daemon; the helper only joins it.
+    /// Cgroup path relative to every hierarchy's root (`/<parent>/<id>`), created and
+    /// limited by the daemon, which also moves the helper into it before sending this spec.
     pub cgroup_path: PathBuf,
+    /// The seccomp program PID 1 loads last, compiled once by the daemon
+    /// ([`super::seccomp::export_default_bpf`]).
+    pub seccomp_bpf: Vec<u8>,
 }
 
 impl InitSpec {
@@ -171,6 +174,7 @@ mod tests {
             sandbox_dir: "/var/lib/warren/sandboxes/sb-1".into(),
             image_dir: "/var/lib/warren/images/host".into(),
             cgroup_path: "/warren/sb-1".into(),
+            seccomp_bpf: vec![0; 16],
         }
     }
 
