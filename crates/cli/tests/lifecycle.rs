@@ -91,3 +91,71 @@ fn fifty_concurrent_creates_then_nothing_left() {
     assert!(d.sandbox_dirs().is_empty(), "{:?}", d.sandbox_dirs());
     assert_eq!(processes_in_cgroup(&parent), Vec::<String>::new());
 }
+
+#[test]
+fn sandboxes_outlive_a_crashed_daemon_and_a_restart_cleans_them() {
+    let mut d = Daemon::start();
+    let (data_dir, parent) = (d.data_dir.clone(), d.cgroup_parent.clone());
+    let id = rt().block_on(async {
+        let sb = create(&d.client).await;
+        // A long-running command, so the sandbox has more than its agent.
+        let r = run_sh(
+            &d.client,
+            &sb.id,
+            "sleep 300 >/dev/null 2>&1 & echo started",
+        )
+        .await;
+        assert_eq!(r.stdout, "started\n");
+        sb.id
+    });
+    let status = d.stop_with(libc::SIGKILL);
+    assert!(!status.success());
+    // The sandbox is not the daemon's child: it is still there after the crash.
+    let alive = processes_in_cgroup(&parent);
+    assert!(alive.len() >= 2, "sandbox died with the daemon: {alive:?}");
+    assert!(data_dir.join("sandboxes").join(&id).exists());
+
+    // A new daemon on the same data dir cleans up what the crashed one left.
+    let mut d2 = Daemon::launch(data_dir.clone(), parent.clone(), &[]);
+    assert_eq!(processes_in_cgroup(&parent), Vec::<String>::new());
+    assert!(!data_dir.join("sandboxes").join(&id).exists());
+    rt().block_on(async {
+        let c = &d2.client;
+        let sb = c.get_sandbox(&id).await.unwrap();
+        assert_eq!(sb.state, warren_api::SandboxState::Failed);
+        assert!(sb.failure_reason.is_some());
+        // Exec on it is refused with a typed 409, and it can be deleted.
+        let err = c.exec(&id, &req(&["true"])).await.unwrap_err();
+        assert_eq!(err.code(), Some("invalid_state"), "{err:?}");
+        c.delete_sandbox(&id).await.unwrap();
+        assert!(c.get_sandbox(&id).await.unwrap_err().is_not_found());
+        // And the new daemon works.
+        let sb = create(c).await;
+        assert_eq!(run(c, &sb.id, req(&["true"])).await.exit_code, 0);
+    });
+    // SIGINT shuts down as cleanly as SIGTERM.
+    let status = d2.stop_with(libc::SIGINT);
+    assert!(status.success(), "{status:?}");
+    assert_eq!(cgroups_named(&parent), Vec::<std::path::PathBuf>::new());
+    assert_eq!(processes_in_cgroup(&parent), Vec::<String>::new());
+    assert!(d2.sandbox_dirs().is_empty());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_data_dir_is_refused() {
+    let d = Daemon::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&d.data_dir)
+        .args(["--cgroup-parent", &d.cgroup_parent])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another warren daemon"), "{err}");
+    // The first daemon's sandboxes were not touched.
+    rt().block_on(async {
+        let sb = create(&d.client).await;
+        assert_eq!(run(&d.client, &sb.id, req(&["true"])).await.exit_code, 0);
+    });
+}

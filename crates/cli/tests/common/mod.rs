@@ -32,6 +32,11 @@ impl Daemon {
         let data_dir = std::env::temp_dir().join(format!("warren-it-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
         let cgroup_parent = format!("warren-it-{}-{n}", std::process::id());
+        Daemon::launch(data_dir, cgroup_parent, extra)
+    }
+
+    /// Start a daemon on an existing data dir and cgroup parent (a restart).
+    pub fn launch(data_dir: PathBuf, cgroup_parent: String, extra: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .arg("serve")
             .arg("--listen")
@@ -85,10 +90,15 @@ impl Daemon {
 
     /// SIGTERM and wait; returns the exit status. Panics if it does not stop in time.
     pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Send `signal` and wait for the daemon to exit (SIGKILL: a crash).
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon already stopped");
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
         unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
+            libc::kill(child.id() as i32, signal);
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
