@@ -198,31 +198,22 @@ fn verify(keep: &CapsHashSet) -> Result<(), CapsError> {
 
 /// `prctl(PR_CAPBSET_READ, cap)`: is `cap` in the calling thread's bounding set?
 fn bounding_read(cap: u32) -> io::Result<bool> {
-    // SAFETY: PR_CAPBSET_READ takes a capability number by value and reads no memory; the
-    // unused trailing arguments are zero as the kernel requires.
-    let ret = unsafe {
-        libc::prctl(
-            libc::PR_CAPBSET_READ,
-            libc::c_ulong::from(cap),
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret == 1)
-    }
+    capbset_prctl(libc::PR_CAPBSET_READ, cap).map(|ret| ret == 1)
 }
 
 /// `prctl(PR_CAPBSET_DROP, cap)`: remove `cap` from the calling thread's bounding set.
 fn bounding_drop(cap: u32) -> io::Result<()> {
-    // SAFETY: PR_CAPBSET_DROP takes a capability number by value and touches no user memory;
-    // the unused trailing arguments are zero as the kernel requires.
+    capbset_prctl(libc::PR_CAPBSET_DROP, cap).map(|_| ())
+}
+
+/// One bounding-set `prctl` by capability number (so capabilities newer than the `caps`
+/// crate are handled too).
+fn capbset_prctl(op: libc::c_int, cap: u32) -> io::Result<libc::c_int> {
+    // SAFETY: PR_CAPBSET_READ and PR_CAPBSET_DROP take a capability number by value and
+    // touch no user memory; the unused trailing arguments are zero as the kernel requires.
     let ret = unsafe {
         libc::prctl(
-            libc::PR_CAPBSET_DROP,
+            op,
             libc::c_ulong::from(cap),
             0 as libc::c_ulong,
             0 as libc::c_ulong,
@@ -232,7 +223,7 @@ fn bounding_drop(cap: u32) -> io::Result<()> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(ret)
     }
 }
 
