@@ -14,7 +14,7 @@ use tokio_util::codec::{Encoder, FramedRead};
 use warren_proto::{Event, ExecSpec, Frame, FrameCodec, ProtoError, Request, PROTOCOL_VERSION};
 
 use crate::reaper::{ExitInfo, SharedReaper};
-use crate::spawn;
+use crate::{files, spawn};
 
 /// Output is read from the pipes in chunks of this size, each sent as one frame at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -42,8 +42,10 @@ pub(crate) enum ConnError {
     NoRequest,
     #[error("unexpected first frame (not a request)")]
     NotARequest,
-    #[error("unexpected frame during exec")]
+    #[error("unexpected frame during the request")]
     UnexpectedFrame,
+    #[error("host went away before the end of a file's data")]
+    HostGoneBeforeDataEnd,
     #[error("host went away before the command {0} exited")]
     HostGone(i32),
     #[error("the reaper stopped")]
@@ -68,6 +70,24 @@ pub(crate) async fn handle(stream: UnixStream, reaper: SharedReaper) -> Result<(
             Ok(())
         }
         Frame::Request(Request::Exec(spec)) => exec(frames, w, spec, reaper).await,
+        Frame::Request(Request::ReadFile { path }) => files::read_file(w, path).await,
+        Frame::Request(Request::WriteFile {
+            path,
+            mode,
+            parents,
+            uid,
+            gid,
+        }) => {
+            let req = files::WriteReq {
+                path,
+                mode,
+                parents,
+                uid,
+                gid,
+            };
+            files::write_file(frames, w, req).await
+        }
+        Frame::Request(Request::FileOp(op)) => files::file_op(w, op).await,
         _ => Err(ConnError::NotARequest),
     }
 }

@@ -3,7 +3,9 @@
 //! [`serve`] runs in a fresh single-threaded process that the runtime has already confined
 //! (namespaces, pivot_root, capabilities, seccomp). It answers the agent protocol
 //! ([`warren_proto`]) on a listening Unix socket, one request per connection, many connections
-//! at once, on a current_thread tokio runtime (the agent forks, so it never runs other threads).
+//! at once, on a current_thread tokio runtime. File requests do their file-system work on
+//! tokio's blocking pool (so a big file never stalls the agent's thread); commands are forked
+//! with only async-signal-safe code before exec, so those threads are harmless.
 //!
 //! PID 1 duties:
 //! - **Reaping.** One SIGCHLD-driven reaper collects every child with `waitpid(-1)`, including
@@ -20,6 +22,7 @@
 //! group, SIGKILL) on timeout and when the host closes the connection before the exit.
 
 mod conn;
+mod files;
 mod reaper;
 mod spawn;
 

@@ -195,6 +195,74 @@ pub struct ExitEvent {
     pub duration_ms: u64,
 }
 
+/// Kind of a file inside a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    /// Device, FIFO, socket.
+    Other,
+}
+
+/// Metadata of one file inside a sandbox (a symlink is reported as itself, not followed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FileInfo {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits as a number (`st_mode & 0o7777`, e.g. 420 = 0o644).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Last modification time.
+    pub modified_at: DateTime<Utc>,
+    /// Target of a symlink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+/// Answer of `GET /v1/sandboxes/{id}/files/list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FileList {
+    pub entries: Vec<FileInfo>,
+    /// True when the listing stopped at the server's entry limit.
+    pub truncated: bool,
+}
+
+/// Body of `POST /v1/sandboxes/{id}/files/mkdir`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MkdirRequest {
+    /// Absolute path of the directory to create.
+    pub path: String,
+    /// Create missing parents too, and succeed if the directory exists (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<bool>,
+    /// Permission bits as a number (default 0o755 = 493).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Owner of the new directories: `root` (default) or `user` (1000:1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<ExecUser>,
+}
+
+/// Body of `POST /v1/sandboxes/{id}/files/move`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// Absolute source path.
+    pub from: String,
+    /// Absolute destination path.
+    pub to: String,
+    /// Replace an existing destination (default false: `file_exists`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<bool>,
+}
+
 /// What this server and its runtime support.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Capabilities {
@@ -322,6 +390,16 @@ mod tests {
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(json, format!("\"{}\"", s.as_str()));
         }
+    }
+
+    #[test]
+    fn file_requests() {
+        let m: MkdirRequest = serde_json::from_str(r#"{"path":"/a"}"#).unwrap();
+        assert_eq!(m.parents, None);
+        assert!(serde_json::from_str::<MkdirRequest>(r#"{"path":"/a","x":1}"#).is_err());
+        assert!(serde_json::from_str::<MoveRequest>(r#"{"from":"/a"}"#).is_err());
+        let kind = serde_json::to_string(&FileKind::Symlink).unwrap();
+        assert_eq!(kind, "\"symlink\"");
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             crate::bench::run(&client, args).await?;
             Ok(0)
         }
+        Command::Cp {
+            src,
+            dst,
+            mode,
+            user,
+        } => crate::files::cp(&client, &src, &dst, mode.as_deref(), user).await,
+        Command::Fs(cmd) => crate::files::fs(&client, cmd).await,
         Command::Create(opts) => {
             let sb = client.create_sandbox(&create_request(&opts)).await?;
             println!("{}", sb.id);

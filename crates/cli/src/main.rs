@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod files;
 mod serve;
 mod serve_args;
 
@@ -92,6 +93,28 @@ enum Command {
         )]
         cmd: Vec<String>,
     },
+    /// Copy a file into or out of a sandbox.
+    ///
+    /// One side is `ID:/absolute/path` in the sandbox, the other a local path (`-` for
+    /// standard input or output). Uploads are streamed and atomic, owned by root (or
+    /// `--user user`) with mode 0644 unless `--mode`; missing parent directories are
+    /// created. A destination ending in `/` (remote) or an existing local directory gets the
+    /// source's file name. Single files only for now: directories are not copied.
+    Cp {
+        /// Source: a local file, `-` (stdin) or `ID:/path`.
+        src: String,
+        /// Destination: a local file or directory, `-` (stdout) or `ID:/path`.
+        dst: String,
+        /// Permission bits of an uploaded file, octal (e.g. 0755).
+        #[arg(long, value_name = "OCTAL")]
+        mode: Option<String>,
+        /// Owner of an uploaded file.
+        #[arg(long, value_enum)]
+        user: Option<User>,
+    },
+    /// Inspect and change files inside a sandbox.
+    #[command(subcommand)]
+    Fs(FsCommand),
     /// Run the daemon.
     Serve(ServeArgs),
     /// Measure a running daemon (lifecycle, exec round trip) against a bubblewrap baseline.
@@ -99,6 +122,35 @@ enum Command {
     /// Print the OpenAPI document of the HTTP API (the source of docs/openapi.json).
     #[command(hide = true)]
     Openapi,
+}
+
+/// `warren fs` verbs.
+#[derive(Debug, Subcommand)]
+enum FsCommand {
+    /// List a directory (path, owner, size, modification time).
+    Ls {
+        id: String,
+        #[arg(default_value = "/workspace")]
+        path: String,
+        /// Levels to descend (1 = direct children, at most 10).
+        #[arg(long, default_value_t = 1)]
+        depth: u32,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a file's content.
+    Cat { id: String, path: String },
+    /// Remove a file, a symlink or an empty directory.
+    Rm {
+        id: String,
+        path: String,
+        /// Remove a directory and everything in it.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Create a directory and any missing parents.
+    Mkdir { id: String, path: String },
 }
 
 /// Options of a new sandbox.

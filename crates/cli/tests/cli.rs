@@ -236,3 +236,176 @@ async fn openapi_prints_the_document_without_a_server() {
         text(&help.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cp_and_fs() {
+    let server = TestServer::start().await;
+    let out = warren(&server, &["create"], None).await;
+    let id = text(&out.stdout).trim().to_string();
+    let dir = TempDir::new("cp");
+    let local = dir.path().join("blob.bin");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+
+    // Upload into a directory (the name is kept), download to a file and to stdout.
+    let out = warren(
+        &server,
+        &[
+            "cp",
+            "--mode",
+            "0600",
+            local.to_str().unwrap(),
+            &format!("{id}:/workspace/in/"),
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let back = dir.path().join("back.bin");
+    let out = warren(
+        &server,
+        &[
+            "cp",
+            &format!("{id}:/workspace/in/blob.bin"),
+            back.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    let out = warren(
+        &server,
+        &["cp", &format!("{id}:/workspace/in/blob.bin"), "-"],
+        None,
+    )
+    .await;
+    assert_eq!(out.stdout, data);
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let out = warren(
+        &server,
+        &[
+            "cp",
+            &format!("{id}:/workspace/in/blob.bin"),
+            sub.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(sub.join("blob.bin")).unwrap(), data);
+
+    // Stdin upload, cat.
+    let out = warren(
+        &server,
+        &["cp", "-", &format!("{id}:/workspace/note")],
+        Some(b"hi\n"),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = warren(&server, &["fs", "cat", &id, "/workspace/note"], None).await;
+    assert_eq!(text(&out.stdout), "hi\n");
+
+    // ls, mkdir, rm.
+    let out = warren(&server, &["fs", "mkdir", &id, "/workspace/x/y"], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = warren(&server, &["fs", "ls", &id, "/workspace"], None).await;
+    let listing = text(&out.stdout);
+    assert_eq!(listing.lines().count(), 3, "{listing}");
+    assert!(
+        listing.contains("drwxr-xr-x") && listing.contains("/workspace/note"),
+        "{listing}"
+    );
+    let out = warren(
+        &server,
+        &["fs", "ls", "--json", "--depth", "2", &id, "/workspace"],
+        None,
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blob = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/workspace/in/blob.bin")
+        .unwrap();
+    assert_eq!(
+        (blob["mode"].as_u64(), blob["size"].as_u64()),
+        (Some(0o600), Some(200_000))
+    );
+    let out = warren(&server, &["fs", "rm", &id, "/workspace/x"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: directory_not_empty: "),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = warren(&server, &["fs", "rm", "-r", &id, "/workspace/x"], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Errors.
+    let out = warren(&server, &["fs", "cat", &id, "/workspace/x"], None).await;
+    assert!(
+        text(&out.stderr).starts_with("error: file_not_found: "),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = warren(
+        &server,
+        &[
+            "cp",
+            dir.path().to_str().unwrap(),
+            &format!("{id}:/workspace/d"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    let missing = dir.path().join("missing");
+    let out = warren(
+        &server,
+        &[
+            "cp",
+            &format!("{id}:/workspace/nope"),
+            missing.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        text(&out.stderr).starts_with("error: file_not_found: "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!missing.exists());
+    let out = warren(&server, &["cp", "a", "b"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("warren-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

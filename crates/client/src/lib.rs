@@ -48,8 +48,9 @@ use serde::Serialize;
 
 pub use warren_api as api;
 use warren_api::{
-    Capabilities, CreateSandboxRequest, ErrorBody, ExecRequest, ExecResult, ExitEvent, OutputChunk,
-    OutputEncoding, Sandbox, SetTimeoutRequest,
+    Capabilities, CreateSandboxRequest, ErrorBody, ExecRequest, ExecResult, ExecUser, ExitEvent,
+    FileInfo, FileList, MkdirRequest, MoveRequest, OutputChunk, OutputEncoding, Sandbox,
+    SetTimeoutRequest,
 };
 
 /// The daemon's address when `WARREN_URL` is not set.
@@ -90,6 +91,11 @@ impl Error {
     /// True for `sandbox_not_found`.
     pub fn is_not_found(&self) -> bool {
         self.code() == Some("sandbox_not_found")
+    }
+
+    /// True for `file_not_found` (a path inside a sandbox).
+    pub fn is_file_not_found(&self) -> bool {
+        self.code() == Some("file_not_found")
     }
 }
 
@@ -246,6 +252,172 @@ impl Client {
         Ok(ExecEvents::new(resp, base64))
     }
 
+    /// `GET /v1/sandboxes/{id}/files?path=`: a regular file's content as a stream of
+    /// chunks. Errors before the first byte (no such file, a directory, ...) are returned
+    /// here; a failure midway is an item of the stream.
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<FileStream, Error> {
+        let resp = self
+            .files_request(Method::GET, id, None, &[("path", path)])
+            .send()
+            .await?;
+        let resp = check(resp).await?;
+        Ok(Box::pin(
+            resp.bytes_stream().map(|c| c.map_err(Error::Http)),
+        ))
+    }
+
+    /// [`Client::read_file`], collected in memory.
+    pub async fn read_file_bytes(&self, id: &str, path: &str) -> Result<Vec<u8>, Error> {
+        let mut stream = self.read_file(id, path).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    /// `PUT /v1/sandboxes/{id}/files?path=`: create or replace a file, owned by root, with
+    /// `mode` (default 0o644). The body is streamed: pass bytes, a `String`, or e.g.
+    /// `reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tokio::fs::File))`.
+    /// The write is atomic: an interrupted upload changes nothing.
+    pub async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        mode: Option<u32>,
+    ) -> Result<FileInfo, Error> {
+        self.write_file_as(id, path, body, mode, ExecUser::Root)
+            .await
+    }
+
+    /// [`Client::write_file`] with an owner: [`ExecUser::User`] makes the file (and any
+    /// parent directory created for it) belong to `user` (1000:1000).
+    pub async fn write_file_as(
+        &self,
+        id: &str,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        mode: Option<u32>,
+        user: ExecUser,
+    ) -> Result<FileInfo, Error> {
+        let mode = mode.map(|m| format!("{m:o}"));
+        let mut query = vec![("path", path)];
+        if let Some(m) = &mode {
+            query.push(("mode", m));
+        }
+        if user == ExecUser::User {
+            query.push(("user", "user"));
+        }
+        let resp = self
+            .files_request(Method::PUT, id, None, &query)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )
+            .body(body)
+            .send()
+            .await?;
+        decode(check(resp).await?).await
+    }
+
+    /// `GET /v1/sandboxes/{id}/files/stat?path=`: metadata (symlinks are not followed).
+    pub async fn stat(&self, id: &str, path: &str) -> Result<FileInfo, Error> {
+        let resp = self
+            .files_request(Method::GET, id, Some("stat"), &[("path", path)])
+            .send()
+            .await?;
+        decode(check(resp).await?).await
+    }
+
+    /// `GET /v1/sandboxes/{id}/files/list`: the entries below a directory, `depth` (1..=10)
+    /// levels deep.
+    pub async fn list_files(&self, id: &str, path: &str, depth: u32) -> Result<FileList, Error> {
+        let depth = depth.to_string();
+        let resp = self
+            .files_request(
+                Method::GET,
+                id,
+                Some("list"),
+                &[("path", path), ("depth", &depth)],
+            )
+            .send()
+            .await?;
+        decode(check(resp).await?).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/files/mkdir`: `mkdir -p` (owned by root, mode 0755);
+    /// returns the directory's metadata.
+    pub async fn mkdir(&self, id: &str, path: &str) -> Result<FileInfo, Error> {
+        let req = MkdirRequest {
+            path: path.to_string(),
+            ..Default::default()
+        };
+        self.mkdir_with(id, &req).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/files/mkdir` with every option.
+    pub async fn mkdir_with(&self, id: &str, req: &MkdirRequest) -> Result<FileInfo, Error> {
+        self.call(
+            Method::POST,
+            &["v1", "sandboxes", id, "files", "mkdir"],
+            Some(req),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/sandboxes/{id}/files?path=`: remove a file, symlink, empty directory,
+    /// or with `recursive` a directory tree.
+    pub async fn remove_path(&self, id: &str, path: &str, recursive: bool) -> Result<(), Error> {
+        let recursive = if recursive { "true" } else { "false" };
+        let resp = self
+            .files_request(
+                Method::DELETE,
+                id,
+                None,
+                &[("path", path), ("recursive", recursive)],
+            )
+            .send()
+            .await?;
+        check(resp).await.map(drop)
+    }
+
+    /// `POST /v1/sandboxes/{id}/files/move`: rename `from` to `to`; an existing `to` is
+    /// `file_exists` unless `overwrite`.
+    pub async fn move_path(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<(), Error> {
+        let req = MoveRequest {
+            from: from.to_string(),
+            to: to.to_string(),
+            overwrite: Some(overwrite),
+        };
+        let resp = self
+            .request(Method::POST, &["v1", "sandboxes", id, "files", "move"])
+            .json(&req)
+            .send()
+            .await?;
+        check(resp).await.map(drop)
+    }
+
+    fn files_request(
+        &self,
+        method: Method,
+        id: &str,
+        op: Option<&str>,
+        query: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        let mut segments = vec!["v1", "sandboxes", id, "files"];
+        segments.extend(op);
+        let mut url = self.url(&segments);
+        url.query_pairs_mut().extend_pairs(query);
+        self.http.request(method, url)
+    }
+
     fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         url.set_query(None);
@@ -316,6 +488,15 @@ async fn decode<T: DeserializeOwned>(resp: Response) -> Result<T, Error> {
     serde_json::from_slice(&body).map_err(|e| Error::Decode(e.to_string()))
 }
 
+/// A request body streamed from any reader (a `tokio::fs::File`, stdin, ...), for
+/// [`Client::write_file`]: nothing is held in memory beyond one chunk.
+pub fn body_from_reader<R>(reader: R) -> reqwest::Body
+where
+    R: tokio::io::AsyncRead + Send + 'static,
+{
+    reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(reader))
+}
+
 /// Decode output requested with `encoding: base64`.
 pub fn decode_base64(data: &str) -> Result<Vec<u8>, Error> {
     base64::engine::general_purpose::STANDARD
@@ -334,6 +515,9 @@ pub enum ExecStreamEvent {
 }
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>>;
+
+/// A file's content as it downloads ([`Client::read_file`]).
+pub type FileStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, Error>> + Send>>;
 
 /// The live output of a command started with [`Client::exec_stream`]: a
 /// `Stream<Item = Result<ExecStreamEvent, Error>>` that ends after [`ExecStreamEvent::Exit`].
@@ -497,6 +681,59 @@ impl SandboxHandle {
 
     pub async fn delete(&self) -> Result<(), Error> {
         self.client.delete_sandbox(&self.id).await
+    }
+
+    pub async fn read_file(&self, path: &str) -> Result<FileStream, Error> {
+        self.client.read_file(&self.id, path).await
+    }
+
+    pub async fn read_file_bytes(&self, path: &str) -> Result<Vec<u8>, Error> {
+        self.client.read_file_bytes(&self.id, path).await
+    }
+
+    pub async fn write_file(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        mode: Option<u32>,
+    ) -> Result<FileInfo, Error> {
+        self.client.write_file(&self.id, path, body, mode).await
+    }
+
+    pub async fn write_file_as(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        mode: Option<u32>,
+        user: ExecUser,
+    ) -> Result<FileInfo, Error> {
+        self.client
+            .write_file_as(&self.id, path, body, mode, user)
+            .await
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileInfo, Error> {
+        self.client.stat(&self.id, path).await
+    }
+
+    pub async fn list_files(&self, path: &str, depth: u32) -> Result<FileList, Error> {
+        self.client.list_files(&self.id, path, depth).await
+    }
+
+    pub async fn mkdir(&self, path: &str) -> Result<FileInfo, Error> {
+        self.client.mkdir(&self.id, path).await
+    }
+
+    pub async fn mkdir_with(&self, req: &MkdirRequest) -> Result<FileInfo, Error> {
+        self.client.mkdir_with(&self.id, req).await
+    }
+
+    pub async fn remove_path(&self, path: &str, recursive: bool) -> Result<(), Error> {
+        self.client.remove_path(&self.id, path, recursive).await
+    }
+
+    pub async fn move_path(&self, from: &str, to: &str, overwrite: bool) -> Result<(), Error> {
+        self.client.move_path(&self.id, from, to, overwrite).await
     }
 }
 

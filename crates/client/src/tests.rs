@@ -223,3 +223,68 @@ async fn connection_refused_is_http_error() {
     let c = Client::new(&format!("http://{addr}")).unwrap();
     assert!(matches!(c.health().await, Err(Error::Http(_))));
 }
+
+#[tokio::test]
+async fn files() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server.url).unwrap();
+    assert!(c.capabilities().await.unwrap().features.files);
+    let sb = c.sandbox(
+        c.create_sandbox(&CreateSandboxRequest::default())
+            .await
+            .unwrap()
+            .id,
+    );
+
+    // Upload from a file on disk, streamed.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("data.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let file = tokio::fs::File::open(&local).await.unwrap();
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+    let info = sb
+        .write_file("/workspace/a b/data.bin", body, Some(0o755))
+        .await
+        .unwrap();
+    assert_eq!((info.size, info.mode), (3_000_000, 0o755));
+    assert_eq!(
+        sb.read_file_bytes("/workspace/a b/data.bin").await.unwrap(),
+        data
+    );
+    let mut stream = sb.read_file("/workspace/a b/data.bin").await.unwrap();
+    let mut n = 0;
+    while let Some(chunk) = stream.next().await {
+        n += chunk.unwrap().len();
+    }
+    assert_eq!(n, 3_000_000);
+
+    let info = sb
+        .write_file_as("/home/user/x", "hello", None, api::ExecUser::User)
+        .await
+        .unwrap();
+    assert_eq!((info.uid, info.mode), (1000, 0o644));
+    assert_eq!(sb.stat("/home/user/x").await.unwrap().size, 5);
+    assert_eq!(
+        sb.mkdir("/workspace/d/e").await.unwrap().kind,
+        api::FileKind::Dir
+    );
+    let list = sb.list_files("/workspace", 2).await.unwrap();
+    assert_eq!(list.entries.len(), 4);
+    sb.move_path("/home/user/x", "/workspace/d/x", false)
+        .await
+        .unwrap();
+    let err = sb
+        .move_path("/workspace/d/x", "/workspace/d/x", false)
+        .await;
+    assert!(err.is_ok());
+    let err = sb.remove_path("/workspace/d", false).await.unwrap_err();
+    assert_eq!(err.code(), Some("directory_not_empty"));
+    sb.remove_path("/workspace/d", true).await.unwrap();
+    let err = sb.stat("/workspace/d/x").await.unwrap_err();
+    assert!(err.is_file_not_found(), "{err}");
+    let err = sb.read_file("/workspace/nope").await.err().unwrap();
+    assert!(err.is_file_not_found(), "{err}");
+    let err = sb.list_files("/", 0).await.unwrap_err();
+    assert_eq!(err.code(), Some("invalid_request"));
+}

@@ -21,6 +21,14 @@ pub enum EngineError {
     /// `invalid_cwd`, `spawn_failed`.
     #[error("{message}")]
     Spawn { code: &'static str, message: String },
+    /// A file operation failed inside the sandbox: `file_not_found` (404),
+    /// `not_a_directory`, `is_a_directory`, `invalid_path` (400), `file_exists`,
+    /// `directory_not_empty` (409), `permission_denied` (403), `io_error` (500).
+    #[error("{message}")]
+    File { code: &'static str, message: String },
+    /// The runtime does not support the operation (501 `not_supported`).
+    #[error("this server's runtime does not support {0}")]
+    NotSupported(&'static str),
     #[error("limit reached: {0}")]
     LimitReached(String),
     #[error("runtime: {0}")]
@@ -39,6 +47,8 @@ impl EngineError {
             EngineError::ImageNotFound(_) => "image_not_found",
             EngineError::InvalidState { .. } => "invalid_state",
             EngineError::Spawn { code, .. } => code,
+            EngineError::File { code, .. } => code,
+            EngineError::NotSupported(_) => "not_supported",
             EngineError::LimitReached(_) => "limit_reached",
             EngineError::Runtime(_) => "runtime_error",
             EngineError::Store(_) => "store_error",
@@ -53,9 +63,31 @@ impl EngineError {
             EngineError::ImageNotFound(_) => 400,
             EngineError::InvalidState { .. } => 409,
             EngineError::Spawn { .. } => 400,
+            EngineError::File { code, .. } => match *code {
+                "file_not_found" => 404,
+                "not_a_directory" | "is_a_directory" | "invalid_path" => 400,
+                "file_exists" | "directory_not_empty" => 409,
+                "permission_denied" => 403,
+                _ => 500,
+            },
+            EngineError::NotSupported(_) => 501,
             EngineError::LimitReached(_) => 429,
             EngineError::Runtime(_) | EngineError::Store(_) => 500,
             EngineError::ShuttingDown => 503,
         }
+    }
+}
+
+/// The API code of a runtime file error code (`RuntimeError::File`).
+pub(crate) fn file_code(runtime_code: &str) -> &'static str {
+    match runtime_code {
+        "not_found" => "file_not_found",
+        "not_a_directory" => "not_a_directory",
+        "is_a_directory" => "is_a_directory",
+        "invalid_path" => "invalid_path",
+        "exists" => "file_exists",
+        "not_empty" => "directory_not_empty",
+        "permission_denied" => "permission_denied",
+        _ => "io_error",
     }
 }

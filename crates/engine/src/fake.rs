@@ -15,12 +15,21 @@
 //! - `broken`: prints `partial\n`, then the runtime fails.
 //! - anything else: the spawn fails with `not_found`.
 //!
+//! Files: every sandbox has an in-memory file tree (see the `fs` submodule: `/workspace`,
+//! `/tmp`, `/home/user`, a `/readonly` directory that refuses changes with
+//! `permission_denied`, and `/io-error` whose read fails with `io`). Writes are atomic: an
+//! upload stream that fails changes nothing and is counted in
+//! [`FakeRuntime::aborted_writes`]. [`FakeRuntime::disable_files`] makes every file call
+//! `Unsupported`.
+//!
 //! Failures and slowness can be injected with [`FakeRuntime::fail_next_create`] and
 //! [`FakeRuntime::set_create_delay`]; [`FakeRuntime::shut_down`] records a runtime shutdown.
 //!
 //! Clones share their state, so a test can keep one clone and hand another to the engine.
 
-use std::collections::BTreeSet;
+mod fs;
+
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +40,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{stream, Stream, StreamExt};
 use warren_runtime::{
-    ExecOutput, ExecSpec, ExecStream, ExitInfo, Runtime, RuntimeError, RuntimeInfo, SandboxSpec,
+    ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo, FileOp, FileOpResult, FileStat,
+    Runtime, RuntimeError, RuntimeInfo, SandboxSpec, WriteOptions,
 };
 
 /// A runtime that creates nothing and "runs" the fake commands listed in the module docs.
@@ -43,8 +53,12 @@ pub struct FakeRuntime {
     pub drops: Arc<AtomicUsize>,
     /// Set once [`Runtime::shutdown`] has been called.
     pub shut_down: Arc<AtomicBool>,
+    /// How many uploads failed mid-stream (and so changed nothing).
+    pub aborted_writes: Arc<AtomicUsize>,
     fail_next_create: Arc<AtomicBool>,
     create_delay: Arc<Mutex<Duration>>,
+    files: Arc<Mutex<HashMap<String, fs::Tree>>>,
+    no_files: Arc<AtomicBool>,
 }
 
 impl FakeRuntime {
@@ -60,6 +74,31 @@ impl FakeRuntime {
     /// Make every [`Runtime::create`] wait this long first.
     pub fn set_create_delay(&self, d: Duration) {
         *self.create_delay.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+
+    /// From now on every file call fails with [`RuntimeError::Unsupported`].
+    pub fn disable_files(&self) {
+        self.no_files.store(true, Ordering::SeqCst);
+    }
+
+    /// Make a symlink at `path` in sandbox `id` (the API cannot make one).
+    pub fn symlink(&self, id: &str, path: &str, target: &str) -> Result<(), RuntimeError> {
+        self.with_tree(id, |t| t.symlink(path, target))
+    }
+
+    fn with_tree<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut fs::Tree) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        if self.no_files.load(Ordering::SeqCst) {
+            return Err(RuntimeError::Unsupported("files"));
+        }
+        let mut trees = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let tree = trees
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        f(tree)
     }
 
     /// The ids of the live sandboxes, sorted.
@@ -135,6 +174,7 @@ impl Runtime for FakeRuntime {
             seccomp: false,
             capabilities: vec![],
             images: vec![warren_api::DEFAULT_IMAGE.into()],
+            files: !self.no_files.load(Ordering::SeqCst),
         }
     }
 
@@ -150,7 +190,41 @@ impl Runtime for FakeRuntime {
             return Err(RuntimeError::ImageNotFound(spec.image.clone()));
         }
         self.lock().insert(spec.id.clone());
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.id.clone(), fs::Tree::new());
         Ok(())
+    }
+
+    async fn read_file(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(FileStat, ByteStream), RuntimeError> {
+        self.with_tree(id, |t| t.read(path))
+    }
+
+    async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        opts: WriteOptions,
+        data: ByteStream,
+    ) -> Result<FileStat, RuntimeError> {
+        self.with_tree(id, |t| t.check_write(path, opts.parents))?;
+        let data = match fs::drain(data).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.aborted_writes.fetch_add(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        self.with_tree(id, |t| t.commit_write(path, opts, data))
+    }
+
+    async fn file_op(&self, id: &str, op: FileOp) -> Result<FileOpResult, RuntimeError> {
+        self.with_tree(id, |t| t.op(op))
     }
 
     async fn exec(
@@ -227,10 +301,15 @@ impl Runtime for FakeRuntime {
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         self.lock().remove(id);
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         Ok(())
     }
 
     async fn cleanup_all(&self) -> Result<Vec<String>, RuntimeError> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(std::mem::take(&mut *self.lock()).into_iter().collect())
     }
 

@@ -8,6 +8,7 @@
 
 mod error;
 pub mod fake;
+pub mod files;
 mod store;
 mod validate;
 
@@ -25,7 +26,7 @@ use tracing::{info, warn};
 
 pub use error::EngineError;
 pub use store::Record;
-pub use warren_runtime::{ExecOutput, ExecStream, ExitInfo};
+pub use warren_runtime::{ByteStream, ExecOutput, ExecStream, ExitInfo};
 
 use warren_api::{
     Capabilities, CreateSandboxRequest, ExecRequest, ExecUser, Features, Isolation, Limits,
@@ -231,7 +232,7 @@ impl Engine {
                 rollback: false,
                 fork: false,
                 processes: false,
-                files: false,
+                files: info.files,
                 ports: false,
             },
             limits: Limits {

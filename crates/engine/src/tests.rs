@@ -281,3 +281,150 @@ async fn restart_marks_old_sandboxes_failed() {
     e.delete(&s.id).await.unwrap();
     assert!(e.get(&s.id).await.is_err());
 }
+
+fn body(chunks: Vec<Result<bytes::Bytes, warren_runtime::RuntimeError>>) -> crate::ByteStream {
+    Box::pin(futures::stream::iter(chunks))
+}
+
+async fn read_all(e: &Engine, id: &str, path: &str) -> Result<Vec<u8>, EngineError> {
+    let (_, mut s) = e.read_file(id, path).await?;
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c?);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn files_round_trip_and_errors() {
+    use warren_api::{ExecUser, FileKind};
+    let (e, rt, _d) = engine().await;
+    assert!(e.capabilities().features.files);
+    let sb = e.create(CreateSandboxRequest::default()).await.unwrap();
+    let id = sb.id.as_str();
+
+    let data = vec![Ok(bytes::Bytes::from_static(b"ab\0")), Ok("cd".into())];
+    let info = e
+        .write_file(id, "/workspace/new/dir/f", None, ExecUser::Root, body(data))
+        .await
+        .unwrap();
+    assert_eq!((info.size, info.mode, info.uid), (5, 0o644, 0));
+    assert_eq!(
+        read_all(&e, id, "/workspace/new/dir/f").await.unwrap(),
+        b"ab\0cd"
+    );
+    let info = e
+        .write_file(
+            id,
+            "/home/user/g",
+            Some(0o600),
+            ExecUser::User,
+            body(vec![]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.size, info.mode, info.uid, info.gid),
+        (0, 0o600, 1000, 1000)
+    );
+
+    // A failing upload changes nothing.
+    let broken = vec![
+        Ok("new".into()),
+        Err(warren_runtime::RuntimeError::Io(std::io::Error::other(
+            "reset",
+        ))),
+    ];
+    let err = e
+        .write_file(
+            id,
+            "/workspace/new/dir/f",
+            None,
+            ExecUser::Root,
+            body(broken),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "runtime_error");
+    assert_eq!(
+        rt.aborted_writes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        read_all(&e, id, "/workspace/new/dir/f").await.unwrap(),
+        b"ab\0cd"
+    );
+    assert_eq!(e.get(id).await.unwrap().state, SandboxState::Running);
+
+    let list = e.list_files(id, "/workspace", 1).await.unwrap();
+    assert_eq!(list.entries.len(), 1);
+    assert_eq!(list.entries[0].kind, FileKind::Dir);
+    assert_eq!(
+        e.list_files(id, "/workspace", 3)
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        3
+    );
+
+    let dir = e
+        .mkdir(id, "/workspace/a/b", true, Some(0o700), ExecUser::User)
+        .await
+        .unwrap();
+    assert_eq!((dir.kind, dir.mode, dir.uid), (FileKind::Dir, 0o700, 1000));
+    e.move_path(id, "/workspace/new", "/workspace/a/moved", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        e.stat(id, "/workspace/a/moved/dir/f").await.unwrap().size,
+        5
+    );
+
+    let code = |r: Result<(), EngineError>| {
+        let err = r.unwrap_err();
+        (err.code(), err.http_status())
+    };
+    assert_eq!(
+        code(e.remove(id, "/workspace/a", false).await),
+        ("directory_not_empty", 409)
+    );
+    e.remove(id, "/workspace/a", true).await.unwrap();
+    assert_eq!(
+        code(e.stat(id, "/workspace/a").await.map(drop)),
+        ("file_not_found", 404)
+    );
+    assert_eq!(
+        code(e.stat(id, "relative").await.map(drop)),
+        ("invalid_request", 400)
+    );
+    assert_eq!(
+        code(e.list_files(id, "/", 11).await.map(drop)),
+        ("invalid_request", 400)
+    );
+    assert_eq!(
+        code(e.remove(id, "/", true).await),
+        ("invalid_request", 400)
+    );
+    assert_eq!(
+        code(e.stat("sb-nope", "/").await.map(drop)),
+        ("sandbox_not_found", 404)
+    );
+    assert_eq!(
+        code(read_all(&e, id, "/io-error").await.map(drop)),
+        ("io_error", 500)
+    );
+    assert_eq!(
+        code(
+            e.mkdir(id, "/readonly/x", true, None, ExecUser::Root)
+                .await
+                .map(drop)
+        ),
+        ("permission_denied", 403)
+    );
+    rt.disable_files();
+    assert_eq!(
+        code(e.stat(id, "/").await.map(drop)),
+        ("not_supported", 501)
+    );
+}

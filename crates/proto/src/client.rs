@@ -1,4 +1,5 @@
-//! The host side of the agent protocol: [`ping`] and [`exec`] over any byte stream.
+//! The host side of the agent protocol: [`ping`], [`exec`], [`read_file`], [`write_file`] and
+//! [`file_op`] over any byte stream.
 //!
 //! Each call consumes one connection (one connection carries one conversation).
 
@@ -11,7 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
-use crate::{Event, ExecSpec, Frame, FrameCodec, ProtoError, Request, MAX_FRAME_LEN};
+use crate::{
+    Event, ExecSpec, FileOp, FileOpResult, FileStat, Frame, FrameCodec, ProtoError, Request,
+    MAX_FRAME_LEN,
+};
 
 /// Stdin is sent in frames of at most this many bytes (well below [`MAX_FRAME_LEN`]).
 const STDIN_CHUNK: usize = 256 * 1024;
@@ -195,12 +199,187 @@ impl Stream for ExecEvents {
     }
 }
 
+/// File content is sent in data frames of at most this many bytes.
+const DATA_CHUNK: usize = 256 * 1024;
+const _: () = assert!(DATA_CHUNK < MAX_FRAME_LEN);
+
+/// Maps an answer that is neither the expected event nor data.
+fn unexpected(frame: Option<Result<Frame, ProtoError>>) -> ProtoError {
+    match frame {
+        Some(Ok(Frame::Event(Event::Error { code, message }))) => {
+            ProtoError::Remote { code, message }
+        }
+        Some(Ok(other)) => ProtoError::Unexpected(describe(&other)),
+        Some(Err(e)) => e,
+        None => ProtoError::Closed,
+    }
+}
+
+/// Streams a regular file out of the sandbox: returns its metadata and its content.
+///
+/// An [`Event::Error`] (instead of the metadata, or instead of [`Frame::DataEnd`] when
+/// reading failed midway) becomes [`ProtoError::Remote`]. Dropping the [`FileData`] early
+/// closes the connection.
+pub async fn read_file<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    io: T,
+    path: impl Into<String>,
+) -> Result<(FileStat, FileData), ProtoError> {
+    let mut framed = Framed::new(io, FrameCodec);
+    framed
+        .send(Frame::Request(Request::ReadFile { path: path.into() }))
+        .await?;
+    match framed.next().await {
+        Some(Ok(Frame::Event(Event::File(stat)))) => Ok((
+            stat,
+            FileData {
+                frames: Some(Box::pin(framed)),
+            },
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The content of a file being read: chunks of bytes, ending after the agent's
+/// [`Frame::DataEnd`]. A connection that ends before it yields [`ProtoError::Closed`]; an
+/// error is always the last item.
+pub struct FileData {
+    frames: Option<FrameStream>,
+}
+
+impl std::fmt::Debug for FileData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileData")
+            .field("finished", &self.frames.is_none())
+            .finish()
+    }
+}
+
+impl Stream for FileData {
+    type Item = Result<Bytes, ProtoError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(frames) = this.frames.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(frames.as_mut().poll_next(cx));
+        let last = match frame {
+            Some(Ok(Frame::Data(b))) => return Poll::Ready(Some(Ok(b))),
+            Some(Ok(Frame::DataEnd)) => None,
+            other => Some(Err(unexpected(other))),
+        };
+        this.frames = None;
+        Poll::Ready(last)
+    }
+}
+
+/// Writes a file atomically through the agent: sends `req` (a [`Request::WriteFile`]), the
+/// bytes of `data` as [`Frame::Data`] chunks, then [`Frame::DataEnd`], and returns the
+/// metadata of the written file.
+///
+/// If `data` yields an error, the connection is dropped without `DataEnd` (so the agent
+/// discards its temporary file and leaves the target alone) and the error is returned as
+/// [`ProtoError::Io`] wrapping it (`io::Error::other`: get it back with
+/// `into_inner()` and `downcast`). An [`Event::Error`] from the agent, even one that
+/// arrives while data is still being sent, becomes [`ProtoError::Remote`].
+pub async fn write_file<T, S, E>(io: T, req: Request, data: S) -> Result<FileStat, ProtoError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Stream<Item = Result<Bytes, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if !matches!(req, Request::WriteFile { .. }) {
+        return Err(ProtoError::Unexpected(format!(
+            "write_file needs a write-file request, not a {}",
+            describe(&Frame::Request(req))
+        )));
+    }
+    let (r, w) = tokio::io::split(io);
+    let mut reader = FramedRead::new(r, FrameCodec);
+    let mut writer = FramedWrite::new(w, FrameCodec);
+    writer.send(Frame::Request(req)).await?;
+    futures::pin_mut!(data);
+    // The agent answers early only to refuse: watch for that while sending.
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            frame = reader.next() => return Err(answer_error(frame)),
+            chunk = data.next() => chunk,
+        };
+        let mut bytes = match chunk {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => return Err(ProtoError::Io(std::io::Error::other(e))),
+            None => break,
+        };
+        while !bytes.is_empty() {
+            let part = bytes.split_to(bytes.len().min(DATA_CHUNK));
+            tokio::select! {
+                biased;
+                frame = reader.next() => return Err(answer_error(frame)),
+                res = writer.send(Frame::Data(part)) => {
+                    if let Err(e) = res {
+                        return Err(error_after_send_failure(&mut reader, e).await);
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = writer.send(Frame::DataEnd).await {
+        return Err(error_after_send_failure(&mut reader, e).await);
+    }
+    match reader.next().await {
+        Some(Ok(Frame::Event(Event::File(stat)))) => Ok(stat),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// An answer that arrived before the data was all sent: only an error makes sense.
+fn answer_error(frame: Option<Result<Frame, ProtoError>>) -> ProtoError {
+    match frame {
+        Some(Ok(Frame::Event(Event::File(_)))) => {
+            ProtoError::Unexpected("file event before the end of the data".into())
+        }
+        other => unexpected(other),
+    }
+}
+
+/// Sending failed, most likely because the agent refused and closed: prefer its reason.
+async fn error_after_send_failure<R: AsyncRead + Unpin>(
+    reader: &mut FramedRead<R, FrameCodec>,
+    send_error: ProtoError,
+) -> ProtoError {
+    match tokio::time::timeout(std::time::Duration::from_secs(1), reader.next()).await {
+        Ok(Some(Ok(Frame::Event(Event::Error { code, message })))) => {
+            ProtoError::Remote { code, message }
+        }
+        _ => send_error,
+    }
+}
+
+/// Runs one metadata operation ([`FileOp`]).
+pub async fn file_op<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    op: FileOp,
+) -> Result<FileOpResult, ProtoError> {
+    let mut framed = Framed::new(io, FrameCodec);
+    framed.send(Frame::Request(Request::FileOp(op))).await?;
+    match framed.next().await {
+        Some(Ok(Frame::Event(Event::FileOp(res)))) => Ok(res),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// A short description of an unexpected frame (never its payload).
 fn describe(frame: &Frame) -> String {
     match frame {
         Frame::Request(Request::Ping) => "ping request".into(),
         Frame::Request(Request::Exec(_)) => "exec request".into(),
+        Frame::Request(Request::ReadFile { .. }) => "read-file request".into(),
+        Frame::Request(Request::WriteFile { .. }) => "write-file request".into(),
+        Frame::Request(Request::FileOp(_)) => "file-op request".into(),
         Frame::Event(e) => match e {
+            Event::File(_) => "file event".into(),
+            Event::FileOp(_) => "file-op event".into(),
             Event::Pong { .. } => "pong event".into(),
             Event::Started { .. } => "started event".into(),
             Event::Exit { .. } => "exit event".into(),
@@ -210,6 +389,8 @@ fn describe(frame: &Frame) -> String {
         Frame::Stderr(b) => format!("stderr frame of {} bytes", b.len()),
         Frame::Stdin(b) => format!("stdin frame of {} bytes", b.len()),
         Frame::StdinEof => "stdin eof frame".into(),
+        Frame::Data(b) => format!("data frame of {} bytes", b.len()),
+        Frame::DataEnd => "data end frame".into(),
     }
 }
 
@@ -399,5 +580,286 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    fn stat(path: &str, size: u64) -> FileStat {
+        FileStat {
+            path: path.into(),
+            kind: crate::FileKind::File,
+            size,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            link_target: None,
+        }
+    }
+
+    fn write_req(path: &str) -> Request {
+        Request::WriteFile {
+            path: path.into(),
+            mode: Some(0o600),
+            parents: true,
+            uid: 1,
+            gid: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn read_file_streams_until_data_end() {
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let Some(Ok(Frame::Request(Request::ReadFile { path }))) = agent.next().await else {
+                panic!("no read");
+            };
+            assert_eq!(path, "/f");
+            agent
+                .send(Frame::Event(Event::File(stat("/f", 4))))
+                .await
+                .unwrap();
+            agent
+                .send(Frame::Data(Bytes::from_static(b"\0\xff")))
+                .await
+                .unwrap();
+            agent
+                .send(Frame::Data(Bytes::from_static(b"ab")))
+                .await
+                .unwrap();
+            agent.send(Frame::DataEnd).await.unwrap();
+            // Anything after DataEnd is not part of the file.
+            let _ = agent.send(Frame::Data(Bytes::from_static(b"zz"))).await;
+        });
+        let (st, mut data) = read_file(host, "/f").await.unwrap();
+        assert_eq!(st, stat("/f", 4));
+        let mut got = Vec::new();
+        while let Some(chunk) = data.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(got, b"\0\xffab");
+        assert!(data.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn read_file_errors() {
+        // Refused up front.
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let _ = agent.next().await;
+            agent
+                .send(Frame::Event(Event::Error {
+                    code: "is_a_directory".into(),
+                    message: "/d".into(),
+                }))
+                .await
+                .unwrap();
+        });
+        match read_file(host, "/d").await {
+            Err(ProtoError::Remote { code, .. }) => assert_eq!(code, "is_a_directory"),
+            other => panic!("{other:?}"),
+        }
+
+        // Closed before DataEnd, and an error midway.
+        for fail_with_error in [false, true] {
+            let (host, mut agent) = pair();
+            tokio::spawn(async move {
+                let _ = agent.next().await;
+                agent
+                    .send(Frame::Event(Event::File(stat("/f", 9))))
+                    .await
+                    .unwrap();
+                agent
+                    .send(Frame::Data(Bytes::from_static(b"x")))
+                    .await
+                    .unwrap();
+                if fail_with_error {
+                    agent
+                        .send(Frame::Event(Event::Error {
+                            code: "io".into(),
+                            message: "EIO".into(),
+                        }))
+                        .await
+                        .unwrap();
+                }
+            });
+            let (_, mut data) = read_file(host, "/f").await.unwrap();
+            assert_eq!(
+                data.next().await.unwrap().unwrap(),
+                Bytes::from_static(b"x")
+            );
+            match data.next().await {
+                Some(Err(ProtoError::Remote { code, .. })) => {
+                    assert!(fail_with_error);
+                    assert_eq!(code, "io");
+                }
+                Some(Err(ProtoError::Closed)) => assert!(!fail_with_error),
+                other => panic!("{other:?}"),
+            }
+            assert!(data.next().await.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn write_file_sends_chunks_then_data_end() {
+        let (host, mut agent) = pair();
+        let big = Bytes::from(
+            (0..(3 * DATA_CHUNK + 7))
+                .map(|i| i as u8)
+                .collect::<Vec<_>>(),
+        );
+        let expected = big.clone();
+        let fake = tokio::spawn(async move {
+            let Some(Ok(Frame::Request(req))) = agent.next().await else {
+                panic!("no request");
+            };
+            assert_eq!(req, write_req("/w"));
+            let mut got = Vec::new();
+            loop {
+                match agent.next().await.unwrap().unwrap() {
+                    Frame::Data(b) => {
+                        assert!(b.len() <= DATA_CHUNK);
+                        got.extend_from_slice(&b);
+                    }
+                    Frame::DataEnd => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert!(got == [&b"head"[..], &expected[..]].concat());
+            agent
+                .send(Frame::Event(Event::File(stat("/w", got.len() as u64))))
+                .await
+                .unwrap();
+        });
+        let data = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(b"head")),
+            Ok(Bytes::new()),
+            Ok(big),
+        ]);
+        let st = write_file(host, write_req("/w"), data).await.unwrap();
+        assert_eq!(st.size, (3 * DATA_CHUNK + 11) as u64);
+        fake.await.unwrap();
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("body broke")]
+    struct BodyError;
+
+    #[tokio::test]
+    async fn write_file_data_error_drops_without_data_end() {
+        let (host, mut agent) = pair();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = agent.next().await;
+            let mut frames = Vec::new();
+            while let Some(Ok(f)) = agent.next().await {
+                frames.push(f);
+            }
+            let _ = tx.send(frames);
+        });
+        let data = futures::stream::iter(vec![Ok(Bytes::from_static(b"part")), Err(BodyError)]);
+        match write_file(host, write_req("/w"), data).await {
+            Err(ProtoError::Io(e)) => {
+                assert!(e.into_inner().unwrap().downcast::<BodyError>().is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+        let frames = rx.await.unwrap();
+        assert_eq!(frames, vec![Frame::Data(Bytes::from_static(b"part"))]);
+    }
+
+    #[tokio::test]
+    async fn write_file_early_refusal() {
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let _ = agent.next().await;
+            agent
+                .send(Frame::Event(Event::Error {
+                    code: "is_a_directory".into(),
+                    message: "/d".into(),
+                }))
+                .await
+                .unwrap();
+            // Closes without reading the data.
+        });
+        // More data than the duplex buffer holds: sending alone would block forever.
+        let data = futures::stream::iter(
+            (0..64).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 64 * 1024]))),
+        );
+        match write_file(host, write_req("/d"), data).await {
+            Err(ProtoError::Remote { code, .. }) => assert_eq!(code, "is_a_directory"),
+            other => panic!("{other:?}"),
+        }
+        // Not a write request.
+        let (host, _agent) = pair();
+        let empty = futures::stream::empty::<Result<Bytes, std::io::Error>>();
+        assert!(matches!(
+            write_file(host, Request::Ping, empty).await,
+            Err(ProtoError::Unexpected(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn file_op_round_trip() {
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let Some(Ok(Frame::Request(Request::FileOp(op)))) = agent.next().await else {
+                panic!("no op");
+            };
+            assert_eq!(
+                op,
+                FileOp::List {
+                    path: "/".into(),
+                    depth: 1,
+                    limit: 2
+                }
+            );
+            agent
+                .send(Frame::Event(Event::FileOp(FileOpResult::List {
+                    entries: vec![stat("/a", 1)],
+                    truncated: true,
+                })))
+                .await
+                .unwrap();
+        });
+        let op = FileOp::List {
+            path: "/".into(),
+            depth: 1,
+            limit: 2,
+        };
+        assert_eq!(
+            file_op(host, op).await.unwrap(),
+            FileOpResult::List {
+                entries: vec![stat("/a", 1)],
+                truncated: true
+            }
+        );
+
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let _ = agent.next().await;
+            agent
+                .send(Frame::Event(Event::Error {
+                    code: "exists".into(),
+                    message: "/b".into(),
+                }))
+                .await
+                .unwrap();
+        });
+        let op = FileOp::Rename {
+            from: "/a".into(),
+            to: "/b".into(),
+            overwrite: false,
+        };
+        match file_op(host, op).await {
+            Err(ProtoError::Remote { code, .. }) => assert_eq!(code, "exists"),
+            other => panic!("{other:?}"),
+        }
+        // Closed without an answer.
+        let (host, agent) = pair();
+        drop(agent);
+        let op = FileOp::Stat { path: "/".into() };
+        assert!(matches!(
+            file_op(host, op).await,
+            Err(ProtoError::Closed | ProtoError::Io(_))
+        ));
     }
 }

@@ -14,6 +14,8 @@ const TAG_STDOUT: u8 = 3;
 const TAG_STDERR: u8 = 4;
 const TAG_STDIN: u8 = 5;
 const TAG_STDIN_EOF: u8 = 6;
+const TAG_DATA: u8 = 7;
+const TAG_DATA_END: u8 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
@@ -45,6 +47,10 @@ pub enum Frame {
     Stderr(Bytes),
     Stdin(Bytes),
     StdinEof,
+    /// A chunk of file content (either direction).
+    Data(Bytes),
+    /// The end of a file's content.
+    DataEnd,
 }
 
 /// `tokio_util` codec for [`Frame`]s.
@@ -80,6 +86,8 @@ impl Decoder for FrameCodec {
             TAG_STDERR => Frame::Stderr(body.freeze()),
             TAG_STDIN => Frame::Stdin(body.freeze()),
             TAG_STDIN_EOF => Frame::StdinEof,
+            TAG_DATA => Frame::Data(body.freeze()),
+            TAG_DATA_END => Frame::DataEnd,
             other => return Err(ProtoError::UnknownTag(other)),
         };
         Ok(Some(frame))
@@ -97,6 +105,8 @@ impl Encoder<Frame> for FrameCodec {
             Frame::Stderr(b) => (TAG_STDERR, b),
             Frame::Stdin(b) => (TAG_STDIN, b),
             Frame::StdinEof => (TAG_STDIN_EOF, Bytes::new()),
+            Frame::Data(b) => (TAG_DATA, b),
+            Frame::DataEnd => (TAG_DATA_END, Bytes::new()),
         };
         let len = payload.len() + 1;
         if len > MAX_FRAME_LEN {
@@ -152,6 +162,14 @@ mod tests {
         round_trip(Frame::Stderr(Bytes::from_static(b"err")));
         round_trip(Frame::Stdin(Bytes::from_static(b"in")));
         round_trip(Frame::StdinEof);
+        round_trip(Frame::Data(Bytes::from_static(b"\x00file")));
+        round_trip(Frame::DataEnd);
+        round_trip(Frame::Request(Request::FileOp(crate::FileOp::List {
+            path: "/workspace".into(),
+            depth: 2,
+            limit: 100,
+        })));
+        round_trip(Frame::Event(Event::FileOp(crate::FileOpResult::Done)));
     }
 
     #[test]

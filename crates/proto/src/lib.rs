@@ -32,6 +32,95 @@ pub enum Request {
     Ping,
     /// Run a command and stream its output.
     Exec(ExecSpec),
+    /// Stream a regular file: the agent answers [`Event::File`] (its metadata), then
+    /// [`Frame::Data`] chunks, then [`Frame::DataEnd`]; or [`Event::Error`].
+    ReadFile { path: String },
+    /// Write a regular file atomically: the host follows with [`Frame::Data`] chunks and
+    /// [`Frame::DataEnd`]; the agent writes a temporary file in the same directory and
+    /// renames it into place only after `DataEnd`, then answers [`Event::File`]. A
+    /// connection closed before `DataEnd` leaves the old file (or nothing) in place.
+    WriteFile {
+        path: String,
+        /// Permission bits (default 0o644); ownership: see `uid`/`gid`.
+        mode: Option<u32>,
+        /// Create missing parent directories (mode 0o755).
+        parents: bool,
+        uid: u32,
+        gid: u32,
+    },
+    /// One metadata operation, answered by [`Event::FileOp`] or [`Event::Error`].
+    FileOp(FileOp),
+}
+
+/// File operations that need no data stream. Paths are absolute paths inside the sandbox;
+/// the agent resolves them in its own root (the sandbox's), so nothing outside is reachable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FileOp {
+    /// Metadata of `path` itself (a symlink is reported as a symlink).
+    Stat { path: String },
+    /// Entries below the directory `path`, `depth` levels deep (1 = direct children),
+    /// at most `limit` of them (then `truncated`).
+    List {
+        path: String,
+        depth: u32,
+        limit: u32,
+    },
+    Mkdir {
+        path: String,
+        parents: bool,
+        mode: Option<u32>,
+        uid: u32,
+        gid: u32,
+    },
+    /// Remove a file, a symlink, or (with `recursive`) a directory tree. A non-empty
+    /// directory without `recursive` is `not_empty`.
+    Remove { path: String, recursive: bool },
+    /// `rename(2)`; refuses to overwrite an existing target unless `overwrite`.
+    Rename {
+        from: String,
+        to: String,
+        overwrite: bool,
+    },
+}
+
+/// Kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// Metadata of one file, as the agent sees it inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileStat {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Target of a symlink.
+    pub link_target: Option<String>,
+}
+
+/// Answer to a [`FileOp`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum FileOpResult {
+    Stat(FileStat),
+    List {
+        entries: Vec<FileStat>,
+        truncated: bool,
+    },
+    Done,
 }
 
 /// A command to run. The host has already resolved users and merged environments.
@@ -69,7 +158,14 @@ pub enum Event {
         timed_out: bool,
         duration_us: u64,
     },
+    /// Metadata of the file a [`Request::ReadFile`] streams or a [`Request::WriteFile`]
+    /// wrote.
+    File(FileStat),
+    /// Answer to a [`Request::FileOp`].
+    FileOp(FileOpResult),
     /// The request failed before or instead of running (e.g. command not found: code
-    /// `not_found`, bad cwd: `bad_cwd`, anything else: `spawn_failed`).
+    /// `not_found`, bad cwd: `bad_cwd`, anything else: `spawn_failed`). File requests use
+    /// `not_found`, `not_a_directory`, `is_a_directory`, `not_empty`, `exists`,
+    /// `permission_denied`, `invalid_path` and `io`.
     Error { code: String, message: String },
 }

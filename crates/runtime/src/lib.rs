@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 
-pub use warren_proto::ExecSpec;
+pub use warren_proto::{ExecSpec, FileKind, FileOp, FileOpResult, FileStat};
 
 /// Resource limits applied to a sandbox's own cgroup.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,6 +54,18 @@ pub struct ExitInfo {
 /// A running command's output. Dropping it before the exit kills the command's process group.
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, RuntimeError>> + Send>>;
 
+/// File content, streamed in chunks (never held whole in memory).
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, RuntimeError>> + Send>>;
+
+/// Owner and mode of files the agent creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    pub mode: Option<u32>,
+    pub parents: bool,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// What a backend is and supports; the engine folds this into `GET /v1/capabilities`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeInfo {
@@ -66,6 +78,8 @@ pub struct RuntimeInfo {
     /// Capabilities a sandbox's root keeps (e.g. `CAP_CHOWN`).
     pub capabilities: Vec<String>,
     pub images: Vec<String>,
+    /// Implements [`Runtime::read_file`], [`Runtime::write_file`] and [`Runtime::file_op`].
+    pub files: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +92,14 @@ pub enum RuntimeError {
     /// `bad_cwd`, `spawn_failed`).
     #[error("{message}")]
     Spawn { code: String, message: String },
+    /// A file operation failed inside the sandbox (`code` as in the agent protocol:
+    /// `not_found`, `not_a_directory`, `is_a_directory`, `not_empty`, `exists`,
+    /// `permission_denied`, `invalid_path`, `io`).
+    #[error("{message}")]
+    File { code: String, message: String },
+    /// The backend does not support this feature (reported in its capabilities).
+    #[error("this runtime does not support {0}")]
+    Unsupported(&'static str),
     #[error("sandbox setup failed: {0}")]
     Setup(String),
     #[error("cgroup: {0}")]
@@ -103,6 +125,36 @@ pub trait Runtime: Send + Sync + 'static {
         spec: ExecSpec,
         stdin: Option<Bytes>,
     ) -> Result<ExecStream, RuntimeError>;
+
+    /// Stream a regular file out of the sandbox: its metadata, then its content.
+    /// Backends without file access keep the default: a typed "unsupported" error.
+    async fn read_file(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(FileStat, ByteStream), RuntimeError> {
+        let _ = (id, path);
+        Err(RuntimeError::Unsupported("files"))
+    }
+
+    /// Write a regular file atomically (temporary file + rename) from a stream; nothing
+    /// changes unless the whole stream arrived.
+    async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        opts: WriteOptions,
+        data: ByteStream,
+    ) -> Result<FileStat, RuntimeError> {
+        let _ = (id, path, opts, data);
+        Err(RuntimeError::Unsupported("files"))
+    }
+
+    /// Stat, list, mkdir, remove, rename.
+    async fn file_op(&self, id: &str, op: FileOp) -> Result<FileOpResult, RuntimeError> {
+        let _ = (id, op);
+        Err(RuntimeError::Unsupported("files"))
+    }
 
     /// Kill every process, remove cgroups, mounts and files. Idempotent: an unknown or
     /// already-destroyed sandbox is `Ok`.

@@ -2,7 +2,7 @@
 //! rejections.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -144,4 +144,29 @@ fn path_rejection(rejection: PathRejection) -> ApiError {
         "sandbox_not_found",
         format!("no such sandbox ({})", rejection.body_text()),
     )
+}
+
+/// Query parameters whose rejections are API errors: 400 `invalid_request` for a missing,
+/// malformed or unknown parameter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> ApiError {
+    // body_text() is "Failed to deserialize query string: <serde message>".
+    ApiError::invalid_request(rejection.body_text())
 }

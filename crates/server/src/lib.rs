@@ -8,6 +8,7 @@
 mod encode;
 mod error;
 mod exec;
+mod files;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -16,14 +17,14 @@ use std::collections::BTreeMap;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use warren_api::{
     Capabilities, CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest, ExecResult, ExecUser,
-    ExitEvent, Features, Isolation, Limits, OutputChunk, OutputEncoding, Resources, Sandbox,
-    SandboxState, SetTimeoutRequest,
+    ExitEvent, Features, FileInfo, FileKind, FileList, Isolation, Limits, MkdirRequest,
+    MoveRequest, OutputChunk, OutputEncoding, Resources, Sandbox, SandboxState, SetTimeoutRequest,
 };
 use warren_engine::Engine;
 
@@ -44,6 +45,17 @@ pub fn router(engine: Engine) -> Router {
         )
         .route("/v1/sandboxes/{id}/timeout", post(set_timeout))
         .route("/v1/sandboxes/{id}/exec", post(exec::exec))
+        .route(
+            "/v1/sandboxes/{id}/files",
+            get(files::read_file)
+                .delete(files::remove)
+                // Uploads stream to the sandbox: no body limit on this route only.
+                .merge(put(files::write_file).layer(DefaultBodyLimit::disable())),
+        )
+        .route("/v1/sandboxes/{id}/files/stat", get(files::stat))
+        .route("/v1/sandboxes/{id}/files/list", get(files::list))
+        .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
+        .route("/v1/sandboxes/{id}/files/move", post(files::move_path))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -78,6 +90,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         delete_sandbox,
         set_timeout,
         exec::exec,
+        files::read_file,
+        files::write_file,
+        files::stat,
+        files::list,
+        files::mkdir,
+        files::remove,
+        files::move_path,
     ),
     components(schemas(
         Capabilities,
@@ -89,8 +108,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         ExecUser,
         ExitEvent,
         Features,
+        files::FileContent,
+        FileInfo,
+        FileKind,
+        FileList,
         Isolation,
         Limits,
+        MkdirRequest,
+        MoveRequest,
         OutputChunk,
         OutputEncoding,
         Resources,
@@ -99,6 +124,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         SetTimeoutRequest,
     )),
     tags((name = "sandboxes", description = "Sandbox lifecycle and commands"),
+         (name = "files", description = "Files inside a running sandbox"),
          (name = "meta", description = "Health, capabilities, this document"))
 )]
 struct ApiDoc;

@@ -653,3 +653,508 @@ fn metadata_filter_parsing() {
     assert!(crate::parse_metadata_filter("").unwrap().is_empty());
     assert!(crate::parse_metadata_filter("metadata.a=1&metadata.a=1").is_ok());
 }
+
+mod files {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::atomic::Ordering;
+    use warren_api::{FileInfo, FileList, SandboxState};
+    use warren_runtime::Runtime;
+
+    async fn put(app: &App, id: &str, query: &str, body: Body) -> (StatusCode, Value) {
+        let req = Request::put(format!("/v1/sandboxes/{id}/files?{query}"))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .unwrap();
+        let resp = app.send(req).await;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn get_raw(app: &App, id: &str, path: &str) -> (StatusCode, header::HeaderMap, Vec<u8>) {
+        let req = Request::get(format!("/v1/sandboxes/{id}/files?path={path}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.send(req).await;
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes().to_vec();
+        (parts.status, parts.headers, bytes)
+    }
+
+    fn code(v: &Value) -> &str {
+        v["error"]["code"].as_str().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn binary_round_trip() {
+        let app = app().await;
+        let id = app.create("{}").await.id;
+        let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let (status, v) = put(
+            &app,
+            &id,
+            "path=/workspace/sub/bin&mode=0600&user=user",
+            Body::from(data.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let info: FileInfo = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            (info.size, info.mode, info.uid, info.gid),
+            (70_000, 0o600, 1000, 1000)
+        );
+        assert_eq!(info.path, "/workspace/sub/bin");
+
+        let (status, headers, body) = get_raw(&app, &id, "/workspace/sub/bin").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, data);
+        assert_eq!(headers["x-warren-file-size"], "70000");
+        assert!(headers.get(header::CONTENT_LENGTH).is_none());
+        assert_eq!(headers[header::CONTENT_TYPE], "application/octet-stream");
+        assert_eq!(headers["x-warren-file-mode"], "0600");
+
+        // Default owner root, mode 0644; empty files work.
+        let (status, v) = put(&app, &id, "path=/workspace/empty", Body::empty()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (v["mode"].as_u64(), v["uid"].as_u64()),
+            (Some(0o644), Some(0))
+        );
+        let (_, _, body) = get_raw(&app, &id, "/workspace/empty").await;
+        assert!(body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn large_streamed_body_ignores_the_json_limit() {
+        let app = app().await;
+        let id = app.create("{}").await.id;
+        // 20 MiB in 1 MiB chunks, through a route whose JSON limit would be 64 KiB.
+        let chunks = (0..20u8).map(|i| Ok::<_, std::io::Error>(Bytes::from(vec![i; 1 << 20])));
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let (status, v) = put(&app, &id, "path=/tmp/big", body).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["size"], 20 << 20);
+        let (status, _, body) = get_raw(&app, &id, "/tmp/big").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.len(), 20 << 20);
+        assert!(body
+            .chunks(1 << 20)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|b| *b as usize == i)));
+        // Other routes keep the limit.
+        let big = format!(r#"{{"path":"/{}"}}"#, "a".repeat(100_000));
+        let (status, v) = app
+            .call(
+                Method::POST,
+                &format!("/v1/sandboxes/{id}/files/mkdir"),
+                Some(&big),
+            )
+            .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    }
+
+    #[tokio::test]
+    async fn interrupted_upload_changes_nothing() {
+        let app = app().await;
+        let id = app.create("{}").await.id;
+        let (status, _) = put(&app, &id, "path=/workspace/f", Body::from("old")).await;
+        assert_eq!(status, StatusCode::OK);
+        let chunks = vec![
+            Ok(Bytes::from_static(b"new data")),
+            Err(std::io::Error::other("connection reset")),
+        ];
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let (status, v) = put(&app, &id, "path=/workspace/f", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(code(&v), "invalid_request");
+        assert_eq!(app.t.runtime.aborted_writes.load(Ordering::SeqCst), 1);
+        let (_, _, body) = get_raw(&app, &id, "/workspace/f").await;
+        assert_eq!(body, b"old");
+        assert_eq!(
+            app.t.engine.get(&id).await.unwrap().state,
+            SandboxState::Running
+        );
+    }
+
+    #[tokio::test]
+    async fn metadata_operations() {
+        let app = app().await;
+        let id = app.create("{}").await.id;
+        let base = format!("/v1/sandboxes/{id}/files");
+        let (status, v) = app
+            .call(
+                Method::POST,
+                &format!("{base}/mkdir"),
+                Some(r#"{"path":"/workspace/a/b","mode":448}"#),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(
+            (v["kind"].as_str(), v["mode"].as_u64()),
+            (Some("dir"), Some(0o700))
+        );
+        assert!(v["modified_at"].as_str().unwrap().contains('T'));
+        put(&app, &id, "path=/workspace/a/b/f.txt", Body::from("hi")).await;
+
+        let (status, v) = app
+            .call(
+                Method::GET,
+                &format!("{base}/stat?path=/workspace/a/b/f.txt"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (v["kind"].as_str(), v["size"].as_u64()),
+            (Some("file"), Some(2))
+        );
+
+        let (status, v) = app
+            .call(
+                Method::GET,
+                &format!("{base}/list?path=/workspace&depth=3"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let list: FileList = serde_json::from_value(v).unwrap();
+        let paths: Vec<&str> = list.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/workspace/a", "/workspace/a/b", "/workspace/a/b/f.txt"]
+        );
+        assert!(!list.truncated);
+        let (_, v) = app
+            .call(Method::GET, &format!("{base}/list?path=/workspace"), None)
+            .await;
+        assert_eq!(v["entries"].as_array().unwrap().len(), 1);
+
+        app.t
+            .runtime
+            .symlink(&id, "/workspace/link", "a/b")
+            .unwrap();
+        let (_, v) = app
+            .call(
+                Method::GET,
+                &format!("{base}/stat?path=/workspace/link"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (v["kind"].as_str(), v["link_target"].as_str()),
+            (Some("symlink"), Some("a/b"))
+        );
+
+        let (status, v) = app
+            .call(
+                Method::POST,
+                &format!("{base}/move"),
+                Some(r#"{"from":"/workspace/a/b/f.txt","to":"/workspace/g.txt"}"#),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+        let (_, _, body) = get_raw(&app, &id, "/workspace/g.txt").await;
+        assert_eq!(body, b"hi");
+
+        let (status, _) = app
+            .call(
+                Method::DELETE,
+                &format!("{base}?path=/workspace/a&recursive=true"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, v) = app
+            .call(Method::GET, &format!("{base}/stat?path=/workspace/a"), None)
+            .await;
+        assert_eq!(
+            (status, code(&v)),
+            (StatusCode::NOT_FOUND, "file_not_found")
+        );
+    }
+
+    #[tokio::test]
+    async fn error_codes() {
+        let app = app().await;
+        let id = app.create("{}").await.id;
+        let base = format!("/v1/sandboxes/{id}/files");
+        put(&app, &id, "path=/workspace/f", Body::from("x")).await;
+        put(&app, &id, "path=/workspace/d/inner", Body::from("x")).await;
+        app.t.runtime.symlink(&id, "/workspace/link", "f").unwrap();
+
+        let cases: Vec<(Method, String, Option<&str>, StatusCode, &str)> = vec![
+            (
+                Method::GET,
+                base.clone(),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::GET,
+                format!("{base}?path=rel"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::GET,
+                format!("{base}?path=/a%00b"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::GET,
+                format!("{base}?path=/{}", "a".repeat(5000)),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::GET,
+                format!("{base}?path=/f&bogus=1"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::GET,
+                format!("{base}/list?path=/&depth=0"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::GET,
+                format!("{base}/list?path=/&depth=11"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::GET,
+                format!("{base}/list?path=/&depth=x"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::DELETE,
+                format!("{base}?path=/workspace/f&recursive=maybe"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::DELETE,
+                format!("{base}?path=/"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::POST,
+                format!("{base}/mkdir"),
+                Some(r#"{"path":"/x","nope":1}"#),
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::POST,
+                format!("{base}/move"),
+                Some(r#"{"from":"/x"}"#),
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Method::GET,
+                format!("{base}?path=/workspace/missing"),
+                None,
+                StatusCode::NOT_FOUND,
+                "file_not_found",
+            ),
+            (
+                Method::GET,
+                format!("{base}?path=/workspace"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "is_a_directory",
+            ),
+            (
+                Method::GET,
+                format!("{base}/list?path=/workspace/f"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "not_a_directory",
+            ),
+            (
+                Method::GET,
+                format!("{base}?path=/workspace/link"),
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+            ),
+            (
+                Method::POST,
+                format!("{base}/mkdir"),
+                Some(r#"{"path":"/workspace/f","parents":false}"#),
+                StatusCode::CONFLICT,
+                "file_exists",
+            ),
+            (
+                Method::POST,
+                format!("{base}/move"),
+                Some(r#"{"from":"/workspace/link","to":"/workspace/f"}"#),
+                StatusCode::CONFLICT,
+                "file_exists",
+            ),
+            (
+                Method::DELETE,
+                format!("{base}?path=/workspace/d"),
+                None,
+                StatusCode::CONFLICT,
+                "directory_not_empty",
+            ),
+            (
+                Method::DELETE,
+                format!("{base}?path=/readonly"),
+                None,
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+            ),
+            (
+                Method::GET,
+                format!("{base}?path=/io-error"),
+                None,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "io_error",
+            ),
+            (
+                Method::GET,
+                "/v1/sandboxes/sb-nope/files/stat?path=/".to_string(),
+                None,
+                StatusCode::NOT_FOUND,
+                "sandbox_not_found",
+            ),
+        ];
+        for (method, uri, body, status, want) in cases {
+            let (got, v) = app.call(method.clone(), &uri, body).await;
+            assert_eq!((got, code(&v)), (status, want), "{method} {uri}: {v}");
+        }
+        for q in [
+            "path=/workspace/g&mode=999",
+            "path=/workspace/g&mode=",
+            "path=/workspace/g&user=bob",
+            "mode=0644",
+        ] {
+            let (status, v) = put(&app, &id, q, Body::from("x")).await;
+            assert_eq!(
+                (status, code(&v)),
+                (StatusCode::BAD_REQUEST, "invalid_request"),
+                "{q}"
+            );
+        }
+        let (status, v) = put(&app, &id, "path=/readonly/x", Body::from("x")).await;
+        assert_eq!(
+            (status, code(&v)),
+            (StatusCode::FORBIDDEN, "permission_denied")
+        );
+        let (status, v) = put(&app, &id, "path=/workspace", Body::from("x")).await;
+        assert_eq!(
+            (status, code(&v)),
+            (StatusCode::BAD_REQUEST, "is_a_directory")
+        );
+
+        // The runtime lost the sandbox: it is marked failed, and files are then 409.
+        let other = app.create("{}").await.id;
+        app.t.runtime.destroy(&other).await.unwrap();
+        let (status, v) = app
+            .call(
+                Method::GET,
+                &format!("/v1/sandboxes/{other}/files/stat?path=/"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, code(&v)),
+            (StatusCode::CONFLICT, "invalid_state"),
+            "{v}"
+        );
+        let (status, v) = app
+            .call(
+                Method::GET,
+                &format!("/v1/sandboxes/{other}/files/stat?path=/"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, code(&v)),
+            (StatusCode::CONFLICT, "invalid_state"),
+            "{v}"
+        );
+
+        app.t.runtime.disable_files();
+        let (status, v) = app
+            .call(Method::GET, &format!("{base}/stat?path=/"), None)
+            .await;
+        assert_eq!(
+            (status, code(&v)),
+            (StatusCode::NOT_IMPLEMENTED, "not_supported")
+        );
+    }
+}
+
+/// A client that hangs up mid-upload over real TCP: the write is aborted, nothing appears.
+#[tokio::test]
+async fn upload_disconnect_over_tcp_writes_nothing() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = crate::testing::TestServer::start().await;
+    let engine = &server.engine.engine;
+    let id = engine
+        .create(warren_api::CreateSandboxRequest::default())
+        .await
+        .unwrap()
+        .id;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/sandboxes/{id}/files?path=/workspace/partial HTTP/1.1\r\nhost: x\r\n\
+         content-type: application/octet-stream\r\ncontent-length: 10000000\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&[7u8; 100_000]).await.unwrap();
+    tcp.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(tcp);
+    for _ in 0..100 {
+        if server.engine.runtime.aborted_writes.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        server.engine.runtime.aborted_writes.load(Ordering::SeqCst),
+        1,
+        "the body error reached the runtime"
+    );
+    let err = engine.stat(&id, "/workspace/partial").await.unwrap_err();
+    assert_eq!(err.code(), "file_not_found");
+
+    // A complete upload over the same kind of connection works.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "PUT /v1/sandboxes/{id}/files?path=/workspace/full HTTP/1.1\r\nhost: x\r\n\
+         connection: close\r\ncontent-length: 3\r\n\r\nabc"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(engine.stat(&id, "/workspace/full").await.unwrap().size, 3);
+}

@@ -11,6 +11,7 @@
 
 pub mod caps;
 pub mod cgroup;
+mod files;
 pub mod image;
 pub mod init;
 pub mod net;
@@ -34,7 +35,8 @@ use warren_proto::client::{self as agent, ExecEvent};
 use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use crate::{
-    ExecOutput, ExecSpec, ExecStream, ExitInfo, Runtime, RuntimeError, RuntimeInfo, SandboxSpec,
+    ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo, FileOp, FileOpResult, FileStat,
+    Runtime, RuntimeError, RuntimeInfo, SandboxSpec, WriteOptions,
 };
 use cgroup::Layout;
 use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
@@ -553,6 +555,7 @@ impl Runtime for NativeRuntime {
             seccomp: true,
             capabilities: caps::default_names(),
             images: vec![image::HOST_IMAGE.into()],
+            files: true,
         }
     }
 
@@ -586,6 +589,29 @@ impl Runtime for NativeRuntime {
         Ok(Box::pin(
             events.filter_map(|ev| futures::future::ready(map_event(ev))),
         ))
+    }
+
+    // Files: see `files.rs`.
+    async fn read_file(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(FileStat, ByteStream), RuntimeError> {
+        self.read_file_impl(id, path).await
+    }
+
+    async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        opts: WriteOptions,
+        data: ByteStream,
+    ) -> Result<FileStat, RuntimeError> {
+        self.write_file_impl(id, path, opts, data).await
+    }
+
+    async fn file_op(&self, id: &str, op: FileOp) -> Result<FileOpResult, RuntimeError> {
+        self.file_op_impl(id, op).await
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {

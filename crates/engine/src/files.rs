@@ -1,0 +1,283 @@
+//! File access inside a running sandbox: read and write streams, stat, list, mkdir, remove,
+//! move. Paths are validated here; the runtime's agent resolves them inside the sandbox.
+
+use chrono::{DateTime, Utc};
+use warren_api::{ExecUser, FileInfo, FileKind, FileList, SandboxState};
+use warren_runtime::{ByteStream, FileOp, FileOpResult, FileStat, RuntimeError, WriteOptions};
+
+use crate::error::file_code;
+use crate::{Engine, EngineError};
+
+/// Longest path accepted (bytes), like Linux's `PATH_MAX`.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Deepest listing.
+pub const MAX_LIST_DEPTH: u32 = 10;
+/// Most entries one listing returns (then `truncated`).
+pub const MAX_LIST_ENTRIES: u32 = 10_000;
+/// Default permission bits of written files.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
+fn invalid(msg: impl Into<String>) -> EngineError {
+    EngineError::InvalidRequest(msg.into())
+}
+
+/// An absolute path without NUL bytes, at most [`MAX_PATH_LEN`] bytes.
+pub fn validate_path(field: &str, path: &str) -> Result<(), EngineError> {
+    if !path.starts_with('/') {
+        return Err(invalid(format!(
+            "{field} must be an absolute path (starting with `/`), got {path:?}"
+        )));
+    }
+    if path.contains('\0') {
+        return Err(invalid(format!("{field} must not contain NUL bytes")));
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(invalid(format!(
+            "{field} is {} bytes long; the maximum is {MAX_PATH_LEN}",
+            path.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_mode(mode: Option<u32>) -> Result<(), EngineError> {
+    match mode {
+        Some(m) if m > 0o7777 => Err(invalid(format!("mode {m:o} (octal) has bits beyond 07777"))),
+        _ => Ok(()),
+    }
+}
+
+fn is_root(path: &str) -> bool {
+    path.bytes().all(|b| b == b'/')
+}
+
+fn owner(user: ExecUser) -> (u32, u32) {
+    match user {
+        ExecUser::Root => (0, 0),
+        ExecUser::User => (1000, 1000),
+    }
+}
+
+/// The API form of the agent's metadata.
+pub fn file_info(stat: FileStat) -> FileInfo {
+    FileInfo {
+        path: stat.path,
+        kind: match stat.kind {
+            warren_runtime::FileKind::File => FileKind::File,
+            warren_runtime::FileKind::Dir => FileKind::Dir,
+            warren_runtime::FileKind::Symlink => FileKind::Symlink,
+            warren_runtime::FileKind::Other => FileKind::Other,
+        },
+        size: stat.size,
+        mode: stat.mode,
+        uid: stat.uid,
+        gid: stat.gid,
+        modified_at: DateTime::<Utc>::from_timestamp(stat.mtime, 0).unwrap_or_default(),
+        link_target: stat.link_target,
+    }
+}
+
+fn unexpected(op: &str) -> EngineError {
+    EngineError::Runtime(RuntimeError::Setup(format!(
+        "the runtime answered {op} with an unexpected result"
+    )))
+}
+
+impl Engine {
+    /// Unknown id: `sandbox_not_found`; not running: `invalid_state`.
+    fn check_running(&self, id: &str) -> Result<(), EngineError> {
+        let map = self.map();
+        let e = map
+            .get(id)
+            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
+        if e.record.state != SandboxState::Running {
+            return Err(EngineError::InvalidState {
+                id: id.to_string(),
+                state: e.record.state,
+                message: "files are reachable only in a running sandbox".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Map a runtime failure of a file operation. Only a sandbox the runtime no longer
+    /// knows is marked failed: an i/o error may be the client's (a broken upload).
+    async fn file_error(&self, id: &str, err: RuntimeError) -> EngineError {
+        match err {
+            RuntimeError::File { code, message } => EngineError::File {
+                code: file_code(&code),
+                message,
+            },
+            RuntimeError::Unsupported(what) => EngineError::NotSupported(what),
+            RuntimeError::NotFound(_) => {
+                self.mark_failed(id, "the sandbox's runtime state is gone")
+                    .await
+            }
+            other => EngineError::Runtime(other),
+        }
+    }
+
+    async fn op(&self, id: &str, op: FileOp) -> Result<FileOpResult, EngineError> {
+        self.check_running(id)?;
+        match self.inner.runtime.file_op(id, op).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.file_error(id, e).await),
+        }
+    }
+
+    /// Stream a regular file out of the sandbox: its metadata and its content.
+    pub async fn read_file(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(FileInfo, ByteStream), EngineError> {
+        validate_path("path", path)?;
+        self.check_running(id)?;
+        match self.inner.runtime.read_file(id, path).await {
+            Ok((stat, body)) => Ok((file_info(stat), body)),
+            Err(e) => Err(self.file_error(id, e).await),
+        }
+    }
+
+    /// Write a regular file from a stream, atomically: nothing changes unless the whole
+    /// stream arrives (a stream item that is an error aborts the write). Missing parent
+    /// directories are created (0755). The file is owned by root (0:0) or, with
+    /// [`ExecUser::User`], by `user` (1000:1000); its mode is `mode` or 0644.
+    pub async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        mode: Option<u32>,
+        user: ExecUser,
+        body: ByteStream,
+    ) -> Result<FileInfo, EngineError> {
+        validate_path("path", path)?;
+        if is_root(path) {
+            return Err(invalid("cannot write to `/`"));
+        }
+        validate_mode(mode)?;
+        self.check_running(id)?;
+        let (uid, gid) = owner(user);
+        let opts = WriteOptions {
+            mode: Some(mode.unwrap_or(DEFAULT_FILE_MODE)),
+            parents: true,
+            uid,
+            gid,
+        };
+        match self.inner.runtime.write_file(id, path, opts, body).await {
+            Ok(stat) => Ok(file_info(stat)),
+            Err(e) => Err(self.file_error(id, e).await),
+        }
+    }
+
+    /// Metadata of `path` (symlinks are not followed).
+    pub async fn stat(&self, id: &str, path: &str) -> Result<FileInfo, EngineError> {
+        validate_path("path", path)?;
+        match self
+            .op(
+                id,
+                FileOp::Stat {
+                    path: path.to_string(),
+                },
+            )
+            .await?
+        {
+            FileOpResult::Stat(stat) => Ok(file_info(stat)),
+            _ => Err(unexpected("stat")),
+        }
+    }
+
+    /// Entries below the directory `path`, `depth` (1..=10) levels deep, at most
+    /// [`MAX_LIST_ENTRIES`].
+    pub async fn list_files(
+        &self,
+        id: &str,
+        path: &str,
+        depth: u32,
+    ) -> Result<FileList, EngineError> {
+        validate_path("path", path)?;
+        if !(1..=MAX_LIST_DEPTH).contains(&depth) {
+            return Err(invalid(format!(
+                "depth must be between 1 and {MAX_LIST_DEPTH}, got {depth}"
+            )));
+        }
+        let op = FileOp::List {
+            path: path.to_string(),
+            depth,
+            limit: MAX_LIST_ENTRIES,
+        };
+        match self.op(id, op).await? {
+            FileOpResult::List { entries, truncated } => Ok(FileList {
+                entries: entries.into_iter().map(file_info).collect(),
+                truncated,
+            }),
+            _ => Err(unexpected("list")),
+        }
+    }
+
+    /// Create a directory (with `parents`, also its missing parents, and an existing
+    /// directory is fine); returns its metadata.
+    pub async fn mkdir(
+        &self,
+        id: &str,
+        path: &str,
+        parents: bool,
+        mode: Option<u32>,
+        user: ExecUser,
+    ) -> Result<FileInfo, EngineError> {
+        validate_path("path", path)?;
+        validate_mode(mode)?;
+        let (uid, gid) = owner(user);
+        let op = FileOp::Mkdir {
+            path: path.to_string(),
+            parents,
+            mode,
+            uid,
+            gid,
+        };
+        self.op(id, op).await?;
+        self.stat(id, path).await
+    }
+
+    /// Remove a file, a symlink, an empty directory or (with `recursive`) a directory tree.
+    pub async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError> {
+        validate_path("path", path)?;
+        if is_root(path) {
+            return Err(invalid("refusing to remove `/`"));
+        }
+        self.op(
+            id,
+            FileOp::Remove {
+                path: path.to_string(),
+                recursive,
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Rename `from` to `to`; an existing `to` is `file_exists` unless `overwrite`.
+    pub async fn move_path(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<(), EngineError> {
+        validate_path("from", from)?;
+        validate_path("to", to)?;
+        if is_root(from) || is_root(to) {
+            return Err(invalid("cannot move `/` or onto `/`"));
+        }
+        self.op(
+            id,
+            FileOp::Rename {
+                from: from.to_string(),
+                to: to.to_string(),
+                overwrite,
+            },
+        )
+        .await
+        .map(drop)
+    }
+}
