@@ -175,6 +175,8 @@ impl Runtime for FakeRuntime {
             capabilities: vec![],
             images: vec![warren_api::DEFAULT_IMAGE.into()],
             files: !self.no_files.load(Ordering::SeqCst),
+            processes: false,
+            ports: false,
         }
     }
 

@@ -50,6 +50,104 @@ pub enum Request {
     },
     /// One metadata operation, answered by [`Event::FileOp`] or [`Event::Error`].
     FileOp(FileOp),
+    /// Start a durable process: it belongs to the agent, not to this connection, and its
+    /// output is kept in a bounded log that any number of [`Request::Attach`]es can replay.
+    /// Answered by [`Event::Process`] once it runs (or [`Event::Error`] with the spawn codes,
+    /// or `tag_in_use`).
+    StartProcess(ProcessSpec),
+    /// Every process the agent knows, running and recently exited: [`Event::Processes`].
+    ListProcesses,
+    /// An operation on one process, addressed by pid (decimal) or tag: answered by
+    /// [`Event::Process`] with its state afterwards, or [`Event::Error`] (`process_not_found`,
+    /// `not_a_pty`, `stdin_closed`, `invalid_signal`).
+    ProcessOp { selector: String, op: ProcessOp },
+    /// Write the [`Frame::Data`] frames that follow to the process's stdin (or its PTY), in
+    /// order, as they arrive, until [`Frame::DataEnd`] (stdin stays open) or the connection
+    /// closes; then [`Event::Process`]. A terminal session keeps one of these open.
+    WriteStdin { selector: String },
+    /// Replay and follow a process's output log from byte `offset` (stdout and stderr
+    /// interleaved in production order share one offset space): [`Event::Attached`], then,
+    /// if `offset` was already dropped from the bounded log, [`Event::Lost`], then
+    /// [`Frame::Stdout`]/[`Frame::Stderr`] chunks; then [`Event::Ended`] once the process
+    /// exited and everything was sent — or at once when `follow` is false and the log is
+    /// drained. Closing the connection detaches; the process is unaffected.
+    Attach {
+        selector: String,
+        offset: u64,
+        follow: bool,
+    },
+    /// Open a TCP connection to `127.0.0.1:port` inside the sandbox: [`Event::Connected`]
+    /// (or [`Event::Error`] `connection_refused`), after which the connection carries the raw
+    /// bytes of that TCP stream in both directions — no more frames.
+    Connect { port: u16 },
+}
+
+/// A durable process to start.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// What to run; `exec.stdin` keeps a stdin pipe open for [`Request::WriteStdin`]
+    /// (otherwise stdin is `/dev/null`; a PTY always has input).
+    pub exec: ExecSpec,
+    /// Caller-chosen name, unique among the agent's processes; usable instead of the pid.
+    pub tag: Option<String>,
+    /// Run in a new pseudo-terminal of this size (stdout and stderr are the terminal).
+    pub pty: Option<PtySize>,
+    /// Capacity of the output log in bytes; older output is dropped beyond it.
+    pub log_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Operations on one process (see [`Request::ProcessOp`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ProcessOp {
+    Get,
+    /// Send a signal to the process's whole process group.
+    Signal {
+        signal: i32,
+    },
+    /// Close stdin (for a PTY: write EOF, `^D`).
+    CloseStdin,
+    /// Set a PTY's window size; the kernel sends SIGWINCH to its foreground group.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    Running,
+    Exited,
+}
+
+/// A durable process as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Pid in the sandbox's PID namespace; also its process group and session id.
+    pub pid: i32,
+    pub tag: Option<String>,
+    pub argv: Vec<String>,
+    pub state: ProcessState,
+    /// Set once exited: the status, or 128+signal.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// Unix time in milliseconds.
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub pty: Option<PtySize>,
+    pub stdin_open: bool,
+    /// Offset of the oldest byte still in the output log.
+    pub output_start: u64,
+    /// Bytes of output produced so far: the end offset of the log.
+    pub output_end: u64,
 }
 
 /// File operations that need no data stream. Paths are absolute paths inside the sandbox;
@@ -163,6 +261,21 @@ pub enum Event {
     File(FileStat),
     /// Answer to a [`Request::FileOp`].
     FileOp(FileOpResult),
+    /// A process's state (answer to most process requests).
+    Process(ProcessInfo),
+    /// Answer to [`Request::ListProcesses`].
+    Processes(Vec<ProcessInfo>),
+    /// An attachment starts: output frames follow from `offset` (≥ the requested one when
+    /// that was dropped); `end` is the log's end at this moment.
+    Attached { offset: u64, end: u64 },
+    /// Output between `from` and `to` was dropped from the bounded log before this
+    /// attachment could read it; the next output frame starts at `to`.
+    Lost { from: u64, to: u64 },
+    /// The attachment is complete: the process exited and all its output was sent (or, when
+    /// not following, the log is drained).
+    Ended(ProcessInfo),
+    /// [`Request::Connect`] succeeded: raw bytes follow.
+    Connected,
     /// The request failed before or instead of running (e.g. command not found: code
     /// `not_found`, bad cwd: `bad_cwd`, anything else: `spawn_failed`). File requests use
     /// `not_found`, `not_a_directory`, `is_a_directory`, `not_empty`, `exists`,

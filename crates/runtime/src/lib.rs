@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 
-pub use warren_proto::{ExecSpec, FileKind, FileOp, FileOpResult, FileStat};
+pub use warren_proto::{
+    ExecSpec, FileKind, FileOp, FileOpResult, FileStat, ProcessInfo, ProcessOp, ProcessSpec,
+    ProcessState, PtySize,
+};
 
 /// Resource limits applied to a sandbox's own cgroup.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -57,6 +60,34 @@ pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, RuntimeError>
 /// File content, streamed in chunks (never held whole in memory).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, RuntimeError>> + Send>>;
 
+/// One item of an attachment to a durable process's output (see
+/// `warren_proto::Request::Attach`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttachEvent {
+    /// Always first: output follows from `offset`; `end` is the log's end right now.
+    Attached {
+        offset: u64,
+        end: u64,
+    },
+    /// Output in `from..to` was dropped before it could be read.
+    Lost {
+        from: u64,
+        to: u64,
+    },
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// Always last: the process exited and everything was sent (or, not following, the log
+    /// is drained).
+    Ended(ProcessInfo),
+}
+
+/// A process's output, replayed and followed. Dropping it detaches (the process goes on).
+pub type AttachStream = Pin<Box<dyn Stream<Item = Result<AttachEvent, RuntimeError>> + Send>>;
+
+/// A TCP connection to a port inside a sandbox.
+pub trait PortStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PortStream for T {}
+
 /// Owner and mode of files the agent creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteOptions {
@@ -80,6 +111,10 @@ pub struct RuntimeInfo {
     pub images: Vec<String>,
     /// Implements [`Runtime::read_file`], [`Runtime::write_file`] and [`Runtime::file_op`].
     pub files: bool,
+    /// Implements the durable-process methods (and PTYs).
+    pub processes: bool,
+    /// Implements [`Runtime::connect_port`].
+    pub ports: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +189,62 @@ pub trait Runtime: Send + Sync + 'static {
     async fn file_op(&self, id: &str, op: FileOp) -> Result<FileOpResult, RuntimeError> {
         let _ = (id, op);
         Err(RuntimeError::Unsupported("files"))
+    }
+
+    /// Start a durable process (owned by the agent, output kept in a bounded log).
+    async fn start_process(
+        &self,
+        id: &str,
+        spec: ProcessSpec,
+    ) -> Result<ProcessInfo, RuntimeError> {
+        let _ = (id, spec);
+        Err(RuntimeError::Unsupported("processes"))
+    }
+
+    /// Running and recently exited processes.
+    async fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported("processes"))
+    }
+
+    /// Get, signal, close stdin, resize — `selector` is a pid or a tag.
+    async fn process_op(
+        &self,
+        id: &str,
+        selector: &str,
+        op: ProcessOp,
+    ) -> Result<ProcessInfo, RuntimeError> {
+        let _ = (id, selector, op);
+        Err(RuntimeError::Unsupported("processes"))
+    }
+
+    /// Feed `data` to the process's stdin (or PTY) as it arrives; stdin stays open.
+    async fn write_stdin(
+        &self,
+        id: &str,
+        selector: &str,
+        data: ByteStream,
+    ) -> Result<ProcessInfo, RuntimeError> {
+        let _ = (id, selector, data);
+        Err(RuntimeError::Unsupported("processes"))
+    }
+
+    /// Replay a process's output from `offset` and (with `follow`) follow it until exit.
+    async fn attach(
+        &self,
+        id: &str,
+        selector: &str,
+        offset: u64,
+        follow: bool,
+    ) -> Result<AttachStream, RuntimeError> {
+        let _ = (id, selector, offset, follow);
+        Err(RuntimeError::Unsupported("processes"))
+    }
+
+    /// Open a TCP connection to `127.0.0.1:port` inside the sandbox.
+    async fn connect_port(&self, id: &str, port: u16) -> Result<Box<dyn PortStream>, RuntimeError> {
+        let _ = (id, port);
+        Err(RuntimeError::Unsupported("ports"))
     }
 
     /// Kill every process, remove cgroups, mounts and files. Idempotent: an unknown or

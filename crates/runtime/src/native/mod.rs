@@ -556,6 +556,8 @@ impl Runtime for NativeRuntime {
             capabilities: caps::default_names(),
             images: vec![image::HOST_IMAGE.into()],
             files: true,
+            processes: false,
+            ports: false,
         }
     }
 
