@@ -13,8 +13,9 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Encoder, FramedRead};
 use warren_proto::{Event, ExecSpec, Frame, FrameCodec, ProtoError, Request, PROTOCOL_VERSION};
 
+use crate::procs::{self, SharedProcs};
 use crate::reaper::{ExitInfo, SharedReaper};
-use crate::{files, spawn};
+use crate::{files, ports, spawn};
 
 /// Output is read from the pipes in chunks of this size, each sent as one frame at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -52,7 +53,11 @@ pub(crate) enum ConnError {
     ReaperGone,
 }
 
-pub(crate) async fn handle(stream: UnixStream, reaper: SharedReaper) -> Result<(), ConnError> {
+pub(crate) async fn handle(
+    stream: UnixStream,
+    reaper: SharedReaper,
+    procs: SharedProcs,
+) -> Result<(), ConnError> {
     let (r, mut w) = stream.into_split();
     let mut frames = FramedRead::new(r, FrameCodec);
     let first = frames.next().await.ok_or(ConnError::NoRequest)??;
@@ -88,6 +93,20 @@ pub(crate) async fn handle(stream: UnixStream, reaper: SharedReaper) -> Result<(
             files::write_file(frames, w, req).await
         }
         Frame::Request(Request::FileOp(op)) => files::file_op(w, op).await,
+        Frame::Request(Request::StartProcess(spec)) => procs::start(w, procs, reaper, spec).await,
+        Frame::Request(Request::ListProcesses) => procs::list(w, procs).await,
+        Frame::Request(Request::ProcessOp { selector, op }) => {
+            procs::op(w, procs, selector, op).await
+        }
+        Frame::Request(Request::WriteStdin { selector }) => {
+            procs::write_stdin(frames, w, procs, selector).await
+        }
+        Frame::Request(Request::Attach {
+            selector,
+            offset,
+            follow,
+        }) => procs::attach(frames, w, procs, selector, offset, follow).await,
+        Frame::Request(Request::Connect { port }) => ports::connect(frames, w, port).await,
         _ => Err(ConnError::NotARequest),
     }
 }

@@ -4,8 +4,9 @@
 //! (namespaces, pivot_root, capabilities, seccomp). It answers the agent protocol
 //! ([`warren_proto`]) on a listening Unix socket, one request per connection, many connections
 //! at once, on a current_thread tokio runtime. File requests do their file-system work on
-//! tokio's blocking pool (so a big file never stalls the agent's thread); commands are forked
-//! with only async-signal-safe code before exec, so those threads are harmless.
+//! tokio's blocking pool (so a big file never stalls the agent's thread); commands start from a
+//! `CLONE_VM | CLONE_VFORK` child that makes only raw system calls on memory prepared for it
+//! before exec (see `spawn`), so those threads are harmless.
 //!
 //! PID 1 duties:
 //! - **Reaping.** One SIGCHLD-driven reaper collects every child with `waitpid(-1)`, including
@@ -20,9 +21,17 @@
 //!
 //! Each command leads its own session and process group (pgid = pid). It is killed (the whole
 //! group, SIGKILL) on timeout and when the host closes the connection before the exit.
+//!
+//! Durable processes (`procs`) belong to the agent instead of a connection: they keep running
+//! when their starter disconnects, their output goes to a bounded log that attachments replay
+//! by offset, and they may run in a pseudo-terminal (`pty`). They die on timeout, on a signal
+//! the host sends, and with the agent.
 
 mod conn;
 mod files;
+mod ports;
+mod procs;
+mod pty;
 mod reaper;
 mod spawn;
 
@@ -75,6 +84,9 @@ async fn serve_async(listener: OwnedFd) -> Result<(), AgentError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
     let reaper = SharedReaper::default();
+    // Durable processes belong to the agent, not to a connection. Their leaders are
+    // registered with the reaper like every command's, so the SIGTERM kill below covers them.
+    let procs = procs::SharedProcs::default();
     tokio::task::spawn_local(reaper::run(reaper.clone(), sigchld));
 
     let listener = std::os::unix::net::UnixListener::from(listener);
@@ -91,8 +103,9 @@ async fn serve_async(listener: OwnedFd) -> Result<(), AgentError> {
             res = listener.accept() => match res {
                 Ok((stream, _)) => {
                     let reaper = reaper.clone();
+                    let procs = procs.clone();
                     tokio::task::spawn_local(async move {
-                        if let Err(e) = conn::handle(stream, reaper).await {
+                        if let Err(e) = conn::handle(stream, reaper, procs).await {
                             tracing::debug!("agent connection: {e}");
                         }
                     });

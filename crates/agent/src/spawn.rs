@@ -54,6 +54,44 @@ pub(crate) struct Spawned {
 ///
 /// The checks (cwd, PATH lookup) are a few `stat`s on local files: not worth a thread.
 pub(crate) fn spawn(spec: &ExecSpec) -> Result<Spawned, SpawnError> {
+    let (pid, parents) = start(spec, None)?;
+    let Some((stdin_parent, stdout_parent, stderr_parent)) = parents else {
+        // Unreachable: without a terminal, `start` always makes pipes.
+        // SAFETY: kill has no memory-safety preconditions; the group exists (its leader is
+        // our unreaped child).
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        return Err(SpawnError::new("spawn_failed", "no pipes"));
+    };
+    // The child is never waited for here: the reaper collects every child with waitpid(-1).
+    let pipes = (|| -> io::Result<Spawned> {
+        Ok(Spawned {
+            pid,
+            stdin: stdin_parent.map(pipe::Sender::from_owned_fd).transpose()?,
+            stdout: pipe::Receiver::from_owned_fd(stdout_parent)?,
+            stderr: pipe::Receiver::from_owned_fd(stderr_parent)?,
+        })
+    })();
+    pipes.map_err(|e| {
+        // Do not leave a command running that nobody can see; the reaper collects it.
+        // SAFETY: kill has no memory-safety preconditions; the group exists (its leader is
+        // our unreaped child).
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        SpawnError::new("spawn_failed", format!("cannot set up pipes: {e}"))
+    })
+}
+
+/// Starts `spec` in the terminal whose slave side is `slave`: it becomes the command's stdin,
+/// stdout, stderr and (after `setsid`) its controlling terminal. Returns the pid; the caller
+/// keeps the master. `spec.stdin` is ignored (a terminal always has input).
+pub(crate) fn spawn_pty(spec: &ExecSpec, slave: &OwnedFd) -> Result<i32, SpawnError> {
+    start(spec, Some(slave)).map(|(pid, _)| pid)
+}
+
+/// The parent ends of the pipes: (stdin if any, stdout, stderr).
+type ParentEnds = (Option<OwnedFd>, OwnedFd, OwnedFd);
+
+/// Checks and starts `spec`, with pipes (returned) or on the terminal `pty`.
+fn start(spec: &ExecSpec, pty: Option<&OwnedFd>) -> Result<(i32, Option<ParentEnds>), SpawnError> {
     let Some(arg0) = spec.argv.first() else {
         return Err(SpawnError::new("spawn_failed", "empty argv"));
     };
@@ -99,15 +137,29 @@ pub(crate) fn spawn(spec: &ExecSpec) -> Result<Spawned, SpawnError> {
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let change_identity = euid == 0 || spec.uid != euid || spec.gid != egid;
 
-    // (parent end, child end) of each standard stream.
-    let (stdin_parent, stdin_child) = if spec.stdin {
-        let (r, w) = pipe().map_err(failed)?;
-        (Some(w), r)
-    } else {
-        (None, dev_null().map_err(failed)?)
+    // (parent end, child end) of each standard stream; a terminal's slave is all three.
+    let (parents, stdin_child, stdout_child, stderr_child) = match pty {
+        Some(slave) => {
+            let copy = || high_fd(slave.try_clone().map_err(failed)?).map_err(failed);
+            (None, copy()?, copy()?, copy()?)
+        }
+        None => {
+            let (stdin_parent, stdin_child) = if spec.stdin {
+                let (r, w) = pipe().map_err(failed)?;
+                (Some(w), r)
+            } else {
+                (None, dev_null().map_err(failed)?)
+            };
+            let (stdout_parent, stdout_child) = pipe().map_err(failed)?;
+            let (stderr_parent, stderr_child) = pipe().map_err(failed)?;
+            (
+                Some((stdin_parent, stdout_parent, stderr_parent)),
+                stdin_child,
+                stdout_child,
+                stderr_child,
+            )
+        }
     };
-    let (stdout_parent, stdout_child) = pipe().map_err(failed)?;
-    let (stderr_parent, stderr_child) = pipe().map_err(failed)?;
 
     let mut stack: Vec<u8> = Vec::with_capacity(CHILD_STACK_SIZE);
     let args = ChildArgs {
@@ -120,6 +172,7 @@ pub(crate) fn spawn(spec: &ExecSpec) -> Result<Spawned, SpawnError> {
             stdout_child.as_raw_fd(),
             stderr_child.as_raw_fd(),
         ],
+        controlling_tty: pty.is_some(),
         change_identity,
         uid: spec.uid,
         gid: spec.gid,
@@ -144,22 +197,7 @@ pub(crate) fn spawn(spec: &ExecSpec) -> Result<Spawned, SpawnError> {
         });
     }
 
-    // The child is never waited for here: the reaper collects every child with waitpid(-1).
-    let pipes = (|| -> io::Result<Spawned> {
-        Ok(Spawned {
-            pid,
-            stdin: stdin_parent.map(pipe::Sender::from_owned_fd).transpose()?,
-            stdout: pipe::Receiver::from_owned_fd(stdout_parent)?,
-            stderr: pipe::Receiver::from_owned_fd(stderr_parent)?,
-        })
-    })();
-    pipes.map_err(|e| {
-        // Do not leave a command running that nobody can see; the reaper collects it.
-        // SAFETY: kill has no memory-safety preconditions; the group exists (its leader is
-        // our unreaped child).
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-        SpawnError::new("spawn_failed", format!("cannot set up pipes: {e}"))
-    })
+    Ok((pid, parents))
 }
 
 /// What std reports for a NUL byte in a program, argument or environment string.
@@ -179,6 +217,8 @@ struct ChildArgs {
     cwd: *const libc::c_char,
     /// Descriptors (all >= 3, CLOEXEC) to install as 0, 1, 2.
     stdio: [RawFd; 3],
+    /// Make stdin (a terminal's slave) the controlling terminal of the new session.
+    controlling_tty: bool,
     change_identity: bool,
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -256,7 +296,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: we are that child; `spawn` built `args` as `child_setup_and_exec` requires.
     let err = unsafe { child_setup_and_exec(args) };
     // Never 0: that means "exec'd".
-    args.err.store(if err == 0 { libc::EIO } else { err }, Ordering::Release);
+    args.err
+        .store(if err == 0 { libc::EIO } else { err }, Ordering::Release);
     127
 }
 
@@ -317,6 +358,10 @@ unsafe fn child_setup_and_exec(args: &ChildArgs) -> libc::c_int {
         )
     };
     sys!(libc::SYS_setsid);
+    if args.controlling_tty {
+        // The new session has no controlling terminal yet: take stdin's.
+        sys!(libc::SYS_ioctl, 0, libc::TIOCSCTTY, 0);
+    }
     // The agent is protected from the OOM killer (-1000); commands must not be. Best effort:
     // /proc may be missing. This changes only the child: the kernel does not propagate
     // oom_score_adj to the other users of the mm from a vfork child (`task->vfork_done`).

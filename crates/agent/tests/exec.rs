@@ -349,8 +349,8 @@ async fn env_and_cwd_exactly() {
     std::fs::create_dir(&bin).unwrap();
     let script = bin.join("hello-warren");
     std::fs::write(&script, "#!/bin/sh\necho hi from $0\n").unwrap();
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    std::fs::set_permissions(&script, mode).unwrap();
+    let mode: std::fs::Permissions = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&script, mode.clone()).unwrap();
     let mut s = spec(&["hello-warren"]);
     s.env = vec![("PATH".into(), format!("/nonexistent:{}", bin.display()))];
     let out = agent.run(s, None).await;
@@ -359,6 +359,15 @@ async fn env_and_cwd_exactly() {
         String::from_utf8(out.stdout).unwrap(),
         format!("hi from {}\n", script.display())
     );
+    // Like execvp: an executable without a `#!` line runs as a /bin/sh script.
+    let plain = bin.join("no-shebang");
+    std::fs::write(&plain, "echo plain $# \"$1\"\n").unwrap();
+    std::fs::set_permissions(&plain, mode).unwrap();
+    let out = agent
+        .run(spec(&[plain.to_str().unwrap(), "x y", "z"]), None)
+        .await;
+    assert_eq!(out.code(), 0);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "plain 2 x y\n");
     let mut s = spec(&["sh"]);
     s.env = vec![("PATH".into(), bin.display().to_string())];
     assert_eq!(
@@ -375,6 +384,14 @@ async fn identity_and_process_state() {
     // is weaker but still holds.)
     let protected = std::fs::write(format!("/proc/{}/oom_score_adj", agent.pid()), "-500").is_ok();
     eprintln!("agent oom_score_adj lowered: {protected}");
+    // Raising needs no capability: then the agent's score still tells whether a command's reset
+    // leaked into the agent (commands start from a child that shares the agent's memory).
+    let agent_score = if protected { "-500\n" } else { "500\n" };
+    std::fs::write(
+        format!("/proc/{}/oom_score_adj", agent.pid()),
+        agent_score.trim(),
+    )
+    .unwrap();
 
     let mut s = sh("id -u; id -g; id -G");
     s.uid = 65534;
@@ -389,6 +406,9 @@ async fn identity_and_process_state() {
         .run(spec(&["cat", "/proc/self/oom_score_adj"]), None)
         .await;
     assert_eq!(out.stdout, b"0\n");
+    // ... and only theirs: the agent keeps its score.
+    let now = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", agent.pid())).unwrap();
+    assert_eq!(now, agent_score);
 
     // Own session and process group; no ignored or blocked signals.
     let out = agent.run(spec(&["cat", "/proc/self/stat"]), None).await;

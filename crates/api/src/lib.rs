@@ -10,6 +10,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod processes;
+pub use processes::*;
+
 /// Name of the image that needs no download: the host's `/usr` plus a generated skeleton.
 pub const DEFAULT_IMAGE: &str = "host";
 
@@ -182,6 +185,10 @@ pub struct ExecResult {
 pub struct OutputChunk {
     /// The chunk, in the requested encoding.
     pub data: String,
+    /// Offset of the chunk's first raw byte in the output (stdout and stderr share one
+    /// offset space).
+    #[serde(default)]
+    pub offset: u64,
 }
 
 /// Data of the final `exit` SSE event.

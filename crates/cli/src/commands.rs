@@ -53,6 +53,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Port { id, port, proxy } => {
+            if proxy {
+                println!("{}", client.proxy_url(&id, port));
+            } else {
+                println!("{}", client.port_address(&id, port).await?.address);
+            }
+            Ok(0)
+        }
         Command::Inspect { id } => {
             let sb = client.get_sandbox(&id).await?;
             println!("{}", serde_json::to_string_pretty(&sb)?);
@@ -74,12 +82,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(u8::from(failed))
         }
+        Command::Attach { id, pid } => crate::terminal::attach(&client, &id, &pid).await,
+        Command::Ps { id, json } => crate::terminal::ps(&client, &id, json).await,
+        Command::Exec {
+            id,
+            interactive,
+            tty: true,
+            opts,
+            env,
+            timeout,
+            cmd,
+        } => {
+            let req = warren_api::CreateProcessRequest {
+                cmd,
+                env: env.into_iter().collect(),
+                cwd: opts.cwd.clone(),
+                user: exec_user(opts.user),
+                timeout_secs: timeout,
+                ..Default::default()
+            };
+            crate::terminal::exec_tty(&client, &id, req, interactive && !opts.no_stdin).await
+        }
         Command::Exec {
             id,
             opts,
             env,
             timeout,
             cmd,
+            ..
         } => {
             let req = exec_request(cmd, env, timeout, &opts).await?;
             stream_exec(&client, &id, &req).await
@@ -168,12 +198,16 @@ async fn exec_request(
         cwd: opts.cwd.clone(),
         stdin,
         timeout_secs,
-        user: opts.user.map(|u| match u {
-            User::Root => ExecUser::Root,
-            User::User => ExecUser::User,
-        }),
+        user: exec_user(opts.user),
         // Exact bytes: the terminal gets precisely what the command wrote.
         encoding: Some(OutputEncoding::Base64),
+    })
+}
+
+fn exec_user(user: Option<User>) -> Option<ExecUser> {
+    user.map(|u| match u {
+        User::Root => ExecUser::Root,
+        User::User => ExecUser::User,
     })
 }
 

@@ -5,6 +5,7 @@ mod commands;
 mod files;
 mod serve;
 mod serve_args;
+mod terminal;
 
 use std::ffi::OsStr;
 use std::process::ExitCode;
@@ -35,7 +36,7 @@ enum Command {
     /// Create a sandbox and print its id.
     Create(SandboxOpts),
     /// List sandboxes.
-    #[command(alias = "list", alias = "ps")]
+    #[command(alias = "list")]
     Ls {
         /// Only sandboxes with this metadata (repeatable; all must match).
         #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
@@ -53,8 +54,19 @@ enum Command {
         ids: Vec<String>,
     },
     /// Run a command in a sandbox, streaming its output; exits with its exit code.
+    ///
+    /// With `-t` the command runs as a durable process in a new terminal connected to this
+    /// one (raw mode, resized with the window); with `-it` what you type goes to it. `Ctrl-]`
+    /// detaches (the process goes on; `warren attach ID PID` reattaches).
     Exec {
         id: String,
+        /// Keep standard input open (with `-t`: forward what you type; without: as before,
+        /// standard input is sent when it is not a terminal).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a pseudo-terminal (an interactive session).
+        #[arg(short = 't', long)]
+        tty: bool,
         #[command(flatten)]
         opts: ExecOpts,
         /// Environment for this command (repeatable).
@@ -115,6 +127,28 @@ enum Command {
     /// Inspect and change files inside a sandbox.
     #[command(subcommand)]
     Fs(FsCommand),
+    /// Forward a port of a sandbox to an address on the server's host and print it
+    /// (`127.0.0.1:NNNNN`); every connection to that address reaches the port inside.
+    Port {
+        id: String,
+        /// The port inside the sandbox (1-65535).
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        /// Print the URL of the server's HTTP reverse proxy to the port instead (works from
+        /// anywhere that reaches the server).
+        #[arg(long)]
+        proxy: bool,
+    },
+    /// Reattach this terminal to a process (by pid or tag); `Ctrl-]` detaches again. The
+    /// output the server still keeps is replayed first, so a full-screen program redraws.
+    Attach { id: String, pid: String },
+    /// List a sandbox's processes (running and recently exited).
+    Ps {
+        id: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the daemon.
     Serve(ServeArgs),
     /// Measure a running daemon (lifecycle, exec round trip) against a bubblewrap baseline.
@@ -285,6 +319,20 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["warren", "exec", "sb1"]).is_err());
         assert!(Cli::try_parse_from(["warren", "create", "--env", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn port_verb() {
+        let cli = Cli::parse_from(["warren", "port", "sb1", "8000"]);
+        match cli.command {
+            Command::Port { id, port, proxy } => {
+                assert_eq!((id.as_str(), port, proxy), ("sb1", 8000, false));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["warren", "port", "sb1", "0"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "port", "sb1", "70000"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "port", "sb1", "80", "--proxy"]).is_ok());
     }
 
     #[test]

@@ -409,3 +409,85 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_tty_ps_and_attach() {
+    let server = TestServer::start().await;
+    let out = warren(&server, &["create"], None).await;
+    let id = text(&out.stdout).trim().to_string();
+
+    // -it with a piped stdin: forwarded to the terminal, end of input is ^D.
+    let out = warren(&server, &["exec", "-it", &id, "--", "cat"], Some(b"hello")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello");
+
+    // -t alone: output and the exit code.
+    let out = warren(&server, &["exec", "-t", &id, "--", "fail", "3"], None).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "failing\n");
+
+    let out = warren(&server, &["ps", &id], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.starts_with("PID "), "{table}");
+    assert!(table.contains("cat") && table.contains("fail 3"), "{table}");
+    assert_eq!(table.lines().count(), 3);
+    let out = warren(&server, &["ps", "--json", &id], None).await;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[1]["exit_code"], 3);
+    let pid = list[1]["pid"].to_string();
+
+    // Attaching to an exited process reports its exit code; an unknown one is an error.
+    let out = warren(&server, &["attach", &id, &pid], None).await;
+    assert_eq!(out.status.code(), Some(3));
+    let out = warren(&server, &["attach", &id, "4242"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: process_not_found: "),
+        "{}",
+        text(&out.stderr)
+    );
+    // `ls` keeps its `list` alias; `ps` is the process list now.
+    let out = warren(&server, &["list"], None).await;
+    assert!(text(&out.stdout).contains(&id));
+    let out = warren(&server, &["ps"], None).await;
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `exec -it` on a real local terminal (util-linux `script` provides one): raw mode, input
+/// forwarded byte for byte (`^D` reaches the remote terminal), exit code passed through.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_it_on_a_real_terminal() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no `script` to provide a terminal");
+        return;
+    }
+    let server = TestServer::start().await;
+    let out = warren(&server, &["create"], None).await;
+    let id = text(&out.stdout).trim().to_string();
+    let inner = format!("{} exec -it {id} -- cat", env!("CARGO_BIN_EXE_warren"));
+    let mut child = tokio::process::Command::new("script")
+        .args(["-q", "-e", "-c", &inner, "/dev/null"])
+        .env("WARREN_URL", &server.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Let the CLI put its terminal in raw mode first.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stdin.write_all(b"typed\x04").await.unwrap();
+    stdin.flush().await.unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the session ended")
+        .unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("typed"), "{}", text(&out.stdout));
+}

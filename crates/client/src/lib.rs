@@ -32,6 +32,8 @@
 //! # }
 //! ```
 
+mod ports;
+mod processes;
 mod sse;
 
 use std::collections::VecDeque;
@@ -46,6 +48,8 @@ use reqwest::{Method, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use ports::PortForward;
+pub use processes::{OutputEvent, OutputStream, ProcessHandle, PtyEvent, PtySession};
 pub use warren_api as api;
 use warren_api::{
     Capabilities, CreateSandboxRequest, ErrorBody, ExecRequest, ExecResult, ExecUser, ExitEvent,
@@ -74,6 +78,9 @@ pub enum Error {
     /// The answer was not what the API promises.
     #[error("unexpected response: {0}")]
     Decode(String),
+    /// A terminal WebSocket failed.
+    #[error("websocket: {0}")]
+    WebSocket(String),
     /// The base URL is unusable.
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },

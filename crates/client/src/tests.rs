@@ -288,3 +288,5 @@ async fn files() {
     let err = sb.list_files("/", 0).await.unwrap_err();
     assert_eq!(err.code(), Some("invalid_request"));
 }
+
+mod processes;

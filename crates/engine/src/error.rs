@@ -26,9 +26,16 @@ pub enum EngineError {
     /// `directory_not_empty` (409), `permission_denied` (403), `io_error` (500).
     #[error("{message}")]
     File { code: &'static str, message: String },
+    /// A durable-process operation failed: `process_not_found` (404), `not_a_pty`,
+    /// `stdin_closed`, `tag_in_use` (409), `invalid_signal` (400).
+    #[error("{message}")]
+    Process { code: &'static str, message: String },
     /// The runtime does not support the operation (501 `not_supported`).
     #[error("this server's runtime does not support {0}")]
     NotSupported(&'static str),
+    /// Nothing answers on a port inside the sandbox (502 `port_unreachable`).
+    #[error("port {port} in the sandbox is unreachable: {message}")]
+    PortUnreachable { port: u16, message: String },
     #[error("limit reached: {0}")]
     LimitReached(String),
     #[error("runtime: {0}")]
@@ -48,7 +55,9 @@ impl EngineError {
             EngineError::InvalidState { .. } => "invalid_state",
             EngineError::Spawn { code, .. } => code,
             EngineError::File { code, .. } => code,
+            EngineError::Process { code, .. } => code,
             EngineError::NotSupported(_) => "not_supported",
+            EngineError::PortUnreachable { .. } => "port_unreachable",
             EngineError::LimitReached(_) => "limit_reached",
             EngineError::Runtime(_) => "runtime_error",
             EngineError::Store(_) => "store_error",
@@ -70,7 +79,13 @@ impl EngineError {
                 "permission_denied" => 403,
                 _ => 500,
             },
+            EngineError::Process { code, .. } => match *code {
+                "process_not_found" => 404,
+                "invalid_signal" => 400,
+                _ => 409,
+            },
             EngineError::NotSupported(_) => 501,
+            EngineError::PortUnreachable { .. } => 502,
             EngineError::LimitReached(_) => 429,
             EngineError::Runtime(_) | EngineError::Store(_) => 500,
             EngineError::ShuttingDown => 503,

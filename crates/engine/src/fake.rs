@@ -22,12 +22,21 @@
 //! [`FakeRuntime::aborted_writes`]. [`FakeRuntime::disable_files`] makes every file call
 //! `Unsupported`.
 //!
+//! Ports: see the `ports` submodule (an echo server on port 7, an HTTP server on 8080;
+//! every other port refuses).
+//!
+//! Durable processes: see the `procs` submodule for the fake commands and their model (a
+//! bounded output log per process, attachments honouring offsets, `Lost` and `Ended`).
+//! [`FakeRuntime::disable_processes`] makes every process call `Unsupported`.
+//!
 //! Failures and slowness can be injected with [`FakeRuntime::fail_next_create`] and
 //! [`FakeRuntime::set_create_delay`]; [`FakeRuntime::shut_down`] records a runtime shutdown.
 //!
 //! Clones share their state, so a test can keep one clone and hand another to the engine.
 
 mod fs;
+pub mod ports;
+mod procs;
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -40,8 +49,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{stream, Stream, StreamExt};
 use warren_runtime::{
-    ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo, FileOp, FileOpResult, FileStat,
-    Runtime, RuntimeError, RuntimeInfo, SandboxSpec, WriteOptions,
+    AttachStream, ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo, FileOp, FileOpResult,
+    FileStat, ProcessInfo, ProcessOp, ProcessSpec, Runtime, RuntimeError, RuntimeInfo, SandboxSpec,
+    WriteOptions,
 };
 
 /// A runtime that creates nothing and "runs" the fake commands listed in the module docs.
@@ -59,6 +69,8 @@ pub struct FakeRuntime {
     create_delay: Arc<Mutex<Duration>>,
     files: Arc<Mutex<HashMap<String, fs::Tree>>>,
     no_files: Arc<AtomicBool>,
+    procs: procs::Procs,
+    no_processes: Arc<AtomicBool>,
 }
 
 impl FakeRuntime {
@@ -79,6 +91,21 @@ impl FakeRuntime {
     /// From now on every file call fails with [`RuntimeError::Unsupported`].
     pub fn disable_files(&self) {
         self.no_files.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on every process call fails with [`RuntimeError::Unsupported`].
+    pub fn disable_processes(&self) {
+        self.no_processes.store(true, Ordering::SeqCst);
+    }
+
+    fn check_processes(&self, id: &str) -> Result<(), RuntimeError> {
+        if self.no_processes.load(Ordering::SeqCst) {
+            return Err(RuntimeError::Unsupported("processes"));
+        }
+        if !self.lock().contains(id) {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        Ok(())
     }
 
     /// Make a symlink at `path` in sandbox `id` (the API cannot make one).
@@ -175,8 +202,8 @@ impl Runtime for FakeRuntime {
             capabilities: vec![],
             images: vec![warren_api::DEFAULT_IMAGE.into()],
             files: !self.no_files.load(Ordering::SeqCst),
-            processes: false,
-            ports: false,
+            processes: !self.no_processes.load(Ordering::SeqCst),
+            ports: true,
         }
     }
 
@@ -196,7 +223,53 @@ impl Runtime for FakeRuntime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(spec.id.clone(), fs::Tree::new());
+        self.procs.add_sandbox(&spec.id);
         Ok(())
+    }
+
+    async fn start_process(
+        &self,
+        id: &str,
+        spec: ProcessSpec,
+    ) -> Result<ProcessInfo, RuntimeError> {
+        self.check_processes(id)?;
+        self.procs.start(id, spec)
+    }
+
+    async fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, RuntimeError> {
+        self.check_processes(id)?;
+        self.procs.list(id)
+    }
+
+    async fn process_op(
+        &self,
+        id: &str,
+        selector: &str,
+        op: ProcessOp,
+    ) -> Result<ProcessInfo, RuntimeError> {
+        self.check_processes(id)?;
+        self.procs.op(id, selector, op)
+    }
+
+    async fn write_stdin(
+        &self,
+        id: &str,
+        selector: &str,
+        data: ByteStream,
+    ) -> Result<ProcessInfo, RuntimeError> {
+        self.check_processes(id)?;
+        self.procs.write_stdin(id, selector, data).await
+    }
+
+    async fn attach(
+        &self,
+        id: &str,
+        selector: &str,
+        offset: u64,
+        follow: bool,
+    ) -> Result<AttachStream, RuntimeError> {
+        self.check_processes(id)?;
+        self.procs.attach(id, selector, offset, follow)
     }
 
     async fn read_file(
@@ -301,8 +374,21 @@ impl Runtime for FakeRuntime {
         Ok(self.track(Box::pin(stream::iter(items))))
     }
 
+    // Ports: see the `ports` submodule (echo on 7, HTTP on 8080).
+    async fn connect_port(
+        &self,
+        id: &str,
+        port: u16,
+    ) -> Result<Box<dyn warren_runtime::PortStream>, RuntimeError> {
+        if !self.lock().contains(id) {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        ports::connect(port)
+    }
+
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         self.lock().remove(id);
+        self.procs.remove_sandbox(id);
         self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -312,6 +398,7 @@ impl Runtime for FakeRuntime {
 
     async fn cleanup_all(&self) -> Result<Vec<String>, RuntimeError> {
         self.files.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.procs.clear();
         Ok(std::mem::take(&mut *self.lock()).into_iter().collect())
     }
 

@@ -9,6 +9,8 @@
 mod error;
 pub mod fake;
 pub mod files;
+mod ports;
+pub mod processes;
 mod store;
 mod validate;
 
@@ -25,6 +27,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use error::EngineError;
+pub use ports::{address_to_url, PortForward};
 pub use store::Record;
 pub use warren_runtime::{ByteStream, ExecOutput, ExecStream, ExitInfo};
 
@@ -57,6 +60,8 @@ pub struct EngineConfig {
     pub create_deadline: Duration,
     /// How often the reaper looks for expired sandboxes.
     pub reap_interval: Duration,
+    /// Output log capacity of a durable process that asks for none (bytes).
+    pub default_process_log_bytes: u64,
 }
 
 impl EngineConfig {
@@ -83,6 +88,7 @@ impl EngineConfig {
             max_exec_capture_bytes: 16 * 1024 * 1024,
             create_deadline: Duration::from_secs(30),
             reap_interval: Duration::from_millis(500),
+            default_process_log_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -106,6 +112,8 @@ struct Inner {
     store: Store,
     sandboxes: Mutex<HashMap<String, Entry>>,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Forwarded ports, by sandbox (see `ports`).
+    ports: ports::Forwards,
 }
 
 struct Entry {
@@ -136,6 +144,20 @@ fn to_api(r: &Record) -> Sandbox {
         env_keys: r.env.keys().cloned().collect(),
         failure_reason: r.failure_reason.clone(),
     }
+}
+
+/// Whether `e` says the agent's socket refuses or lacks a listener (the agent is dead), as
+/// opposed to one request's connection failing midway.
+fn agent_unreachable(e: &RuntimeError) -> bool {
+    let io = match e {
+        RuntimeError::Io(io) => io,
+        RuntimeError::Agent(warren_runtime::ProtoError::Io(io)) => io,
+        _ => return false,
+    };
+    matches!(
+        io.kind(),
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+    )
 }
 
 fn new_id() -> String {
@@ -192,6 +214,7 @@ impl Engine {
                 store,
                 sandboxes: Mutex::new(map),
                 shutting_down: false.into(),
+                ports: ports::Forwards::default(),
             }),
         })
     }
@@ -231,9 +254,9 @@ impl Engine {
                 snapshots: false,
                 rollback: false,
                 fork: false,
-                processes: false,
+                processes: info.processes,
                 files: info.files,
-                ports: false,
+                ports: info.ports,
             },
             limits: Limits {
                 max_sandboxes: c.max_sandboxes,
@@ -376,6 +399,7 @@ impl Engine {
 
     /// Remove every trace of a sandbox whose creation failed.
     async fn undo_create(&self, id: &str) {
+        self.inner.ports.close_sandbox(id);
         if let Err(e) = self.inner.runtime.destroy(id).await {
             warn!(%id, error = %e, "cleanup after a failed create");
         }
@@ -439,6 +463,7 @@ impl Engine {
     }
 
     async fn finish_delete(&self, id: &str) {
+        self.inner.ports.close_sandbox(id);
         if let Err(e) = self
             .inner
             .store
@@ -507,11 +532,37 @@ impl Engine {
 
     /// Validate and start a command; the stream yields output and ends with `Exit`.
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError> {
-        validate::cmd(&req.cmd)?;
-        validate::env("env", &req.env)?;
-        let cwd = req.cwd.unwrap_or_else(|| DEFAULT_CWD.to_string());
+        let stdin = req.stdin.map(Bytes::from);
+        let spec = self.command_spec(
+            id,
+            CommandParts {
+                cmd: req.cmd,
+                env: req.env,
+                cwd: req.cwd,
+                user: req.user,
+                timeout_secs: req.timeout_secs,
+                stdin: stdin.is_some(),
+            },
+        )?;
+        match self.inner.runtime.exec(id, spec, stdin).await {
+            Ok(stream) => Ok(stream),
+            Err(e) => Err(self.spawn_error(id, e).await),
+        }
+    }
+
+    /// Validate a command (of an exec or a durable process) and resolve its user,
+    /// environment (defaults, then the sandbox's, then the request's) and working directory.
+    /// The sandbox must be running.
+    pub(crate) fn command_spec(
+        &self,
+        id: &str,
+        parts: CommandParts,
+    ) -> Result<ExecSpec, EngineError> {
+        validate::cmd(&parts.cmd)?;
+        validate::env("env", &parts.env)?;
+        let cwd = parts.cwd.unwrap_or_else(|| DEFAULT_CWD.to_string());
         validate::cwd(&cwd)?;
-        let timeout_ms = req
+        let timeout_ms = parts
             .timeout_secs
             .map(validate::exec_timeout)
             .transpose()?
@@ -530,7 +581,7 @@ impl Engine {
             }
             e.record.env.clone()
         };
-        let user = req.user.unwrap_or_default();
+        let user = parts.user.unwrap_or_default();
         let (uid, home, name) = match user {
             ExecUser::Root => (0, "/root", "root"),
             ExecUser::User => (1000, "/home/user", "user"),
@@ -547,38 +598,47 @@ impl Engine {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         env.extend(sandbox_env);
-        env.extend(req.env);
-        let stdin = req.stdin.map(Bytes::from);
-        let spec = ExecSpec {
-            argv: req.cmd,
+        env.extend(parts.env);
+        Ok(ExecSpec {
+            argv: parts.cmd,
             env: env.into_iter().collect(),
             cwd,
             uid,
             gid: uid,
             timeout_ms,
-            stdin: stdin.is_some(),
-        };
-        match self.inner.runtime.exec(id, spec, stdin).await {
-            Ok(stream) => Ok(stream),
-            Err(RuntimeError::Spawn { code, message }) => Err(EngineError::Spawn {
+            stdin: parts.stdin,
+        })
+    }
+
+    /// Map a runtime failure to start a command; a sandbox whose agent is gone is marked
+    /// failed.
+    pub(crate) async fn spawn_error(&self, id: &str, err: RuntimeError) -> EngineError {
+        match err {
+            RuntimeError::Spawn { code, message } => EngineError::Spawn {
                 code: match code.as_str() {
                     "not_found" => "command_not_found",
                     "bad_cwd" => "invalid_cwd",
                     _ => "spawn_failed",
                 },
                 message,
-            }),
-            Err(RuntimeError::NotFound(_)) => Err(self
-                .mark_failed(id, "the sandbox's runtime state is gone")
-                .await),
-            Err(e @ (RuntimeError::Io(_) | RuntimeError::Agent(_))) => Err(self
-                .mark_failed(id, &format!("agent unreachable: {e}"))
-                .await),
-            Err(e) => Err(e.into()),
+            },
+            RuntimeError::NotFound(_) => {
+                self.mark_failed(id, "the sandbox's runtime state is gone")
+                    .await
+            }
+            // Only an agent that cannot be reached at all means the sandbox broke; a request
+            // whose connection ended early is that request's failure (500), not the sandbox's.
+            e @ (RuntimeError::Io(_) | RuntimeError::Agent(_)) if agent_unreachable(&e) => {
+                self.mark_failed(id, &format!("agent unreachable: {e}"))
+                    .await
+            }
+            RuntimeError::Unsupported(what) => EngineError::NotSupported(what),
+            e => e.into(),
         }
     }
 
     /// Record that a running sandbox broke (its agent is gone). Returns the error to report.
+    /// (See [`agent_unreachable`] for what counts.)
     async fn mark_failed(&self, id: &str, reason: &str) -> EngineError {
         let changed = {
             let mut map = self.map();
@@ -666,6 +726,7 @@ impl Engine {
             }
         });
         futures::future::join_all(deletions).await;
+        self.inner.ports.close_all();
         if let Err(e) = self.inner.runtime.shutdown().await {
             warn!(error = %e, "runtime shutdown");
         }
@@ -688,6 +749,16 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// The parts of a command request shared by exec and durable processes.
+pub(crate) struct CommandParts {
+    pub cmd: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub user: Option<ExecUser>,
+    pub timeout_secs: Option<u64>,
+    pub stdin: bool,
 }
 
 /// Output of a finished command.

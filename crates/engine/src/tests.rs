@@ -428,3 +428,113 @@ async fn files_round_trip_and_errors() {
         ("not_supported", 501)
     );
 }
+
+mod processes {
+    use super::*;
+    use crate::processes::AttachEvent;
+    use warren_api::{CreateProcessRequest, SignalValue};
+
+    fn req(cmd: &[&str]) -> CreateProcessRequest {
+        CreateProcessRequest {
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    async fn events(e: &Engine, id: &str, sel: &str, offset: u64) -> Vec<AttachEvent> {
+        e.attach(id, sel, offset, true)
+            .await
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn attach_replays_reports_lost_and_ends() {
+        let (e, _rt, _d) = engine().await;
+        let id = e.create(CreateSandboxRequest::default()).await.unwrap().id;
+        let p = e.start_process(&id, req(&["echo", "hi"])).await.unwrap();
+        let pid = p.pid.to_string();
+        let ev = events(&e, &id, &pid, 0).await;
+        assert_eq!(ev[0], AttachEvent::Attached { offset: 0, end: 3 });
+        assert_eq!(ev[1], AttachEvent::Stdout("hi\n".into()));
+        assert!(matches!(&ev[2], AttachEvent::Ended(i) if i.exit_code == Some(0)));
+        let ev = events(&e, &id, &pid, 1).await;
+        assert_eq!(ev[1], AttachEvent::Stdout("i\n".into()));
+
+        let p = e
+            .start_process(
+                &id,
+                CreateProcessRequest {
+                    log_bytes: Some(1024 * 1024),
+                    ..req(&["yes", "1100000"])
+                },
+            )
+            .await
+            .unwrap();
+        assert!(p.output_start > 0);
+        let ev = events(&e, &id, &p.pid.to_string(), 0).await;
+        assert_eq!(
+            ev[1],
+            AttachEvent::Lost {
+                from: 0,
+                to: p.output_start
+            }
+        );
+        let got: usize = ev
+            .iter()
+            .map(|e| match e {
+                AttachEvent::Stdout(b) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(got as u64, 1_100_000 - p.output_start);
+    }
+
+    #[tokio::test]
+    async fn errors_map_to_api_codes() {
+        let (e, _rt, _d) = engine().await;
+        let id = e.create(CreateSandboxRequest::default()).await.unwrap().id;
+        let err = e.get_process(&id, "77").await.unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("process_not_found", 404));
+        e.start_process(
+            &id,
+            CreateProcessRequest {
+                tag: Some("t".into()),
+                ..req(&["sleep"])
+            },
+        )
+        .await
+        .unwrap();
+        let err = e
+            .start_process(
+                &id,
+                CreateProcessRequest {
+                    tag: Some("t".into()),
+                    ..req(&["sleep"])
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("tag_in_use", 409));
+        let err = e.resize_process(&id, "t", 5, 5).await.unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("not_a_pty", 409));
+        let err = e.close_stdin(&id, "t").await.unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("stdin_closed", 409));
+        let err = e
+            .signal_process(&id, "t", &SignalValue::Number(0))
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("invalid_signal", 400));
+        let err = e.start_process(&id, req(&["missing"])).await.unwrap_err();
+        assert_eq!(err.code(), "command_not_found");
+        let err = e.list_processes("sb-nope").await.unwrap_err();
+        assert_eq!(err.code(), "sandbox_not_found");
+        let p = e
+            .signal_process(&id, "t", &SignalValue::Name("usr1".into()))
+            .await
+            .unwrap();
+        assert_eq!(p.signal.as_deref(), Some("SIGUSR1"));
+    }
+}

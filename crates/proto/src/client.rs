@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
 use crate::{
-    Event, ExecSpec, FileOp, FileOpResult, FileStat, Frame, FrameCodec, ProtoError, Request,
-    MAX_FRAME_LEN,
+    Event, ExecSpec, FileOp, FileOpResult, FileStat, Frame, FrameCodec, ProcessInfo, ProcessOp,
+    ProcessSpec, ProtoError, Request, MAX_FRAME_LEN,
 };
 
 /// Stdin is sent in frames of at most this many bytes (well below [`MAX_FRAME_LEN`]).
@@ -79,7 +79,7 @@ pub async fn exec<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     writer.send(Frame::Request(Request::Exec(spec))).await?;
 
     let (stdin_task, writer) = match stdin {
-        Some(data) => (Some(tokio::spawn(write_stdin(writer, data))), None),
+        Some(data) => (Some(tokio::spawn(send_exec_stdin(writer, data))), None),
         None => (None, Some(Box::new(writer) as Box<dyn Send>)),
     };
     let mut events = ExecEvents {
@@ -104,7 +104,10 @@ pub async fn exec<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     }
 }
 
-async fn write_stdin<W: AsyncWrite + Unpin>(mut writer: FramedWrite<W, FrameCodec>, data: Bytes) {
+async fn send_exec_stdin<W: AsyncWrite + Unpin>(
+    mut writer: FramedWrite<W, FrameCodec>,
+    data: Bytes,
+) {
     let mut offset = 0;
     while offset < data.len() {
         let end = (offset + STDIN_CHUNK).min(data.len());
@@ -370,6 +373,97 @@ pub async fn file_op<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// A short description of an unexpected frame (never its payload).
+/// Opens a TCP connection to `port` inside the sandbox ([`Request::Connect`]): sends the
+/// request, waits for [`Event::Connected`] (an [`Event::Error`], e.g. `connection_refused`,
+/// becomes [`ProtoError::Remote`]) and returns the connection, which from then on carries the
+/// raw bytes of that TCP stream. Bytes the agent sent right behind `Connected` (already read
+/// into the codec's buffer) are replayed first.
+pub async fn connect<T: AsyncRead + AsyncWrite + Send + Unpin>(
+    io: T,
+    port: u16,
+) -> Result<RawStream<T>, ProtoError> {
+    let mut framed = Framed::new(io, FrameCodec);
+    framed
+        .send(Frame::Request(Request::Connect { port }))
+        .await?;
+    match framed.next().await {
+        Some(Ok(Frame::Event(Event::Connected))) => {
+            let parts = framed.into_parts();
+            Ok(RawStream {
+                prefix: parts.read_buf,
+                io: parts.io,
+            })
+        }
+        Some(Ok(Frame::Event(Event::Error { code, message }))) => {
+            Err(ProtoError::Remote { code, message })
+        }
+        Some(Ok(other)) => Err(ProtoError::Unexpected(describe(&other))),
+        Some(Err(e)) => Err(e),
+        None => Err(ProtoError::Closed),
+    }
+}
+
+/// A connection after [`connect`]: raw bytes both ways, starting with any bytes that were
+/// read past the `Connected` frame.
+#[derive(Debug)]
+pub struct RawStream<T> {
+    prefix: bytes::BytesMut,
+    io: T,
+}
+
+impl<T> RawStream<T> {
+    /// The underlying connection; bytes still in the replay buffer are lost.
+    pub fn into_inner(self) -> T {
+        self.io
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for RawStream<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for RawStream<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 fn describe(frame: &Frame) -> String {
     match frame {
         Frame::Request(Request::Ping) => "ping request".into(),
@@ -387,7 +481,7 @@ fn describe(frame: &Frame) -> String {
             Event::File(_) => "file event".into(),
             Event::FileOp(_) => "file-op event".into(),
             Event::Process(_) => "process event".into(),
-            Event::Processes(_) => "processes event".into(),
+            Event::Processes { .. } => "processes event".into(),
             Event::Attached { .. } => "attached event".into(),
             Event::Lost { .. } => "lost event".into(),
             Event::Ended(_) => "ended event".into(),
@@ -403,6 +497,212 @@ fn describe(frame: &Frame) -> String {
         Frame::StdinEof => "stdin eof frame".into(),
         Frame::Data(b) => format!("data frame of {} bytes", b.len()),
         Frame::DataEnd => "data end frame".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Durable processes
+
+/// Sends `req` and expects one [`Event::Process`] back.
+async fn process_request<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    req: Request,
+) -> Result<ProcessInfo, ProtoError> {
+    let mut framed = Framed::new(io, FrameCodec);
+    framed.send(Frame::Request(req)).await?;
+    match framed.next().await {
+        Some(Ok(Frame::Event(Event::Process(info)))) => Ok(info),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Starts a durable process ([`Request::StartProcess`]); returns it once it runs. Spawn
+/// failures (`not_found`, `bad_cwd`, `spawn_failed`) and `tag_in_use` are
+/// [`ProtoError::Remote`].
+pub async fn start_process<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    spec: ProcessSpec,
+) -> Result<ProcessInfo, ProtoError> {
+    process_request(io, Request::StartProcess(spec)).await
+}
+
+/// Every process the agent knows, running and recently exited.
+pub async fn list_processes<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+) -> Result<Vec<ProcessInfo>, ProtoError> {
+    let mut framed = Framed::new(io, FrameCodec);
+    framed.send(Frame::Request(Request::ListProcesses)).await?;
+    match framed.next().await {
+        Some(Ok(Frame::Event(Event::Processes { processes: all }))) => Ok(all),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// One operation on the process `selector` (pid or tag); returns its state afterwards.
+pub async fn process_op<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    selector: impl Into<String>,
+    op: ProcessOp,
+) -> Result<ProcessInfo, ProtoError> {
+    let req = Request::ProcessOp {
+        selector: selector.into(),
+        op,
+    };
+    process_request(io, req).await
+}
+
+/// Feeds `data` to the stdin (or PTY) of process `selector`: each item is sent as it comes
+/// (in [`Frame::Data`] frames), then [`Frame::DataEnd`]; returns the process's state. Stdin
+/// stays open (close it with [`ProcessOp::CloseStdin`]).
+///
+/// If `data` yields an error, the connection is dropped (what was sent is written) and the
+/// error comes back as [`ProtoError::Io`] wrapping it. A refusal from the agent
+/// (`process_not_found`, `stdin_closed`), even while data is still being sent, becomes
+/// [`ProtoError::Remote`].
+pub async fn write_stdin<T, S, E>(
+    io: T,
+    selector: impl Into<String>,
+    data: S,
+) -> Result<ProcessInfo, ProtoError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Stream<Item = Result<Bytes, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (r, w) = tokio::io::split(io);
+    let mut reader = FramedRead::new(r, FrameCodec);
+    let mut writer = FramedWrite::new(w, FrameCodec);
+    let req = Request::WriteStdin {
+        selector: selector.into(),
+    };
+    writer.send(Frame::Request(req)).await?;
+    futures::pin_mut!(data);
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            frame = reader.next() => return Err(early_process_answer(frame)),
+            chunk = data.next() => chunk,
+        };
+        let mut bytes = match chunk {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => return Err(ProtoError::Io(std::io::Error::other(e))),
+            None => break,
+        };
+        while !bytes.is_empty() {
+            let part = bytes.split_to(bytes.len().min(DATA_CHUNK));
+            tokio::select! {
+                biased;
+                frame = reader.next() => return Err(early_process_answer(frame)),
+                res = writer.send(Frame::Data(part)) => {
+                    if let Err(e) = res {
+                        return Err(error_after_send_failure(&mut reader, e).await);
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = writer.send(Frame::DataEnd).await {
+        return Err(error_after_send_failure(&mut reader, e).await);
+    }
+    match reader.next().await {
+        Some(Ok(Frame::Event(Event::Process(info)))) => Ok(info),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// An answer that arrived before `DataEnd` was sent: only an error makes sense.
+fn early_process_answer(frame: Option<Result<Frame, ProtoError>>) -> ProtoError {
+    match frame {
+        Some(Ok(Frame::Event(Event::Process(_)))) => {
+            ProtoError::Unexpected("process event before the end of the data".into())
+        }
+        other => unexpected(other),
+    }
+}
+
+/// One item of an attachment ([`attach`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttachItem {
+    /// Always first: output follows from `offset`; `end` was the log's end then.
+    Attached {
+        offset: u64,
+        end: u64,
+    },
+    /// Output in `from..to` was dropped from the bounded log before it could be sent.
+    Lost {
+        from: u64,
+        to: u64,
+    },
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// Always last.
+    Ended(ProcessInfo),
+}
+
+/// Replays the output of process `selector` from byte `offset` and, with `follow`, follows it
+/// until the process exited and everything was sent. Waits for [`Event::Attached`] (an
+/// [`Event::Error`] becomes [`ProtoError::Remote`]); the returned stream yields that first.
+pub async fn attach<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    io: T,
+    selector: impl Into<String>,
+    offset: u64,
+    follow: bool,
+) -> Result<AttachEvents, ProtoError> {
+    let mut framed = Framed::new(io, FrameCodec);
+    let req = Request::Attach {
+        selector: selector.into(),
+        offset,
+        follow,
+    };
+    framed.send(Frame::Request(req)).await?;
+    match framed.next().await {
+        Some(Ok(Frame::Event(Event::Attached { offset, end }))) => Ok(AttachEvents {
+            first: Some(AttachItem::Attached { offset, end }),
+            frames: Some(Box::pin(framed)),
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The items of an attachment: [`AttachItem::Attached`], then output and
+/// [`AttachItem::Lost`] markers, and [`AttachItem::Ended`] last, after which the stream ends.
+/// A connection that ends before `Ended` yields [`ProtoError::Closed`]; an error is always
+/// the last item. Dropping it detaches (the process goes on).
+pub struct AttachEvents {
+    first: Option<AttachItem>,
+    frames: Option<FrameStream>,
+}
+
+impl std::fmt::Debug for AttachEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachEvents")
+            .field("finished", &self.frames.is_none())
+            .finish()
+    }
+}
+
+impl Stream for AttachEvents {
+    type Item = Result<AttachItem, ProtoError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        let Some(frames) = this.frames.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let last = match ready!(frames.as_mut().poll_next(cx)) {
+            Some(Ok(Frame::Stdout(b))) => return Poll::Ready(Some(Ok(AttachItem::Stdout(b)))),
+            Some(Ok(Frame::Stderr(b))) => return Poll::Ready(Some(Ok(AttachItem::Stderr(b)))),
+            Some(Ok(Frame::Event(Event::Lost { from, to }))) => {
+                return Poll::Ready(Some(Ok(AttachItem::Lost { from, to })))
+            }
+            Some(Ok(Frame::Event(Event::Ended(info)))) => Ok(AttachItem::Ended(info)),
+            other => Err(unexpected(other)),
+        };
+        this.frames = None;
+        Poll::Ready(Some(last))
     }
 }
 
@@ -873,5 +1173,219 @@ mod tests {
             file_op(host, op).await,
             Err(ProtoError::Closed | ProtoError::Io(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+    use crate::{ProcessState, PtySize};
+    use tokio::io::DuplexStream;
+
+    type AgentSide = Framed<DuplexStream, FrameCodec>;
+
+    fn pair() -> (DuplexStream, AgentSide) {
+        let (host, agent) = tokio::io::duplex(64 * 1024);
+        (host, Framed::new(agent, FrameCodec))
+    }
+
+    fn info(pid: i32) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            tag: Some("t".into()),
+            argv: vec!["sh".into()],
+            state: ProcessState::Running,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            started_at_ms: 1,
+            ended_at_ms: None,
+            pty: Some(PtySize { rows: 2, cols: 3 }),
+            stdin_open: true,
+            output_start: 0,
+            output_end: 5,
+        }
+    }
+
+    fn error(code: &str) -> Frame {
+        Frame::Event(Event::Error {
+            code: code.into(),
+            message: "m".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn start_and_op_round_trip() {
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let Some(Ok(Frame::Request(Request::StartProcess(spec)))) = agent.next().await else {
+                panic!("no start");
+            };
+            assert_eq!(spec.tag.as_deref(), Some("t"));
+            agent
+                .send(Frame::Event(Event::Process(info(7))))
+                .await
+                .unwrap();
+        });
+        let spec = ProcessSpec {
+            tag: Some("t".into()),
+            ..Default::default()
+        };
+        assert_eq!(start_process(host, spec).await.unwrap(), info(7));
+
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let Some(Ok(Frame::Request(req))) = agent.next().await else {
+                panic!("no op");
+            };
+            assert_eq!(
+                req,
+                Request::ProcessOp {
+                    selector: "t".into(),
+                    op: ProcessOp::Signal { signal: 99 }
+                }
+            );
+            agent.send(error("invalid_signal")).await.unwrap();
+        });
+        match process_op(host, "t", ProcessOp::Signal { signal: 99 }).await {
+            Err(ProtoError::Remote { code, .. }) => assert_eq!(code, "invalid_signal"),
+            other => panic!("{other:?}"),
+        }
+
+        // Closed without an answer.
+        let (host, agent) = pair();
+        drop(agent);
+        assert!(matches!(
+            process_op(host, "t", ProcessOp::Get).await,
+            Err(ProtoError::Closed | ProtoError::Io(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn write_stdin_sends_data_as_it_comes() {
+        let (host, mut agent) = pair();
+        let fake = tokio::spawn(async move {
+            let Some(Ok(Frame::Request(Request::WriteStdin { selector }))) = agent.next().await
+            else {
+                panic!("no write");
+            };
+            assert_eq!(selector, "7");
+            let mut got = Vec::new();
+            loop {
+                match agent.next().await.unwrap().unwrap() {
+                    Frame::Data(b) => {
+                        assert!(!b.is_empty() && b.len() <= DATA_CHUNK);
+                        got.extend_from_slice(&b);
+                    }
+                    Frame::DataEnd => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            agent
+                .send(Frame::Event(Event::Process(info(7))))
+                .await
+                .unwrap();
+            got
+        });
+        let big = Bytes::from(vec![9u8; DATA_CHUNK + 3]);
+        let data = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(b"ab")),
+            Ok(Bytes::new()),
+            Ok(big.clone()),
+        ]);
+        assert_eq!(write_stdin(host, "7", data).await.unwrap(), info(7));
+        assert!(fake.await.unwrap() == [&b"ab"[..], &big[..]].concat());
+
+        // A refusal while data is still being sent.
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let _ = agent.next().await;
+            agent.send(error("stdin_closed")).await.unwrap();
+        });
+        let data = futures::stream::iter(
+            (0..64).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 64 * 1024]))),
+        );
+        match write_stdin(host, "7", data).await {
+            Err(ProtoError::Remote { code, .. }) => assert_eq!(code, "stdin_closed"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn attach_yields_items_until_ended() {
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let Some(Ok(Frame::Request(req))) = agent.next().await else {
+                panic!("no attach");
+            };
+            assert_eq!(
+                req,
+                Request::Attach {
+                    selector: "t".into(),
+                    offset: 1,
+                    follow: true
+                }
+            );
+            for frame in [
+                Frame::Event(Event::Attached { offset: 3, end: 5 }),
+                Frame::Event(Event::Lost { from: 1, to: 3 }),
+                Frame::Stdout(Bytes::from_static(b"o")),
+                Frame::Stderr(Bytes::from_static(b"e")),
+                Frame::Event(Event::Ended(info(7))),
+                Frame::Stdout(Bytes::from_static(b"after the end")),
+            ] {
+                let _ = agent.send(frame).await;
+            }
+        });
+        let events = attach(host, "t", 1, true).await.unwrap();
+        let items: Vec<_> = events.map(|i| i.unwrap()).collect().await;
+        assert_eq!(
+            items,
+            vec![
+                AttachItem::Attached { offset: 3, end: 5 },
+                AttachItem::Lost { from: 1, to: 3 },
+                AttachItem::Stdout(Bytes::from_static(b"o")),
+                AttachItem::Stderr(Bytes::from_static(b"e")),
+                AttachItem::Ended(info(7)),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn attach_errors() {
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let _ = agent.next().await;
+            agent.send(error("process_not_found")).await.unwrap();
+        });
+        match attach(host, "x", 0, true).await {
+            Err(ProtoError::Remote { code, .. }) => assert_eq!(code, "process_not_found"),
+            other => panic!("{other:?}"),
+        }
+
+        // Closed before Ended.
+        let (host, mut agent) = pair();
+        tokio::spawn(async move {
+            let _ = agent.next().await;
+            agent
+                .send(Frame::Event(Event::Attached { offset: 0, end: 0 }))
+                .await
+                .unwrap();
+            agent
+                .send(Frame::Stdout(Bytes::from_static(b"x")))
+                .await
+                .unwrap();
+        });
+        let mut events = attach(host, "x", 0, true).await.unwrap();
+        assert!(matches!(
+            events.next().await,
+            Some(Ok(AttachItem::Attached { .. }))
+        ));
+        assert!(matches!(
+            events.next().await,
+            Some(Ok(AttachItem::Stdout(_)))
+        ));
+        assert!(matches!(events.next().await, Some(Err(ProtoError::Closed))));
+        assert!(events.next().await.is_none());
     }
 }

@@ -170,6 +170,55 @@ mod tests {
             limit: 100,
         })));
         round_trip(Frame::Event(Event::FileOp(crate::FileOpResult::Done)));
+        // Every event must be encodable: serde refuses some shapes in an internally tagged
+        // enum only at run time (e.g. a newtype variant holding a list).
+        let info = crate::ProcessInfo {
+            pid: 7,
+            tag: Some("t".into()),
+            argv: vec!["sh".into()],
+            state: crate::ProcessState::Exited,
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            started_at_ms: 1,
+            ended_at_ms: Some(2),
+            pty: Some(crate::PtySize { rows: 24, cols: 80 }),
+            stdin_open: false,
+            output_start: 0,
+            output_end: 10,
+        };
+        for event in [
+            Event::Process(info.clone()),
+            Event::Processes {
+                processes: vec![info.clone(), info.clone()],
+            },
+            Event::Attached { offset: 1, end: 2 },
+            Event::Lost { from: 1, to: 2 },
+            Event::Ended(info.clone()),
+            Event::Connected,
+            Event::FileOp(crate::FileOpResult::List {
+                entries: vec![],
+                truncated: false,
+            }),
+        ] {
+            round_trip(Frame::Event(event));
+        }
+        for request in [
+            Request::ListProcesses,
+            Request::ProcessOp {
+                selector: "t".into(),
+                op: crate::ProcessOp::Resize { rows: 1, cols: 2 },
+            },
+            Request::Attach {
+                selector: "7".into(),
+                offset: 3,
+                follow: true,
+            },
+            Request::Connect { port: 80 },
+            Request::StartProcess(crate::ProcessSpec::default()),
+        ] {
+            round_trip(Frame::Request(request));
+        }
     }
 
     #[test]

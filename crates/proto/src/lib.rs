@@ -264,7 +264,7 @@ pub enum Event {
     /// A process's state (answer to most process requests).
     Process(ProcessInfo),
     /// Answer to [`Request::ListProcesses`].
-    Processes(Vec<ProcessInfo>),
+    Processes { processes: Vec<ProcessInfo> },
     /// An attachment starts: output frames follow from `offset` (≥ the requested one when
     /// that was dropped); `end` is the log's end at this moment.
     Attached { offset: u64, end: u64 },

@@ -14,7 +14,7 @@ use futures::Stream;
 
 pub use warren_proto::{
     ExecSpec, FileKind, FileOp, FileOpResult, FileStat, ProcessInfo, ProcessOp, ProcessSpec,
-    ProcessState, PtySize,
+    ProcessState, ProtoError, PtySize,
 };
 
 /// Resource limits applied to a sandbox's own cgroup.
@@ -132,6 +132,13 @@ pub enum RuntimeError {
     /// `permission_denied`, `invalid_path`, `io`).
     #[error("{message}")]
     File { code: String, message: String },
+    /// A port inside the sandbox could not be reached (`code`: `connection_refused`).
+    #[error("{message}")]
+    Port { code: String, message: String },
+    /// A durable-process request was refused (`code` as in the agent protocol:
+    /// `process_not_found`, `not_a_pty`, `stdin_closed`, `tag_in_use`, `invalid_signal`).
+    #[error("{message}")]
+    Process { code: String, message: String },
     /// The backend does not support this feature (reported in its capabilities).
     #[error("this runtime does not support {0}")]
     Unsupported(&'static str),

@@ -185,8 +185,9 @@ impl SseState {
         if data.is_empty() {
             return;
         }
+        let offset = self.offset;
         self.offset += n as u64;
-        events.push(json_event(name, self.offset, &OutputChunk { data }));
+        events.push(json_event(name, self.offset, &OutputChunk { data, offset }));
     }
 
     /// End of output: held-back partial characters become U+FFFD.

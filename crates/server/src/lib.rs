@@ -9,6 +9,8 @@ mod encode;
 mod error;
 mod exec;
 mod files;
+mod ports;
+mod processes;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -56,6 +58,8 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/sandboxes/{id}/files/list", get(files::list))
         .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
         .route("/v1/sandboxes/{id}/files/move", post(files::move_path))
+        .merge(processes::routes())
+        .merge(ports::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -66,6 +70,8 @@ pub fn router(engine: Engine) -> Router {
 /// The OpenAPI document of [`router`].
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    doc.merge(<processes::ProcessesDoc as OpenApi>::openapi());
+    doc.merge(<ports::PortsDoc as OpenApi>::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc
 }

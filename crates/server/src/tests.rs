@@ -1158,3 +1158,5 @@ async fn upload_disconnect_over_tcp_writes_nothing() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert_eq!(engine.stat(&id, "/workspace/full").await.unwrap().size, 3);
 }
+
+mod processes;

@@ -13,7 +13,7 @@ use crate::{ByteStream, FileOp, FileOpResult, FileStat, RuntimeError, WriteOptio
 
 impl NativeRuntime {
     /// Connects to the agent of sandbox `id`; an unknown sandbox is [`RuntimeError::NotFound`].
-    async fn agent_stream(&self, id: &str) -> Result<UnixStream, RuntimeError> {
+    pub(super) async fn agent_stream(&self, id: &str) -> Result<UnixStream, RuntimeError> {
         if spec::validate_id(id).is_err() {
             return Err(RuntimeError::NotFound(id.to_string()));
         }

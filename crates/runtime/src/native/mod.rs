@@ -15,6 +15,8 @@ mod files;
 pub mod image;
 pub mod init;
 pub mod net;
+mod ports;
+mod procs;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
@@ -35,8 +37,9 @@ use warren_proto::client::{self as agent, ExecEvent};
 use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use crate::{
-    ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo, FileOp, FileOpResult, FileStat,
-    Runtime, RuntimeError, RuntimeInfo, SandboxSpec, WriteOptions,
+    AttachStream, ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo, FileOp, FileOpResult,
+    FileStat, ProcessInfo, ProcessOp, ProcessSpec, Runtime, RuntimeError, RuntimeInfo, SandboxSpec,
+    WriteOptions,
 };
 use cgroup::Layout;
 use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
@@ -556,8 +559,8 @@ impl Runtime for NativeRuntime {
             capabilities: caps::default_names(),
             images: vec![image::HOST_IMAGE.into()],
             files: true,
-            processes: false,
-            ports: false,
+            processes: true,
+            ports: true,
         }
     }
 
@@ -614,6 +617,56 @@ impl Runtime for NativeRuntime {
 
     async fn file_op(&self, id: &str, op: FileOp) -> Result<FileOpResult, RuntimeError> {
         self.file_op_impl(id, op).await
+    }
+
+    // Durable processes: see `procs.rs`.
+    async fn start_process(
+        &self,
+        id: &str,
+        spec: ProcessSpec,
+    ) -> Result<ProcessInfo, RuntimeError> {
+        self.start_process_impl(id, spec).await
+    }
+
+    async fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, RuntimeError> {
+        self.list_processes_impl(id).await
+    }
+
+    async fn process_op(
+        &self,
+        id: &str,
+        selector: &str,
+        op: ProcessOp,
+    ) -> Result<ProcessInfo, RuntimeError> {
+        self.process_op_impl(id, selector, op).await
+    }
+
+    async fn write_stdin(
+        &self,
+        id: &str,
+        selector: &str,
+        data: ByteStream,
+    ) -> Result<ProcessInfo, RuntimeError> {
+        self.write_stdin_impl(id, selector, data).await
+    }
+
+    async fn attach(
+        &self,
+        id: &str,
+        selector: &str,
+        offset: u64,
+        follow: bool,
+    ) -> Result<AttachStream, RuntimeError> {
+        self.attach_impl(id, selector, offset, follow).await
+    }
+
+    // Ports: see `ports.rs`.
+    async fn connect_port(
+        &self,
+        id: &str,
+        port: u16,
+    ) -> Result<Box<dyn crate::PortStream>, RuntimeError> {
+        self.connect_port_impl(id, port).await
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
