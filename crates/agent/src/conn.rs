@@ -15,7 +15,7 @@ use warren_proto::{Event, ExecSpec, Frame, FrameCodec, ProtoError, Request, PROT
 
 use crate::procs::{self, SharedProcs};
 use crate::reaper::{ExitInfo, SharedReaper};
-use crate::{files, ports, spawn};
+use crate::{archive, files, ports, search, spawn, watch};
 
 /// Output is read from the pipes in chunks of this size, each sent as one frame at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -76,6 +76,7 @@ pub(crate) async fn handle(
         }
         Frame::Request(Request::Exec(spec)) => exec(frames, w, spec, reaper).await,
         Frame::Request(Request::ReadFile { path }) => files::read_file(w, path).await,
+        Frame::Request(Request::ReadArchive { path }) => archive::read_archive(w, path).await,
         Frame::Request(Request::WriteFile {
             path,
             mode,
@@ -107,6 +108,11 @@ pub(crate) async fn handle(
             follow,
         }) => procs::attach(frames, w, procs, selector, offset, follow).await,
         Frame::Request(Request::Connect { port }) => ports::connect(frames, w, port).await,
+        Frame::Request(Request::SearchFiles(spec)) => search::search(w, spec).await,
+        Frame::Request(Request::ReplaceFiles(spec)) => search::replace(w, spec).await,
+        Frame::Request(Request::WatchFiles { path, recursive }) => {
+            watch::watch(frames, w, path, recursive).await
+        }
         _ => Err(ConnError::NotARequest),
     }
 }

@@ -50,7 +50,7 @@ pub(crate) struct FileError {
 }
 
 impl FileError {
-    fn new(code: &'static str, message: impl Into<String>) -> FileError {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> FileError {
         FileError {
             code,
             message: message.into(),
@@ -58,7 +58,7 @@ impl FileError {
     }
 
     /// Maps an I/O error on `path` (`what` says what was attempted).
-    fn io(what: &str, path: &Path, e: &io::Error) -> FileError {
+    pub(crate) fn io(what: &str, path: &Path, e: &io::Error) -> FileError {
         FileError::new(
             io_code(e),
             format!("{what} {}: {e}", path.to_string_lossy()),
@@ -87,7 +87,7 @@ pub(crate) fn io_code(e: &io::Error) -> &'static str {
 }
 
 /// Checks a path from the host: absolute, no NUL byte.
-fn check_path(path: &str) -> Result<PathBuf, FileError> {
+pub(crate) fn check_path(path: &str) -> Result<PathBuf, FileError> {
     if !path.starts_with('/') {
         return Err(FileError::new(
             "invalid_path",
@@ -157,13 +157,13 @@ fn file_stat(path: &Path, md: &Metadata) -> FileStat {
     }
 }
 
-fn lstat(path: &Path) -> Result<FileStat, FileError> {
+pub(crate) fn lstat(path: &Path) -> Result<FileStat, FileError> {
     let md = fs::symlink_metadata(path).map_err(|e| FileError::io("stat", path, &e))?;
     Ok(file_stat(path, &md))
 }
 
 /// Runs blocking file-system work on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FileError> + Send + 'static,
 ) -> Result<T, FileError> {
     tokio::task::spawn_blocking(f)
@@ -171,14 +171,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| FileError::new("io", format!("file task failed: {e}")))?
 }
 
-async fn send(w: &mut OwnedWriteHalf, frame: Frame) -> Result<(), ConnError> {
+pub(crate) async fn send(w: &mut OwnedWriteHalf, frame: Frame) -> Result<(), ConnError> {
     let mut out = BytesMut::with_capacity(256);
     FrameCodec.encode(frame, &mut out)?;
     w.write_all(&out).await?;
     Ok(())
 }
 
-async fn send_error(w: &mut OwnedWriteHalf, e: FileError) -> Result<(), ConnError> {
+pub(crate) async fn send_error(w: &mut OwnedWriteHalf, e: FileError) -> Result<(), ConnError> {
     send(
         w,
         Frame::Event(Event::Error {

@@ -27,13 +27,16 @@
 //! by offset, and they may run in a pseudo-terminal (`pty`). They die on timeout, on a signal
 //! the host sends, and with the agent.
 
+mod archive;
 mod conn;
 mod files;
 mod ports;
 mod procs;
 mod pty;
 mod reaper;
+mod search;
 mod spawn;
+mod watch;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;

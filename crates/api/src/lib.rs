@@ -12,6 +12,8 @@ use utoipa::ToSchema;
 
 mod processes;
 pub use processes::*;
+mod search;
+pub use search::*;
 
 /// Name of the image that needs no download: the host's `/usr` plus a generated skeleton.
 pub const DEFAULT_IMAGE: &str = "host";
@@ -238,6 +240,12 @@ pub struct FileList {
     pub entries: Vec<FileInfo>,
     /// True when the listing stopped at the server's entry limit.
     pub truncated: bool,
+}
+
+/// Answer of `POST /v1/sandboxes/{id}/files/upload`: the written files, in upload order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UploadedFiles {
+    pub files: Vec<FileInfo>,
 }
 
 /// Body of `POST /v1/sandboxes/{id}/files/mkdir`.

@@ -56,6 +56,12 @@ pub struct CreateProcessRequest {
     /// older output is dropped beyond it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_bytes: Option<u64>,
+    /// Also make this port inside the sandbox reachable from the host (like
+    /// `POST .../ports/{port}/forward`): the create response then carries `address` and
+    /// `url`. The forward exists before the process starts, so a client polls until the
+    /// process listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose_port: Option<u16>,
 }
 
 /// Whether a process still runs.
@@ -93,6 +99,13 @@ pub struct Process {
     pub output_start: u64,
     /// Output bytes produced so far (stdout and stderr share one offset space).
     pub output_end: u64,
+    /// Only in the create response, with `expose_port`: where that port is reachable on
+    /// the server's host (`127.0.0.1:NNNNN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Only in the create response, with `expose_port`: `http://` + `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A signal: a name (`TERM`, `SIGTERM`, `kill`) or a number (`15` or `"15"`).

@@ -1,6 +1,7 @@
 //! `warren cp` and `warren fs ...`: files inside a sandbox.
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use chrono::SecondsFormat;
@@ -99,7 +100,7 @@ async fn upload(
             .await
             .with_context(|| format!("cannot read {local}"))?;
         if meta.is_dir() {
-            bail!("{local} is a directory; `warren cp` copies single files for now");
+            return upload_dir(client, local, id, path, mode, user).await;
         }
         let mut target = path.to_string();
         if target.ends_with('/') {
@@ -117,6 +118,9 @@ async fn upload(
 }
 
 async fn download(client: &Client, id: &str, path: &str, local: &str) -> anyhow::Result<u8> {
+    if local != "-" && client.stat(id, path).await?.kind == FileKind::Dir {
+        return download_dir(client, id, path, local).await;
+    }
     let mut stream = client.read_file(id, path).await?;
     if local == "-" {
         let mut out = tokio::io::stdout();
@@ -137,6 +141,211 @@ async fn download(client: &Client, id: &str, path: &str, local: &str) -> anyhow:
         let _ = tokio::fs::remove_file(&target).await;
     }
     result
+}
+
+/// One entry of a local tree to upload, relative to its root.
+enum LocalEntry {
+    Dir(String),
+    File { rel: String, mode: u32 },
+    Symlink(String),
+}
+
+/// Every directory, file and symlink below `root` (not following symlinks), parents first.
+fn walk_local(root: &Path) -> anyhow::Result<Vec<LocalEntry>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let mut names = std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("cannot read {}", dir.display()))?;
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let rel_path = rel.join(&name);
+            let full = root.join(&rel_path);
+            let md = std::fs::symlink_metadata(&full)
+                .with_context(|| format!("cannot stat {}", full.display()))?;
+            let rel_str = rel_path
+                .to_str()
+                .with_context(|| format!("{} is not valid UTF-8", full.display()))?
+                .to_string();
+            let ft = md.file_type();
+            if ft.is_dir() {
+                out.push(LocalEntry::Dir(rel_str));
+                subdirs.push(rel_path);
+            } else if ft.is_file() {
+                out.push(LocalEntry::File {
+                    rel: rel_str,
+                    mode: md.permissions().mode() & 0o7777,
+                });
+            } else if ft.is_symlink() {
+                out.push(LocalEntry::Symlink(rel_str));
+            }
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(out)
+}
+
+/// `warren cp LOCALDIR ID:/dir`: every file below `local`, streamed one by one. A remote
+/// path ending in `/` receives the directory under its own name.
+async fn upload_dir(
+    client: &Client,
+    local: &str,
+    id: &str,
+    path: &str,
+    mode: Option<u32>,
+    user: ExecUser,
+) -> anyhow::Result<u8> {
+    let mut target = path.to_string();
+    if target.ends_with('/') {
+        let name = basename(local).with_context(|| format!("no directory name in {local}"))?;
+        target.push_str(name);
+    }
+    let target = target.trim_end_matches('/').to_string();
+    if target.is_empty() {
+        bail!("cannot upload a directory over `/`");
+    }
+    let root = PathBuf::from(local);
+    let entries = tokio::task::spawn_blocking(move || walk_local(&root))
+        .await
+        .context("walking the local directory")??;
+    let mkdir = |dir: String| warren_api::MkdirRequest {
+        path: dir,
+        parents: Some(true),
+        user: Some(user),
+        ..Default::default()
+    };
+    client.mkdir_with(id, &mkdir(target.clone())).await?;
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for entry in entries {
+        match entry {
+            LocalEntry::Dir(rel) => {
+                client
+                    .mkdir_with(id, &mkdir(format!("{target}/{rel}")))
+                    .await?;
+            }
+            LocalEntry::File { rel, mode: own } => {
+                let src = Path::new(local).join(&rel);
+                let file = tokio::fs::File::open(&src)
+                    .await
+                    .with_context(|| format!("cannot open {}", src.display()))?;
+                let body = warren_client::body_from_reader(file);
+                let info = client
+                    .write_file_as(
+                        id,
+                        &format!("{target}/{rel}"),
+                        body,
+                        Some(mode.unwrap_or(own)),
+                        user,
+                    )
+                    .await?;
+                files += 1;
+                bytes += info.size;
+            }
+            LocalEntry::Symlink(rel) => {
+                eprintln!("warren: skipping symlink {local}/{rel}");
+            }
+        }
+    }
+    eprintln!("{files} files, {bytes} bytes -> {id}:{target}");
+    Ok(0)
+}
+
+/// Reads the chunks of a channel as one byte stream (on a blocking thread).
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.chunk = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Unpacks a tar archive into `dest`, refusing entries that would land outside it.
+pub fn unpack_archive(reader: impl std::io::Read, dest: &Path) -> anyhow::Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    for entry in archive.entries().context("reading the archive")? {
+        let mut entry = entry.context("reading the archive")?;
+        let name = entry
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let inside = entry
+            .unpack_in(dest)
+            .with_context(|| format!("unpacking {name}"))?;
+        if !inside {
+            bail!(
+                "the archive entry {name:?} would land outside {}",
+                dest.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `warren cp ID:/dir LOCALDIR`: the tree as a tar stream, unpacked as it arrives. An
+/// existing local directory receives it under the remote directory's name.
+async fn download_dir(client: &Client, id: &str, path: &str, local: &str) -> anyhow::Result<u8> {
+    let mut dest = PathBuf::from(local);
+    if tokio::fs::metadata(&dest).await.is_ok_and(|m| m.is_dir()) {
+        if let Some(name) = basename(path) {
+            dest.push(name);
+        }
+    }
+    tokio::fs::create_dir_all(&dest)
+        .await
+        .with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut stream = client.read_archive(id, path).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let target = dest.clone();
+    let unpack = tokio::task::spawn_blocking(move || {
+        unpack_archive(
+            ChannelReader {
+                rx,
+                chunk: bytes::Bytes::new(),
+            },
+            &target,
+        )
+    });
+    let mut failure = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                if tx.send(c).await.is_err() {
+                    break; // The unpacker stopped: its error says why.
+                }
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let unpacked = unpack.await.context("unpacking the archive")?;
+    if let Some(e) = failure {
+        return Err(anyhow::Error::new(e).context("download interrupted"));
+    }
+    unpacked?;
+    eprintln!("{id}:{path} -> {}", dest.display());
+    Ok(0)
 }
 
 /// Write a download to `out`; a reader that went away (`| head`) ends it like SIGPIPE.
@@ -194,6 +403,36 @@ pub async fn fs(client: &Client, cmd: FsCommand) -> anyhow::Result<u8> {
         FsCommand::Mkdir { id, path } => {
             client.mkdir(&id, &path).await?;
             Ok(0)
+        }
+        FsCommand::Grep {
+            id,
+            path,
+            pattern,
+            glob,
+            json,
+        } => {
+            let req = warren_client::api::SearchRequest {
+                path,
+                glob,
+                pattern: Some(pattern),
+                ..Default::default()
+            };
+            let res = client.search_files(&id, &req).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&res)?);
+            } else {
+                for m in &res.matches {
+                    match (m.line, &m.text) {
+                        (Some(line), Some(text)) => println!("{}:{line}:{text}", m.path),
+                        _ => println!("{}", m.path),
+                    }
+                }
+                if res.truncated {
+                    eprintln!("warren: the search was truncated (result or time limit)");
+                }
+            }
+            // Like grep: 1 when nothing matched.
+            Ok(if res.matches.is_empty() { 1 } else { 0 })
         }
     }
 }

@@ -105,13 +105,19 @@ enum Command {
         )]
         cmd: Vec<String>,
     },
-    /// Copy a file into or out of a sandbox.
+    /// Copy a file or a directory tree into or out of a sandbox.
     ///
     /// One side is `ID:/absolute/path` in the sandbox, the other a local path (`-` for
     /// standard input or output). Uploads are streamed and atomic, owned by root (or
     /// `--user user`) with mode 0644 unless `--mode`; missing parent directories are
     /// created. A destination ending in `/` (remote) or an existing local directory gets the
-    /// source's file name. Single files only for now: directories are not copied.
+    /// source's file name.
+    ///
+    /// Directories are copied recursively. Downloading `ID:/dir` streams it as a tar archive
+    /// and unpacks it (modes, mtimes and symlinks kept; entries that would land outside the
+    /// destination are refused). Uploading a local directory writes every file below it
+    /// (keeping each file's mode unless `--mode`) and creates its directories; symlinks are
+    /// skipped with a warning.
     Cp {
         /// Source: a local file, `-` (stdin) or `ID:/path`.
         src: String,
@@ -185,6 +191,18 @@ enum FsCommand {
     },
     /// Create a directory and any missing parents.
     Mkdir { id: String, path: String },
+    /// Search file contents below a path for a regular expression (`path:line:text`).
+    Grep {
+        id: String,
+        path: String,
+        pattern: String,
+        /// Only files matching this glob (e.g. `**/*.rs`; without `/`: file names).
+        #[arg(long, value_name = "G")]
+        glob: Option<String>,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options of a new sandbox.

@@ -273,6 +273,8 @@ mod tests {
             stdin_open: false,
             output_start: 0,
             output_end: 0,
+            address: None,
+            url: None,
         };
         let t = table(&[p]);
         let lines: Vec<&str> = t.lines().collect();

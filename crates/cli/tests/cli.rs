@@ -351,22 +351,6 @@ async fn cp_and_fs() {
         "{}",
         text(&out.stderr)
     );
-    let out = warren(
-        &server,
-        &[
-            "cp",
-            dir.path().to_str().unwrap(),
-            &format!("{id}:/workspace/d"),
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("is a directory"),
-        "{}",
-        text(&out.stderr)
-    );
     let missing = dir.path().join("missing");
     let out = warren(
         &server,
@@ -386,6 +370,91 @@ async fn cp_and_fs() {
     assert!(!missing.exists());
     let out = warren(&server, &["cp", "a", "b"], None).await;
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cp_directories() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let out = warren(&server, &["create"], None).await;
+    let id = text(&out.stdout).trim().to_string();
+    let dir = TempDir::new("cpdir");
+    let src = dir.path().join("proj");
+    std::fs::create_dir_all(src.join("src/empty")).unwrap();
+    std::fs::write(src.join("README"), b"read me").unwrap();
+    std::fs::write(src.join("src/run.sh"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        src.join("src/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+
+    // Upload the tree (a trailing `/` nests it under its own name), then download it.
+    let out = warren(
+        &server,
+        &["cp", src.to_str().unwrap(), &format!("{id}:/workspace/")],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let back = dir.path().join("back");
+    let out = warren(
+        &server,
+        &[
+            "cp",
+            &format!("{id}:/workspace/proj"),
+            back.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(back.join("README")).unwrap(), b"read me");
+    assert_eq!(
+        std::fs::read(back.join("src/run.sh")).unwrap(),
+        b"#!/bin/sh\n"
+    );
+    let mode = std::fs::metadata(back.join("src/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert!(back.join("src/empty").is_dir());
+    // Into an existing directory: nested under the remote name.
+    let out = warren(
+        &server,
+        &[
+            "cp",
+            &format!("{id}:/workspace/proj"),
+            back.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(back.join("proj/README")).unwrap(), b"read me");
+}
+
+#[test]
+fn unpack_refuses_escaping_entries() {
+    let dir = TempDir::new("unpack");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    // `set_path` refuses `..`, so write the name bytes directly.
+    h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    let bytes = b.into_inner().unwrap();
+    let dest = dir.path().join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+    // The CLI relies on `unpack_in` refusing such entries (it reports `false`).
+    assert!(!entry.unpack_in(&dest).unwrap());
+    assert!(!dir.path().join("escape").exists());
 }
 
 /// A scratch directory removed on drop.

@@ -34,6 +34,7 @@
 
 mod ports;
 mod processes;
+mod search;
 mod sse;
 
 use std::collections::VecDeque;
@@ -50,11 +51,12 @@ use serde::Serialize;
 
 pub use ports::PortForward;
 pub use processes::{OutputEvent, OutputStream, ProcessHandle, PtyEvent, PtySession};
+pub use search::FileWatch;
 pub use warren_api as api;
 use warren_api::{
     Capabilities, CreateSandboxRequest, ErrorBody, ExecRequest, ExecResult, ExecUser, ExitEvent,
     FileInfo, FileList, MkdirRequest, MoveRequest, OutputChunk, OutputEncoding, Sandbox,
-    SetTimeoutRequest,
+    SetTimeoutRequest, UploadedFiles,
 };
 
 /// The daemon's address when `WARREN_URL` is not set.
@@ -271,6 +273,60 @@ impl Client {
         Ok(Box::pin(
             resp.bytes_stream().map(|c| c.map_err(Error::Http)),
         ))
+    }
+
+    /// `GET /v1/sandboxes/{id}/files/archive?path=`: the directory tree at `path` as a
+    /// stream of tar archive bytes (names relative to `path`, symlinks as symlinks). A
+    /// failure midway is an item of the stream (the archive is then incomplete).
+    pub async fn read_archive(&self, id: &str, path: &str) -> Result<FileStream, Error> {
+        let resp = self
+            .files_request(Method::GET, id, Some("archive"), &[("path", path)])
+            .send()
+            .await?;
+        let resp = check(resp).await?;
+        Ok(Box::pin(
+            resp.bytes_stream().map(|c| c.map_err(Error::Http)),
+        ))
+    }
+
+    /// `POST /v1/sandboxes/{id}/files/upload?dir=`: several files in one
+    /// `multipart/form-data` request, streamed part by part. Each name is a path relative to
+    /// `dir` (`a.txt`, `src/lib.rs`; absolute names and `..` are refused); the files are
+    /// owned by root, mode 0644, parents created.
+    pub async fn upload_files(
+        &self,
+        id: &str,
+        dir: &str,
+        files: Vec<(String, reqwest::Body)>,
+    ) -> Result<UploadedFiles, Error> {
+        self.upload_files_as(id, dir, files, ExecUser::Root).await
+    }
+
+    /// [`Client::upload_files`] with an owner (see [`Client::write_file_as`]).
+    pub async fn upload_files_as(
+        &self,
+        id: &str,
+        dir: &str,
+        files: Vec<(String, reqwest::Body)>,
+        user: ExecUser,
+    ) -> Result<UploadedFiles, Error> {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, body) in files {
+            form = form.part(
+                "file",
+                reqwest::multipart::Part::stream(body).file_name(name),
+            );
+        }
+        let mut query = vec![("dir", dir)];
+        if user == ExecUser::User {
+            query.push(("user", "user"));
+        }
+        let resp = self
+            .files_request(Method::POST, id, Some("upload"), &query)
+            .multipart(form)
+            .send()
+            .await?;
+        decode(check(resp).await?).await
     }
 
     /// [`Client::read_file`], collected in memory.
@@ -692,6 +748,18 @@ impl SandboxHandle {
 
     pub async fn read_file(&self, path: &str) -> Result<FileStream, Error> {
         self.client.read_file(&self.id, path).await
+    }
+
+    pub async fn read_archive(&self, path: &str) -> Result<FileStream, Error> {
+        self.client.read_archive(&self.id, path).await
+    }
+
+    pub async fn upload_files(
+        &self,
+        dir: &str,
+        files: Vec<(String, reqwest::Body)>,
+    ) -> Result<UploadedFiles, Error> {
+        self.client.upload_files(&self.id, dir, files).await
     }
 
     pub async fn read_file_bytes(&self, path: &str) -> Result<Vec<u8>, Error> {

@@ -58,7 +58,8 @@ impl Client {
         s
     }
 
-    /// Start a durable process.
+    /// Start a durable process. With `expose_port`, the returned [`Process`] also carries
+    /// `address` and `url` where that port is reachable from the server's host.
     pub async fn start_process(
         &self,
         id: &str,

@@ -280,6 +280,14 @@ impl Runtime for FakeRuntime {
         self.with_tree(id, |t| t.read(path))
     }
 
+    async fn read_archive(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(FileStat, ByteStream), RuntimeError> {
+        self.with_tree(id, |t| t.archive(path))
+    }
+
     async fn write_file(
         &self,
         id: &str,
@@ -300,6 +308,22 @@ impl Runtime for FakeRuntime {
 
     async fn file_op(&self, id: &str, op: FileOp) -> Result<FileOpResult, RuntimeError> {
         self.with_tree(id, |t| t.op(op))
+    }
+
+    async fn search_files(
+        &self,
+        id: &str,
+        spec: warren_runtime::SearchSpec,
+    ) -> Result<warren_runtime::SearchOutcome, RuntimeError> {
+        self.with_tree(id, |t| t.search(&spec))
+    }
+
+    async fn replace_files(
+        &self,
+        id: &str,
+        spec: warren_runtime::ReplaceSpec,
+    ) -> Result<warren_runtime::ReplaceOutcome, RuntimeError> {
+        self.with_tree(id, |t| t.replace(&spec))
     }
 
     async fn exec(

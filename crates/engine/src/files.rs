@@ -8,6 +8,9 @@ use warren_runtime::{ByteStream, FileOp, FileOpResult, FileStat, RuntimeError, W
 use crate::error::file_code;
 use crate::{Engine, EngineError};
 
+mod search;
+pub use search::{validate_pattern, FileEvents, MAX_REPLACE_FILES, SEARCH_TIME_LIMIT};
+
 /// Longest path accepted (bytes), like Linux's `PATH_MAX`.
 pub const MAX_PATH_LEN: usize = 4096;
 /// Deepest listing.
@@ -134,6 +137,21 @@ impl Engine {
         validate_path("path", path)?;
         self.check_running(id)?;
         match self.inner.runtime.read_file(id, path).await {
+            Ok((stat, body)) => Ok((file_info(stat), body)),
+            Err(e) => Err(self.file_error(id, e).await),
+        }
+    }
+
+    /// Stream the directory tree at `path` as a tar archive: the directory's metadata and
+    /// the archive's bytes (built inside the sandbox, streamed, never held whole).
+    pub async fn read_archive(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(FileInfo, ByteStream), EngineError> {
+        validate_path("path", path)?;
+        self.check_running(id)?;
+        match self.inner.runtime.read_archive(id, path).await {
             Ok((stat, body)) => Ok((file_info(stat), body)),
             Err(e) => Err(self.file_error(id, e).await),
         }

@@ -66,6 +66,8 @@ pub fn process_info(info: ProcessInfo) -> Process {
         stdin_open: info.stdin_open,
         output_start: info.output_start,
         output_end: info.output_end,
+        address: None,
+        url: None,
     }
 }
 
@@ -167,6 +169,12 @@ impl Engine {
                 stdin: req.stdin.unwrap_or(false) || req.pty.is_some(),
             },
         )?;
+        // The forward first: a bad port or a runtime without ports fails before anything
+        // runs (the forward needs no listener until a connection arrives).
+        let forward = match req.expose_port {
+            Some(port) => Some(self.forward_port(id, port).await?),
+            None => None,
+        };
         let spec = ProcessSpec {
             exec,
             tag: req.tag,
@@ -177,7 +185,14 @@ impl Engine {
             log_bytes,
         };
         match self.inner.runtime.start_process(id, spec).await {
-            Ok(info) => Ok(process_info(info)),
+            Ok(info) => {
+                let mut p = process_info(info);
+                if let Some(f) = forward {
+                    p.address = Some(f.address.to_string());
+                    p.url = Some(f.url);
+                }
+                Ok(p)
+            }
             Err(e) => Err(self.process_error(id, e, true).await),
         }
     }

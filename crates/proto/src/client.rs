@@ -12,6 +12,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
+mod search;
+pub use search::{replace_files, search_files, watch_files, FileChange, WatchEvents};
+
 use crate::{
     Event, ExecSpec, FileOp, FileOpResult, FileStat, Frame, FrameCodec, ProcessInfo, ProcessOp,
     ProcessSpec, ProtoError, Request, MAX_FRAME_LEN,
@@ -230,6 +233,28 @@ pub async fn read_file<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     let mut framed = Framed::new(io, FrameCodec);
     framed
         .send(Frame::Request(Request::ReadFile { path: path.into() }))
+        .await?;
+    match framed.next().await {
+        Some(Ok(Frame::Event(Event::File(stat)))) => Ok((
+            stat,
+            FileData {
+                frames: Some(Box::pin(framed)),
+            },
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Streams the directory tree at `path` out of the sandbox as a tar archive: returns the
+/// directory's metadata and the archive's bytes (see [`Request::ReadArchive`]). Errors as
+/// in [`read_file`].
+pub async fn read_archive<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    io: T,
+    path: impl Into<String>,
+) -> Result<(FileStat, FileData), ProtoError> {
+    let mut framed = Framed::new(io, FrameCodec);
+    framed
+        .send(Frame::Request(Request::ReadArchive { path: path.into() }))
         .await?;
     match framed.next().await {
         Some(Ok(Frame::Event(Event::File(stat)))) => Ok((
@@ -469,6 +494,7 @@ fn describe(frame: &Frame) -> String {
         Frame::Request(Request::Ping) => "ping request".into(),
         Frame::Request(Request::Exec(_)) => "exec request".into(),
         Frame::Request(Request::ReadFile { .. }) => "read-file request".into(),
+        Frame::Request(Request::ReadArchive { .. }) => "read-archive request".into(),
         Frame::Request(Request::WriteFile { .. }) => "write-file request".into(),
         Frame::Request(Request::FileOp(_)) => "file-op request".into(),
         Frame::Request(Request::StartProcess(_)) => "start-process request".into(),
@@ -477,6 +503,9 @@ fn describe(frame: &Frame) -> String {
         Frame::Request(Request::WriteStdin { .. }) => "write-stdin request".into(),
         Frame::Request(Request::Attach { .. }) => "attach request".into(),
         Frame::Request(Request::Connect { .. }) => "connect request".into(),
+        Frame::Request(Request::SearchFiles(_)) => "search-files request".into(),
+        Frame::Request(Request::ReplaceFiles(_)) => "replace-files request".into(),
+        Frame::Request(Request::WatchFiles { .. }) => "watch-files request".into(),
         Frame::Event(e) => match e {
             Event::File(_) => "file event".into(),
             Event::FileOp(_) => "file-op event".into(),
@@ -486,6 +515,10 @@ fn describe(frame: &Frame) -> String {
             Event::Lost { .. } => "lost event".into(),
             Event::Ended(_) => "ended event".into(),
             Event::Connected => "connected event".into(),
+            Event::SearchResult { .. } => "search-result event".into(),
+            Event::ReplaceResult { .. } => "replace-result event".into(),
+            Event::Watching => "watching event".into(),
+            Event::FileEvent { .. } => "file event (watch)".into(),
             Event::Pong { .. } => "pong event".into(),
             Event::Started { .. } => "started event".into(),
             Event::Exit { .. } => "exit event".into(),

@@ -196,6 +196,30 @@ mod tests {
             Event::Lost { from: 1, to: 2 },
             Event::Ended(info.clone()),
             Event::Connected,
+            Event::SearchResult {
+                matches: vec![crate::SearchMatch {
+                    path: "/a".into(),
+                    line: Some(1),
+                    text: Some("x".into()),
+                }],
+                files_scanned: 1,
+                truncated: false,
+            },
+            Event::ReplaceResult {
+                files: vec![crate::ReplacedFile {
+                    path: "/a".into(),
+                    replacements: 2,
+                }],
+                total_replacements: 2,
+                truncated: true,
+            },
+            Event::Watching,
+            Event::FileEvent {
+                event: crate::FileEventKind::Renamed,
+                path: "/a".into(),
+                kind: crate::FileKind::File,
+                to: Some("/b".into()),
+            },
             Event::FileOp(crate::FileOpResult::List {
                 entries: vec![],
                 truncated: false,
@@ -215,7 +239,16 @@ mod tests {
                 follow: true,
             },
             Request::Connect { port: 80 },
+            Request::ReadArchive {
+                path: "/workspace".into(),
+            },
             Request::StartProcess(crate::ProcessSpec::default()),
+            Request::SearchFiles(crate::SearchSpec::default()),
+            Request::ReplaceFiles(crate::ReplaceSpec::default()),
+            Request::WatchFiles {
+                path: "/w".into(),
+                recursive: true,
+            },
         ] {
             round_trip(Frame::Request(request));
         }

@@ -50,6 +50,12 @@ pub enum Request {
     },
     /// One metadata operation, answered by [`Event::FileOp`] or [`Event::Error`].
     FileOp(FileOp),
+    /// Stream the directory tree at `path` as a tar archive (ustar/GNU, names relative to
+    /// `path`, modes and mtimes kept, symlinks stored as symlinks and never followed): the
+    /// agent answers [`Event::File`] (the directory's metadata), then [`Frame::Data`] chunks
+    /// of the archive, then [`Frame::DataEnd`]; or [`Event::Error`] (also instead of
+    /// `DataEnd` when reading failed midway).
+    ReadArchive { path: String },
     /// Start a durable process: it belongs to the agent, not to this connection, and its
     /// output is kept in a bounded log that any number of [`Request::Attach`]es can replay.
     /// Answered by [`Event::Process`] once it runs (or [`Event::Error`] with the spawn codes,
@@ -80,6 +86,75 @@ pub enum Request {
     /// (or [`Event::Error`] `connection_refused`), after which the connection carries the raw
     /// bytes of that TCP stream in both directions — no more frames.
     Connect { port: u16 },
+    /// Walk `spec.path` (symlinks are never followed) for file names or content matches:
+    /// answered by [`Event::SearchResult`] or [`Event::Error`].
+    SearchFiles(SearchSpec),
+    /// Replace regex matches in the files below `spec.path`, each changed file rewritten
+    /// atomically (temporary file + rename, keeping mode and owner): [`Event::ReplaceResult`].
+    ReplaceFiles(ReplaceSpec),
+    /// Watch `path` with inotify (and, with `recursive`, every directory below it, including
+    /// new ones): a stream of [`Event::FileEvent`] until the host closes the connection (or
+    /// [`Event::Error`] first if the watch cannot be set up).
+    WatchFiles { path: String, recursive: bool },
+}
+
+/// A search below a directory (see [`Request::SearchFiles`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SearchSpec {
+    /// Absolute directory (or file) to search.
+    pub path: String,
+    /// Glob over paths relative to `path` (e.g. `**/*.rs`); without `pattern`, the names
+    /// matching it are the results.
+    pub glob: Option<String>,
+    /// Regex searched in each line of the (non-binary) files.
+    pub pattern: Option<String>,
+    pub max_results: u32,
+    /// Files bigger than this are skipped.
+    pub max_file_bytes: u64,
+    /// Include entries whose name starts with `.`.
+    pub hidden: bool,
+    /// Stop (with `truncated`) after this long.
+    pub timeout_ms: u64,
+}
+
+/// One search hit: a file name, or a line (1-based) of a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchMatch {
+    pub path: String,
+    pub line: Option<u64>,
+    pub text: Option<String>,
+}
+
+/// A replacement below a directory (see [`Request::ReplaceFiles`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ReplaceSpec {
+    pub path: String,
+    pub glob: Option<String>,
+    pub pattern: String,
+    /// `regex` replacement syntax (`$1`, `${name}`).
+    pub replacement: String,
+    /// Change at most this many files (then `truncated`).
+    pub max_files: u32,
+    pub max_file_bytes: u64,
+    pub hidden: bool,
+    pub timeout_ms: u64,
+}
+
+/// A file changed by a replacement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplacedFile {
+    pub path: String,
+    pub replacements: u64,
+}
+
+/// What happened to a watched path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileEventKind {
+    Created,
+    Modified,
+    Deleted,
+    Renamed,
 }
 
 /// A durable process to start.
@@ -276,6 +351,28 @@ pub enum Event {
     Ended(ProcessInfo),
     /// [`Request::Connect`] succeeded: raw bytes follow.
     Connected,
+    /// Answer to [`Request::SearchFiles`].
+    SearchResult {
+        matches: Vec<SearchMatch>,
+        files_scanned: u64,
+        truncated: bool,
+    },
+    /// Answer to [`Request::ReplaceFiles`].
+    ReplaceResult {
+        files: Vec<ReplacedFile>,
+        total_replacements: u64,
+        truncated: bool,
+    },
+    /// [`Request::WatchFiles`] is set up: [`Event::FileEvent`]s follow.
+    Watching,
+    /// A change below a watched path ([`Request::WatchFiles`]); `to` is the new path of a
+    /// rename. `kind` is [`FileKind::Dir`] or [`FileKind::File`].
+    FileEvent {
+        event: FileEventKind,
+        path: String,
+        kind: FileKind,
+        to: Option<String>,
+    },
     /// The request failed before or instead of running (e.g. command not found: code
     /// `not_found`, bad cwd: `bad_cwd`, anything else: `spawn_failed`). File requests use
     /// `not_found`, `not_a_directory`, `is_a_directory`, `not_empty`, `exists`,

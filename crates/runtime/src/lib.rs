@@ -12,9 +12,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 
+pub use warren_proto::client::FileChange;
 pub use warren_proto::{
-    ExecSpec, FileKind, FileOp, FileOpResult, FileStat, ProcessInfo, ProcessOp, ProcessSpec,
-    ProcessState, ProtoError, PtySize,
+    ExecSpec, FileEventKind, FileKind, FileOp, FileOpResult, FileStat, ProcessInfo, ProcessOp,
+    ProcessSpec, ProcessState, ProtoError, PtySize, ReplaceSpec, ReplacedFile, SearchMatch,
+    SearchSpec,
 };
 
 /// Resource limits applied to a sandbox's own cgroup.
@@ -59,6 +61,25 @@ pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, RuntimeError>
 
 /// File content, streamed in chunks (never held whole in memory).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, RuntimeError>> + Send>>;
+
+/// Changes reported by [`Runtime::watch_files`]; dropping it ends the watch.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<FileChange, RuntimeError>> + Send>>;
+
+/// Answer of [`Runtime::search_files`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchOutcome {
+    pub matches: Vec<SearchMatch>,
+    pub files_scanned: u64,
+    pub truncated: bool,
+}
+
+/// Answer of [`Runtime::replace_files`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplaceOutcome {
+    pub files: Vec<ReplacedFile>,
+    pub total_replacements: u64,
+    pub truncated: bool,
+}
 
 /// One item of an attachment to a durable process's output (see
 /// `warren_proto::Request::Attach`).
@@ -179,6 +200,18 @@ pub trait Runtime: Send + Sync + 'static {
         Err(RuntimeError::Unsupported("files"))
     }
 
+    /// Stream the directory tree at `path` as a tar archive (names relative to `path`,
+    /// modes and mtimes kept, symlinks stored as symlinks): the directory's metadata, then
+    /// the archive's bytes. An error item ends a failed stream.
+    async fn read_archive(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(FileStat, ByteStream), RuntimeError> {
+        let _ = (id, path);
+        Err(RuntimeError::Unsupported("archives"))
+    }
+
     /// Write a regular file atomically (temporary file + rename) from a stream; nothing
     /// changes unless the whole stream arrived.
     async fn write_file(
@@ -252,6 +285,38 @@ pub trait Runtime: Send + Sync + 'static {
     async fn connect_port(&self, id: &str, port: u16) -> Result<Box<dyn PortStream>, RuntimeError> {
         let _ = (id, port);
         Err(RuntimeError::Unsupported("ports"))
+    }
+
+    /// Search file names (glob) or contents (regex) below a path, bounded in results and
+    /// time; symlinks are not followed.
+    async fn search_files(
+        &self,
+        id: &str,
+        spec: SearchSpec,
+    ) -> Result<SearchOutcome, RuntimeError> {
+        let _ = (id, spec);
+        Err(RuntimeError::Unsupported("file search"))
+    }
+
+    /// Replace regex matches in the files below a path, each file rewritten atomically.
+    async fn replace_files(
+        &self,
+        id: &str,
+        spec: ReplaceSpec,
+    ) -> Result<ReplaceOutcome, RuntimeError> {
+        let _ = (id, spec);
+        Err(RuntimeError::Unsupported("file replace"))
+    }
+
+    /// Watch a path for changes; returns once the watch is active.
+    async fn watch_files(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<WatchStream, RuntimeError> {
+        let _ = (id, path, recursive);
+        Err(RuntimeError::Unsupported("file watch"))
     }
 
     /// Kill every process, remove cgroups, mounts and files. Idempotent: an unknown or

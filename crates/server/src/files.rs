@@ -5,14 +5,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
-use warren_api::{ErrorBody, ExecUser, FileInfo, FileList, MkdirRequest, MoveRequest};
+use warren_api::{
+    ErrorBody, ExecUser, FileInfo, FileList, MkdirRequest, MoveRequest, UploadedFiles,
+};
 use warren_engine::{ByteStream, Engine, EngineError};
 use warren_runtime::RuntimeError;
 
@@ -169,6 +173,187 @@ pub(crate) async fn write_file(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Query of `GET .../files/archive`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ArchiveQuery {
+    /// Absolute path of a directory inside the sandbox.
+    path: String,
+}
+
+/// A tar archive (`application/x-tar`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct TarArchive(#[allow(dead_code)] Vec<u8>);
+
+/// Download a directory tree as a tar archive.
+///
+/// The archive is built inside the sandbox and streamed (chunked transfer encoding): entry
+/// names are relative to `path` (which itself is not an entry), modes, owners and mtimes are
+/// kept, symlinks are stored as symlinks and never followed; sockets, FIFOs and devices are
+/// left out. If reading fails midway the connection is cut before the final chunk, so a
+/// truncated archive is never mistaken for a whole one.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/archive", tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), ArchiveQuery),
+    responses(
+        (status = 200, description = "The tree as a tar archive", body = TarArchive, content_type = "application/x-tar"),
+        (status = 400, description = "`invalid_request`, `not_a_directory` or `invalid_path`", body = ErrorBody),
+        (status = 403, description = "`permission_denied`", body = ErrorBody),
+        (status = 404, description = "`sandbox_not_found` or `file_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the sandbox is not running", body = ErrorBody),
+        (status = 500, description = "`io_error` or `runtime_error`", body = ErrorBody),
+        (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+    ))]
+pub(crate) async fn read_archive(
+    State(engine): State<Engine>,
+    SandboxId(id): SandboxId,
+    ApiQuery(q): ApiQuery<ArchiveQuery>,
+) -> Result<Response, ApiError> {
+    let (_, content) = engine.read_archive(&id, &q.path).await?;
+    let body = Body::from_stream(content.map(|chunk| chunk.map_err(std::io::Error::other)));
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    Ok(resp)
+}
+
+/// Query of `POST .../files/upload`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UploadQuery {
+    /// Absolute path of the directory the files are written under.
+    dir: String,
+    /// Owner of the files (and created directories): `root` (default) or `user`.
+    user: Option<ExecUser>,
+}
+
+/// A `multipart/form-data` body: one part per file, its filename the path relative to `dir`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// One or more files; each part's filename is a relative path like `src/main.rs`.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+}
+
+/// The sandbox path for an upload part named `name` below `dir`: a relative path whose
+/// components are not `..` (empty and `.` components are dropped).
+pub(crate) fn upload_target(dir: &str, name: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| {
+        ApiError::invalid_request(format!("part filename {name:?} is not allowed: {why}"))
+    };
+    if name.starts_with('/') {
+        return Err(bad("it must be a relative path"));
+    }
+    if name.contains('\0') || name.contains('\\') {
+        return Err(bad("it must not contain NUL bytes or backslashes"));
+    }
+    let mut parts = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return Err(bad("it must not contain `..`")),
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        return Err(bad("it names no file"));
+    }
+    Ok(format!("{}/{}", dir.trim_end_matches('/'), parts.join("/")))
+}
+
+/// Upload several files at once (`multipart/form-data`).
+///
+/// Each part with a filename is one file: the filename is its path relative to `dir`
+/// (`a.txt`, `src/lib.rs`; absolute names and `..` components are refused with 400).
+/// Parts are streamed one after the other, each written atomically like `PUT .../files`
+/// (mode 0644, missing parents created); no body limit applies. Parts without a filename
+/// are ignored. A failure stops the upload: the files written before it stay.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/upload", tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), UploadQuery),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The written files, in order", body = UploadedFiles),
+        (status = 400, description = "`invalid_request` (a bad part name, a malformed or interrupted body), `is_a_directory`, `not_a_directory` or `invalid_path`", body = ErrorBody),
+        (status = 403, description = "`permission_denied`", body = ErrorBody),
+        (status = 404, description = "`sandbox_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the sandbox is not running", body = ErrorBody),
+        (status = 500, description = "`io_error` or `runtime_error`", body = ErrorBody),
+        (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+    ))]
+pub(crate) async fn upload(
+    State(engine): State<Engine>,
+    SandboxId(id): SandboxId,
+    ApiQuery(q): ApiQuery<UploadQuery>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Json<UploadedFiles>, ApiError> {
+    let mut multipart = multipart.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    warren_engine::files::validate_path("dir", &q.dir)?;
+    let user = q.user.unwrap_or_default();
+    let mut files = Vec::new();
+    loop {
+        let mut field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ApiError::invalid_request(format!(
+                    "malformed multipart body: {e}"
+                )))
+            }
+        };
+        let Some(name) = field.file_name().map(str::to_owned) else {
+            continue;
+        };
+        let path = upload_target(&q.dir, &name)?;
+        // The part borrows the body, so it cannot become a 'static stream: pump it through
+        // a small channel while the write runs in the same task.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, RuntimeError>>(4);
+        let broken = AtomicBool::new(false);
+        let pump = async {
+            let tx = tx;
+            loop {
+                let item = match field.chunk().await {
+                    Ok(Some(b)) => Ok(b),
+                    Ok(None) => break,
+                    Err(e) => {
+                        broken.store(true, Ordering::SeqCst);
+                        Err(RuntimeError::Io(std::io::Error::other(format!(
+                            "upload interrupted: {e}"
+                        ))))
+                    }
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        };
+        let data: ByteStream = Box::pin(tokio_stream_from(rx));
+        let (_, written) = tokio::join!(pump, engine.write_file(&id, &path, None, user, data));
+        match written {
+            Ok(info) => files.push(info),
+            Err(EngineError::Runtime(e)) if broken.load(Ordering::SeqCst) => {
+                return Err(ApiError::invalid_request(format!(
+                    "the upload of {name:?} was interrupted; it was not written ({e})"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(UploadedFiles { files }))
+}
+
+/// A receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
 
 /// Metadata of a file, directory or symlink (symlinks are not followed).

@@ -11,6 +11,7 @@ mod exec;
 mod files;
 mod ports;
 mod processes;
+mod search;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -54,12 +55,19 @@ pub fn router(engine: Engine) -> Router {
                 // Uploads stream to the sandbox: no body limit on this route only.
                 .merge(put(files::write_file).layer(DefaultBodyLimit::disable())),
         )
+        .route("/v1/sandboxes/{id}/files/archive", get(files::read_archive))
+        .route(
+            "/v1/sandboxes/{id}/files/upload",
+            // Parts stream to the sandbox: no body limit on this route only.
+            post(files::upload).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/sandboxes/{id}/files/stat", get(files::stat))
         .route("/v1/sandboxes/{id}/files/list", get(files::list))
         .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
         .route("/v1/sandboxes/{id}/files/move", post(files::move_path))
         .merge(processes::routes())
         .merge(ports::routes())
+        .merge(search::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -72,6 +80,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(<processes::ProcessesDoc as OpenApi>::openapi());
     doc.merge(<ports::PortsDoc as OpenApi>::openapi());
+    doc.merge(<search::SearchDoc as OpenApi>::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc
 }
@@ -98,6 +107,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         exec::exec,
         files::read_file,
         files::write_file,
+        files::read_archive,
+        files::upload,
         files::stat,
         files::list,
         files::mkdir,
@@ -115,6 +126,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         ExitEvent,
         Features,
         files::FileContent,
+        files::TarArchive,
+        files::UploadForm,
+        warren_api::UploadedFiles,
         FileInfo,
         FileKind,
         FileList,

@@ -1159,4 +1159,6 @@ async fn upload_disconnect_over_tcp_writes_nothing() {
     assert_eq!(engine.stat(&id, "/workspace/full").await.unwrap().size, 3);
 }
 
+mod archive;
 mod processes;
+mod search;

@@ -12,6 +12,8 @@ use warren_runtime::{
     ByteStream, FileKind, FileOp, FileOpResult, FileStat, RuntimeError, WriteOptions,
 };
 
+mod search;
+
 /// Read chunks are at most this big.
 const CHUNK: usize = 64 * 1024;
 
@@ -171,6 +173,53 @@ impl Tree {
             }
         };
         let stat = stat_of(&path, node);
+        let chunks: Vec<Result<Bytes, RuntimeError>> = (0..data.len())
+            .step_by(CHUNK)
+            .map(|i| Ok(data.slice(i..(i + CHUNK).min(data.len()))))
+            .collect();
+        Ok((stat, Box::pin(stream::iter(chunks))))
+    }
+
+    /// The tree below the directory `path` as a tar archive, built in memory (a fake).
+    pub(crate) fn archive(&self, path: &str) -> Result<(FileStat, ByteStream), RuntimeError> {
+        let path = normalize(path)?;
+        let node = self
+            .nodes
+            .get(&path)
+            .ok_or_else(|| ferr("not_found", format!("{path}: no such file or directory")))?;
+        if !matches!(node.content, Content::Dir) {
+            return Err(ferr("not_a_directory", format!("{path}: not a directory")));
+        }
+        let stat = stat_of(&path, node);
+        let tar_err = |e: std::io::Error| ferr("io", format!("archive: {e}"));
+        let mut tar = tar::Builder::new(Vec::new());
+        for (p, n) in self.nodes.iter().filter(|(p, _)| is_below(p, &path)) {
+            let rel = p[path.len()..].trim_start_matches('/');
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(n.mode);
+            h.set_uid(u64::from(n.uid));
+            h.set_gid(u64::from(n.gid));
+            h.set_mtime(u64::try_from(n.mtime).unwrap_or(0));
+            match &n.content {
+                Content::File(d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len() as u64);
+                    tar.append_data(&mut h, rel, &d[..]).map_err(tar_err)?;
+                }
+                Content::Dir => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    tar.append_data(&mut h, rel, std::io::empty())
+                        .map_err(tar_err)?;
+                }
+                Content::Symlink(t) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    tar.append_link(&mut h, rel, t).map_err(tar_err)?;
+                }
+            }
+        }
+        let data = Bytes::from(tar.into_inner().map_err(tar_err)?);
         let chunks: Vec<Result<Bytes, RuntimeError>> = (0..data.len())
             .step_by(CHUNK)
             .map(|i| Ok(data.slice(i..(i + CHUNK).min(data.len()))))

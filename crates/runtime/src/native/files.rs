@@ -42,6 +42,18 @@ impl NativeRuntime {
         Ok((stat, Box::pin(data.map(|r| r.map_err(map_file_error)))))
     }
 
+    pub(super) async fn read_archive_impl(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(FileStat, ByteStream), RuntimeError> {
+        let stream = self.agent_stream(id).await?;
+        let (stat, data) = agent::read_archive(stream, path)
+            .await
+            .map_err(map_file_error)?;
+        Ok((stat, Box::pin(data.map(|r| r.map_err(map_file_error)))))
+    }
+
     pub(super) async fn write_file_impl(
         &self,
         id: &str,
@@ -69,6 +81,54 @@ impl NativeRuntime {
     ) -> Result<FileOpResult, RuntimeError> {
         let stream = self.agent_stream(id).await?;
         agent::file_op(stream, op).await.map_err(map_file_error)
+    }
+}
+
+impl NativeRuntime {
+    pub(super) async fn search_files_impl(
+        &self,
+        id: &str,
+        spec: crate::SearchSpec,
+    ) -> Result<crate::SearchOutcome, RuntimeError> {
+        let stream = self.agent_stream(id).await?;
+        let (matches, files_scanned, truncated) = agent::search_files(stream, spec)
+            .await
+            .map_err(map_file_error)?;
+        Ok(crate::SearchOutcome {
+            matches,
+            files_scanned,
+            truncated,
+        })
+    }
+
+    pub(super) async fn replace_files_impl(
+        &self,
+        id: &str,
+        spec: crate::ReplaceSpec,
+    ) -> Result<crate::ReplaceOutcome, RuntimeError> {
+        let stream = self.agent_stream(id).await?;
+        let (files, total_replacements, truncated) = agent::replace_files(stream, spec)
+            .await
+            .map_err(map_file_error)?;
+        Ok(crate::ReplaceOutcome {
+            files,
+            total_replacements,
+            truncated,
+        })
+    }
+
+    /// The watch lives as long as its agent connection: dropping the stream closes it.
+    pub(super) async fn watch_files_impl(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<crate::WatchStream, RuntimeError> {
+        let stream = self.agent_stream(id).await?;
+        let events = agent::watch_files(stream, path, recursive)
+            .await
+            .map_err(map_file_error)?;
+        Ok(Box::pin(events.map(|r| r.map_err(map_file_error))))
     }
 }
 

@@ -605,6 +605,14 @@ impl Runtime for NativeRuntime {
         self.read_file_impl(id, path).await
     }
 
+    async fn read_archive(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(FileStat, ByteStream), RuntimeError> {
+        self.read_archive_impl(id, path).await
+    }
+
     async fn write_file(
         &self,
         id: &str,
@@ -667,6 +675,32 @@ impl Runtime for NativeRuntime {
         port: u16,
     ) -> Result<Box<dyn crate::PortStream>, RuntimeError> {
         self.connect_port_impl(id, port).await
+    }
+
+    // Search, replace and watch: see `files.rs`.
+    async fn search_files(
+        &self,
+        id: &str,
+        spec: crate::SearchSpec,
+    ) -> Result<crate::SearchOutcome, RuntimeError> {
+        self.search_files_impl(id, spec).await
+    }
+
+    async fn replace_files(
+        &self,
+        id: &str,
+        spec: crate::ReplaceSpec,
+    ) -> Result<crate::ReplaceOutcome, RuntimeError> {
+        self.replace_files_impl(id, spec).await
+    }
+
+    async fn watch_files(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<crate::WatchStream, RuntimeError> {
+        self.watch_files_impl(id, path, recursive).await
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
