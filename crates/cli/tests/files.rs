@@ -194,9 +194,9 @@ fn large_file_streams_with_bounded_daemon_memory() {
     rt().block_on(async {
         let c = &d.client;
         let sb = create(c).await;
-        const SIZE: u64 = 512 << 20;
+        const SIZE: u64 = 1 << 30;
         const CHUNK: usize = 1 << 20;
-        // Upload 512 MiB generated on the fly (never held whole on either side).
+        // Upload 1 GiB generated on the fly (never held whole on either side).
         let chunks = futures::stream::iter(0..(SIZE as usize / CHUNK)).map(|i| {
             let mut b = vec![(i % 251) as u8; CHUNK];
             b[0] = (i >> 8) as u8;
@@ -231,7 +231,7 @@ fn large_file_streams_with_bounded_daemon_memory() {
             }
         }
         assert_eq!(got + pending.len() as u64, SIZE);
-        // The daemon never held the file: its peak RSS stays far below 512 MiB.
+        // The daemon never held the file: its peak RSS stays far below 1 GiB.
         let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
         let hwm_kib: u64 = status
             .lines()
@@ -240,7 +240,7 @@ fn large_file_streams_with_bounded_daemon_memory() {
             .unwrap();
         assert!(
             hwm_kib < 128 * 1024,
-            "daemon peak RSS {hwm_kib} KiB while streaming 512 MiB"
+            "daemon peak RSS {hwm_kib} KiB while streaming 1 GiB"
         );
         c.delete_sandbox(&sb.id).await.unwrap();
     });

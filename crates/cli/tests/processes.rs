@@ -118,6 +118,53 @@ fn output_is_kept_while_nobody_is_attached_and_the_log_is_bounded() {
 }
 
 #[test]
+fn two_hundred_megabytes_stream_through_the_daemon_with_bounded_memory() {
+    let d = Daemon::start();
+    rt().block_on(async {
+        let c = &d.client;
+        let sb = create(c).await;
+        let mut r = proc_req(&["sh", "-c", "head -c 200000000 /dev/zero; echo done"]);
+        r.log_bytes = Some(4 << 20);
+        let p = c.start_process(&sb.id, &r).await.unwrap();
+        // Follow the output over HTTP while it is produced: every byte is either received or
+        // reported lost (if the client fell behind the bounded log), never silently skipped.
+        let mut stream = c.output(&sb.id, &p.pid.to_string(), 0);
+        let (mut received, mut lost, mut next) = (0u64, 0u64, 0u64);
+        let mut exit = None;
+        while let Some(ev) = stream.next().await {
+            match ev.unwrap() {
+                OutputEvent::Stdout { offset, data } | OutputEvent::Stderr { offset, data } => {
+                    assert_eq!(offset, next, "gap without a lost marker");
+                    next += data.len() as u64;
+                    received += data.len() as u64;
+                }
+                OutputEvent::Lost { from, to } => {
+                    assert_eq!(from, next);
+                    lost += to - from;
+                    next = to;
+                }
+                OutputEvent::Exit(p) => {
+                    exit = Some(p);
+                    break;
+                }
+            }
+        }
+        let exit = exit.unwrap();
+        assert_eq!(exit.output_end, 200_000_005);
+        assert_eq!(received + lost, 200_000_005);
+        assert!(received > 0);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+        let hwm_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert!(hwm_kib < 128 * 1024, "daemon peak RSS {hwm_kib} KiB");
+        c.delete_sandbox(&sb.id).await.unwrap();
+    });
+}
+
+#[test]
 fn signals_kill_the_whole_group_and_stdin_works() {
     let d = Daemon::start();
     rt().block_on(async {
