@@ -322,16 +322,35 @@ where
             describe(&Frame::Request(req))
         )));
     }
+    match send_with_data(io, req, data).await? {
+        Some(Ok(Frame::Event(Event::File(stat)))) => Ok(stat),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Send `req`, then `data` as [`Frame::Data`] chunks and [`Frame::DataEnd`], and return the
+/// agent's answer. The agent answers early only to refuse, so that is watched for while
+/// sending; if `data` fails, the connection is dropped without `DataEnd` (the agent then
+/// discards what it received).
+async fn send_with_data<T, S, E>(
+    io: T,
+    req: Request,
+    data: S,
+) -> Result<Option<Result<Frame, ProtoError>>, ProtoError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Stream<Item = Result<Bytes, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (r, w) = tokio::io::split(io);
     let mut reader = FramedRead::new(r, FrameCodec);
     let mut writer = FramedWrite::new(w, FrameCodec);
     writer.send(Frame::Request(req)).await?;
     futures::pin_mut!(data);
-    // The agent answers early only to refuse: watch for that while sending.
     loop {
         let chunk = tokio::select! {
             biased;
-            frame = reader.next() => return Err(answer_error(frame)),
+            frame = reader.next() => return Err(early_answer(frame)),
             chunk = data.next() => chunk,
         };
         let mut bytes = match chunk {
@@ -343,7 +362,7 @@ where
             let part = bytes.split_to(bytes.len().min(DATA_CHUNK));
             tokio::select! {
                 biased;
-                frame = reader.next() => return Err(answer_error(frame)),
+                frame = reader.next() => return Err(early_answer(frame)),
                 res = writer.send(Frame::Data(part)) => {
                     if let Err(e) = res {
                         return Err(error_after_send_failure(&mut reader, e).await);
@@ -355,18 +374,15 @@ where
     if let Err(e) = writer.send(Frame::DataEnd).await {
         return Err(error_after_send_failure(&mut reader, e).await);
     }
-    match reader.next().await {
-        Some(Ok(Frame::Event(Event::File(stat)))) => Ok(stat),
-        other => Err(unexpected(other)),
-    }
+    Ok(reader.next().await)
 }
 
 /// An answer that arrived before the data was all sent: only an error makes sense.
-fn answer_error(frame: Option<Result<Frame, ProtoError>>) -> ProtoError {
+fn early_answer(frame: Option<Result<Frame, ProtoError>>) -> ProtoError {
     match frame {
-        Some(Ok(Frame::Event(Event::File(_)))) => {
-            ProtoError::Unexpected("file event before the end of the data".into())
-        }
+        Some(Ok(Frame::Event(e))) if !matches!(e, Event::Error { .. }) => ProtoError::Unexpected(
+            format!("{} before the end of the data", describe(&Frame::Event(e))),
+        ),
         other => unexpected(other),
     }
 }
@@ -602,54 +618,12 @@ where
     S: Stream<Item = Result<Bytes, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (r, w) = tokio::io::split(io);
-    let mut reader = FramedRead::new(r, FrameCodec);
-    let mut writer = FramedWrite::new(w, FrameCodec);
     let req = Request::WriteStdin {
         selector: selector.into(),
     };
-    writer.send(Frame::Request(req)).await?;
-    futures::pin_mut!(data);
-    loop {
-        let chunk = tokio::select! {
-            biased;
-            frame = reader.next() => return Err(early_process_answer(frame)),
-            chunk = data.next() => chunk,
-        };
-        let mut bytes = match chunk {
-            Some(Ok(b)) => b,
-            Some(Err(e)) => return Err(ProtoError::Io(std::io::Error::other(e))),
-            None => break,
-        };
-        while !bytes.is_empty() {
-            let part = bytes.split_to(bytes.len().min(DATA_CHUNK));
-            tokio::select! {
-                biased;
-                frame = reader.next() => return Err(early_process_answer(frame)),
-                res = writer.send(Frame::Data(part)) => {
-                    if let Err(e) = res {
-                        return Err(error_after_send_failure(&mut reader, e).await);
-                    }
-                }
-            }
-        }
-    }
-    if let Err(e) = writer.send(Frame::DataEnd).await {
-        return Err(error_after_send_failure(&mut reader, e).await);
-    }
-    match reader.next().await {
+    match send_with_data(io, req, data).await? {
         Some(Ok(Frame::Event(Event::Process(info)))) => Ok(info),
         other => Err(unexpected(other)),
-    }
-}
-
-/// An answer that arrived before `DataEnd` was sent: only an error makes sense.
-fn early_process_answer(frame: Option<Result<Frame, ProtoError>>) -> ProtoError {
-    match frame {
-        Some(Ok(Frame::Event(Event::Process(_)))) => {
-            ProtoError::Unexpected("process event before the end of the data".into())
-        }
-        other => unexpected(other),
     }
 }
 
