@@ -3,40 +3,19 @@
 //!
 //! [`Request::ReadArchive`]: warren_proto::Request::ReadArchive
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::Agent;
 use futures::StreamExt;
 use tokio::net::UnixStream;
 use warren_proto::{client, FileKind, ProtoError};
 
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-}
-
 impl Agent {
     fn start(name: &str) -> Agent {
-        let dir = std::env::temp_dir().join(format!(
-            "warren-agent-archive-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_warren-agent-test"))
-            .arg(&sock)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(Instant::now() < deadline, "agent did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Agent { child, dir, sock }
+        Agent::start_in(common::named_dir("warren-agent-archive", name), &[])
     }
 
     async fn archive(&self, path: &Path) -> Result<(warren_proto::FileStat, Vec<u8>), ProtoError> {
@@ -47,14 +26,6 @@ impl Agent {
             out.extend_from_slice(&chunk?);
         }
         Ok((stat, out))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

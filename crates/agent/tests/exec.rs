@@ -1,59 +1,21 @@
 //! Integration tests: each test runs its own agent process (the test-only
 //! `warren-agent-test` binary) on a unique socket and talks to it with the proto client.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::Agent;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use warren_proto::client::{self, ExecEvent};
 use warren_proto::{ExecSpec, ProtoError, PROTOCOL_VERSION};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A running agent; killed (and its temp dir removed) on drop, even when the test fails.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-}
-
 impl Agent {
     fn start() -> Agent {
-        let dir = std::env::temp_dir().join(format!(
-            "warren-agent-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_warren-agent-test"))
-            .arg(&sock)
-            // Must not leak into commands (they get exactly spec.env).
-            .env("WARREN_AGENT_LEAK", "1")
-            .spawn()
-            .unwrap();
-        let agent = Agent { child, dir, sock };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&agent.sock).is_err() {
-            assert!(Instant::now() < deadline, "agent did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        agent
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    async fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.sock).await.unwrap()
+        Agent::start_in(common::unique_dir("warren-agent-test"), &[])
     }
 
     async fn exec(
@@ -92,29 +54,6 @@ impl Agent {
         }
         assert!(out.exit.is_some(), "no exit event");
         out
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SIGTERM makes the agent kill its commands' groups; SIGKILL if it does not exit.
-        // SAFETY: kill on our own child process.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

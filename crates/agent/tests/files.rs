@@ -1,51 +1,24 @@
 //! Integration tests of the file requests: each test runs its own agent process (the
 //! test-only `warren-agent-test` binary, outside any sandbox) and works in its own temp dir.
 
+mod common;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::Agent;
 use futures::{SinkExt, StreamExt};
-use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 use warren_proto::client;
 use warren_proto::{
     FileKind, FileOp, FileOpResult, FileStat, Frame, FrameCodec, ProtoError, Request,
 };
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A running agent and a scratch dir; killed and removed on drop.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-}
-
 impl Agent {
     fn start() -> Agent {
-        let dir = std::env::temp_dir().join(format!(
-            "warren-agent-files-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("work")).unwrap();
-        let sock = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_warren-agent-test"))
-            .arg(&sock)
-            .spawn()
-            .unwrap();
-        let agent = Agent { child, dir, sock };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&agent.sock).is_err() {
-            assert!(Instant::now() < deadline, "agent did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        agent
+        Agent::start_in(common::unique_dir("warren-agent-files"), &["work"])
     }
 
     /// An absolute path (string) inside the scratch dir.
@@ -55,10 +28,6 @@ impl Agent {
 
     fn work(&self) -> PathBuf {
         self.dir.join("work")
-    }
-
-    async fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.sock).await.unwrap()
     }
 
     async fn read(&self, path: &str) -> Result<(FileStat, Vec<u8>), ProtoError> {
@@ -151,14 +120,6 @@ impl Agent {
         })
         .await
         .map(done)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

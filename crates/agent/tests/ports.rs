@@ -1,72 +1,19 @@
 //! Integration tests of `Request::Connect`: each test runs its own agent process (the
 //! test-only `warren-agent-test` binary) and a TCP server in the test process.
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::Agent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixStream};
+use tokio::net::TcpListener;
 use warren_proto::client;
 use warren_proto::ProtoError;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A running agent; killed (and its temp dir removed) on drop.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-}
-
 impl Agent {
     fn start() -> Agent {
-        let dir = std::env::temp_dir().join(format!(
-            "warren-agent-ports-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_warren-agent-test"))
-            .arg(&sock)
-            .spawn()
-            .unwrap();
-        let agent = Agent { child, dir, sock };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&agent.sock).is_err() {
-            assert!(Instant::now() < deadline, "agent did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        agent
-    }
-
-    async fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.sock).await.unwrap()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: kill on our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        Agent::start_in(common::unique_dir("warren-agent-ports"), &[])
     }
 }
 

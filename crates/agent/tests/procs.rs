@@ -1,57 +1,21 @@
 //! Durable processes: each test runs its own agent process (the test-only `warren-agent-test`
 //! binary) on a unique socket and talks to it with the proto client.
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::Agent;
 use futures::StreamExt;
-use tokio::net::UnixStream;
 use warren_proto::client::{self, AttachItem};
 use warren_proto::{
     ExecSpec, ProcessInfo, ProcessOp, ProcessSpec, ProcessState, ProtoError, PtySize,
 };
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A running agent; killed (and its temp dir removed) on drop, even when the test fails.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-}
-
 impl Agent {
     fn start() -> Agent {
-        let dir = std::env::temp_dir().join(format!(
-            "warren-procs-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_warren-agent-test"))
-            .arg(&sock)
-            .spawn()
-            .unwrap();
-        let agent = Agent { child, dir, sock };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&agent.sock).is_err() {
-            assert!(Instant::now() < deadline, "agent did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        agent
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    async fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.sock).await.unwrap()
+        Agent::start_in(common::unique_dir("warren-procs-test"), &[])
     }
 
     async fn start_proc(&self, spec: ProcessSpec) -> Result<ProcessInfo, ProtoError> {
@@ -120,28 +84,6 @@ impl Agent {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: kill on our own child process.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

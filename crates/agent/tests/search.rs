@@ -1,47 +1,21 @@
 //! Integration tests of search, replace and watch: each test runs its own agent process (the
 //! test-only `warren-agent-test` binary, outside any sandbox) in its own temp dir.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::Agent;
 use futures::StreamExt;
-use tokio::net::UnixStream;
 use warren_proto::client::{self, FileChange, WatchEvents};
 use warren_proto::{FileEventKind, FileKind, ProtoError, ReplaceSpec, SearchSpec};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-}
-
 impl Agent {
     fn start() -> Agent {
-        let dir = std::env::temp_dir().join(format!(
-            "warren-agent-search-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("work")).unwrap();
-        let sock = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_warren-agent-test"))
-            .arg(&sock)
-            .spawn()
-            .unwrap();
-        let agent = Agent { child, dir, sock };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&agent.sock).is_err() {
-            assert!(Instant::now() < deadline, "agent did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        agent
+        Agent::start_in(common::unique_dir("warren-agent-search"), &["work"])
     }
 
     fn work(&self) -> PathBuf {
@@ -56,10 +30,6 @@ impl Agent {
         let path = self.work().join(rel);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, content).unwrap();
-    }
-
-    async fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.sock).await.unwrap()
     }
 
     fn spec(&self) -> SearchSpec {
@@ -83,14 +53,6 @@ impl Agent {
         path.strip_prefix(&format!("{}/", self.work().display()))
             .unwrap_or(path)
             .to_string()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
