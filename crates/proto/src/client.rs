@@ -230,19 +230,7 @@ pub async fn read_file<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     io: T,
     path: impl Into<String>,
 ) -> Result<(FileStat, FileData), ProtoError> {
-    let mut framed = Framed::new(io, FrameCodec);
-    framed
-        .send(Frame::Request(Request::ReadFile { path: path.into() }))
-        .await?;
-    match framed.next().await {
-        Some(Ok(Frame::Event(Event::File(stat)))) => Ok((
-            stat,
-            FileData {
-                frames: Some(Box::pin(framed)),
-            },
-        )),
-        other => Err(unexpected(other)),
-    }
+    read_stream(io, Request::ReadFile { path: path.into() }).await
 }
 
 /// Streams the directory tree at `path` out of the sandbox as a tar archive: returns the
@@ -252,10 +240,16 @@ pub async fn read_archive<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     io: T,
     path: impl Into<String>,
 ) -> Result<(FileStat, FileData), ProtoError> {
+    read_stream(io, Request::ReadArchive { path: path.into() }).await
+}
+
+/// Send a request that the agent answers with [`Event::File`] and then a data stream.
+async fn read_stream<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    io: T,
+    req: Request,
+) -> Result<(FileStat, FileData), ProtoError> {
     let mut framed = Framed::new(io, FrameCodec);
-    framed
-        .send(Frame::Request(Request::ReadArchive { path: path.into() }))
-        .await?;
+    framed.send(Frame::Request(req)).await?;
     match framed.next().await {
         Some(Ok(Frame::Event(Event::File(stat)))) => Ok((
             stat,
