@@ -14,6 +14,10 @@ mod processes;
 pub use processes::*;
 mod search;
 pub use search::*;
+mod lifecycle;
+pub use lifecycle::*;
+mod pools;
+pub use pools::*;
 
 /// Name of the image that needs no download: the host's `/usr` plus a generated skeleton.
 pub const DEFAULT_IMAGE: &str = "host";
@@ -51,6 +55,31 @@ pub struct CreateSandboxRequest {
     pub timeout_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Start from this snapshot's files instead of the image's (`GET /v1/snapshots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// What happens when `timeout_secs` runs out: `delete` (default), `pause` or `stop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<TimeoutAction>,
+    /// Seconds of idleness (no process using CPU, no attached stream or terminal, no API
+    /// call) after which `on_idle` applies. Absent: never idle out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// What idleness does: `pause` (default), `stop` or `delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_idle: Option<IdleAction>,
+    /// Exec, process and file calls on a paused or stopped sandbox resume (or start) it
+    /// first instead of failing with `sandbox_paused` / `sandbox_stopped`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_resume: bool,
+    /// Take a ready sandbox of this pool (`GET /v1/pools`): no cold start; `env`,
+    /// `metadata`, `timeout_secs` and the lifecycle options apply as usual. `image` and
+    /// `resources`, if given, must be the pool's; `snapshot` cannot be combined. An empty
+    /// pool falls back to a cold create of the pool's spec. Without `pool`, a create whose
+    /// image and resources (after defaults) are those of a pool without `env` takes one of
+    /// its sandboxes too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Lifecycle state of a sandbox.
@@ -59,28 +88,67 @@ pub struct CreateSandboxRequest {
 pub enum SandboxState {
     Creating,
     Running,
+    Pausing,
+    Paused,
+    Resuming,
+    Stopping,
+    Stopped,
+    Starting,
+    /// Its files are being replaced by a snapshot's (`POST .../rollback`).
+    RollingBack,
     Deleting,
+    /// Terminal: something went wrong (see `failure_reason`); can always be deleted.
     Failed,
 }
+
+/// Every state, in lifecycle order.
+pub const ALL_STATES: [SandboxState; 11] = [
+    SandboxState::Creating,
+    SandboxState::Running,
+    SandboxState::Pausing,
+    SandboxState::Paused,
+    SandboxState::Resuming,
+    SandboxState::Stopping,
+    SandboxState::Stopped,
+    SandboxState::Starting,
+    SandboxState::RollingBack,
+    SandboxState::Deleting,
+    SandboxState::Failed,
+];
 
 impl SandboxState {
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxState::Creating => "creating",
             SandboxState::Running => "running",
+            SandboxState::Pausing => "pausing",
+            SandboxState::Paused => "paused",
+            SandboxState::Resuming => "resuming",
+            SandboxState::Stopping => "stopping",
+            SandboxState::Stopped => "stopped",
+            SandboxState::Starting => "starting",
+            SandboxState::RollingBack => "rolling_back",
             SandboxState::Deleting => "deleting",
             SandboxState::Failed => "failed",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "creating" => SandboxState::Creating,
-            "running" => SandboxState::Running,
-            "deleting" => SandboxState::Deleting,
-            "failed" => SandboxState::Failed,
-            _ => return None,
-        })
+        ALL_STATES.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// A state the sandbox passes through on its way to another (each has a deadline).
+    pub fn is_transitional(self) -> bool {
+        matches!(
+            self,
+            SandboxState::Creating
+                | SandboxState::Pausing
+                | SandboxState::Resuming
+                | SandboxState::Stopping
+                | SandboxState::Starting
+                | SandboxState::RollingBack
+                | SandboxState::Deleting
+        )
     }
 }
 
@@ -107,6 +175,20 @@ pub struct Sandbox {
     /// Why the sandbox failed, when `state` is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
+    /// When `state` last changed.
+    pub state_changed_at: DateTime<Utc>,
+    /// The snapshot the sandbox's files came from (restore, fork), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    pub on_timeout: TimeoutAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    pub on_idle: IdleAction,
+    pub auto_resume: bool,
+    /// The pool whose ready sandbox this is (absent for a cold create, including one that
+    /// asked for a pool that was empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Body of `POST /v1/sandboxes/{id}/timeout`.
@@ -290,6 +372,7 @@ pub struct Capabilities {
     pub isolation: Isolation,
     pub features: Features,
     pub limits: Limits,
+    pub storage: StorageInfo,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -313,6 +396,17 @@ pub struct Features {
     pub processes: bool,
     pub files: bool,
     pub ports: bool,
+    /// `POST .../stop` and `.../start`.
+    #[serde(default)]
+    pub stop: bool,
+    #[serde(default)]
+    pub stats: bool,
+    /// Lifecycle events (`GET /v1/events`).
+    #[serde(default)]
+    pub events: bool,
+    /// Warm pools (`/v1/pools`).
+    #[serde(default)]
+    pub pools: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -326,6 +420,17 @@ pub struct Limits {
     pub max_pids: u64,
     pub default_resources: Resources,
     pub max_request_bytes: u64,
+    /// Largest sum of the memory limits of all sandboxes (pool sandboxes included) in MiB;
+    /// a create beyond it is 429 `capacity_exhausted` (0 = unlimited).
+    #[serde(default)]
+    pub max_committed_memory_mib: u64,
+    /// Below this much available host memory (MiB) creates are 503 `host_under_pressure`
+    /// (0 = never).
+    #[serde(default)]
+    pub min_available_memory_mib: u64,
+    /// Largest `size` of a pool.
+    #[serde(default)]
+    pub max_pool_size: u32,
 }
 
 /// Every error response: `{"error":{"code":"...","message":"..."}}`.
@@ -395,12 +500,7 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        for s in [
-            SandboxState::Creating,
-            SandboxState::Running,
-            SandboxState::Deleting,
-            SandboxState::Failed,
-        ] {
+        for s in ALL_STATES {
             assert_eq!(SandboxState::parse(s.as_str()), Some(s));
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(json, format!("\"{}\"", s.as_str()));

@@ -7,10 +7,13 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use warren_api::{CreateSandboxRequest, ExecRequest, ExecUser, OutputEncoding, Resources, Sandbox};
+use warren_api::{
+    CreateSandboxRequest, ExecRequest, ExecUser, IdleAction, OutputEncoding, Resources, Sandbox,
+    TimeoutAction,
+};
 use warren_client::{Client, ExecStreamEvent};
 
-use crate::{Cli, Command, ExecOpts, SandboxOpts, User};
+use crate::{Cli, Command, ExecOpts, OnIdle, OnTimeout, SandboxOpts, User};
 
 /// Run one verb; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -81,6 +84,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
             Ok(u8::from(failed))
+        }
+        Command::Pause { ids } => crate::lifecycle::transition(&client, "pause", &ids).await,
+        Command::Resume { ids } => crate::lifecycle::transition(&client, "resume", &ids).await,
+        Command::Stop { ids } => crate::lifecycle::transition(&client, "stop", &ids).await,
+        Command::Start { ids } => crate::lifecycle::transition(&client, "start", &ids).await,
+        Command::Stats { id, json } => crate::lifecycle::stats(&client, &id, json).await,
+        Command::Snapshot(cmd) => crate::lifecycle::snapshot(&client, cmd).await,
+        Command::Pool(cmd) => crate::pools::run(&client, cmd).await,
+        Command::Rollback { id, snapshot } => {
+            let sb = client.rollback(&id, &snapshot).await?;
+            println!("{} {}", sb.id, sb.state);
+            Ok(0)
+        }
+        Command::Fork { id, timeout, meta } => {
+            let req = warren_api::ForkRequest {
+                timeout_secs: timeout,
+                metadata: (!meta.is_empty()).then(|| meta.into_iter().collect()),
+                ..Default::default()
+            };
+            println!("{}", client.fork(&id, &req).await?.id);
+            Ok(0)
+        }
+        Command::Events { id, after, json } => {
+            crate::lifecycle::events(&client, id.as_deref(), after, json).await
         }
         Command::Attach { id, pid } => crate::terminal::attach(&client, &id, &pid).await,
         Command::Ps { id, json } => crate::terminal::ps(&client, &id, json).await,
@@ -167,6 +194,20 @@ fn create_request(opts: &SandboxOpts) -> CreateSandboxRequest {
         metadata: opts.meta.iter().cloned().collect(),
         timeout_secs: opts.timeout,
         resources: (resources != Resources::default()).then_some(resources),
+        snapshot: opts.snapshot.clone(),
+        on_timeout: opts.on_timeout.map(|a| match a {
+            OnTimeout::Delete => TimeoutAction::Delete,
+            OnTimeout::Pause => TimeoutAction::Pause,
+            OnTimeout::Stop => TimeoutAction::Stop,
+        }),
+        idle_timeout_secs: opts.idle_timeout,
+        on_idle: opts.on_idle.map(|a| match a {
+            OnIdle::Pause => IdleAction::Pause,
+            OnIdle::Stop => IdleAction::Stop,
+            OnIdle::Delete => IdleAction::Delete,
+        }),
+        auto_resume: opts.auto_resume,
+        pool: opts.pool.clone(),
     }
 }
 
@@ -299,7 +340,7 @@ fn table(list: &[Sandbox], now: DateTime<Utc>) -> String {
 }
 
 /// `42s`, `3m12s`, `5h3m`, `2d4h`.
-fn human(d: chrono::TimeDelta) -> String {
+pub(crate) fn human(d: chrono::TimeDelta) -> String {
     let s = d.num_seconds().max(0);
     match s {
         0..60 => format!("{s}s"),
@@ -332,6 +373,13 @@ mod tests {
             resources: Resources::default(),
             env_keys: vec![],
             failure_reason: None,
+            state_changed_at: now,
+            snapshot: None,
+            on_timeout: Default::default(),
+            idle_timeout_secs: None,
+            on_idle: Default::default(),
+            auto_resume: false,
+            pool: None,
         };
         let t = table(
             &[sb("sb-1", &[]), sb("sb-longer", &[("a", "1"), ("b", "2")])],

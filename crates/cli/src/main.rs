@@ -3,6 +3,8 @@
 mod bench;
 mod commands;
 mod files;
+mod lifecycle;
+mod pools;
 mod serve;
 mod serve_args;
 mod terminal;
@@ -155,9 +157,70 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Freeze every process of sandboxes (`resume` thaws them); prints `ID STATE`.
+    Pause {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Thaw paused sandboxes; prints `ID STATE`.
+    Resume {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// End every process of sandboxes and keep their files (`start` boots them again);
+    /// prints `ID STATE`.
+    Stop {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Boot stopped sandboxes again on their files; prints `ID STATE`.
+    Start {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Show a sandbox's resource usage (CPU, memory, processes, disk, network).
+    Stats {
+        id: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Snapshots of sandbox files.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Warm pools of ready sandboxes (`create --pool NAME` takes one without a cold start).
+    #[command(subcommand)]
+    Pool(pools::PoolCommand),
+    /// Replace a sandbox's files with a snapshot's (a running sandbox is stopped and started
+    /// again, with fresh processes).
+    Rollback { id: String, snapshot: String },
+    /// Create a new sandbox with a copy of a sandbox's files and print its id.
+    Fork {
+        id: String,
+        /// Seconds until the new sandbox expires (default: the source's timeout).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// Metadata of the new sandbox (repeatable; replaces the source's).
+        #[arg(long = "meta", value_name = "K=V", value_parser = parse_kv)]
+        meta: Vec<(String, String)>,
+    },
+    /// Follow lifecycle events (of one sandbox, or of all), one line per event.
+    ///
+    /// With an ID, the sandbox's past events are shown first and the command ends after
+    /// its deletion; without, it shows new events of every sandbox until interrupted.
+    Events {
+        id: Option<String>,
+        /// Start after this event sequence number (replays what the server still keeps).
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
+        /// Print each event as one line of JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the daemon.
     Serve(ServeArgs),
-    /// Measure a running daemon (lifecycle, exec round trip) against a bubblewrap baseline.
+    /// Measure a running daemon: cold and warm starts, exec, concurrency, files, snapshots,
+    /// density, with bubblewrap/runsc baselines (docs/PERFORMANCE.md).
     Bench(bench::BenchArgs),
     /// Print the OpenAPI document of the HTTP API (the source of docs/openapi.json).
     #[command(hide = true)]
@@ -205,6 +268,34 @@ enum FsCommand {
     },
 }
 
+/// `warren snapshot` verbs.
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Snapshot a sandbox's files and print the snapshot's id.
+    Create {
+        id: String,
+        /// A label.
+        #[arg(long, value_name = "N")]
+        name: Option<String>,
+    },
+    /// List snapshots.
+    #[command(alias = "list")]
+    Ls {
+        /// Only the snapshots of this sandbox.
+        #[arg(long, value_name = "ID")]
+        sandbox: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete snapshots.
+    #[command(alias = "delete")]
+    Rm {
+        #[arg(required = true, value_name = "SNAP")]
+        ids: Vec<String>,
+    },
+}
+
 /// Options of a new sandbox.
 #[derive(Debug, Clone, Args)]
 struct SandboxOpts {
@@ -229,6 +320,39 @@ struct SandboxOpts {
     /// Image (default: host).
     #[arg(long, value_name = "NAME")]
     image: Option<String>,
+    /// Start from this snapshot's files (`warren snapshot ls`).
+    #[arg(long, value_name = "SNAP")]
+    snapshot: Option<String>,
+    /// What happens when the timeout runs out (default: delete).
+    #[arg(long, value_enum, value_name = "ACTION")]
+    on_timeout: Option<OnTimeout>,
+    /// Seconds of idleness after which `--on-idle` applies (default: never).
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<u64>,
+    /// What idleness does (default: pause).
+    #[arg(long, value_enum, value_name = "ACTION")]
+    on_idle: Option<OnIdle>,
+    /// Calls on a paused or stopped sandbox resume (or start) it instead of failing.
+    #[arg(long)]
+    auto_resume: bool,
+    /// Take a ready sandbox of this pool (`warren pool ls`); an empty pool falls back to a
+    /// cold create of its spec.
+    #[arg(long, value_name = "NAME")]
+    pool: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnTimeout {
+    Delete,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnIdle {
+    Pause,
+    Stop,
+    Delete,
 }
 
 /// Options of a command.
@@ -354,6 +478,76 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_verbs() {
+        let cli = Cli::parse_from([
+            "warren",
+            "create",
+            "--snapshot",
+            "snap-1",
+            "--auto-resume",
+            "--on-timeout",
+            "pause",
+            "--idle-timeout",
+            "60",
+            "--on-idle",
+            "stop",
+        ]);
+        match cli.command {
+            Command::Create(o) => {
+                assert_eq!(o.snapshot.as_deref(), Some("snap-1"));
+                assert!(o.auto_resume);
+                assert!(matches!(o.on_timeout, Some(OnTimeout::Pause)));
+                assert_eq!(o.idle_timeout, Some(60));
+                assert!(matches!(o.on_idle, Some(OnIdle::Stop)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["warren", "create", "--on-idle", "nap"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "pause"]).is_err());
+        match Cli::parse_from(["warren", "snapshot", "create", "sb1", "--name", "n"]).command {
+            Command::Snapshot(SnapshotCommand::Create { id, name }) => {
+                assert_eq!((id.as_str(), name.as_deref()), ("sb1", Some("n")));
+            }
+            other => panic!("{other:?}"),
+        }
+        match Cli::parse_from(["warren", "events", "--after", "7"]).command {
+            Command::Events { id, after, json } => {
+                assert_eq!((id, after, json), (None, Some(7), false));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["warren", "rollback", "sb1"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "snapshot", "ls", "--sandbox", "sb1"]).is_ok());
+    }
+
+    #[test]
+    fn pool_verbs() {
+        match Cli::parse_from(["warren", "create", "--pool", "py"]).command {
+            Command::Create(o) => assert_eq!(o.pool.as_deref(), Some("py")),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::parse_from([
+            "warren", "pool", "put", "py", "--size", "3", "--memory", "256", "-e", "A=1",
+        ]);
+        match cli.command {
+            Command::Pool(pools::PoolCommand::Put {
+                name,
+                size,
+                memory,
+                env,
+                ..
+            }) => {
+                assert_eq!((name.as_str(), size, memory), ("py", 3, Some(256)));
+                assert_eq!(env, [("A".to_string(), "1".to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["warren", "pool", "put", "py"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "pool", "ls", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["warren", "pool", "rm"]).is_err());
+    }
+
+    #[test]
     fn run_and_serve_args() {
         let cli = Cli::parse_from([
             "warren", "run", "--rm", "--memory", "256", "--meta", "a=b=c", "--", "true",
@@ -372,8 +566,9 @@ mod tests {
         let cli = Cli::parse_from(["warren", "serve", "--listen", "0.0.0.0:9000"]);
         match cli.command {
             Command::Serve(args) => {
-                assert_eq!(args.listen.port(), 9000);
-                assert_eq!(args.data_dir, std::path::Path::new("/var/lib/warren"));
+                let s = args.settings().unwrap();
+                assert_eq!(s.listen.port(), 9000);
+                assert_eq!(s.data_dir, std::path::Path::new("/var/lib/warren"));
             }
             other => panic!("{other:?}"),
         }

@@ -44,27 +44,30 @@ fn init_logging(level: &str) {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_level);
+    let settings = args.settings()?;
+    init_logging(&settings.log_level);
     if !nix_is_root() {
         bail!("warren serve must run as root (it creates namespaces, mounts and cgroups)");
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let data_dir = args
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    let data_dir = settings
         .data_dir
         .canonicalize()
-        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+        .with_context(|| format!("resolving {}", settings.data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
 
-    let cgroup_parent = args
+    let cgroup_parent = settings
         .cgroup_parent
         .clone()
         .unwrap_or_else(|| cgroup_parent_for(&data_dir));
     let helper_exe = std::env::current_exe().context("locating the warren binary")?;
+    let storage = settings.storage.clone();
     let native_config = NativeConfig {
         data_dir: data_dir.clone(),
         helper_exe,
         cgroup_parent,
+        storage,
     };
     let runtime = tokio::task::spawn_blocking(move || NativeRuntime::new(native_config))
         .await
@@ -72,15 +75,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("setting up the native runtime")?;
 
     let mut config = EngineConfig::with_defaults(data_dir.clone());
-    if let Some(n) = args.max_sandboxes {
+    if let Some(n) = settings.max_sandboxes {
         config.max_sandboxes = n;
     }
-    if let Some(s) = args.max_timeout {
+    if let Some(m) = settings.max_committed_memory_mib {
+        config.max_committed_memory_mib = m;
+    }
+    if let Some(m) = settings.min_available_memory_mib {
+        config.min_available_memory_mib = m;
+    }
+    if let Some(s) = settings.max_timeout {
         config.max_timeout_secs = s;
     }
-    if let Some(s) = args.default_timeout {
+    if let Some(s) = settings.default_timeout {
         config.default_timeout_secs = s;
     }
+    config.config_pools = settings.pools.clone();
     if config.default_timeout_secs == 0 || config.default_timeout_secs > config.max_timeout_secs {
         bail!(
             "--default-timeout ({}) must be between 1 and --max-timeout ({})",
@@ -93,9 +103,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("opening the engine")?;
     let reaper = engine.spawn_reaper();
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
     // Streams write small frames one after another: without TCP_NODELAY, Nagle holds each
     // one back until the client's delayed ACK (~40 ms).
@@ -106,7 +116,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     // Tests and scripts read this line to find the port when listening on :0.
     println!("warren listening on http://{addr}");
-    info!(%addr, data_dir = %data_dir.display(), "warren serving");
+    info!(
+        %addr,
+        data_dir = %data_dir.display(),
+        max_committed_memory_mib = engine.config().max_committed_memory_mib,
+        min_available_memory_mib = engine.config().min_available_memory_mib,
+        "warren serving"
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = warren_server::router(engine.clone());

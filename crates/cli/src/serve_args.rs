@@ -1,21 +1,46 @@
-//! Arguments of `warren serve` (kept apart from `serve.rs`, which wires the daemon).
+//! Arguments of `warren serve` (kept apart from `serve.rs`, which wires the daemon), and
+//! its config file (`--config FILE`, TOML): the same settings as keys, plus `[[pools]]`.
+//! A flag given on the command line wins over the file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Args;
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use warren_api::{PoolSpec, Resources};
+use warren_runtime::native::StorageConfig;
+
+/// `--listen` when neither the flag nor the file sets it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7400")]
-    pub listen: SocketAddr,
-    /// Where the store and the sandboxes' files live.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/warren")]
-    pub data_dir: PathBuf,
-    /// Maximum number of sandboxes at once (0 = unlimited).
+    /// Config file (TOML): any of these settings as keys (`listen`, `data_dir`,
+    /// `max_sandboxes`, `max_committed_memory_mib`, ...), and warm pools as `[[pools]]`
+    /// tables. Flags win over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Where the store and the sandboxes' files live [default: /var/lib/warren].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Maximum number of sandboxes at once (0 = unlimited; unclaimed pool sandboxes do not
+    /// count).
     #[arg(long, value_name = "N")]
     pub max_sandboxes: Option<u64>,
+    /// Largest sum of the memory limits of all sandboxes, pool sandboxes included, in MiB;
+    /// beyond it creates get 429 `capacity_exhausted` (0 = unlimited) [default: 90 % of the
+    /// host's memory].
+    #[arg(long, value_name = "MIB")]
+    pub max_committed_memory_mib: Option<u64>,
+    /// Creates get 503 `host_under_pressure` while the host has less memory available, in
+    /// MiB (0 = never) [default: 5 % of the host's memory, at least 256].
+    #[arg(long, value_name = "MIB")]
+    pub min_available_memory_mib: Option<u64>,
     /// Lifetime of a sandbox created without `timeout_secs`.
     #[arg(long, value_name = "SECS")]
     pub default_timeout: Option<u64>,
@@ -26,7 +51,347 @@ pub struct ServeArgs {
     /// the default data dir, `warren-<hash of the data dir>` otherwise).
     #[arg(long, value_name = "NAME")]
     pub cgroup_parent: Option<String>,
-    /// Log filter: a level (`info`, `debug`, ...) or a `tracing` env-filter directive.
-    #[arg(long, value_name = "LEVEL", default_value = "info", env = "WARREN_LOG")]
+    /// Log filter: a level (`info`, `debug`, ...) or a `tracing` env-filter directive
+    /// [default: info].
+    #[arg(long, value_name = "LEVEL", env = "WARREN_LOG")]
+    pub log_level: Option<String>,
+    /// Storage of sandbox files and snapshots: `dir` (any file system; a snapshot is a
+    /// copy, sharing blocks where the file system can) or `btrfs` (subvolumes; a snapshot
+    /// takes constant time). `btrfs` uses the data dir if it is on btrfs, else needs
+    /// `--btrfs-loop-size` [default: dir].
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub storage: Option<StorageKind>,
+    /// With `--storage btrfs` on a data dir that is not on btrfs: size of the image the
+    /// daemon creates once at `<data-dir>/storage/btrfs.img` and mounts as a loop device,
+    /// e.g. `10G` (suffixes K, M, G, T are powers of 1024). Sparse: it takes disk space
+    /// only as it fills.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub btrfs_loop_size: Option<u64>,
+}
+
+/// `--storage` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Dir,
+    Btrfs,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub max_sandboxes: Option<u64>,
+    pub max_committed_memory_mib: Option<u64>,
+    pub min_available_memory_mib: Option<u64>,
+    pub default_timeout: Option<u64>,
+    pub max_timeout: Option<u64>,
+    pub cgroup_parent: Option<String>,
+    pub log_level: Option<String>,
+    pub storage: Option<StorageKind>,
+    /// A size like `10G`.
+    pub btrfs_loop_size: Option<String>,
+    #[serde(default)]
+    pub pools: Vec<PoolEntry>,
+}
+
+/// One `[[pools]]` table: a name and a [`PoolSpec`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolEntry {
+    pub name: String,
+    pub size: u32,
+    pub image: Option<String>,
+    pub resources: Option<Resources>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl ConfigFile {
+    pub fn parse(text: &str) -> anyhow::Result<ConfigFile> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        ConfigFile::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+}
+
+/// The daemon's settings: flags over the config file over the defaults. `None` leaves the
+/// engine's default (sized from the host).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_sandboxes: Option<u64>,
+    pub max_committed_memory_mib: Option<u64>,
+    pub min_available_memory_mib: Option<u64>,
+    pub default_timeout: Option<u64>,
+    pub max_timeout: Option<u64>,
+    pub cgroup_parent: Option<String>,
     pub log_level: String,
+    pub storage: StorageConfig,
+    pub pools: Vec<(String, PoolSpec)>,
+}
+
+impl ServeArgs {
+    /// Read `--config` (if any) and merge it under the flags.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        self.merge(file)
+    }
+
+    fn merge(&self, file: ConfigFile) -> anyhow::Result<Settings> {
+        let file_loop_size = file
+            .btrfs_loop_size
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("btrfs_loop_size: {e}"))?;
+        let storage = storage_config(
+            self.storage.or(file.storage).unwrap_or(StorageKind::Dir),
+            self.btrfs_loop_size.or(file_loop_size),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let default_listen: SocketAddr = DEFAULT_LISTEN.parse()?;
+        Ok(Settings {
+            listen: self.listen.or(file.listen).unwrap_or(default_listen),
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_DATA_DIR)),
+            max_sandboxes: self.max_sandboxes.or(file.max_sandboxes),
+            max_committed_memory_mib: self
+                .max_committed_memory_mib
+                .or(file.max_committed_memory_mib),
+            min_available_memory_mib: self
+                .min_available_memory_mib
+                .or(file.min_available_memory_mib),
+            default_timeout: self.default_timeout.or(file.default_timeout),
+            max_timeout: self.max_timeout.or(file.max_timeout),
+            cgroup_parent: self.cgroup_parent.clone().or(file.cgroup_parent),
+            log_level: self
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_string()),
+            storage,
+            pools: file
+                .pools
+                .into_iter()
+                .map(|p| {
+                    let spec = PoolSpec {
+                        image: p.image,
+                        size: p.size,
+                        resources: p.resources,
+                        env: p.env,
+                    };
+                    (p.name, spec)
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The runtime's storage configuration from `storage` and `btrfs_loop_size`.
+fn storage_config(kind: StorageKind, loop_size: Option<u64>) -> Result<StorageConfig, String> {
+    match (kind, loop_size) {
+        (StorageKind::Dir, None) => Ok(StorageConfig::Dir),
+        (StorageKind::Dir, Some(_)) => Err("--btrfs-loop-size needs --storage btrfs".to_string()),
+        (StorageKind::Btrfs, loop_size_bytes) => Ok(StorageConfig::Btrfs { loop_size_bytes }),
+    }
+}
+
+/// A byte size: digits with an optional K, M, G or T suffix (powers of 1024; `KiB`, `MB`
+/// and lower case are accepted alike), e.g. `512M`, `10G`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(digits);
+    if num.is_empty() {
+        return Err(format!("{s:?} is not a size (e.g. 512M, 10G)"));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: number too large"))?;
+    let suffix = suffix.trim().to_ascii_uppercase();
+    let unit = suffix
+        .strip_suffix("IB")
+        .or_else(|| suffix.strip_suffix('B'))
+        .unwrap_or(&suffix);
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    if suffix == "IB" {
+        return Err(format!("{s:?}: unknown unit (use K, M, G or T)"));
+    }
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes == 0 {
+        return Err("size must be more than 0".to_string());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("10g"), Ok(10 << 30));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("3GiB"), Ok(3 << 30));
+        assert_eq!(parse_size("3GB"), Ok(3 << 30));
+        assert_eq!(parse_size(" 7 M "), Ok(7 << 20));
+        assert_eq!(parse_size("100B"), Ok(100));
+        for bad in [
+            "",
+            "G",
+            "0",
+            "0G",
+            "1.5G",
+            "10X",
+            "-1G",
+            "1iB",
+            "99999999999T",
+            "1 G B",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn storage_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| {
+                c.serve
+                    .merge(ConfigFile::default())
+                    .map(|s| s.storage)
+                    .map_err(|e| e.to_string())
+            })
+        };
+        assert_eq!(parse(&[]).unwrap(), Ok(StorageConfig::Dir));
+        assert_eq!(
+            parse(&["--storage", "dir"]).unwrap(),
+            Ok(StorageConfig::Dir)
+        );
+        assert_eq!(
+            parse(&["--storage", "btrfs"]).unwrap(),
+            Ok(StorageConfig::Btrfs {
+                loop_size_bytes: None
+            })
+        );
+        assert_eq!(
+            parse(&["--storage", "btrfs", "--btrfs-loop-size", "10G"]).unwrap(),
+            Ok(StorageConfig::Btrfs {
+                loop_size_bytes: Some(10 << 30)
+            })
+        );
+        assert!(parse(&["--btrfs-loop-size", "10G"]).unwrap().is_err());
+        assert!(parse(&["--storage", "zfs"]).is_err());
+        assert!(parse(&["--storage", "btrfs", "--btrfs-loop-size", "lots"]).is_err());
+    }
+
+    #[test]
+    fn config_file_under_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let file = ConfigFile::parse(
+            r#"
+            listen = "127.0.0.1:9000"
+            data_dir = "/srv/warren"
+            max_sandboxes = 10
+            max_committed_memory_mib = 8192
+            min_available_memory_mib = 512
+            storage = "btrfs"
+            btrfs_loop_size = "2G"
+
+            [[pools]]
+            name = "py"
+            size = 4
+            [pools.resources]
+            cpus = 1
+            memory_mib = 512
+            [pools.env]
+            LANG = "C"
+
+            [[pools]]
+            name = "tiny"
+            size = 1
+            image = "host"
+            "#,
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["serve", "--max-sandboxes", "3", "--log-level", "debug"]);
+        let s = cli.serve.merge(file).unwrap();
+        assert_eq!(s.listen.port(), 9000);
+        assert_eq!(s.data_dir, Path::new("/srv/warren"));
+        assert_eq!(s.max_sandboxes, Some(3));
+        assert_eq!(s.max_committed_memory_mib, Some(8192));
+        assert_eq!(s.min_available_memory_mib, Some(512));
+        assert_eq!(s.log_level, "debug");
+        assert_eq!(
+            s.storage,
+            StorageConfig::Btrfs {
+                loop_size_bytes: Some(2 << 30)
+            }
+        );
+        assert_eq!(s.pools.len(), 2);
+        let (name, py) = &s.pools[0];
+        assert_eq!((name.as_str(), py.size), ("py", 4));
+        let r = py.resources.as_ref().unwrap();
+        assert_eq!((r.cpus, r.memory_mib), (Some(1.0), Some(512)));
+        assert_eq!(py.env["LANG"], "C");
+        assert_eq!(s.pools[1].1.image.as_deref(), Some("host"));
+
+        // Defaults without flags or file.
+        let s = Cli::parse_from(["serve"])
+            .serve
+            .merge(ConfigFile::default())
+            .unwrap();
+        assert_eq!(s.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(s.data_dir, Path::new("/var/lib/warren"));
+        assert_eq!((s.max_sandboxes, s.max_committed_memory_mib), (None, None));
+
+        for bad in [
+            "lisen = \"x\"",
+            "[[pools]]\nname = \"a\"",
+            "[[pools]]\nname = \"a\"\nsize = 1\ncolor = 2",
+            "[[pools]]\nname = \"a\"\nsize = 1\n[pools.resources]\nram = 1",
+            "storage = \"zfs\"",
+        ] {
+            assert!(ConfigFile::parse(bad).is_err(), "{bad}");
+        }
+        let bad_size = ConfigFile::parse("btrfs_loop_size = \"lots\"").unwrap();
+        assert!(Cli::parse_from(["serve"]).serve.merge(bad_size).is_err());
+    }
 }

@@ -560,3 +560,159 @@ async fn exec_it_on_a_real_terminal() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("typed"), "{}", text(&out.stdout));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_verbs() {
+    let server = TestServer::start().await;
+    let out = warren(
+        &server,
+        &[
+            "create",
+            "--auto-resume",
+            "--on-timeout",
+            "stop",
+            "--idle-timeout",
+            "600",
+            "--on-idle",
+            "delete",
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let out = warren(&server, &["inspect", &id], None).await;
+    let sb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            &sb["auto_resume"],
+            &sb["on_timeout"],
+            &sb["idle_timeout_secs"],
+            &sb["on_idle"]
+        ),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!("stop"),
+            &serde_json::json!(600),
+            &serde_json::json!("delete")
+        )
+    );
+
+    for (verb, state) in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("stop", "stopped"),
+        ("start", "running"),
+    ] {
+        let out = warren(&server, &[verb, &id], None).await;
+        assert!(out.status.success(), "{verb}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{id} {state}\n"));
+    }
+    let out = warren(&server, &["stop", &id], None).await;
+    assert!(out.status.success());
+    let out = warren(&server, &["resume", &id, "sb-missing"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("error: invalid_transition: "), "{err}");
+    assert!(err.contains("error: sandbox_not_found: "), "{err}");
+    warren(&server, &["start", &id], None).await;
+
+    server.engine.runtime.set_cpu_usage(&id, 2_000_000);
+    let out = warren(&server, &["stats", &id], None).await;
+    let table = text(&out.stdout);
+    assert!(
+        table.starts_with("STATE   running\nCPU     2.000s\n"),
+        "{table}"
+    );
+    let out = warren(&server, &["stats", "--json", &id], None).await;
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["cpu_usage_us"], 2_000_000);
+
+    // Snapshots, restore, rollback, fork.
+    let out = warren(
+        &server,
+        &["cp", "-", &format!("{id}:/workspace/f")],
+        Some(b"one"),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = warren(
+        &server,
+        &["snapshot", "create", &id, "--name", "first"],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let snap = text(&out.stdout).trim().to_string();
+    assert!(snap.starts_with("snap"), "{snap}");
+    warren(
+        &server,
+        &["cp", "-", &format!("{id}:/workspace/f")],
+        Some(b"two"),
+    )
+    .await;
+    let out = warren(&server, &["snapshot", "ls", "--sandbox", &id], None).await;
+    let table = text(&out.stdout);
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains(&snap) && table.contains("first"), "{table}");
+    let out = warren(&server, &["snapshot", "ls", "--json"], None).await;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], snap.as_str());
+
+    let cat = |id: String| {
+        let server = &server;
+        async move {
+            let out = warren(server, &["fs", "cat", &id, "/workspace/f"], None).await;
+            text(&out.stdout)
+        }
+    };
+    let out = warren(&server, &["create", "--snapshot", &snap], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(cat(text(&out.stdout).trim().to_string()).await, "one");
+    let out = warren(&server, &["fork", &id, "--meta", "k=v"], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fork = text(&out.stdout).trim().to_string();
+    assert_ne!(fork, id);
+    assert_eq!(cat(fork.clone()).await, "two");
+    let out = warren(&server, &["rollback", &id, &snap], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{id} running\n"));
+    assert_eq!(cat(id.clone()).await, "one");
+    assert_eq!(cat(fork).await, "two");
+
+    let out = warren(&server, &["snapshot", "rm", &snap], None).await;
+    assert_eq!(text(&out.stdout), format!("{snap}\n"));
+    let out = warren(&server, &["snapshot", "rm", &snap], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("error: snapshot_not_found: "));
+    let out = warren(&server, &["create", "--snapshot", &snap], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("error: snapshot_not_found: "));
+
+    // Events of a deleted sandbox: replayed, and the command ends after `deleted`.
+    let out = warren(&server, &["rm", &id], None).await;
+    assert!(out.status.success());
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        warren(&server, &["events", &id], None),
+    )
+    .await
+    .expect("warren events did not end after the deletion");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines = text(&out.stdout);
+    let kinds: Vec<&str> = lines
+        .lines()
+        .map(|l| l.split("  ").nth(3).unwrap_or_default())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"created"), "{lines}");
+    assert_eq!(kinds.last(), Some(&"deleted"), "{lines}");
+    assert!(kinds.contains(&"snapshot_created"), "{lines}");
+    assert!(lines.contains("running -> pausing  (api)"), "{lines}");
+    let out = warren(&server, &["events", "--json", &id], None).await;
+    let first: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["kind"], "created");
+    let out = warren(&server, &["events", "sb-never"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("error: sandbox_not_found: "));
+}

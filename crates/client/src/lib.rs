@@ -32,6 +32,8 @@
 //! # }
 //! ```
 
+mod lifecycle;
+mod pools;
 mod ports;
 mod processes;
 mod search;
@@ -49,6 +51,7 @@ use reqwest::{Method, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use lifecycle::{LifecycleEvent, LifecycleEvents};
 pub use ports::PortForward;
 pub use processes::{OutputEvent, OutputStream, ProcessHandle, PtyEvent, PtySession};
 pub use search::FileWatch;

@@ -289,4 +289,6 @@ async fn files() {
     assert_eq!(err.code(), Some("invalid_request"));
 }
 
+mod lifecycle;
+mod pools;
 mod processes;

@@ -17,6 +17,27 @@ pub enum EngineError {
         state: warren_api::SandboxState,
         message: String,
     },
+    /// A lifecycle operation that the sandbox's state does not allow (409).
+    #[error("cannot {op} sandbox {id}: it is {state}")]
+    InvalidTransition {
+        id: String,
+        state: warren_api::SandboxState,
+        op: &'static str,
+    },
+    /// The sandbox is paused and was not created with `auto_resume` (409).
+    #[error("sandbox {0} is paused (resume it, or create it with auto_resume)")]
+    Paused(String),
+    /// The sandbox is stopped and was not created with `auto_resume` (409).
+    #[error("sandbox {0} is stopped (start it, or create it with auto_resume)")]
+    Stopped(String),
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
+    /// A lifecycle operation missed its deadline (504); the sandbox is `failed`.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The snapshot is being read by a restore or rollback right now (409).
+    #[error("snapshot {0} is in use by a restore or rollback; try again when it is done")]
+    SnapshotInUse(String),
     /// The command could not be started: `command_not_found` (404-ish, but reported 400),
     /// `invalid_cwd`, `spawn_failed`.
     #[error("{message}")]
@@ -38,6 +59,17 @@ pub enum EngineError {
     PortUnreachable { port: u16, message: String },
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// The memory limits already committed leave no room for the new sandbox (429).
+    #[error("capacity exhausted: {0}")]
+    CapacityExhausted(String),
+    /// The host's available memory is below the floor (503); nothing was created.
+    #[error("host under memory pressure: {0}")]
+    HostUnderPressure(String),
+    #[error("pool {0} not found")]
+    PoolNotFound(String),
+    /// The pool is defined in the daemon's config file and changed only there (409).
+    #[error("pool {0} is defined in the server's config file; change it there")]
+    PoolFromConfig(String),
     #[error("runtime: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("store: {0}")]
@@ -53,12 +85,22 @@ impl EngineError {
             EngineError::InvalidRequest(_) => "invalid_request",
             EngineError::ImageNotFound(_) => "image_not_found",
             EngineError::InvalidState { .. } => "invalid_state",
+            EngineError::InvalidTransition { .. } => "invalid_transition",
+            EngineError::Paused(_) => "sandbox_paused",
+            EngineError::Stopped(_) => "sandbox_stopped",
+            EngineError::SnapshotNotFound(_) => "snapshot_not_found",
+            EngineError::DeadlineExceeded(_) => "deadline_exceeded",
+            EngineError::SnapshotInUse(_) => "snapshot_in_use",
             EngineError::Spawn { code, .. } => code,
             EngineError::File { code, .. } => code,
             EngineError::Process { code, .. } => code,
             EngineError::NotSupported(_) => "not_supported",
             EngineError::PortUnreachable { .. } => "port_unreachable",
             EngineError::LimitReached(_) => "limit_reached",
+            EngineError::CapacityExhausted(_) => "capacity_exhausted",
+            EngineError::HostUnderPressure(_) => "host_under_pressure",
+            EngineError::PoolNotFound(_) => "pool_not_found",
+            EngineError::PoolFromConfig(_) => "pool_from_config",
             EngineError::Runtime(_) => "runtime_error",
             EngineError::Store(_) => "store_error",
             EngineError::ShuttingDown => "shutting_down",
@@ -70,7 +112,13 @@ impl EngineError {
             EngineError::SandboxNotFound(_) => 404,
             EngineError::InvalidRequest(_) => 400,
             EngineError::ImageNotFound(_) => 400,
-            EngineError::InvalidState { .. } => 409,
+            EngineError::InvalidState { .. }
+            | EngineError::InvalidTransition { .. }
+            | EngineError::Paused(_)
+            | EngineError::Stopped(_)
+            | EngineError::SnapshotInUse(_) => 409,
+            EngineError::SnapshotNotFound(_) => 404,
+            EngineError::DeadlineExceeded(_) => 504,
             EngineError::Spawn { .. } => 400,
             EngineError::File { code, .. } => match *code {
                 "file_not_found" => 404,
@@ -86,7 +134,10 @@ impl EngineError {
             },
             EngineError::NotSupported(_) => 501,
             EngineError::PortUnreachable { .. } => 502,
-            EngineError::LimitReached(_) => 429,
+            EngineError::LimitReached(_) | EngineError::CapacityExhausted(_) => 429,
+            EngineError::HostUnderPressure(_) => 503,
+            EngineError::PoolNotFound(_) => 404,
+            EngineError::PoolFromConfig(_) => 409,
             EngineError::Runtime(_) | EngineError::Store(_) => 500,
             EngineError::ShuttingDown => 503,
         }

@@ -35,6 +35,8 @@
 //! Clones share their state, so a test can keep one clone and hand another to the engine.
 
 mod fs;
+mod lifecycle;
+pub use lifecycle::FakeState;
 pub mod ports;
 mod procs;
 
@@ -65,12 +67,15 @@ pub struct FakeRuntime {
     pub shut_down: Arc<AtomicBool>,
     /// How many uploads failed mid-stream (and so changed nothing).
     pub aborted_writes: Arc<AtomicUsize>,
+    /// How many times [`Runtime::create`] was called.
+    pub creates: Arc<AtomicUsize>,
     fail_next_create: Arc<AtomicBool>,
     create_delay: Arc<Mutex<Duration>>,
     files: Arc<Mutex<HashMap<String, fs::Tree>>>,
     no_files: Arc<AtomicBool>,
     procs: procs::Procs,
     no_processes: Arc<AtomicBool>,
+    life: lifecycle::Life,
 }
 
 impl FakeRuntime {
@@ -204,10 +209,18 @@ impl Runtime for FakeRuntime {
             files: !self.no_files.load(Ordering::SeqCst),
             processes: !self.no_processes.load(Ordering::SeqCst),
             ports: true,
+            pause: true,
+            stop: true,
+            snapshots: true,
+            stats: true,
+            storage: "memory".into(),
+            reflink: false,
+            storage_available: vec!["memory".into()],
         }
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
         let delay = *self.create_delay.lock().unwrap_or_else(|p| p.into_inner());
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -218,13 +231,68 @@ impl Runtime for FakeRuntime {
         if spec.image != warren_api::DEFAULT_IMAGE {
             return Err(RuntimeError::ImageNotFound(spec.image.clone()));
         }
+        let tree = match &spec.snapshot {
+            Some(snap) => self.life.snapshot_tree(snap)?,
+            None => fs::Tree::new(),
+        };
         self.lock().insert(spec.id.clone());
         self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(spec.id.clone(), fs::Tree::new());
+            .insert(spec.id.clone(), tree);
         self.procs.add_sandbox(&spec.id);
+        self.life.set(&spec.id, lifecycle::FakeState::Running);
         Ok(())
+    }
+
+    // Lifecycle: see the `lifecycle` submodule.
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.pause_impl(id, true).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.pause_impl(id, false).await
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        self.stop_impl(id).await
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        self.start_impl(spec).await
+    }
+
+    async fn stats(&self, id: &str) -> Result<warren_runtime::Stats, RuntimeError> {
+        self.stats_impl(id)
+    }
+
+    async fn cpu_usage_us(&self, id: &str) -> Result<u64, RuntimeError> {
+        self.stats_impl(id).map(|s| s.cpu_usage_us)
+    }
+
+    async fn probe(&self, id: &str) -> Result<warren_runtime::Probe, RuntimeError> {
+        Ok(self.probe_impl(id))
+    }
+
+    async fn snapshot(
+        &self,
+        id: &str,
+        snapshot_id: &str,
+    ) -> Result<warren_runtime::SnapshotMeta, RuntimeError> {
+        self.snapshot_impl(id, snapshot_id).await
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), RuntimeError> {
+        self.life.delete_snapshot(snapshot_id);
+        Ok(())
+    }
+
+    async fn rollback(&self, id: &str, snapshot_id: &str) -> Result<(), RuntimeError> {
+        self.rollback_impl(id, snapshot_id)
+    }
+
+    async fn reconcile_snapshots(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError> {
+        Ok(self.life.retain_snapshots(keep))
     }
 
     async fn start_process(
@@ -411,6 +479,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        self.life.forget(id);
         self.lock().remove(id);
         self.procs.remove_sandbox(id);
         self.files
@@ -420,10 +489,16 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn cleanup_all(&self) -> Result<Vec<String>, RuntimeError> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.procs.clear();
-        Ok(std::mem::take(&mut *self.lock()).into_iter().collect())
+    async fn reconcile(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError> {
+        let gone: Vec<String> = self
+            .live()
+            .into_iter()
+            .filter(|id| !keep.contains(id))
+            .collect();
+        for id in &gone {
+            self.destroy(id).await?;
+        }
+        Ok(gone)
     }
 
     async fn shutdown(&self) -> Result<(), RuntimeError> {

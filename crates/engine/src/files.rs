@@ -2,7 +2,7 @@
 //! move. Paths are validated here; the runtime's agent resolves them inside the sandbox.
 
 use chrono::{DateTime, Utc};
-use warren_api::{ExecUser, FileInfo, FileKind, FileList, SandboxState};
+use warren_api::{ExecUser, FileInfo, FileKind, FileList};
 use warren_runtime::{ByteStream, FileOp, FileOpResult, FileStat, RuntimeError, WriteOptions};
 
 use crate::error::file_code;
@@ -87,22 +87,6 @@ fn unexpected(op: &str) -> EngineError {
 }
 
 impl Engine {
-    /// Unknown id: `sandbox_not_found`; not running: `invalid_state`.
-    fn check_running(&self, id: &str) -> Result<(), EngineError> {
-        let map = self.map();
-        let e = map
-            .get(id)
-            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
-        if e.record.state != SandboxState::Running {
-            return Err(EngineError::InvalidState {
-                id: id.to_string(),
-                state: e.record.state,
-                message: "files are reachable only in a running sandbox".into(),
-            });
-        }
-        Ok(())
-    }
-
     /// Map a runtime failure of a file operation. Only a sandbox the runtime no longer
     /// knows is marked failed: an i/o error may be the client's (a broken upload).
     async fn file_error(&self, id: &str, err: RuntimeError) -> EngineError {
@@ -121,7 +105,7 @@ impl Engine {
     }
 
     async fn op(&self, id: &str, op: FileOp) -> Result<FileOpResult, EngineError> {
-        self.check_running(id)?;
+        self.ready(id).await?;
         match self.inner.runtime.file_op(id, op).await {
             Ok(r) => Ok(r),
             Err(e) => Err(self.file_error(id, e).await),
@@ -135,7 +119,7 @@ impl Engine {
         path: &str,
     ) -> Result<(FileInfo, ByteStream), EngineError> {
         validate_path("path", path)?;
-        self.check_running(id)?;
+        self.ready(id).await?;
         match self.inner.runtime.read_file(id, path).await {
             Ok((stat, body)) => Ok((file_info(stat), body)),
             Err(e) => Err(self.file_error(id, e).await),
@@ -150,7 +134,7 @@ impl Engine {
         path: &str,
     ) -> Result<(FileInfo, ByteStream), EngineError> {
         validate_path("path", path)?;
-        self.check_running(id)?;
+        self.ready(id).await?;
         match self.inner.runtime.read_archive(id, path).await {
             Ok((stat, body)) => Ok((file_info(stat), body)),
             Err(e) => Err(self.file_error(id, e).await),
@@ -174,7 +158,7 @@ impl Engine {
             return Err(invalid("cannot write to `/`"));
         }
         validate_mode(mode)?;
-        self.check_running(id)?;
+        self.ready(id).await?;
         let (uid, gid) = owner(user);
         let opts = WriteOptions {
             mode: Some(mode.unwrap_or(DEFAULT_FILE_MODE)),

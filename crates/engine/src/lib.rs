@@ -6,11 +6,18 @@
 //! Work that changes the host (creating, deleting) runs in tasks of its own, never in the
 //! caller's future: a client that hangs up mid-request cannot leave a half-made sandbox.
 
+mod admission;
 mod error;
+pub mod events;
 pub mod fake;
 pub mod files;
+mod lifecycle;
+mod pools;
 mod ports;
 pub mod processes;
+mod reaper;
+mod recover;
+mod snapshots;
 mod store;
 mod validate;
 
@@ -26,14 +33,17 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub use admission::MemoryProbe;
 pub use error::EngineError;
+pub use events::{EventItem, EventStream};
+pub use lifecycle::Deadlines;
 pub use ports::{address_to_url, PortForward};
-pub use store::Record;
+pub use store::{Lifecycle, Record};
 pub use warren_runtime::{ByteStream, ExecOutput, ExecStream, ExitInfo};
 
 use warren_api::{
-    Capabilities, CreateSandboxRequest, ExecRequest, ExecUser, Features, Isolation, Limits,
-    Resources, Sandbox, SandboxState, DEFAULT_IMAGE,
+    Capabilities, CreateSandboxRequest, EventKind, ExecRequest, ExecUser, Features, Isolation,
+    Limits, PoolSpec, Resources, Sandbox, SandboxState, Snapshot, StorageInfo, DEFAULT_IMAGE,
 };
 use warren_runtime::{ExecSpec, Runtime, RuntimeError, SandboxSpec};
 
@@ -62,6 +72,24 @@ pub struct EngineConfig {
     pub reap_interval: Duration,
     /// Output log capacity of a durable process that asks for none (bytes).
     pub default_process_log_bytes: u64,
+    /// How long each transitional state may last before the sandbox is marked failed.
+    pub deadlines: Deadlines,
+    /// A sandbox whose processes use less CPU than this (fraction of one core, averaged over
+    /// the idle detector's sampling interval) counts as idle.
+    pub idle_cpu_threshold: f64,
+    /// Largest sum of the memory limits of all sandboxes, pool sandboxes included (MiB);
+    /// 0 = unlimited. See `admission`.
+    pub max_committed_memory_mib: u64,
+    /// Creates are refused (503) while the host has less memory available (MiB); 0 = never.
+    pub min_available_memory_mib: u64,
+    /// Where the host's available memory is read.
+    pub memory_probe: MemoryProbe,
+    /// Largest `size` of a pool.
+    pub max_pool_size: u32,
+    /// Pool sandboxes being created at once, all pools together.
+    pub pool_fill_concurrency: usize,
+    /// Pools of the daemon's config file, (re)applied at every start (see `pools`).
+    pub config_pools: Vec<(String, PoolSpec)>,
 }
 
 impl EngineConfig {
@@ -89,15 +117,21 @@ impl EngineConfig {
             create_deadline: Duration::from_secs(30),
             reap_interval: Duration::from_millis(500),
             default_process_log_bytes: 4 * 1024 * 1024,
+            deadlines: Deadlines::default(),
+            idle_cpu_threshold: 0.01,
+            // Host RAM less a tenth for the host itself and the daemon.
+            max_committed_memory_mib: host_mem_mib / 10 * 9,
+            min_available_memory_mib: (host_mem_mib / 20).max(256),
+            memory_probe: MemoryProbe::host(),
+            max_pool_size: 256,
+            pool_fill_concurrency: 2,
+            config_pools: Vec::new(),
         }
     }
 }
 
 fn host_memory_mib() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
+    admission::meminfo_mib("MemTotal:")
 }
 
 /// The engine handle; cheap to clone.
@@ -114,19 +148,37 @@ struct Inner {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Forwarded ports, by sandbox (see `ports`).
     ports: ports::Forwards,
+    events: events::Events,
+    /// Snapshot records (the runtime holds their files).
+    snapshots: Mutex<BTreeMap<String, Snapshot>>,
+    /// Restores and rollbacks reading a snapshot right now, by snapshot id.
+    snapshot_readers: Mutex<HashMap<String, usize>>,
+    /// Warm pools (see `pools`).
+    pools: pools::Pools,
 }
 
 struct Entry {
     record: Record,
     /// Becomes true once the sandbox is gone; concurrent deletes wait on it.
     gone: watch::Sender<bool>,
+    /// Held by whatever changes the sandbox in the runtime (create, pause, stop, snapshot,
+    /// delete, ...), so those never overlap. Each holder is bounded by a deadline.
+    op: Arc<tokio::sync::Mutex<()>>,
+    activity: lifecycle::Activity,
+    /// Order of insertion (ties of `created_at`, which has millisecond precision).
+    seq: u64,
 }
+
+static ENTRY_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Entry {
     fn new(record: Record) -> Entry {
         Entry {
+            seq: ENTRY_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             record,
             gone: watch::channel(false).0,
+            op: Arc::new(tokio::sync::Mutex::new(())),
+            activity: lifecycle::Activity::new(),
         }
     }
 }
@@ -143,7 +195,25 @@ fn to_api(r: &Record) -> Sandbox {
         resources: r.resources.clone(),
         env_keys: r.env.keys().cloned().collect(),
         failure_reason: r.failure_reason.clone(),
+        state_changed_at: r.state_changed_at,
+        snapshot: r.lifecycle.snapshot.clone(),
+        on_timeout: r.lifecycle.on_timeout,
+        idle_timeout_secs: r.lifecycle.idle_timeout_secs,
+        on_idle: r.lifecycle.on_idle,
+        auto_resume: r.lifecycle.auto_resume,
+        pool: r.lifecycle.pool.clone(),
     }
+}
+
+/// Mark a sandbox deleting (under the map lock); returns its previous state. The caller
+/// then calls [`Engine::after_begin_delete`].
+pub(crate) fn begin_delete(e: &mut Entry) -> SandboxState {
+    let prev = e.record.state;
+    if prev != SandboxState::Deleting {
+        e.record.state = SandboxState::Deleting;
+        e.record.state_changed_at = Utc::now();
+    }
+    prev
 }
 
 /// Whether `e` says the agent's socket refuses or lacks a listener (the agent is dead), as
@@ -160,13 +230,19 @@ fn agent_unreachable(e: &RuntimeError) -> bool {
     )
 }
 
-fn new_id() -> String {
+fn new_id(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
     let suffix: String = (0..12)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect();
-    format!("sb-{suffix}")
+    format!("{prefix}-{suffix}")
+}
+
+/// Now, to the millisecond (what the store keeps, so a record reads back equal).
+pub(crate) fn now_ms() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }
 
 fn expiry(secs: u64) -> DateTime<Utc> {
@@ -178,45 +254,32 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 const DEFAULT_CWD: &str = "/workspace";
 
 impl Engine {
-    /// Open the store under `config.data_dir` and clean what a crashed run left: every
-    /// sandbox of an earlier run is torn down by the runtime and its record marked `failed`
-    /// (the reaper removes such records when they expire).
+    /// Open the store under `config.data_dir` and reconcile it with what runs on this host
+    /// (see `recover`): sandboxes that still run are adopted, half-made ones removed.
     pub async fn open(
         config: EngineConfig,
         runtime: Arc<dyn Runtime>,
     ) -> Result<Engine, EngineError> {
         let store = Store::open(&config.data_dir)?;
-        let cleaned = runtime.cleanup_all().await?;
-        if !cleaned.is_empty() {
-            info!(
-                count = cleaned.len(),
-                "cleaned sandboxes left by an earlier run"
-            );
-        }
-        let mut map = HashMap::new();
-        for mut r in store.load_all().await? {
-            if r.state != SandboxState::Failed {
-                r.state = SandboxState::Failed;
-                r.failure_reason = Some(
-                    "the daemon restarted; this sandbox's processes were stopped and its files removed"
-                        .into(),
-                );
-                store
-                    .set_state(&r.id, r.state, r.failure_reason.clone())
-                    .await?;
-            }
-            map.insert(r.id.clone(), Entry::new(r));
-        }
-        Ok(Engine {
+        let first_seq = store.get_meta("event_seq").await? + events::RESTART_GAP;
+        let engine = Engine {
             inner: Arc::new(Inner {
                 config,
                 runtime,
                 store,
-                sandboxes: Mutex::new(map),
+                sandboxes: Mutex::new(HashMap::new()),
                 shutting_down: false.into(),
                 ports: ports::Forwards::default(),
+                events: events::Events::new(first_seq),
+                snapshots: Mutex::new(BTreeMap::new()),
+                snapshot_readers: Mutex::new(HashMap::new()),
+                pools: pools::Pools::default(),
             }),
-        })
+        };
+        engine.recover().await?;
+        engine.load_pools().await?;
+        engine.spawn_pool_manager();
+        Ok(engine)
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -250,13 +313,17 @@ impl Engine {
             features: Features {
                 exec: true,
                 exec_stream: true,
-                pause: false,
-                snapshots: false,
-                rollback: false,
-                fork: false,
+                pause: info.pause,
+                snapshots: info.snapshots,
+                rollback: info.snapshots && info.stop,
+                fork: info.snapshots,
                 processes: info.processes,
                 files: info.files,
                 ports: info.ports,
+                stop: info.stop,
+                stats: info.stats,
+                events: true,
+                pools: true,
             },
             limits: Limits {
                 max_sandboxes: c.max_sandboxes,
@@ -267,25 +334,77 @@ impl Engine {
                 max_pids: c.max_pids,
                 default_resources: c.default_resources.clone(),
                 max_request_bytes: c.max_request_bytes,
+                max_committed_memory_mib: c.max_committed_memory_mib,
+                min_available_memory_mib: c.min_available_memory_mib,
+                max_pool_size: c.max_pool_size,
+            },
+            storage: StorageInfo {
+                backend: info.storage,
+                reflink: info.reflink,
+                available: info.storage_available,
             },
         }
     }
 
     fn check_open(&self) -> Result<(), EngineError> {
-        if self
-            .inner
-            .shutting_down
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.is_shutting_down() {
             return Err(EngineError::ShuttingDown);
         }
         Ok(())
     }
 
+    fn is_shutting_down(&self) -> bool {
+        self.inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `sandbox_not_found` for ids that are not the API's: unclaimed pool sandboxes.
+    pub(crate) fn visible(&self, id: &str) -> Result<(), EngineError> {
+        match self.map().get(id) {
+            Some(e) if !e.record.lifecycle.pool_member => Ok(()),
+            _ => Err(EngineError::SandboxNotFound(id.to_string())),
+        }
+    }
+
     /// Validate, record, create in the runtime. Returns the sandbox in state `running`.
     pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, EngineError> {
+        self.create_inner(req, None).await
+    }
+
+    /// Create; `hidden_snapshot` is a runtime snapshot without a record (a fork's), used
+    /// instead of `req.snapshot`. A create for a pool (by name or by matching spec) takes a
+    /// ready sandbox of it when there is one (see `pools`).
+    pub(crate) async fn create_inner(
+        &self,
+        mut req: CreateSandboxRequest,
+        hidden_snapshot: Option<String>,
+    ) -> Result<Sandbox, EngineError> {
         self.check_open()?;
         let c = &self.inner.config;
+        let timeout_secs =
+            validate::timeout(req.timeout_secs.unwrap_or(c.default_timeout_secs), c)?;
+        validate::metadata(&req.metadata)?;
+        if let Some(idle) = req.idle_timeout_secs {
+            validate::idle_timeout(idle, c)?;
+        }
+        if hidden_snapshot.is_none() {
+            let targets = self.pool_targets(&req)?;
+            if let Some((first, def)) = targets.first() {
+                let env = pools::claim_env(def, &req.env);
+                validate::env("env", &env)?;
+                for (name, def) in &targets {
+                    if let Some(sandbox) = self.claim(name, def, &req, &env, timeout_secs).await? {
+                        return Ok(sandbox);
+                    }
+                }
+                // Empty: a cold create of the pool's spec.
+                self.inner.pools.missed(first);
+                req.image = Some(def.image.clone());
+                req.resources = Some(def.resources.clone());
+                req.env = env;
+            }
+        }
         let image = req
             .image
             .clone()
@@ -293,15 +412,22 @@ impl Engine {
         if !self.inner.runtime.info().images.contains(&image) {
             return Err(EngineError::ImageNotFound(image));
         }
-        let timeout_secs =
-            validate::timeout(req.timeout_secs.unwrap_or(c.default_timeout_secs), c)?;
         let resources = validate::resources(req.resources.as_ref(), c)?;
         validate::env("env", &req.env)?;
-        validate::metadata(&req.metadata)?;
+        // Reading a snapshot: it cannot be deleted until the files are copied.
+        let reader = match (&hidden_snapshot, &req.snapshot) {
+            (Some(_), _) | (None, None) => None,
+            (None, Some(snap)) => {
+                if !self.inner.runtime.info().snapshots {
+                    return Err(EngineError::NotSupported("snapshots"));
+                }
+                Some(self.read_snapshot(snap)?)
+            }
+        };
 
-        let now = Utc::now();
+        let now = now_ms();
         let record = Record {
-            id: new_id(),
+            id: new_id("sb"),
             state: SandboxState::Creating,
             image,
             created_at: now,
@@ -311,94 +437,135 @@ impl Engine {
             env: req.env,
             resources,
             failure_reason: None,
+            state_changed_at: now,
+            lifecycle: Lifecycle {
+                snapshot: req.snapshot.clone(),
+                on_timeout: req.on_timeout.unwrap_or_default(),
+                idle_timeout_secs: req.idle_timeout_secs,
+                on_idle: req.on_idle.unwrap_or_default(),
+                auto_resume: req.auto_resume,
+                pool: None,
+                pool_member: false,
+            },
         };
-        {
-            // Admission and insertion under one lock, so concurrent creates cannot overshoot.
-            let mut map = self.map();
-            if c.max_sandboxes > 0 {
-                let live = map
-                    .values()
-                    .filter(|e| e.record.state != SandboxState::Failed)
-                    .count() as u64;
-                if live >= c.max_sandboxes {
-                    return Err(EngineError::LimitReached(format!(
-                        "the server runs at most {} sandboxes",
-                        c.max_sandboxes
-                    )));
-                }
-            }
-            map.insert(record.id.clone(), Entry::new(record.clone()));
-        }
+        let guard = self.admit_insert(&record, admission::Admit::User)?;
+        self.emit(
+            &record.id,
+            EventKind::Created,
+            events::Detail {
+                state: Some(SandboxState::Creating),
+                snapshot: record.lifecycle.snapshot.clone(),
+                ..Default::default()
+            },
+        );
         // The rest runs detached: if the client goes away, the sandbox still either comes
         // up completely or is removed completely.
         let engine = self.clone();
-        tokio::spawn(async move { engine.finish_create(record).await })
-            .await
-            .map_err(|e| EngineError::Store(format!("create task failed: {e}")))?
+        let source = hidden_snapshot.or(req.snapshot);
+        tokio::spawn(async move {
+            let r = engine.finish_create(record, source).await;
+            drop(guard);
+            drop(reader);
+            r
+        })
+        .await
+        .map_err(|e| EngineError::Store(format!("create task failed: {e}")))?
     }
 
-    async fn finish_create(&self, record: Record) -> Result<Sandbox, EngineError> {
-        let id = record.id.clone();
-        if let Err(e) = self.inner.store.insert(&record).await {
-            self.map().remove(&id);
-            return Err(e);
+    /// Admission and insertion under one lock, so concurrent creates cannot overshoot.
+    /// Returns the new sandbox's operation lock, taken before anyone else can see the
+    /// entry (so a delete waits for the create).
+    pub(crate) fn admit_insert(
+        &self,
+        record: &Record,
+        who: admission::Admit,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, EngineError> {
+        self.check_pressure()?;
+        let (guard, evicted) = {
+            let mut map = self.map();
+            // Checked under the lock: `shutdown` sets the flag before it collects the ids.
+            self.check_open()?;
+            let evicted = self.admit_locked(&mut map, record, who)?;
+            let entry = Entry::new(record.clone());
+            let guard = entry
+                .op
+                .clone()
+                .try_lock_owned()
+                .map_err(|_| EngineError::Store("fresh sandbox lock busy".into()))?;
+            map.insert(record.id.clone(), entry);
+            (guard, evicted)
+        };
+        for (id, prev) in evicted {
+            info!(%id, "pool sandbox evicted to make room for a new sandbox");
+            self.after_begin_delete(&id, prev, "evicted");
         }
-        let spec = SandboxSpec {
-            id: id.clone(),
+        Ok(guard)
+    }
+
+    fn runtime_spec(record: &Record, snapshot: Option<String>) -> SandboxSpec {
+        SandboxSpec {
+            id: record.id.clone(),
             image: record.image.clone(),
             limits: warren_runtime::Limits {
                 cpus: record.resources.cpus,
                 memory_bytes: record.resources.memory_mib.map(|m| m * 1024 * 1024),
                 pids: record.resources.pids,
             },
-        };
-        let result = match tokio::time::timeout(
-            self.inner.config.create_deadline,
-            self.inner.runtime.create(&spec),
-        )
-        .await
-        {
-            Ok(r) => r.map_err(EngineError::from),
+            snapshot,
+        }
+    }
+
+    async fn finish_create(
+        &self,
+        record: Record,
+        snapshot: Option<String>,
+    ) -> Result<Sandbox, EngineError> {
+        let id = record.id.clone();
+        if let Err(e) = self.inner.store.insert(&record).await {
+            self.undo_create(&id, &e.to_string()).await;
+            return Err(e);
+        }
+        let spec = Engine::runtime_spec(&record, snapshot);
+        let deadline = self.inner.config.create_deadline;
+        let result = match tokio::time::timeout(deadline, self.inner.runtime.create(&spec)).await {
+            Ok(r) => r.map_err(|e| match e {
+                RuntimeError::SnapshotNotFound(s) => EngineError::SnapshotNotFound(s),
+                e => EngineError::from(e),
+            }),
             Err(_) => Err(EngineError::Runtime(RuntimeError::Setup(format!(
-                "sandbox did not come up within {:?}",
-                self.inner.config.create_deadline
+                "sandbox did not come up within {deadline:?}"
             )))),
         };
         if let Err(e) = result {
             warn!(%id, error = %e, "create failed");
-            self.undo_create(&id).await;
+            self.undo_create(&id, &e.to_string()).await;
             return Err(e);
         }
-        if let Err(e) = self
-            .inner
-            .store
-            .set_state(&id, SandboxState::Running, None)
+        match self
+            .set_state(&id, SandboxState::Running, &[SandboxState::Creating], None)
             .await
         {
-            self.undo_create(&id).await;
-            return Err(e);
-        }
-        {
-            let mut map = self.map();
-            if let Some(e) = map.get_mut(&id) {
-                if e.record.state == SandboxState::Creating {
-                    e.record.state = SandboxState::Running;
-                    info!(%id, "sandbox running");
-                    return Ok(to_api(&e.record));
-                }
+            Ok(true) => {
+                info!(%id, "sandbox running");
+                self.view(&id)
+            }
+            Ok(false) => {
+                // Deleted while it was being made: the deletion runs once we let go.
+                Err(EngineError::InvalidState {
+                    id,
+                    state: SandboxState::Deleting,
+                    message: "the sandbox was deleted while it was being created".into(),
+                })
+            }
+            Err(e) => {
+                self.undo_create(&id, &e.to_string()).await;
+                Err(e)
             }
         }
-        // Deleted while it was being made: the deletion was left to us.
-        self.finish_delete(&id).await;
-        Err(EngineError::InvalidState {
-            id,
-            state: SandboxState::Deleting,
-            message: "the sandbox was deleted while it was being created".into(),
-        })
     }
 
     /// Remove every trace of a sandbox whose creation failed.
-    async fn undo_create(&self, id: &str) {
+    async fn undo_create(&self, id: &str, why: &str) {
         self.inner.ports.close_sandbox(id);
         if let Err(e) = self.inner.runtime.destroy(id).await {
             warn!(%id, error = %e, "cleanup after a failed create");
@@ -407,9 +574,102 @@ impl Engine {
         if let Some(e) = self.map().remove(id) {
             e.gone.send_replace(true);
         }
+        self.emit(
+            id,
+            EventKind::Deleted,
+            events::Detail {
+                previous: Some(SandboxState::Creating),
+                reason: Some(format!("create failed: {why}")),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Record an event.
+    pub(crate) fn emit(&self, id: &str, kind: EventKind, detail: events::Detail) {
+        self.inner.events.emit(id, kind, detail);
+    }
+
+    /// Lifecycle events of one sandbox (`Some`) or of all (see [`events::Events::subscribe`]).
+    pub fn events(
+        &self,
+        sandbox: Option<&str>,
+        after: Option<u64>,
+    ) -> Result<EventStream, EngineError> {
+        // A sandbox that is gone gets its kept events, then the stream ends.
+        let mut follow = true;
+        if let Some(id) = sandbox {
+            let member = self
+                .map()
+                .get(id)
+                .is_some_and(|e| e.record.lifecycle.pool_member);
+            if member {
+                return Err(EngineError::SandboxNotFound(id.to_string()));
+            }
+            if !self.map().contains_key(id) {
+                // Never seen in the kept events either: a typo, not a deleted sandbox.
+                if !self.inner.events.has_sandbox(id) {
+                    return Err(EngineError::SandboxNotFound(id.to_string()));
+                }
+                follow = false;
+            }
+        }
+        Ok(self
+            .inner
+            .events
+            .subscribe_with(sandbox.map(str::to_string), after, follow))
+    }
+
+    /// Move `id` to `to` (in memory, the store and the event stream) if its state is one of
+    /// `from` (any state when empty). Returns whether it moved.
+    pub(crate) async fn set_state(
+        &self,
+        id: &str,
+        to: SandboxState,
+        from: &[SandboxState],
+        reason: Option<String>,
+    ) -> Result<bool, EngineError> {
+        let failure = (to == SandboxState::Failed)
+            .then(|| reason.clone())
+            .flatten();
+        let previous = {
+            let mut map = self.map();
+            let Some(e) = map.get_mut(id) else {
+                return Ok(false);
+            };
+            let prev = e.record.state;
+            if !from.is_empty() && !from.contains(&prev) {
+                return Ok(false);
+            }
+            e.record.state = to;
+            e.record.failure_reason = failure.clone();
+            e.record.state_changed_at = Utc::now();
+            prev
+        };
+        self.emit(
+            id,
+            EventKind::State,
+            events::Detail {
+                state: Some(to),
+                previous: Some(previous),
+                reason,
+                snapshot: None,
+            },
+        );
+        self.inner.store.set_state(id, to, failure).await?;
+        Ok(true)
     }
 
     pub async fn get(&self, id: &str) -> Result<Sandbox, EngineError> {
+        self.map()
+            .get(id)
+            .filter(|e| !e.record.lifecycle.pool_member)
+            .map(|e| to_api(&e.record))
+            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))
+    }
+
+    /// The sandbox as the API shows it, pool sandboxes included (internal callers).
+    pub(crate) fn view(&self, id: &str) -> Result<Sandbox, EngineError> {
         self.map()
             .get(id)
             .map(|e| to_api(&e.record))
@@ -421,48 +681,74 @@ impl Engine {
         &self,
         filter: &BTreeMap<String, String>,
     ) -> Result<Vec<Sandbox>, EngineError> {
-        let mut out: Vec<Sandbox> = self
+        let mut out: Vec<(u64, Sandbox)> = self
             .map()
             .values()
             .filter(|e| {
-                filter
-                    .iter()
-                    .all(|(k, v)| e.record.metadata.get(k) == Some(v))
+                !e.record.lifecycle.pool_member
+                    && filter
+                        .iter()
+                        .all(|(k, v)| e.record.metadata.get(k) == Some(v))
             })
-            .map(|e| to_api(&e.record))
+            .map(|e| (e.seq, to_api(&e.record)))
             .collect();
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        Ok(out)
+        out.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at).then(a.0.cmp(&b.0)));
+        Ok(out.into_iter().map(|(_, s)| s).collect())
     }
 
     /// Delete and wait until the sandbox is gone. Deleting a sandbox that is already being
-    /// deleted waits for that deletion; an unknown id is `sandbox_not_found`.
+    /// deleted waits for that deletion; an unknown id is `sandbox_not_found`. Works in every
+    /// state: an operation in flight (bounded by its deadline) finishes first.
     pub async fn delete(&self, id: &str) -> Result<(), EngineError> {
-        let (mut gone, start) = {
+        self.visible(id)?;
+        self.delete_because(id, "api").await
+    }
+
+    pub(crate) async fn delete_because(&self, id: &str, reason: &str) -> Result<(), EngineError> {
+        let (mut gone, prev) = {
             let mut map = self.map();
             let entry = map
                 .get_mut(id)
                 .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
-            let rx = entry.gone.subscribe();
-            let prev = entry.record.state;
-            entry.record.state = SandboxState::Deleting;
-            // A sandbox still being created is torn down by its create task.
-            (
-                rx,
-                !matches!(prev, SandboxState::Deleting | SandboxState::Creating),
-            )
+            (entry.gone.subscribe(), begin_delete(entry))
         };
-        if start {
-            let engine = self.clone();
-            let id = id.to_string();
-            // Detached, so a client hanging up cannot stop a deletion halfway.
-            tokio::spawn(async move { engine.finish_delete(&id).await });
-        }
+        self.after_begin_delete(id, prev, reason);
         let _ = gone.wait_for(|g| *g).await;
         Ok(())
     }
 
+    /// After [`begin_delete`] (with the map lock let go): report the change and run the
+    /// deletion in a task of its own, unless one already runs.
+    pub(crate) fn after_begin_delete(&self, id: &str, prev: SandboxState, reason: &str) {
+        if prev == SandboxState::Deleting {
+            return;
+        }
+        self.emit(
+            id,
+            EventKind::State,
+            events::Detail {
+                state: Some(SandboxState::Deleting),
+                previous: Some(prev),
+                reason: Some(reason.to_string()),
+                snapshot: None,
+            },
+        );
+        let engine = self.clone();
+        let id = id.to_string();
+        // Detached, so a client hanging up cannot stop a deletion halfway.
+        tokio::spawn(async move { engine.finish_delete(&id).await });
+    }
+
     async fn finish_delete(&self, id: &str) {
+        // Wait for an operation in flight (create, pause, snapshot, ...) to let go.
+        let Some(lock) = self.map().get(id).map(|e| e.op.clone()) else {
+            return;
+        };
+        let _guard = lock.lock_owned().await;
+        if !self.map().contains_key(id) {
+            // A failed create already removed everything.
+            return;
+        }
         self.inner.ports.close_sandbox(id);
         if let Err(e) = self
             .inner
@@ -472,7 +758,12 @@ impl Engine {
         {
             warn!(%id, error = %e, "recording deletion");
         }
-        match self.inner.runtime.destroy(id).await {
+        let deadline = self.inner.config.deadlines.delete;
+        let result = match tokio::time::timeout(deadline, self.inner.runtime.destroy(id)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("not done within {deadline:?}")),
+        };
+        match result {
             Ok(()) => {
                 if let Err(e) = self.inner.store.remove(id).await {
                     warn!(%id, error = %e, "removing the record");
@@ -480,20 +771,26 @@ impl Engine {
                 if let Some(e) = self.map().remove(id) {
                     e.gone.send_replace(true);
                 }
+                self.emit(
+                    id,
+                    EventKind::Deleted,
+                    events::Detail {
+                        previous: Some(SandboxState::Deleting),
+                        ..Default::default()
+                    },
+                );
                 info!(%id, "sandbox deleted");
+                // Room for a pool to fill.
+                self.inner.pools.wake();
             }
             Err(err) => {
                 // Keep the record as failed so it stays visible and deletable again.
                 let reason = format!("delete failed: {err}");
                 warn!(%id, %reason);
                 let _ = self
-                    .inner
-                    .store
-                    .set_state(id, SandboxState::Failed, Some(reason.clone()))
+                    .set_state(id, SandboxState::Failed, &[], Some(reason))
                     .await;
                 if let Some(e) = self.map().get_mut(id) {
-                    e.record.state = SandboxState::Failed;
-                    e.record.failure_reason = Some(reason);
                     e.gone.send_replace(true);
                     e.gone = watch::channel(false).0;
                 }
@@ -502,6 +799,7 @@ impl Engine {
     }
 
     pub async fn set_timeout(&self, id: &str, timeout_secs: u64) -> Result<Sandbox, EngineError> {
+        self.visible(id)?;
         let timeout_secs = validate::timeout(timeout_secs, &self.inner.config)?;
         let expires_at = expiry(timeout_secs);
         {
@@ -532,6 +830,7 @@ impl Engine {
 
     /// Validate and start a command; the stream yields output and ends with `Exit`.
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError> {
+        self.ready(id).await?;
         let stdin = req.stdin.map(Bytes::from);
         let spec = self.command_spec(
             id,
@@ -545,7 +844,7 @@ impl Engine {
             },
         )?;
         match self.inner.runtime.exec(id, spec, stdin).await {
-            Ok(stream) => Ok(stream),
+            Ok(stream) => Ok(self.attached(id, stream)),
             Err(e) => Err(self.spawn_error(id, e).await),
         }
     }
@@ -572,13 +871,7 @@ impl Engine {
             let e = map
                 .get(id)
                 .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
-            if e.record.state != SandboxState::Running {
-                return Err(EngineError::InvalidState {
-                    id: id.to_string(),
-                    state: e.record.state,
-                    message: "commands run only in a running sandbox".into(),
-                });
-            }
+            lifecycle::require_running(id, &e.record, "commands run")?;
             e.record.env.clone()
         };
         let user = parts.user.unwrap_or_default();
@@ -640,75 +933,24 @@ impl Engine {
     /// Record that a running sandbox broke (its agent is gone). Returns the error to report.
     /// (See [`agent_unreachable`] for what counts.)
     async fn mark_failed(&self, id: &str, reason: &str) -> EngineError {
-        let changed = {
-            let mut map = self.map();
-            match map.get_mut(id) {
-                Some(e) if e.record.state == SandboxState::Running => {
-                    e.record.state = SandboxState::Failed;
-                    e.record.failure_reason = Some(reason.to_string());
-                    true
-                }
-                _ => false,
-            }
-        };
-        if changed {
-            warn!(%id, %reason, "sandbox failed");
-            let _ = self
-                .inner
-                .store
-                .set_state(id, SandboxState::Failed, Some(reason.to_string()))
-                .await;
+        match self
+            .set_state(
+                id,
+                SandboxState::Failed,
+                &[SandboxState::Running],
+                Some(reason.to_string()),
+            )
+            .await
+        {
+            Ok(true) => warn!(%id, %reason, "sandbox failed"),
+            Ok(false) => {}
+            Err(e) => warn!(%id, error = %e, "recording a failure"),
         }
         EngineError::InvalidState {
             id: id.to_string(),
             state: SandboxState::Failed,
             message: reason.to_string(),
         }
-    }
-
-    /// Delete every sandbox whose deadline has passed (running or failed). Returns the ids.
-    pub async fn reap_expired(&self) -> Vec<String> {
-        let now = Utc::now();
-        let expired: Vec<String> = self
-            .map()
-            .values()
-            .filter(|e| {
-                e.record.expires_at <= now
-                    && matches!(e.record.state, SandboxState::Running | SandboxState::Failed)
-            })
-            .map(|e| e.record.id.clone())
-            .collect();
-        for id in &expired {
-            info!(%id, "sandbox expired");
-            let engine = self.clone();
-            let id = id.clone();
-            tokio::spawn(async move {
-                if let Err(e) = engine.delete(&id).await {
-                    warn!(%id, error = %e, "reaping");
-                }
-            });
-        }
-        expired
-    }
-
-    /// Start the TTL reaper (runs until the process ends).
-    pub fn spawn_reaper(&self) -> tokio::task::JoinHandle<()> {
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(engine.inner.config.reap_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if engine
-                    .inner
-                    .shutting_down
-                    .load(std::sync::atomic::Ordering::SeqCst)
-                {
-                    return;
-                }
-                engine.reap_expired().await;
-            }
-        })
     }
 
     /// Refuse new sandboxes, delete every sandbox, and let the runtime remove what it made.
@@ -720,7 +962,7 @@ impl Engine {
         let deletions = ids.iter().map(|id| {
             let engine = self.clone();
             async move {
-                if let Err(e) = engine.delete(id).await {
+                if let Err(e) = engine.delete_because(id, "shutdown").await {
                     warn!(%id, error = %e, "delete at shutdown");
                 }
             }

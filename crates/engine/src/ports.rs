@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
-use warren_api::SandboxState;
 use warren_runtime::{PortStream, Runtime, RuntimeError};
 
 use crate::{Engine, EngineError};
@@ -88,22 +87,6 @@ fn validate_port(port: u16) -> Result<(), EngineError> {
 }
 
 impl Engine {
-    /// Unknown id: `sandbox_not_found`; not running: `invalid_state`.
-    fn check_ports_running(&self, id: &str) -> Result<(), EngineError> {
-        let map = self.map();
-        let e = map
-            .get(id)
-            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
-        if e.record.state != SandboxState::Running {
-            return Err(EngineError::InvalidState {
-                id: id.to_string(),
-                state: e.record.state,
-                message: "ports are reachable only in a running sandbox".into(),
-            });
-        }
-        Ok(())
-    }
-
     fn check_ports_supported(&self) -> Result<(), EngineError> {
         if !self.inner.runtime.info().ports {
             return Err(EngineError::NotSupported("ports"));
@@ -119,7 +102,7 @@ impl Engine {
         port: u16,
     ) -> Result<Box<dyn PortStream>, EngineError> {
         validate_port(port)?;
-        self.check_ports_running(id)?;
+        self.ready(id).await?;
         match self.inner.runtime.connect_port(id, port).await {
             Ok(s) => Ok(s),
             Err(RuntimeError::Port { message, .. }) => {
@@ -139,7 +122,7 @@ impl Engine {
     pub async fn forward_port(&self, id: &str, port: u16) -> Result<PortForward, EngineError> {
         validate_port(port)?;
         self.check_ports_supported()?;
-        self.check_ports_running(id)?;
+        self.ready(id).await?;
         let address = {
             let mut all = self.inner.ports.lock();
             let ports = all.entry(id.to_string()).or_default();
@@ -165,9 +148,20 @@ impl Engine {
         };
         // A deletion that began meanwhile may have closed the forwarders before ours was
         // added: check again, and close ours if so.
-        if let Err(e) = self.check_ports_running(id) {
-            self.inner.ports.close_sandbox(id);
-            return Err(e);
+        let still_running = self
+            .map()
+            .get(id)
+            .map(|e| crate::lifecycle::require_running(id, &e.record, "ports are reachable"));
+        match still_running {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                self.inner.ports.close_sandbox(id);
+                return Err(e);
+            }
+            None => {
+                self.inner.ports.close_sandbox(id);
+                return Err(EngineError::SandboxNotFound(id.to_string()));
+            }
         }
         Ok(PortForward {
             port,

@@ -105,22 +105,6 @@ fn validate_selector(selector: &str) -> Result<(), EngineError> {
 }
 
 impl Engine {
-    /// Unknown id: `sandbox_not_found`; not running: `invalid_state`.
-    fn check_processes_running(&self, id: &str) -> Result<(), EngineError> {
-        let map = self.map();
-        let e = map
-            .get(id)
-            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
-        if e.record.state != warren_api::SandboxState::Running {
-            return Err(EngineError::InvalidState {
-                id: id.to_string(),
-                state: e.record.state,
-                message: "processes are reachable only in a running sandbox".into(),
-            });
-        }
-        Ok(())
-    }
-
     /// Map a runtime failure of a process call. `agent_down_fails` marks the sandbox failed
     /// on an i/o error (not for stdin uploads: a broken upload may be the client's).
     async fn process_error(
@@ -199,7 +183,7 @@ impl Engine {
 
     /// Running and recently exited processes, by pid.
     pub async fn list_processes(&self, id: &str) -> Result<Vec<Process>, EngineError> {
-        self.check_processes_running(id)?;
+        self.ready(id).await?;
         match self.inner.runtime.list_processes(id).await {
             Ok(mut list) => {
                 list.sort_by_key(|p| p.pid);
@@ -216,7 +200,7 @@ impl Engine {
         op: ProcessOp,
     ) -> Result<Process, EngineError> {
         validate_selector(selector)?;
-        self.check_processes_running(id)?;
+        self.ready(id).await?;
         match self.inner.runtime.process_op(id, selector, op).await {
             Ok(info) => Ok(process_info(info)),
             Err(e) => Err(self.process_error(id, e, true).await),
@@ -269,7 +253,7 @@ impl Engine {
         data: ByteStream,
     ) -> Result<Process, EngineError> {
         validate_selector(selector)?;
-        self.check_processes_running(id)?;
+        self.ready(id).await?;
         match self.inner.runtime.write_stdin(id, selector, data).await {
             Ok(info) => Ok(process_info(info)),
             Err(e) => Err(self.process_error(id, e, false).await),
@@ -285,14 +269,14 @@ impl Engine {
         follow: bool,
     ) -> Result<AttachStream, EngineError> {
         validate_selector(selector)?;
-        self.check_processes_running(id)?;
+        self.ready(id).await?;
         match self
             .inner
             .runtime
             .attach(id, selector, offset, follow)
             .await
         {
-            Ok(s) => Ok(s),
+            Ok(s) => Ok(self.attached(id, s)),
             Err(e) => Err(self.process_error(id, e, true).await),
         }
     }

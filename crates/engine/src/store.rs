@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection};
-use warren_api::{Resources, SandboxState};
+use serde::{Deserialize, Serialize};
+use warren_api::{IdleAction, PoolSpec, Resources, SandboxState, Snapshot, TimeoutAction};
 
 use crate::EngineError;
 
@@ -26,6 +27,26 @@ pub struct Record {
     pub env: BTreeMap<String, String>,
     pub resources: Resources,
     pub failure_reason: Option<String>,
+    pub state_changed_at: DateTime<Utc>,
+    pub lifecycle: Lifecycle,
+}
+
+/// A sandbox's lifecycle options (stored as one JSON column).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Lifecycle {
+    /// The snapshot its files came from.
+    pub snapshot: Option<String>,
+    pub on_timeout: TimeoutAction,
+    pub idle_timeout_secs: Option<u64>,
+    pub on_idle: IdleAction,
+    pub auto_resume: bool,
+    /// The pool the sandbox was made for (see `pools`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// An unclaimed pool sandbox: not a user's, hidden from the API, never expires.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pool_member: bool,
 }
 
 #[derive(Clone)]
@@ -46,7 +67,30 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     resources      TEXT NOT NULL,
     failure_reason TEXT
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    id             TEXT PRIMARY KEY,
+    sandbox_id     TEXT NOT NULL,
+    name           TEXT,
+    size_bytes     INTEGER NOT NULL,
+    created_at_ms  INTEGER NOT NULL,
+    backend        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pools (
+    name           TEXT PRIMARY KEY,
+    spec           TEXT NOT NULL,
+    created_at_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 ";
+
+/// Columns added after the first schema (added to older databases on open).
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("state_changed_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("lifecycle", "TEXT NOT NULL DEFAULT '{}'"),
+];
 
 fn store_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Store(e.to_string())
@@ -66,6 +110,19 @@ impl Store {
         )
         .map_err(store_err)?;
         conn.execute_batch(SCHEMA).map_err(store_err)?;
+        let existing: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('sandboxes')")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(store_err)?;
+        for (col, def) in ADDED_COLUMNS {
+            if !existing.iter().any(|c| c == col) {
+                conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {col} {def}"))
+                    .map_err(store_err)?;
+            }
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -91,11 +148,13 @@ impl Store {
         let metadata = serde_json::to_string(&r.metadata).map_err(store_err)?;
         let env = serde_json::to_string(&r.env).map_err(store_err)?;
         let resources = serde_json::to_string(&r.resources).map_err(store_err)?;
+        let lifecycle = serde_json::to_string(&r.lifecycle).map_err(store_err)?;
         self.with(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO sandboxes (id, state, image, created_at_ms, expires_at_ms,
-                 timeout_secs, metadata, env, resources, failure_reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 timeout_secs, metadata, env, resources, failure_reason, state_changed_at_ms,
+                 lifecycle)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     r.id,
                     r.state.as_str(),
@@ -107,6 +166,8 @@ impl Store {
                     env,
                     resources,
                     r.failure_reason,
+                    r.state_changed_at.timestamp_millis(),
+                    lifecycle,
                 ],
             )
             .map(|_| ())
@@ -123,8 +184,14 @@ impl Store {
         let id = id.to_string();
         self.with(move |c| {
             c.execute(
-                "UPDATE sandboxes SET state = ?2, failure_reason = ?3 WHERE id = ?1",
-                params![id, state.as_str(), failure_reason],
+                "UPDATE sandboxes SET state = ?2, failure_reason = ?3, state_changed_at_ms = ?4
+                 WHERE id = ?1",
+                params![
+                    id,
+                    state.as_str(),
+                    failure_reason,
+                    Utc::now().timestamp_millis()
+                ],
             )
             .map(|_| ())
         })
@@ -148,6 +215,32 @@ impl Store {
         .await
     }
 
+    /// Record a claim: a pool sandbox becomes a user's (one write; no row is made if the
+    /// sandbox was removed meanwhile).
+    pub async fn update_claimed(&self, r: &Record) -> Result<(), EngineError> {
+        let r = r.clone();
+        let metadata = serde_json::to_string(&r.metadata).map_err(store_err)?;
+        let env = serde_json::to_string(&r.env).map_err(store_err)?;
+        let lifecycle = serde_json::to_string(&r.lifecycle).map_err(store_err)?;
+        self.with(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET created_at_ms = ?2, expires_at_ms = ?3, timeout_secs = ?4,
+                 metadata = ?5, env = ?6, lifecycle = ?7 WHERE id = ?1",
+                params![
+                    r.id,
+                    r.created_at.timestamp_millis(),
+                    r.expires_at.timestamp_millis(),
+                    r.timeout_secs as i64,
+                    metadata,
+                    env,
+                    lifecycle,
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
     pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
         let id = id.to_string();
         self.with(move |c| {
@@ -162,7 +255,8 @@ impl Store {
             .with(|c| {
                 let mut stmt = c.prepare(
                     "SELECT id, state, image, created_at_ms, expires_at_ms, timeout_secs,
-                            metadata, env, resources, failure_reason
+                            metadata, env, resources, failure_reason, state_changed_at_ms,
+                            lifecycle
                      FROM sandboxes ORDER BY created_at_ms",
                 )?;
                 let rows = stmt
@@ -178,6 +272,8 @@ impl Store {
                             row.get::<_, String>(7)?,
                             row.get::<_, String>(8)?,
                             row.get::<_, Option<String>>(9)?,
+                            row.get::<_, i64>(10)?,
+                            row.get::<_, String>(11)?,
                         ))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -185,22 +281,162 @@ impl Store {
             })
             .await?;
         rows.into_iter()
-            .map(|(id, state, image, c, e, t, m, env, res, reason)| {
-                Ok(Record {
-                    state: SandboxState::parse(&state)
-                        .ok_or_else(|| store_err(format!("sandbox {id}: bad state {state}")))?,
-                    id,
-                    image,
-                    created_at: ms_to_time(c),
-                    expires_at: ms_to_time(e),
-                    timeout_secs: t.max(0) as u64,
-                    metadata: serde_json::from_str(&m).map_err(store_err)?,
-                    env: serde_json::from_str(&env).map_err(store_err)?,
-                    resources: serde_json::from_str(&res).map_err(store_err)?,
-                    failure_reason: reason,
-                })
-            })
+            .map(
+                |(id, state, image, c, e, t, m, env, res, reason, changed, lc)| {
+                    Ok(Record {
+                        state: SandboxState::parse(&state)
+                            .ok_or_else(|| store_err(format!("sandbox {id}: bad state {state}")))?,
+                        id,
+                        image,
+                        created_at: ms_to_time(c),
+                        expires_at: ms_to_time(e),
+                        timeout_secs: t.max(0) as u64,
+                        metadata: serde_json::from_str(&m).map_err(store_err)?,
+                        env: serde_json::from_str(&env).map_err(store_err)?,
+                        resources: serde_json::from_str(&res).map_err(store_err)?,
+                        failure_reason: reason,
+                        state_changed_at: ms_to_time(changed),
+                        // An unreadable options column must not lose the sandbox.
+                        lifecycle: serde_json::from_str(&lc).unwrap_or_default(),
+                    })
+                },
+            )
             .collect()
+    }
+
+    pub async fn insert_snapshot(&self, s: &Snapshot) -> Result<(), EngineError> {
+        let s = s.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO snapshots (id, sandbox_id, name, size_bytes, created_at_ms, backend)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    s.id,
+                    s.sandbox_id,
+                    s.name,
+                    s.size_bytes as i64,
+                    s.created_at.timestamp_millis(),
+                    s.backend
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn remove_snapshot(&self, id: &str) -> Result<(), EngineError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.execute("DELETE FROM snapshots WHERE id = ?1", params![id])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn load_snapshots(&self) -> Result<Vec<Snapshot>, EngineError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, sandbox_id, name, size_bytes, created_at_ms, backend
+                 FROM snapshots ORDER BY created_at_ms, id",
+            )?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok(Snapshot {
+                        id: row.get(0)?,
+                        sandbox_id: row.get(1)?,
+                        name: row.get(2)?,
+                        size_bytes: row.get::<_, i64>(3)?.max(0) as u64,
+                        created_at: ms_to_time(row.get(4)?),
+                        backend: row.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Insert or replace a pool defined through the API.
+    pub async fn put_pool(
+        &self,
+        name: &str,
+        spec: &PoolSpec,
+        created_at: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        let name = name.to_string();
+        let spec = serde_json::to_string(spec).map_err(store_err)?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO pools (name, spec, created_at_ms) VALUES (?1, ?2, ?3)",
+                params![name, spec, created_at.timestamp_millis()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn remove_pool(&self, name: &str) -> Result<(), EngineError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.execute("DELETE FROM pools WHERE name = ?1", params![name])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Every stored pool; one whose spec cannot be read is reported as an error string.
+    #[allow(clippy::type_complexity)]
+    pub async fn load_pools(
+        &self,
+    ) -> Result<Vec<(String, Result<PoolSpec, String>, DateTime<Utc>)>, EngineError> {
+        let rows = self
+            .with(|c| {
+                let mut stmt =
+                    c.prepare("SELECT name, spec, created_at_ms FROM pools ORDER BY name")?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, spec, at)| {
+                let spec = serde_json::from_str(&spec).map_err(|e| e.to_string());
+                (name, spec, ms_to_time(at))
+            })
+            .collect())
+    }
+
+    /// A persisted counter (`event_seq`), 0 when never written.
+    pub async fn get_meta(&self, key: &'static str) -> Result<u64, EngineError> {
+        use rusqlite::OptionalExtension;
+        self.with(move |c| {
+            c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|v| v.unwrap_or(0).max(0) as u64)
+        })
+        .await
+    }
+
+    pub async fn set_meta(&self, key: &'static str, value: u64) -> Result<(), EngineError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+                params![key, value as i64],
+            )
+            .map(|_| ())
+        })
+        .await
     }
 
     /// Used by tests to check persistence.
@@ -240,6 +476,16 @@ mod tests {
                 pids: Some(64),
             },
             failure_reason: None,
+            state_changed_at: ms_to_time(1_700_000_000_000),
+            lifecycle: Lifecycle {
+                snapshot: Some("snap-1".into()),
+                on_timeout: TimeoutAction::Pause,
+                idle_timeout_secs: Some(30),
+                on_idle: IdleAction::Stop,
+                auto_resume: true,
+                pool: Some("py".into()),
+                pool_member: true,
+            },
         }
     }
 
@@ -269,7 +515,34 @@ mod tests {
         assert_eq!(r.expires_at, ms_to_time(1_800_000_000_000));
         assert_eq!(r.metadata, record("x").metadata);
         assert_eq!(r.resources, record("x").resources);
+        assert_eq!(r.lifecycle, record("x").lifecycle);
         assert_eq!(s.get("sb-2").await.unwrap(), None);
+        // A claim rewrites the record in one update; a removed record is not resurrected.
+        let mut claimed = r.clone();
+        claimed.lifecycle.pool_member = false;
+        claimed.env.insert("NEW".into(), "1".into());
+        s.update_claimed(&claimed).await.unwrap();
+        let mut ghost = record("sb-2");
+        ghost.lifecycle.pool_member = false;
+        s.update_claimed(&ghost).await.unwrap();
+        let spec = PoolSpec {
+            size: 3,
+            ..Default::default()
+        };
+        s.put_pool("py", &spec, ms_to_time(1_700_000_000_000))
+            .await
+            .unwrap();
+        s.put_pool("gone", &spec, ms_to_time(1)).await.unwrap();
+        s.remove_pool("gone").await.unwrap();
+        drop(s);
+        let s = Store::open(&dir).unwrap();
+        let all = s.load_all().await.unwrap();
+        assert_eq!(all, vec![claimed]);
+        let pools = s.load_pools().await.unwrap();
+        assert_eq!(
+            pools,
+            vec![("py".to_string(), Ok(spec), ms_to_time(1_700_000_000_000))]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

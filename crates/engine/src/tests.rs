@@ -18,17 +18,20 @@ pub(crate) fn config() -> EngineConfig {
         pids: Some(256),
     };
     c.reap_interval = Duration::from_millis(20);
+    // Deterministic whatever the host: admission is tested with its own settings.
+    c.max_committed_memory_mib = 0;
+    c.min_available_memory_mib = 0;
     c
 }
 
-struct TestDir(std::path::PathBuf);
+pub(crate) struct TestDir(pub std::path::PathBuf);
 impl Drop for TestDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-async fn engine_with(mut c: EngineConfig) -> (Engine, Arc<FakeRuntime>, TestDir) {
+pub(crate) async fn engine_with(mut c: EngineConfig) -> (Engine, Arc<FakeRuntime>, TestDir) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "warren-engine-test-{}-{}",
@@ -41,11 +44,11 @@ async fn engine_with(mut c: EngineConfig) -> (Engine, Arc<FakeRuntime>, TestDir)
     (e, rt, TestDir(dir))
 }
 
-async fn engine() -> (Engine, Arc<FakeRuntime>, TestDir) {
+pub(crate) async fn engine() -> (Engine, Arc<FakeRuntime>, TestDir) {
     engine_with(config()).await
 }
 
-fn exec(cmd: &[&str]) -> ExecRequest {
+pub(crate) fn exec(cmd: &[&str]) -> ExecRequest {
     ExecRequest {
         cmd: cmd.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
@@ -282,11 +285,13 @@ async fn restart_marks_old_sandboxes_failed() {
     assert!(e.get(&s.id).await.is_err());
 }
 
-fn body(chunks: Vec<Result<bytes::Bytes, warren_runtime::RuntimeError>>) -> crate::ByteStream {
+pub(crate) fn body(
+    chunks: Vec<Result<bytes::Bytes, warren_runtime::RuntimeError>>,
+) -> crate::ByteStream {
     Box::pin(futures::stream::iter(chunks))
 }
 
-async fn read_all(e: &Engine, id: &str, path: &str) -> Result<Vec<u8>, EngineError> {
+pub(crate) async fn read_all(e: &Engine, id: &str, path: &str) -> Result<Vec<u8>, EngineError> {
     let (_, mut s) = e.read_file(id, path).await?;
     let mut out = Vec::new();
     while let Some(c) = s.next().await {
@@ -538,3 +543,6 @@ mod processes {
         assert_eq!(p.signal.as_deref(), Some("SIGUSR1"));
     }
 }
+
+mod lifecycle;
+mod pools;

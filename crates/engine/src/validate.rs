@@ -127,6 +127,47 @@ pub fn cwd(cwd: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// `idle_timeout_secs`: at least 1, at most the server's maximum timeout.
+pub fn idle_timeout(secs: u64, config: &EngineConfig) -> Result<u64, EngineError> {
+    if secs == 0 || secs > config.max_timeout_secs {
+        return Err(invalid(format!(
+            "idle_timeout_secs must be between 1 and {}",
+            config.max_timeout_secs
+        )));
+    }
+    Ok(secs)
+}
+
+/// A snapshot's name: at most 128 bytes, no control characters.
+pub fn snapshot_name(name: &str) -> Result<(), EngineError> {
+    if name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(invalid(
+            "snapshot name must be at most 128 bytes without control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A pool's name: 1 to 63 of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit.
+pub fn pool_name(name: &str) -> Result<(), EngineError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !ok {
+        return Err(invalid(format!(
+            "pool name {name:?} must be 1 to 63 of a-z, 0-9, '-' and '_', starting with a \
+             letter or digit"
+        )));
+    }
+    Ok(())
+}
+
 pub fn exec_timeout(secs: u64) -> Result<u64, EngineError> {
     if secs == 0 || secs > MAX_EXEC_TIMEOUT_SECS {
         return Err(invalid(format!(
@@ -205,5 +246,11 @@ mod tests {
         assert!(timeout(0, &config()).is_err());
         assert!(timeout(u64::MAX, &config()).is_err());
         assert!(exec_timeout(0).is_err());
+        for good in ["py", "node-20", "a_b", "0x"] {
+            assert!(pool_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Py", "-x", "_x", "a/b", "a b", &"x".repeat(64)] {
+            assert!(pool_name(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -36,6 +36,49 @@ pub struct SandboxSpec {
     /// Image name (`host` is built in).
     pub image: String,
     pub limits: Limits,
+    /// Restore the sandbox's files from this snapshot (an id [`Runtime::snapshot`] made)
+    /// instead of starting from the image. Ignored by [`Runtime::start`].
+    pub snapshot: Option<String>,
+}
+
+/// What a runtime finds of a sandbox on this host ([`Runtime::probe`], used to reconcile
+/// after a daemon restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Its agent answers and its processes are not frozen.
+    Running,
+    /// Its processes are frozen (cgroup freezer).
+    Paused,
+    /// No process runs but its files are there ([`Runtime::start`] brings it back).
+    Stopped,
+    /// Processes run but the agent does not answer, or the files are half there: only
+    /// [`Runtime::destroy`] helps.
+    Broken,
+    /// Nothing of it exists.
+    Gone,
+}
+
+/// Usage figures of one sandbox ([`Runtime::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub cpu_usage_us: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids: u64,
+    /// Bytes used by the writable layer.
+    pub disk_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+}
+
+/// What [`Runtime::snapshot`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// Bytes of file data in the snapshot.
+    pub size_bytes: u64,
+    /// Storage backend that holds it (`dir`, `btrfs`).
+    pub backend: String,
 }
 
 /// One item of a running command's output.
@@ -136,6 +179,21 @@ pub struct RuntimeInfo {
     pub processes: bool,
     /// Implements [`Runtime::connect_port`].
     pub ports: bool,
+    /// Implements [`Runtime::pause`] and [`Runtime::resume`].
+    pub pause: bool,
+    /// Implements [`Runtime::stop`] and [`Runtime::start`].
+    pub stop: bool,
+    /// Implements [`Runtime::snapshot`], [`Runtime::rollback`] and restores
+    /// ([`SandboxSpec::snapshot`]).
+    pub snapshots: bool,
+    /// Implements [`Runtime::stats`] and [`Runtime::cpu_usage_us`].
+    pub stats: bool,
+    /// Storage backend in use (`dir`, `btrfs`, or e.g. `memory` for a fake).
+    pub storage: String,
+    /// Whether copies share blocks (reflinks) on the storage's file system.
+    pub reflink: bool,
+    /// Storage backends this runtime can be configured with.
+    pub storage_available: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +202,8 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("image {0} not found")]
     ImageNotFound(String),
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
     /// The command could not be started (`code` as in the agent protocol: `not_found`,
     /// `bad_cwd`, `spawn_failed`).
     #[error("{message}")]
@@ -319,13 +379,88 @@ pub trait Runtime: Send + Sync + 'static {
         Err(RuntimeError::Unsupported("file watch"))
     }
 
+    /// Freeze every process of the sandbox (agent included) and return once all are
+    /// frozen. Pausing a paused sandbox is `Ok`.
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported("pause"))
+    }
+
+    /// Thaw a paused sandbox. Resuming a running one is `Ok`.
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported("pause"))
+    }
+
+    /// End every process (the agent too) and keep the files. Works on a paused sandbox;
+    /// stopping a stopped one is `Ok`.
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported("stop"))
+    }
+
+    /// Bring a stopped sandbox's agent back on the same files, with `spec.limits`, and
+    /// return once it answers. On error the sandbox is stopped again (files kept).
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let _ = spec;
+        Err(RuntimeError::Unsupported("stop"))
+    }
+
+    /// Usage figures (cgroup counters, the writable layer's size, network bytes).
+    async fn stats(&self, id: &str) -> Result<Stats, RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported("stats"))
+    }
+
+    /// CPU time used so far, cheaply (the idle detector calls it every few seconds).
+    async fn cpu_usage_us(&self, id: &str) -> Result<u64, RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported("stats"))
+    }
+
+    /// What is left of a sandbox on this host (after a daemon restart).
+    async fn probe(&self, id: &str) -> Result<Probe, RuntimeError> {
+        let _ = id;
+        Ok(Probe::Gone)
+    }
+
+    /// Copy the sandbox's files to a new snapshot `snapshot_id` (`[a-z0-9-]`, ≤ 63 bytes),
+    /// consistently: a running sandbox's processes are frozen while it is taken and thawed
+    /// after; a paused one stays paused; a stopped one has nothing running. The snapshot is
+    /// complete when this returns `Ok` and absent when it returns `Err` (or the daemon
+    /// dies midway: [`Runtime::reconcile_snapshots`] removes partial ones).
+    async fn snapshot(&self, id: &str, snapshot_id: &str) -> Result<SnapshotMeta, RuntimeError> {
+        let _ = (id, snapshot_id);
+        Err(RuntimeError::Unsupported("snapshots"))
+    }
+
+    /// Remove a snapshot. Idempotent.
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), RuntimeError> {
+        let _ = snapshot_id;
+        Err(RuntimeError::Unsupported("snapshots"))
+    }
+
+    /// Replace a *stopped* sandbox's files with the snapshot's. Either the files are the
+    /// snapshot's afterwards or, on error, unchanged.
+    async fn rollback(&self, id: &str, snapshot_id: &str) -> Result<(), RuntimeError> {
+        let _ = (id, snapshot_id);
+        Err(RuntimeError::Unsupported("rollback"))
+    }
+
+    /// Remove every complete snapshot not in `keep` and every partial one. Returns the ids
+    /// it removed.
+    async fn reconcile_snapshots(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError> {
+        let _ = keep;
+        Ok(Vec::new())
+    }
+
     /// Kill every process, remove cgroups, mounts and files. Idempotent: an unknown or
     /// already-destroyed sandbox is `Ok`.
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
 
-    /// Remove whatever an earlier (crashed) daemon left behind: processes, cgroups, sandbox
-    /// directories. Returns the ids it cleaned.
-    async fn cleanup_all(&self) -> Result<Vec<String>, RuntimeError>;
+    /// Remove whatever an earlier (crashed) daemon left behind for every sandbox *not* in
+    /// `keep`: processes, cgroups, sandbox directories. Returns the ids it cleaned.
+    async fn reconcile(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError>;
 
     /// Called once when the daemon stops after every sandbox was destroyed: remove what the
     /// runtime itself made on the host (e.g. its parent cgroups), so nothing is left behind.

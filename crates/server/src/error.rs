@@ -82,17 +82,53 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(bytes_rejection)?;
-        // serde would also accept a struct written as a JSON array; the API takes objects.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        parse_object(&bytes).map(ApiJson)
+    }
+}
+
+/// Like [`ApiJson`], but an absent or empty (whitespace-only) body is `T::default()`, with
+/// or without a content type. A non-empty body follows [`ApiJson`]'s rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let json = json_content_type(&parts.headers);
+        let req = Request::from_parts(parts, body);
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(bytes_rejection)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !json {
             return Err(ApiError::invalid_request(
-                "the request body must be a JSON object",
+                "expected a request body with `Content-Type: application/json` (or no body)",
             ));
         }
-        match Json::<T>::from_bytes(&bytes) {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            // body_text() is "Failed to parse/deserialize ...: <serde message>".
-            Err(rejection) => Err(ApiError::invalid_request(rejection.body_text())),
-        }
+        parse_object(&bytes).map(OptionalJson)
+    }
+}
+
+/// A JSON object (not an array or a scalar) as `T`.
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would also accept a struct written as a JSON array; the API takes objects.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    match Json::<T>::from_bytes(bytes) {
+        Ok(Json(value)) => Ok(value),
+        // body_text() is "Failed to parse/deserialize ...: <serde message>".
+        Err(rejection) => Err(ApiError::invalid_request(rejection.body_text())),
     }
 }
 
@@ -169,4 +205,24 @@ where
 fn query_rejection(rejection: QueryRejection) -> ApiError {
     // body_text() is "Failed to deserialize query string: <serde message>".
     ApiError::invalid_request(rejection.body_text())
+}
+
+/// The `{id}` path segment of `/v1/snapshots/{id}`; an id that cannot be extracted is not
+/// found.
+#[derive(Debug, Clone)]
+pub struct SnapshotId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SnapshotId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(id)) => Ok(SnapshotId(id)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "snapshot_not_found",
+                format!("no such snapshot ({})", rejection.body_text()),
+            )),
+        }
+    }
 }

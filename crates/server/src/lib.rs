@@ -7,8 +7,11 @@
 
 mod encode;
 mod error;
+mod events;
 mod exec;
 mod files;
+mod lifecycle;
+mod pools;
 mod ports;
 mod processes;
 mod search;
@@ -66,6 +69,9 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
         .route("/v1/sandboxes/{id}/files/move", post(files::move_path))
         .merge(processes::routes())
+        .merge(lifecycle::routes())
+        .merge(pools::routes())
+        .merge(events::routes())
         .merge(ports::routes())
         .merge(search::routes())
         .fallback(not_found)
@@ -81,6 +87,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(<processes::ProcessesDoc as OpenApi>::openapi());
     doc.merge(<ports::PortsDoc as OpenApi>::openapi());
     doc.merge(<search::SearchDoc as OpenApi>::openapi());
+    doc.merge(<lifecycle::LifecycleDoc as OpenApi>::openapi());
+    doc.merge(<events::EventsDoc as OpenApi>::openapi());
+    doc.merge(<pools::PoolsDoc as OpenApi>::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc
 }
@@ -171,15 +180,26 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// Create a sandbox; returns once it is running.
+///
+/// With `snapshot` its files start as a copy of that snapshot's (a restore). With `pool`
+/// (or a spec that is a pool's, see `GET /v1/pools`) a ready sandbox of the pool is handed
+/// over at once, with this request's env, metadata, timeout and lifecycle options; its
+/// `pool` field says so. An empty pool falls back to a cold create.
+///
+/// Admission is checked at once: beyond `limits.max_sandboxes` 429 `limit_reached`;
+/// beyond `limits.max_committed_memory_mib` (the memory limits of all sandboxes, after
+/// evicting unclaimed pool sandboxes) 429 `capacity_exhausted`; with the host's available
+/// memory below `limits.min_available_memory_mib` 503 `host_under_pressure`.
 #[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes",
     request_body = CreateSandboxRequest,
     responses(
         (status = 201, description = "The sandbox, running", body = Sandbox),
         (status = 400, description = "`invalid_request` or `image_not_found`", body = ErrorBody),
+        (status = 404, description = "`snapshot_not_found` or `pool_not_found`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
-        (status = 429, description = "`limit_reached`: too many sandboxes", body = ErrorBody),
+        (status = 429, description = "`limit_reached`: too many sandboxes; `capacity_exhausted`: not enough memory left to commit", body = ErrorBody),
         (status = 500, description = "`runtime_error` or `store_error`", body = ErrorBody),
-        (status = 503, description = "`shutting_down`", body = ErrorBody),
+        (status = 503, description = "`shutting_down`, or `host_under_pressure`: the host is low on memory", body = ErrorBody),
     ))]
 async fn create_sandbox(
     State(engine): State<Engine>,

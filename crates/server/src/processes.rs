@@ -542,7 +542,7 @@ fn push_items(events: &mut Vec<Event>, items: Vec<Item>) {
     }
 }
 
-fn to_json<T: Serialize>(value: &T) -> String {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|err| {
         // Cannot happen for these plain structs; never panic on a request path.
         let body = ErrorBody {

@@ -27,6 +27,9 @@ pub fn test_config(data_dir: &Path) -> EngineConfig {
         max_pids: 4096,
         max_request_bytes: 64 * 1024,
         max_exec_capture_bytes: 1024,
+        // Whatever the host has: admission is tested with explicit settings.
+        max_committed_memory_mib: 0,
+        min_available_memory_mib: 0,
         ..EngineConfig::with_defaults(data_dir.to_path_buf())
     }
 }

@@ -150,6 +150,20 @@ async fn openapi_documents_every_route_and_schema() {
         ("/v1/sandboxes/{id}", "delete"),
         ("/v1/sandboxes/{id}/timeout", "post"),
         ("/v1/sandboxes/{id}/exec", "post"),
+        ("/v1/sandboxes/{id}/pause", "post"),
+        ("/v1/sandboxes/{id}/resume", "post"),
+        ("/v1/sandboxes/{id}/stop", "post"),
+        ("/v1/sandboxes/{id}/start", "post"),
+        ("/v1/sandboxes/{id}/stats", "get"),
+        ("/v1/sandboxes/{id}/snapshots", "post"),
+        ("/v1/sandboxes/{id}/snapshots", "get"),
+        ("/v1/sandboxes/{id}/rollback", "post"),
+        ("/v1/sandboxes/{id}/fork", "post"),
+        ("/v1/sandboxes/{id}/events", "get"),
+        ("/v1/snapshots", "get"),
+        ("/v1/snapshots/{id}", "get"),
+        ("/v1/snapshots/{id}", "delete"),
+        ("/v1/events", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -168,6 +182,17 @@ async fn openapi_documents_every_route_and_schema() {
         "Sandbox",
         "SetTimeoutRequest",
         "Resources",
+        "Snapshot",
+        "CreateSnapshotRequest",
+        "RollbackRequest",
+        "ForkRequest",
+        "SandboxStats",
+        "SandboxEvent",
+        "EventKind",
+        "EventsLost",
+        "StorageInfo",
+        "TimeoutAction",
+        "IdleAction",
     ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
@@ -1160,5 +1185,7 @@ async fn upload_disconnect_over_tcp_writes_nothing() {
 }
 
 mod archive;
+mod lifecycle;
+mod pools;
 mod processes;
 mod search;

@@ -89,12 +89,23 @@ fn read_only(path: &str) -> bool {
 }
 
 /// One sandbox's files.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Tree {
     nodes: BTreeMap<String, Node>,
 }
 
 impl Tree {
+    /// Bytes of file content.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.nodes
+            .values()
+            .map(|n| match &n.content {
+                Content::File(b) => b.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
     pub(crate) fn new() -> Tree {
         let mut t = Tree {
             nodes: BTreeMap::new(),

@@ -204,10 +204,6 @@ impl Procs {
         }
     }
 
-    pub(crate) fn clear(&self) {
-        self.lock().clear();
-    }
-
     fn find(&self, id: &str, selector: &str) -> Result<Arc<Proc>, RuntimeError> {
         let tables = self.lock();
         let table = tables

@@ -96,7 +96,7 @@ impl Engine {
                 "max_results must be between 1 and {MAX_SEARCH_RESULTS}, got {max_results}"
             )));
         }
-        self.check_running(id)?;
+        self.ready(id).await?;
         let spec = SearchSpec {
             path: req.path,
             glob: req.glob,
@@ -143,7 +143,7 @@ impl Engine {
                 "max_files must be between 1 and {MAX_REPLACE_FILES}, got {max_files}"
             )));
         }
-        self.check_running(id)?;
+        self.ready(id).await?;
         let spec = ReplaceSpec {
             path: req.path,
             glob: req.glob,
@@ -180,17 +180,20 @@ impl Engine {
         recursive: bool,
     ) -> Result<FileEvents, EngineError> {
         validate_path("path", path)?;
-        self.check_running(id)?;
+        self.ready(id).await?;
         match self.inner.runtime.watch_files(id, path, recursive).await {
-            Ok(stream) => Ok(Box::pin(stream.map(|r| match r {
-                Ok(c) => Ok(FileEvent {
-                    event: api_event(c.event),
-                    path: c.path,
-                    kind: api_kind(c.kind),
-                    to: c.to,
+            Ok(stream) => Ok(self.attached(
+                id,
+                stream.map(|r| match r {
+                    Ok(c) => Ok(FileEvent {
+                        event: api_event(c.event),
+                        path: c.path,
+                        kind: api_kind(c.kind),
+                        to: c.to,
+                    }),
+                    Err(e) => Err(EngineError::Runtime(e)),
                 }),
-                Err(e) => Err(EngineError::Runtime(e)),
-            }))),
+            )),
             Err(e) => Err(self.search_error(id, e).await),
         }
     }

@@ -4,14 +4,16 @@
 //!
 //! All functions block: call them from `spawn_blocking` (or in the single-threaded helper).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use libcgroups::common::{
     create_cgroup_manager, get_cgroup_setup, AnyCgroupManager, CgroupConfig, CgroupManager,
-    CgroupSetup, ControllerOpt, FreezerState, DEFAULT_CGROUP_ROOT,
+    CgroupSetup, ControllerOpt, DEFAULT_CGROUP_ROOT,
 };
 use libcgroups::v1::{util as v1util, ControllerType};
 use nix::sys::signal::{kill, Signal};
@@ -40,6 +42,8 @@ pub enum CgroupError {
     Manager(String),
     #[error("invalid limits: {0}")]
     Limits(String),
+    #[error("freezer {path}: {message}")]
+    Freezer { path: PathBuf, message: String },
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
@@ -298,15 +302,15 @@ pub fn parse_procs(s: &str) -> Vec<Pid> {
         .collect()
 }
 
-/// Freeze the cgroup, SIGKILL everything in it, thaw it (so the kills are delivered).
-/// Returns how many processes were signalled. Never kills by a remembered pid: only what
-/// the cgroup lists while frozen (a frozen cgroup cannot fork).
+/// Freeze the cgroup, SIGKILL everything in it, thaw it (so the kills are delivered: on
+/// v1 a frozen task does not act on SIGKILL until thawed). Returns how many processes
+/// were signalled. Never kills by a remembered pid: only what the cgroup lists while frozen
+/// (a frozen cgroup cannot fork). Works on a paused (frozen) cgroup too: it ends thawed.
 pub fn kill_all(layout: Layout, id: &str, cgroup_path: &Path) -> Result<usize, CgroupError> {
     if pids(layout, cgroup_path)?.is_empty() {
         return Ok(0);
     }
-    let mgr = manager(id, cgroup_path)?;
-    let frozen = match mgr.freeze(FreezerState::Frozen) {
+    let frozen = match set_frozen_within(layout, cgroup_path, true, KILL_FREEZE_TIMEOUT) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(sandbox = id, error = %e, "cannot freeze cgroup; killing unfrozen");
@@ -321,11 +325,286 @@ pub fn kill_all(layout: Layout, id: &str, cgroup_path: &Path) -> Result<usize, C
     if frozen {
         // If this fails the processes stay frozen with SIGKILL pending; the caller's next
         // round freezes, kills and thaws again.
-        if let Err(e) = mgr.freeze(FreezerState::Thawed) {
+        if let Err(e) = set_frozen(layout, cgroup_path, false) {
             tracing::warn!(sandbox = id, error = %e, "cannot thaw cgroup");
         }
     }
     Ok(victims.len())
+}
+
+/// How long [`set_frozen`] waits for the kernel to reach the requested state.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`kill_all`] tries to freeze before it kills unfrozen (its caller retries).
+const KILL_FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The directory holding the freezer files of the sandbox cgroup: v1's `freezer`
+/// hierarchy, or the v2 cgroup itself.
+fn freezer_dir(layout: Layout, cgroup_path: &Path) -> Result<PathBuf, CgroupError> {
+    controller_dir(layout, ControllerType::Freezer, cgroup_path)
+}
+
+/// Freeze (`frozen`) or thaw every process of the cgroup and return only once the kernel
+/// reports that state (v1 `freezer.state` `FROZEN`/`THAWED`; v2 `cgroup.events`
+/// `frozen 1`/`frozen 0`). Idempotent. Gives up after 5 s; a freeze that
+/// did not complete is undone (thawed) before the error is returned, so a failure never
+/// leaves the cgroup half frozen. A missing cgroup is an [`CgroupError::Io`] with
+/// `NotFound`.
+pub fn set_frozen(layout: Layout, cgroup_path: &Path, frozen: bool) -> Result<(), CgroupError> {
+    set_frozen_within(layout, cgroup_path, frozen, FREEZE_TIMEOUT)
+}
+
+fn set_frozen_within(
+    layout: Layout,
+    cgroup_path: &Path,
+    frozen: bool,
+    timeout: Duration,
+) -> Result<(), CgroupError> {
+    let dir = freezer_dir(layout, cgroup_path)?;
+    let r = match layout {
+        Layout::V2 => set_frozen_v2(&dir, frozen, timeout),
+        Layout::V1 | Layout::Hybrid => set_frozen_v1(&dir, frozen, timeout),
+    };
+    if r.is_err() && frozen {
+        // Never leave a half-frozen cgroup behind.
+        let _ = match layout {
+            Layout::V2 => write_file(&dir.join("cgroup.freeze"), "0"),
+            Layout::V1 | Layout::Hybrid => write_file(&dir.join("freezer.state"), "THAWED"),
+        };
+    }
+    r
+}
+
+/// Whether freezing the cgroup was requested (v1 `freezer.state` `FROZEN`, or `FREEZING`
+/// on its way there; v2 `cgroup.freeze` `1`). A missing cgroup is `Ok(false)`.
+pub fn is_frozen(layout: Layout, cgroup_path: &Path) -> Result<bool, CgroupError> {
+    let dir = freezer_dir(layout, cgroup_path)?;
+    let file = match layout {
+        Layout::V2 => dir.join("cgroup.freeze"),
+        Layout::V1 | Layout::Hybrid => dir.join("freezer.state"),
+    };
+    match fs::read_to_string(&file) {
+        Ok(s) => Ok(match layout {
+            Layout::V2 => s.trim() == "1",
+            Layout::V1 | Layout::Hybrid => s.trim() != "THAWED",
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("read", &file)(e)),
+    }
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(io_err("write", path))
+}
+
+fn read_trimmed(path: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(io_err("read", path))
+}
+
+/// v1: write the state, then poll `freezer.state` while it says `FREEZING`. As runc does,
+/// the request is repeated while waiting (the kernel retries tasks it could not freeze
+/// yet) and, now and then, the cgroup is thawed and frozen again (which unsticks tasks
+/// caught in the middle of a fork or vfork).
+fn set_frozen_v1(dir: &Path, frozen: bool, timeout: Duration) -> Result<(), CgroupError> {
+    let file = dir.join("freezer.state");
+    let want = if frozen { "FROZEN" } else { "THAWED" };
+    let start = Instant::now();
+    let mut sleep = Duration::from_micros(100);
+    let mut last_refreeze = Instant::now();
+    write_file(&file, want)?;
+    loop {
+        let state = read_trimmed(&file)?;
+        if state == want {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(CgroupError::Freezer {
+                path: dir.to_path_buf(),
+                message: format!("still {state} {timeout:?} after requesting {want}"),
+            });
+        }
+        std::thread::sleep(sleep);
+        sleep = (sleep * 2).min(Duration::from_millis(10));
+        if frozen && last_refreeze.elapsed() >= Duration::from_millis(500) {
+            let _ = write_file(&file, "THAWED");
+            std::thread::sleep(Duration::from_millis(1));
+            last_refreeze = Instant::now();
+        }
+        write_file(&file, want)?;
+    }
+}
+
+/// v2: write `cgroup.freeze`, then poll `cgroup.events` until `frozen` matches.
+fn set_frozen_v2(dir: &Path, frozen: bool, timeout: Duration) -> Result<(), CgroupError> {
+    let want = if frozen { "1" } else { "0" };
+    write_file(&dir.join("cgroup.freeze"), want)?;
+    let events = dir.join("cgroup.events");
+    let start = Instant::now();
+    let mut sleep = Duration::from_micros(100);
+    loop {
+        let s = fs::read_to_string(&events).map_err(io_err("read", &events))?;
+        let state = s
+            .lines()
+            .find_map(|l| l.strip_prefix("frozen "))
+            .map(str::trim)
+            .ok_or_else(|| CgroupError::Freezer {
+                path: dir.to_path_buf(),
+                message: "cgroup.events has no frozen line (kernel too old?)".into(),
+            })?;
+        if state == want {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(CgroupError::Freezer {
+                path: dir.to_path_buf(),
+                message: format!("not frozen={want} {timeout:?} after requesting it"),
+            });
+        }
+        std::thread::sleep(sleep);
+        sleep = (sleep * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// v1 controller mount points, looked up once (libcgroups reads `mountinfo` once per
+/// controller per lookup; stats are polled).
+fn v1_mounts() -> Result<&'static HashMap<ControllerType, PathBuf>, CgroupError> {
+    static MOUNTS: OnceLock<HashMap<ControllerType, PathBuf>> = OnceLock::new();
+    if let Some(m) = MOUNTS.get() {
+        return Ok(m);
+    }
+    let found =
+        v1util::list_supported_mount_points().map_err(|e| CgroupError::Setup(e.to_string()))?;
+    if found.is_empty() {
+        // Not cached: nothing mounted yet is not worth remembering.
+        return Err(CgroupError::Setup(
+            "no v1 cgroup controller is mounted".into(),
+        ));
+    }
+    Ok(MOUNTS.get_or_init(|| found))
+}
+
+/// The sandbox cgroup's directory in the hierarchy of `controller` (v1), or its one
+/// directory (v2).
+fn controller_dir(
+    layout: Layout,
+    controller: ControllerType,
+    cgroup_path: &Path,
+) -> Result<PathBuf, CgroupError> {
+    let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
+    match layout {
+        Layout::V2 => Ok(Path::new(DEFAULT_CGROUP_ROOT).join(rel)),
+        Layout::V1 | Layout::Hybrid => v1_mounts()?
+            .get(&controller)
+            .map(|root| root.join(rel))
+            .ok_or_else(|| CgroupError::Setup(format!("no v1 {controller} hierarchy"))),
+    }
+}
+
+/// Whether the sandbox cgroup exists (in the hierarchy we list sandboxes in).
+pub fn exists(layout: Layout, cgroup_path: &Path) -> Result<bool, CgroupError> {
+    let dir = listing_root(layout)?.join(cgroup_path.strip_prefix("/").unwrap_or(cgroup_path));
+    Ok(dir.is_dir())
+}
+
+/// A cgroup file's content; `None` if it (or its cgroup) does not exist.
+fn read_opt(path: &Path) -> Result<Option<String>, CgroupError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+fn parse_u64(path: &Path, s: &str) -> Result<u64, CgroupError> {
+    s.trim().parse().map_err(|_| CgroupError::Io {
+        what: "parse",
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, format!("not a number: {s:?}")),
+    })
+}
+
+/// A numeric cgroup file; `None` if it does not exist.
+fn read_u64(path: &Path) -> Result<Option<u64>, CgroupError> {
+    read_opt(path)?.map(|s| parse_u64(path, &s)).transpose()
+}
+
+/// v1 reports "no memory limit" as the largest page-aligned `i64`; anything this large is
+/// no limit.
+const V1_UNLIMITED: u64 = 1 << 62;
+
+/// Counters of one sandbox cgroup ([`usage`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_usage_us: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids: u64,
+}
+
+/// CPU time used by the cgroup's processes, in µs (v1 `cpuacct.usage`, v2 `cpu.stat`
+/// `usage_usec`): one small read. `None` if the cgroup does not exist.
+pub fn cpu_usage_us(layout: Layout, cgroup_path: &Path) -> Result<Option<u64>, CgroupError> {
+    match layout {
+        Layout::V2 => {
+            let file = controller_dir(layout, ControllerType::Cpu, cgroup_path)?.join("cpu.stat");
+            let Some(s) = read_opt(&file)? else {
+                return Ok(None);
+            };
+            let v = s
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .ok_or_else(|| CgroupError::Io {
+                    what: "parse",
+                    path: file.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, "no usage_usec"),
+                })?;
+            parse_u64(&file, v).map(Some)
+        }
+        Layout::V1 | Layout::Hybrid => {
+            let file =
+                controller_dir(layout, ControllerType::CpuAcct, cgroup_path)?.join("cpuacct.usage");
+            Ok(read_u64(&file)?.map(|ns| ns / 1_000))
+        }
+    }
+}
+
+/// The cgroup's CPU, memory and pids counters. `None` if the cgroup does not exist. A
+/// frozen cgroup's counters are readable too.
+pub fn usage(layout: Layout, cgroup_path: &Path) -> Result<Option<Usage>, CgroupError> {
+    let Some(cpu_usage_us) = cpu_usage_us(layout, cgroup_path)? else {
+        return Ok(None);
+    };
+    let mem = controller_dir(layout, ControllerType::Memory, cgroup_path)?;
+    let pids = controller_dir(layout, ControllerType::Pids, cgroup_path)?;
+    let (memory_bytes, memory_peak_bytes, memory_limit_bytes) = match layout {
+        Layout::V2 => {
+            let current = read_u64(&mem.join("memory.current"))?.unwrap_or(0);
+            // memory.peak exists since Linux 5.19.
+            let peak = read_u64(&mem.join("memory.peak"))?.unwrap_or(current);
+            let max_file = mem.join("memory.max");
+            let limit = match read_opt(&max_file)? {
+                Some(s) if s.trim() == "max" => None,
+                Some(s) => Some(parse_u64(&max_file, &s)?),
+                None => None,
+            };
+            (current, peak, limit)
+        }
+        Layout::V1 | Layout::Hybrid => {
+            let current = read_u64(&mem.join("memory.usage_in_bytes"))?.unwrap_or(0);
+            let peak = read_u64(&mem.join("memory.max_usage_in_bytes"))?.unwrap_or(current);
+            let limit = read_u64(&mem.join("memory.limit_in_bytes"))?.filter(|l| *l < V1_UNLIMITED);
+            (current, peak, limit)
+        }
+    };
+    Ok(Some(Usage {
+        cpu_usage_us,
+        memory_bytes,
+        memory_peak_bytes: memory_peak_bytes.max(memory_bytes),
+        memory_limit_bytes,
+        pids: read_u64(&pids.join("pids.current"))?.unwrap_or(0),
+    }))
 }
 
 /// Remove the sandbox's cgroup directory from every hierarchy (it must be empty).
@@ -454,5 +733,52 @@ mod tests {
             parse_procs("12\n 34\n\nx\n0\n"),
             vec![Pid::from_raw(12), Pid::from_raw(34)]
         );
+    }
+
+    /// The v2 freezer on the real kernel, wherever a cgroup2 hierarchy is mounted (the
+    /// unified root, or the empty one of a hybrid host). Skipped when not root.
+    #[test]
+    fn v2_freezer_waits_for_frozen_and_thaws() {
+        let root = ["/sys/fs/cgroup/unified", DEFAULT_CGROUP_ROOT]
+            .iter()
+            .map(Path::new)
+            .find(|r| r.join("cgroup.procs").exists() && r.join("cgroup.subtree_control").exists());
+        let Some(root) = root else {
+            eprintln!("skipped: no cgroup2 hierarchy");
+            return;
+        };
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: not root");
+            return;
+        }
+        let dir = root.join(format!("warren-freeze-test-{}", std::process::id()));
+        fs::create_dir(&dir).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let r = std::panic::catch_unwind(|| {
+            fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
+            set_frozen_v2(&dir, true, FREEZE_TIMEOUT).unwrap();
+            let events = fs::read_to_string(dir.join("cgroup.events")).unwrap();
+            assert!(events.contains("frozen 1"), "{events}");
+            set_frozen_v2(&dir, true, FREEZE_TIMEOUT).unwrap();
+            set_frozen_v2(&dir, false, FREEZE_TIMEOUT).unwrap();
+            let events = fs::read_to_string(dir.join("cgroup.events")).unwrap();
+            assert!(events.contains("frozen 0"), "{events}");
+        });
+        let _ = fs::write(dir.join("cgroup.freeze"), "0");
+        let _ = child.kill();
+        let _ = child.wait();
+        for _ in 0..100 {
+            if fs::remove_dir(&dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!dir.exists(), "test cgroup left behind");
+        if let Err(e) = r {
+            std::panic::resume_unwind(e);
+        }
     }
 }

@@ -6,10 +6,12 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{chown, symlink, DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{chown, symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::spec::{hosts_file, SandboxPaths};
+use super::storage::Storage;
+use crate::RuntimeError;
 
 pub const HOST_IMAGE: &str = "host";
 
@@ -194,29 +196,130 @@ pub fn build_skeleton(root: &Path, host_root: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Create `<data_dir>/sandboxes/<id>` and its layers, with the per-sandbox `/etc/hostname`
-/// and `/etc/hosts` in the upper layer. Fails if the directory already exists.
-pub fn prepare_sandbox_dir(paths: &SandboxPaths, id: &str) -> io::Result<()> {
+/// Create `<sandboxes>/<id>`: its writable state `fs/` through `storage` (empty layers, or
+/// a copy of `snapshot`), the rootfs mount point, and the per-sandbox `/etc/hostname` and
+/// `/etc/hosts` in the upper layer. Fails if the directory already exists (it belongs to
+/// another sandbox); on any other error nothing is left behind.
+pub fn prepare_sandbox_dir(
+    paths: &SandboxPaths,
+    id: &str,
+    storage: &Storage,
+    snapshot: Option<&str>,
+) -> Result<(), RuntimeError> {
+    let setup =
+        |e: io::Error| RuntimeError::Setup(format!("preparing {}: {e}", paths.dir.display()));
     if let Some(parent) = paths.dir.parent() {
-        mkdir_mode(parent, 0o700)?;
+        mkdir_mode(parent, 0o700).map_err(setup)?;
     }
     // `create` (not `create_all`): an existing directory belongs to another sandbox.
-    fs::DirBuilder::new().mode(0o700).create(&paths.dir)?;
-    fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o700))?;
-    for dir in [
-        &paths.upper,
-        &paths.work,
-        &paths.usr_upper,
-        &paths.usr_work,
-        &paths.rootfs,
-    ] {
-        mkdir_mode(dir, 0o755)?;
+    match fs::DirBuilder::new().mode(0o700).create(&paths.dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(RuntimeError::Setup(format!("sandbox {id} already exists")))
+        }
+        Err(e) => return Err(setup(e)),
     }
-    let etc = paths.upper.join("etc");
-    mkdir_mode(&etc, 0o755)?;
-    write_mode(&etc.join("hostname"), format!("{id}\n").as_bytes(), 0o644)?;
-    write_mode(&etc.join("hosts"), hosts_file(id).as_bytes(), 0o644)?;
+    let made = (|| {
+        fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o700)).map_err(setup)?;
+        mkdir_mode(&paths.rootfs, 0o755).map_err(setup)?;
+        storage.create_fs(paths, snapshot)?;
+        match (set_identity(&paths.upper, id), snapshot) {
+            (Ok(()), _) => Ok(()),
+            (Err(e), None) => Err(setup(e)),
+            // A restored layer is the user's: a strange /etc there is theirs to keep.
+            (Err(e), Some(snap)) => {
+                tracing::warn!(sandbox = id, snapshot = snap, error = %e,
+                    "restored sandbox keeps the snapshot's /etc/hostname");
+                Ok(())
+            }
+        }
+    })();
+    if made.is_err() {
+        if let Err(e) = storage.remove_sandbox_dir(&paths.dir) {
+            tracing::error!(sandbox = id, error = %e, "cleanup after a failed prepare");
+        }
+    }
+    made
+}
+
+/// Write the sandbox's `/etc/hostname` and `/etc/hosts` into its upper layer. In a layer
+/// restored from another sandbox's snapshot, `/etc/hostname` is replaced and `/etc/hosts`
+/// only while it is still the one written for the old name (a user's edits stay, and so
+/// does a deleted one's whiteout). Never follows a symlink: a restored layer's contents
+/// come from inside a sandbox.
+pub fn set_identity(upper: &Path, id: &str) -> io::Result<()> {
+    let etc = upper.join("etc");
+    match fs::symlink_metadata(&etc) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a directory", etc.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => mkdir_mode(&etc, 0o755)?,
+        Err(e) => return Err(e),
+    }
+    let (hostname, hosts) = (etc.join("hostname"), etc.join("hosts"));
+    let old_name = read_small_regular(&hostname)?.map(|s| s.trim().to_string());
+    let hosts_ours = match read_small_regular(&hosts)? {
+        Some(content) => old_name.is_some_and(|old| content == hosts_file(&old)),
+        None => !exists_nofollow(&hosts)?,
+    };
+    replace_file(&hostname, format!("{id}\n").as_bytes(), 0o644)?;
+    if hosts_ours {
+        replace_file(&hosts, hosts_file(id).as_bytes(), 0o644)?;
+    }
     Ok(())
+}
+
+fn exists_nofollow(p: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(p) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The content of a regular file of at most 64 KiB (not following symlinks); `None` for
+/// anything else or nothing.
+fn read_small_regular(p: &Path) -> io::Result<Option<String>> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_file() && m.len() <= 64 * 1024 => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)?;
+    let mut s = String::new();
+    match io::Read::read_to_string(&mut f, &mut s) {
+        Ok(_) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replace `p` (whatever it is: file, symlink, whiteout) by a new regular file, by rename.
+fn replace_file(p: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = p.with_file_name(format!(".{name}.warren-tmp"));
+    remove_if_exists(&tmp)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    io::Write::write_all(&mut f, content)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    drop(f);
+    fs::rename(&tmp, p)
 }
 
 /// Make `<data_dir>/sandboxes` (root-only).
@@ -411,9 +514,11 @@ pub(crate) mod tests {
     #[test]
     fn sandbox_dir_layout() {
         let s = Scratch::new("sbdir");
+        let storage = Storage::open(&s.0, &super::super::storage::StorageConfig::Dir).unwrap();
         let paths = SandboxPaths::new(&s.0.join("sandboxes/abc"));
-        prepare_sandbox_dir(&paths, "abc").unwrap();
+        prepare_sandbox_dir(&paths, "abc", &storage, None).unwrap();
         for p in [
+            &paths.fs,
             &paths.upper,
             &paths.work,
             &paths.usr_upper,
@@ -429,9 +534,47 @@ pub(crate) mod tests {
         assert!(fs::read_to_string(paths.upper.join("etc/hosts"))
             .unwrap()
             .contains("127.0.0.1\tlocalhost abc"));
-        // A second sandbox with the same id is refused.
-        assert!(prepare_sandbox_dir(&paths, "abc").is_err());
+        // A second sandbox with the same id is refused, and the first one's files stay.
+        assert!(prepare_sandbox_dir(&paths, "abc", &storage, None).is_err());
+        assert!(paths.upper.join("etc/hostname").is_file());
+        // A missing snapshot: typed error, nothing left behind.
+        let other = SandboxPaths::new(&s.0.join("sandboxes/def"));
+        assert!(matches!(
+            prepare_sandbox_dir(&other, "def", &storage, Some("nope")),
+            Err(RuntimeError::SnapshotNotFound(_))
+        ));
+        assert!(!other.dir.exists());
         remove_if_exists(&paths.dir).unwrap();
         remove_if_exists(&paths.dir).unwrap();
+    }
+
+    #[test]
+    fn identity_of_a_restored_layer() {
+        let s = Scratch::new("ident");
+        let upper = s.0.join("upper");
+        fs::create_dir(&upper).unwrap();
+        set_identity(&upper, "old").unwrap();
+        set_identity(&upper, "new").unwrap();
+        let etc = upper.join("etc");
+        assert_eq!(fs::read_to_string(etc.join("hostname")).unwrap(), "new\n");
+        assert_eq!(
+            fs::read_to_string(etc.join("hosts")).unwrap(),
+            hosts_file("new")
+        );
+        // A user's own /etc/hosts stays; a symlinked hostname is replaced, not followed.
+        fs::write(etc.join("hosts"), "mine\n").unwrap();
+        let target = s.0.join("outside");
+        fs::write(&target, "untouched").unwrap();
+        fs::remove_file(etc.join("hostname")).unwrap();
+        symlink(&target, etc.join("hostname")).unwrap();
+        set_identity(&upper, "third").unwrap();
+        assert_eq!(fs::read_to_string(etc.join("hosts")).unwrap(), "mine\n");
+        assert_eq!(fs::read_to_string(etc.join("hostname")).unwrap(), "third\n");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
+        // An /etc that is a symlink is refused.
+        let upper2 = s.0.join("upper2");
+        fs::create_dir(&upper2).unwrap();
+        symlink(&s.0, upper2.join("etc")).unwrap();
+        assert!(set_identity(&upper2, "x").is_err());
     }
 }

@@ -6,20 +6,25 @@
 //! at `<data_dir>/sandboxes/<id>/agent.sock`. See [`init`] for how a sandbox starts without
 //! the daemon ever forking.
 //!
-//! On disk (`data_dir`): `images/host/` (the skeleton) and `sandboxes/<id>/` (`upper/`,
-//! `work/`, `usr-upper/`, `usr-work/`, `rootfs/`, `agent.sock`, `agent.log`).
+//! On disk (`data_dir`): `images/host/` (the skeleton), and in the storage root (the data
+//! dir, or the btrfs loop image mounted at `storage/btrfs`, see [`storage`]):
+//! `sandboxes/<id>/` (`fs/` with `upper/`, `work/`, `usr-upper/`, `usr-work/`; `rootfs/`,
+//! `agent.sock`, `agent.pid`, `agent.log`) and `snapshots/<snapshot_id>/` (copies of
+//! `fs/`). Pause, stop, start, stats and probe: see `lifecycle.rs`.
 
 pub mod caps;
 pub mod cgroup;
 mod files;
 pub mod image;
 pub mod init;
+mod lifecycle;
 pub mod net;
 mod ports;
 mod procs;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
+pub mod storage;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -46,6 +51,7 @@ use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
 
 pub use init::{run_helper, InitError};
 pub use spec::HELPER_ARG as SANDBOX_INIT_ARG;
+pub use storage::StorageConfig;
 
 /// How long the helper may take to report.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,6 +76,8 @@ pub struct NativeConfig {
     /// Cgroup (relative to each hierarchy root) under which sandbox cgroups are made, e.g.
     /// `warren`.
     pub cgroup_parent: String,
+    /// Where sandboxes' files and snapshots live (`dir` by default).
+    pub storage: StorageConfig,
 }
 
 /// The native runtime backend. Cheap to clone.
@@ -84,6 +92,8 @@ struct Inner {
     image_dir: PathBuf,
     /// The seccomp program, compiled once (building it costs ~1.5 ms per sandbox otherwise).
     seccomp_bpf: Vec<u8>,
+    /// Sandbox files and snapshots.
+    storage: Arc<storage::Storage>,
 }
 
 impl NativeRuntime {
@@ -108,16 +118,17 @@ impl NativeRuntime {
         let layout = Layout::detect().map_err(|e| RuntimeError::Cgroup(e.to_string()))?;
         let image_dir = image::ensure_host_image(&cfg.data_dir, Path::new("/"))
             .map_err(|e| RuntimeError::Setup(format!("building the host image: {e}")))?;
-        image::mkdir_sandboxes(&cfg.data_dir)
-            .map_err(|e| RuntimeError::Setup(format!("creating sandboxes dir: {e}")))?;
         let seccomp_bpf =
             seccomp::export_default_bpf().map_err(|e| RuntimeError::Setup(e.to_string()))?;
+        // Last: it may mount the btrfs loop image.
+        let storage = Arc::new(storage::Storage::open(&cfg.data_dir, &cfg.storage)?);
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
                 layout,
                 image_dir,
                 seccomp_bpf,
+                storage,
             }),
         })
     }
@@ -163,7 +174,7 @@ fn cg_err(e: cgroup::CgroupError) -> RuntimeError {
 
 impl Inner {
     fn sandboxes_dir(&self) -> PathBuf {
-        self.cfg.data_dir.join("sandboxes")
+        self.storage.sandboxes_dir()
     }
 
     /// Only for validated ids.
@@ -183,21 +194,19 @@ impl Inner {
         let id = spec.id.clone();
         let paths = self.paths(&id);
         {
-            let paths = paths.clone();
-            let id = id.clone();
+            let (this, paths, id, snapshot) = (
+                self.clone(),
+                paths.clone(),
+                id.clone(),
+                spec.snapshot.clone(),
+            );
             blocking(move || {
-                image::prepare_sandbox_dir(&paths, &id).map_err(|e| {
-                    if e.kind() == io::ErrorKind::AlreadyExists {
-                        RuntimeError::Setup(format!("sandbox {id} already exists"))
-                    } else {
-                        RuntimeError::Setup(format!("preparing {}: {e}", paths.dir.display()))
-                    }
-                })
+                image::prepare_sandbox_dir(&paths, &id, &this.storage, snapshot.as_deref())
             })
             .await?;
         }
         // From here on, a failure removes everything this call made.
-        match self.clone().start(&spec, &paths).await {
+        match self.clone().launch(&spec, &paths).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 if let Err(ce) = self.teardown(&id).await {
@@ -208,7 +217,11 @@ impl Inner {
         }
     }
 
-    async fn start(
+    /// Create the sandbox's cgroup with `spec.limits`, spawn the helper on the files at
+    /// `paths` (which must be ready: fresh from `prepare_sandbox_dir`, or a stopped
+    /// sandbox's with clean overlay work dirs) and wait for the agent. Shared by create and
+    /// start; on error the caller cleans up.
+    async fn launch(
         self: Arc<Self>,
         spec: &SandboxSpec,
         paths: &SandboxPaths,
@@ -235,6 +248,15 @@ impl Inner {
         let t_cgroup = t0.elapsed();
         let pid = self.spawn_helper(&init).await?;
         let t_helper = t0.elapsed();
+        {
+            // So stats and probe find PID 1 without scanning the cgroup.
+            let file = lifecycle::agent_pid_file(paths);
+            blocking(move || {
+                std::fs::write(&file, format!("{pid}\n"))
+                    .map_err(|e| RuntimeError::Setup(format!("writing {}: {e}", file.display())))
+            })
+            .await?;
+        }
         self.wait_agent(&paths.socket).await?;
         tracing::debug!(
             sandbox = %id,
@@ -365,6 +387,24 @@ impl Inner {
             // Nothing with this name can exist (and it must never reach a path).
             return Ok(());
         }
+        let start = Instant::now();
+        self.end_processes(id).await?;
+        let t_cgroup = start.elapsed();
+        let (dir, storage) = (self.paths(id).dir, self.storage.clone());
+        // Through the storage: btrfs subvolumes are deleted as such.
+        blocking(move || storage.remove_sandbox_dir(&dir)).await?;
+        tracing::debug!(
+            sandbox = %id,
+            kill_and_cgroup_us = t_cgroup.as_micros() as u64,
+            files_us = (start.elapsed() - t_cgroup).as_micros() as u64,
+            "sandbox torn down"
+        );
+        Ok(())
+    }
+
+    /// Kill everything in the sandbox's cgroup (frozen or not) and remove the cgroup from
+    /// every hierarchy; the files stay. Shared by teardown and stop. `id` must be valid.
+    async fn end_processes(&self, id: &str) -> Result<(), RuntimeError> {
         let layout = self.layout;
         let cg = self.cgroup_path(id);
         let start = Instant::now();
@@ -409,29 +449,34 @@ impl Inner {
                 Err(e) => return Err(e),
             }
         }
-        let t_cgroup = start.elapsed();
-        let dir = self.paths(id).dir;
-        blocking(move || {
-            image::remove_if_exists(&dir)
-                .map_err(|e| RuntimeError::Setup(format!("removing {}: {e}", dir.display())))
-        })
-        .await?;
-        tracing::debug!(
-            sandbox = %id,
-            kill_and_cgroup_us = t_cgroup.as_micros() as u64,
-            files_us = (start.elapsed() - t_cgroup).as_micros() as u64,
-            "sandbox torn down"
-        );
         Ok(())
     }
 
-    async fn cleanup_all(self: Arc<Self>) -> Result<Vec<String>, RuntimeError> {
+    async fn reconcile(self: Arc<Self>, keep: Vec<String>) -> Result<Vec<String>, RuntimeError> {
         let (layout, parent, sandboxes, data_dir) = (
             self.layout,
             self.cfg.cgroup_parent.clone(),
             self.sandboxes_dir(),
             self.cfg.data_dir.clone(),
         );
+        let keep_none = keep.is_empty();
+        {
+            // Kept sandboxes stay, but what a crash left of a rollback of theirs goes.
+            let (storage, sandboxes, keep) =
+                (self.storage.clone(), sandboxes.clone(), keep.clone());
+            blocking(move || {
+                for id in keep.iter().filter(|id| spec::validate_id(id).is_ok()) {
+                    let dir = sandboxes.join(id);
+                    if dir.is_dir() {
+                        if let Err(e) = storage.recover(&dir) {
+                            tracing::warn!(sandbox = %id, error = %e, "recovering its files");
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
         let ids = blocking(move || {
             let mut ids = cgroup::list_children(layout, &parent).map_err(cg_err)?;
             match std::fs::read_dir(&sandboxes) {
@@ -447,6 +492,7 @@ impl Inner {
             }
             ids.sort();
             ids.dedup();
+            ids.retain(|id| !keep.contains(id));
             ids.retain(|id| {
                 let ok = spec::validate_id(id).is_ok();
                 if !ok {
@@ -468,7 +514,7 @@ impl Inner {
                 }
             }
         }
-        if first_err.is_none() {
+        if first_err.is_none() && keep_none {
             // No sandbox runs now, so replaced images are unused.
             if let Err(e) =
                 blocking(move || image::remove_stale_images(&data_dir).map_err(RuntimeError::Io))
@@ -561,6 +607,13 @@ impl Runtime for NativeRuntime {
             files: true,
             processes: true,
             ports: true,
+            pause: true,
+            stop: true,
+            snapshots: true,
+            stats: true,
+            storage: self.inner.storage.backend().as_str().into(),
+            reflink: self.inner.storage.reflink(),
+            storage_available: self.inner.storage.available(),
         }
     }
 
@@ -703,19 +756,85 @@ impl Runtime for NativeRuntime {
         self.watch_files_impl(id, path, recursive).await
     }
 
+    // Pause, stop, start, stats, probe: see `lifecycle.rs`.
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.pause_impl(id).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.resume_impl(id).await
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        self.stop_impl(id).await
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        self.start_impl(spec).await
+    }
+
+    async fn stats(&self, id: &str) -> Result<crate::Stats, RuntimeError> {
+        self.stats_impl(id).await
+    }
+
+    async fn cpu_usage_us(&self, id: &str) -> Result<u64, RuntimeError> {
+        self.cpu_usage_us_impl(id).await
+    }
+
+    async fn probe(&self, id: &str) -> Result<crate::Probe, RuntimeError> {
+        self.probe_impl(id).await
+    }
+
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         let inner = self.inner.clone();
         let id = id.to_string();
         detached(async move { inner.teardown(&id).await }).await
     }
 
-    async fn cleanup_all(&self) -> Result<Vec<String>, RuntimeError> {
-        detached(self.inner.clone().cleanup_all()).await
+    async fn reconcile(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError> {
+        detached(self.inner.clone().reconcile(keep.to_vec())).await
+    }
+
+    // Snapshots: see `storage.rs`.
+    async fn snapshot(
+        &self,
+        id: &str,
+        snapshot_id: &str,
+    ) -> Result<crate::SnapshotMeta, RuntimeError> {
+        // Detached: a caller that stops waiting must not leave the sandbox frozen.
+        detached(
+            self.inner
+                .clone()
+                .snapshot_impl(id.to_string(), snapshot_id.to_string()),
+        )
+        .await
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), RuntimeError> {
+        self.delete_snapshot_impl(snapshot_id).await
+    }
+
+    async fn rollback(&self, id: &str, snapshot_id: &str) -> Result<(), RuntimeError> {
+        detached(
+            self.inner
+                .clone()
+                .rollback_impl(id.to_string(), snapshot_id.to_string()),
+        )
+        .await
+    }
+
+    async fn reconcile_snapshots(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError> {
+        self.reconcile_snapshots_impl(keep).await
     }
 
     async fn shutdown(&self) -> Result<(), RuntimeError> {
         let (layout, parent) = (self.inner.layout, self.inner.cfg.cgroup_parent.clone());
-        blocking(move || cgroup::remove_parent(layout, &parent).map_err(cg_err)).await
+        let cgroups =
+            blocking(move || cgroup::remove_parent(layout, &parent).map_err(cg_err)).await;
+        // Then the btrfs loop image, if this runtime mounted one.
+        let storage = self.inner.storage.clone();
+        let unmounted = blocking(move || storage.shutdown()).await;
+        cgroups.and(unmounted)
     }
 }
 
@@ -795,6 +914,7 @@ mod tests {
             data_dir: data.into(),
             helper_exe: "/bin/sh".into(),
             cgroup_parent: parent.into(),
+            storage: StorageConfig::Dir,
         };
         assert!(NativeRuntime::new(cfg("relative", "warren")).is_err());
         assert!(NativeRuntime::new(cfg("/a,b", "warren")).is_err());

@@ -112,13 +112,20 @@ pub fn check_overlay_path(p: &Path) -> Result<(), String> {
 }
 
 /// Where one sandbox's files live on the host.
+///
+/// Everything the sandbox writes is under one directory, `fs/` (a btrfs subvolume with the
+/// btrfs storage backend), which snapshots copy as a whole (see `storage`). The overlay
+/// work dirs are in it too: overlayfs moves files from its work dir into its upper dir by
+/// rename, and a rename cannot cross a btrfs subvolume boundary (`EXDEV`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxPaths {
     pub dir: PathBuf,
-    /// Upper layer of the root overlay.
+    /// The sandbox's writable state: `upper/`, `work/`, `usr-upper/`, `usr-work/`.
+    pub fs: PathBuf,
+    /// Upper layer of the root overlay (`fs/upper`).
     pub upper: PathBuf,
     pub work: PathBuf,
-    /// Upper layer of the `/usr` overlay (lower: the host's `/usr`).
+    /// Upper layer of the `/usr` overlay (lower: the host's `/usr`; `fs/usr-upper`).
     pub usr_upper: PathBuf,
     pub usr_work: PathBuf,
     /// Mount point of the merged root (only mounted inside the sandbox's mount namespace).
@@ -131,12 +138,14 @@ pub struct SandboxPaths {
 
 impl SandboxPaths {
     pub fn new(dir: &Path) -> Self {
+        let fs = dir.join("fs");
         Self {
             dir: dir.to_path_buf(),
-            upper: dir.join("upper"),
-            work: dir.join("work"),
-            usr_upper: dir.join("usr-upper"),
-            usr_work: dir.join("usr-work"),
+            upper: fs.join("upper"),
+            work: fs.join("work"),
+            usr_upper: fs.join("usr-upper"),
+            usr_work: fs.join("usr-work"),
+            fs,
             rootfs: dir.join("rootfs"),
             socket: dir.join(SOCKET_NAME),
             log: dir.join("agent.log"),
@@ -230,7 +239,9 @@ mod tests {
     fn paths_and_files() {
         let p = SandboxPaths::new(Path::new("/d/sandboxes/x"));
         assert_eq!(p.socket, Path::new("/d/sandboxes/x/agent.sock"));
-        assert_eq!(p.usr_work, Path::new("/d/sandboxes/x/usr-work"));
+        assert_eq!(p.usr_work, Path::new("/d/sandboxes/x/fs/usr-work"));
+        assert_eq!(p.upper, Path::new("/d/sandboxes/x/fs/upper"));
+        assert_eq!(p.fs, Path::new("/d/sandboxes/x/fs"));
         assert_eq!(
             overlay_options(Path::new("/l"), Path::new("/u"), Path::new("/w")),
             "lowerdir=/l,upperdir=/u,workdir=/w"

@@ -1,0 +1,102 @@
+//! cold: create → first exec output → delete, one after another, with the bubblewrap and
+//! runsc baselines of the same work; exec: round trip of `true` on a running sandbox.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use warren_api::CreateSandboxRequest;
+
+use super::stats::stat;
+use super::{baseline, exec_req, first_output, Ctx, Out};
+
+pub const LIFECYCLE: &str = "cold: create → first output → delete";
+
+pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
+    let (client, runs) = (ctx.client, ctx.args.runs);
+    eprintln!("bench: cold lifecycle x{runs}");
+    let mut total = Vec::with_capacity(runs);
+    let mut create = Vec::with_capacity(runs);
+    let mut first = Vec::with_capacity(runs);
+    let mut delete = Vec::with_capacity(runs);
+    let mut from_pool = 0;
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let sb = client
+            .create_sandbox(&CreateSandboxRequest::default())
+            .await
+            .context("create")?;
+        let t1 = Instant::now();
+        ctx.tracker.sandbox(&sb.id);
+        if sb.pool.is_some() {
+            from_pool += 1;
+        }
+        let t2 = first_output(client, &sb.id).await?;
+        client.delete_sandbox(&sb.id).await.context("delete")?;
+        let t3 = Instant::now();
+        ctx.tracker.sandbox_gone(&sb.id);
+        total.push(t3 - t0);
+        create.push(t1 - t0);
+        first.push(t2 - t1);
+        delete.push(t3 - t2);
+    }
+    if from_pool > 0 {
+        out.note(format!(
+            "cold: {from_pool} of {runs} creates were served by a warm pool of the daemon \
+             (a pool with the default spec exists): these are not cold starts"
+        ));
+    }
+    out.results.extend([
+        stat(LIFECYCLE, total),
+        stat("  create (201)", create),
+        stat("  exec → first output", first),
+        stat("  delete (204)", delete),
+    ]);
+
+    if ctx.args.baseline_runs == 0 {
+        return Ok(());
+    }
+    let ours = out.stat(LIFECYCLE).and_then(|s| s.p50_ms);
+    match baseline::bwrap(ctx.args.baseline_runs).await {
+        Ok(b) => {
+            out.lifecycle_vs_bwrap = ours.zip(b.p50_ms).map(|(a, b)| a / b);
+            out.results.push(b);
+        }
+        Err(e) => out.note(format!("bwrap baseline skipped: {e:#}")),
+    }
+    match baseline::runsc(ctx.args.baseline_runs).await {
+        Ok(Some(b)) => {
+            out.lifecycle_vs_runsc = ours.zip(b.p50_ms).map(|(a, b)| a / b);
+            out.results.push(b);
+        }
+        Ok(None) => out.note("runsc: not installed"),
+        Err(e) => out.note(format!("runsc baseline skipped: {e:#}")),
+    }
+    Ok(())
+}
+
+/// Non-streaming exec of `true` on one running sandbox, after 20 warm-up calls.
+pub async fn exec_round_trip(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
+    let (client, runs) = (ctx.client, ctx.args.exec_runs);
+    eprintln!("bench: exec round trip x{runs}");
+    let sb = client
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await
+        .context("create")?;
+    ctx.tracker.sandbox(&sb.id);
+    let req = exec_req(&["true"]);
+    let mut execs = Vec::with_capacity(runs);
+    for i in 0..runs + 20 {
+        let t0 = Instant::now();
+        let r = client.exec(&sb.id, &req).await.context("exec true")?;
+        if r.exit_code != 0 {
+            bail!("`true` exited {}", r.exit_code);
+        }
+        if i >= 20 {
+            execs.push(t0.elapsed()); // the first 20 warm up connections and caches
+        }
+    }
+    client.delete_sandbox(&sb.id).await.context("delete")?;
+    ctx.tracker.sandbox_gone(&sb.id);
+    out.results.push(stat("exec round trip (`true`)", execs));
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! `warren bench`: measures a running daemon through its HTTP API, with peers doing the
+//! same work (bubblewrap, gVisor `runsc` when installed) measured in the same run.
+//! Numbers, never assertions: see docs/PERFORMANCE.md.
+//!
+//! One file per scenario; each adds rows to the result table (and notes) and deletes what
+//! it created. A scenario that fails is reported and the others still run.
+
+mod baseline;
+mod cold;
+mod concurrent;
+mod density;
+mod files;
+mod memory;
+mod snapshot;
+mod stats;
+mod warm;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use serde::Serialize;
+use warren_api::{Capabilities, ExecRequest};
+use warren_client::{Client, ExecStreamEvent};
+
+use crate::serve_args::parse_size;
+use stats::Stat;
+
+/// A scenario of `--scenarios`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Create → first exec output → delete, one after another; bubblewrap and runsc
+    /// baselines of the same work.
+    Cold,
+    /// Claim from a warm pool → first exec output.
+    Warm,
+    /// Exec round trip of `true` on a running sandbox.
+    Exec,
+    /// Many clients running execs at once.
+    Concurrent,
+    /// File write (PUT) and read (GET).
+    Files,
+    /// Snapshot and rollback of a large workspace (default 1 GiB, 10,000 files) and a tiny one.
+    Snapshot,
+    /// Idle sandboxes until --density-target or the first failure; host memory per sandbox.
+    Density,
+}
+
+const DEFAULT_SCENARIOS: [Scenario; 5] = [
+    Scenario::Cold,
+    Scenario::Warm,
+    Scenario::Exec,
+    Scenario::Concurrent,
+    Scenario::Files,
+];
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Scenarios to run, comma-separated: cold, warm, exec, concurrent, files, snapshot,
+    /// density [default: cold,warm,exec,concurrent,files].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub scenarios: Vec<Scenario>,
+    /// Run every scenario, snapshot and density included.
+    #[arg(long, conflicts_with = "scenarios")]
+    pub all: bool,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON report to this file (the table still goes to stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<std::path::PathBuf>,
+    /// cold: lifecycle iterations (create → first exec output → delete).
+    #[arg(long, default_value_t = 200)]
+    pub runs: usize,
+    /// cold: iterations of each baseline (bwrap, runsc); 0 skips them.
+    #[arg(long, default_value_t = 200)]
+    pub baseline_runs: usize,
+    /// warm: claims from the pool (each waits until the pool is full again).
+    #[arg(long, default_value_t = 50)]
+    pub warm_runs: usize,
+    /// warm: size of the `bench` pool.
+    #[arg(long, default_value_t = 2)]
+    pub warm_pool_size: u32,
+    /// exec: round trips of `true` on one running sandbox.
+    #[arg(long, default_value_t = 1000)]
+    pub exec_runs: usize,
+    /// concurrent: clients (tokio tasks, each with its own connection pool).
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// concurrent: sandboxes the clients share.
+    #[arg(long, default_value_t = 4)]
+    pub concurrent_sandboxes: usize,
+    /// concurrent: how long the clients run execs, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub concurrent_secs: u64,
+    /// files: writes and reads of one file.
+    #[arg(long, default_value_t = 50)]
+    pub file_runs: usize,
+    /// files: size of the file (K, M, G suffixes are powers of 1024).
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    pub file_size: u64,
+    /// snapshot: snapshots and rollbacks of each workspace.
+    #[arg(long, default_value_t = 5)]
+    pub snapshot_runs: usize,
+    /// snapshot: total size of the large workspace.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub snapshot_size: u64,
+    /// snapshot: number of files of the large workspace (in directories of 100).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_files: u64,
+    /// density: stop after this many idle sandboxes (or at the first failure).
+    #[arg(long, default_value_t = 1000)]
+    pub density_target: usize,
+    /// density: report latencies every this many sandboxes.
+    #[arg(long, default_value_t = 100)]
+    pub density_step: usize,
+    /// density: memory limit of each sandbox in MiB; small, so that the daemon's committed
+    /// memory admission (`limits.max_committed_memory_mib`) lets the target fit.
+    #[arg(long, default_value_t = 16)]
+    pub density_memory_mib: u64,
+    /// density: deletes in flight at once when removing the sandboxes.
+    #[arg(long, default_value_t = 8)]
+    pub delete_concurrency: usize,
+    /// density: the daemon's cgroup parent (`warren serve --cgroup-parent`); found from
+    /// the first sandbox's cgroup when not given.
+    #[arg(long, value_name = "NAME")]
+    pub cgroup_parent: Option<String>,
+}
+
+impl BenchArgs {
+    fn selected(&self) -> BTreeSet<Scenario> {
+        if self.all {
+            Scenario::value_variants().iter().copied().collect()
+        } else if self.scenarios.is_empty() {
+            DEFAULT_SCENARIOS.into_iter().collect()
+        } else {
+            self.scenarios.iter().copied().collect()
+        }
+    }
+}
+
+/// What every scenario gets.
+pub(crate) struct Ctx<'a> {
+    pub client: &'a Client,
+    pub args: &'a BenchArgs,
+    pub caps: Option<Capabilities>,
+    pub tracker: Tracker,
+}
+
+/// What the scenarios produce.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Out {
+    pub results: Vec<Stat>,
+    pub notes: Vec<String>,
+    /// Warren's cold lifecycle p50 divided by bubblewrap's (goal ≤ 2).
+    pub lifecycle_vs_bwrap: Option<f64>,
+    /// Warren's cold lifecycle p50 divided by runsc's.
+    pub lifecycle_vs_runsc: Option<f64>,
+    pub density: Option<density::DensityReport>,
+}
+
+impl Out {
+    fn note(&mut self, note: impl Into<String>) {
+        let note = note.into();
+        eprintln!("bench: {note}");
+        self.notes.push(note);
+    }
+
+    fn stat(&self, name: &str) -> Option<&Stat> {
+        self.results.iter().find(|s| s.name == name)
+    }
+}
+
+/// What the bench created and has not deleted yet, for cleanup after Ctrl-C.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tracker {
+    inner: Arc<Mutex<Tracked>>,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    sandboxes: BTreeSet<String>,
+    snapshots: BTreeSet<String>,
+    pools: BTreeSet<String>,
+}
+
+impl Tracker {
+    fn with<T>(&self, f: impl FnOnce(&mut Tracked) -> T) -> T {
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    pub fn sandbox(&self, id: &str) {
+        self.with(|t| t.sandboxes.insert(id.to_string()));
+    }
+    pub fn sandbox_gone(&self, id: &str) {
+        self.with(|t| t.sandboxes.remove(id));
+    }
+    pub fn snapshot(&self, id: &str) {
+        self.with(|t| t.snapshots.insert(id.to_string()));
+    }
+    pub fn snapshot_gone(&self, id: &str) {
+        self.with(|t| t.snapshots.remove(id));
+    }
+    pub fn pool(&self, name: &str) {
+        self.with(|t| t.pools.insert(name.to_string()));
+    }
+    pub fn pool_gone(&self, name: &str) {
+        self.with(|t| t.pools.remove(name));
+    }
+
+    /// Delete everything still tracked (pools first, so they stop refilling).
+    async fn cleanup(&self, client: &Client) {
+        let (sandboxes, snapshots, pools) =
+            self.with(|t| (t.sandboxes.clone(), t.snapshots.clone(), t.pools.clone()));
+        if sandboxes.is_empty() && snapshots.is_empty() && pools.is_empty() {
+            return;
+        }
+        eprintln!(
+            "bench: cleaning up {} sandboxes, {} snapshots, {} pools",
+            sandboxes.len(),
+            snapshots.len(),
+            pools.len()
+        );
+        for p in &pools {
+            let _ = client.delete_pool(p).await;
+        }
+        futures::stream::iter(sandboxes)
+            .map(|id| async move { client.delete_sandbox(&id).await })
+            .buffer_unordered(8)
+            .for_each(|_| async {})
+            .await;
+        for s in &snapshots {
+            let _ = client.delete_snapshot(s).await;
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    server: String,
+    host: HostInfo,
+    scenarios: Vec<Scenario>,
+    /// `storage.backend` of the daemon's capabilities (where snapshots live).
+    storage_backend: Option<String>,
+    /// The daemon's cgroup layout.
+    cgroup: Option<String>,
+    #[serde(flatten)]
+    out: Out,
+}
+
+#[derive(Debug, Serialize)]
+struct HostInfo {
+    cpus: usize,
+    cpu_model: String,
+    memory_mib: u64,
+    kernel: String,
+}
+
+fn host_info() -> HostInfo {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| memory::kib_field(&m, "MemTotal:"))
+        .unwrap_or(0)
+        / 1024;
+    HostInfo {
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        cpu_model,
+        memory_mib,
+        kernel,
+    }
+}
+
+pub(crate) fn exec_req(cmd: &[&str]) -> ExecRequest {
+    ExecRequest {
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Start a streaming exec of `echo ready` and return when its first stdout arrives (the
+/// stream is then drained to the exit).
+pub(crate) async fn first_output(client: &Client, id: &str) -> Result<Instant> {
+    let mut stream = client
+        .exec_stream(id, &exec_req(&["echo", "ready"]))
+        .await
+        .context("exec")?;
+    let mut got_output = None;
+    while let Some(ev) = stream.next().await {
+        match ev.context("exec stream")? {
+            ExecStreamEvent::Stdout(_) if got_output.is_none() => got_output = Some(Instant::now()),
+            ExecStreamEvent::Exit(_) => break,
+            _ => {}
+        }
+    }
+    got_output.context("exec produced no output")
+}
+
+pub async fn run(client: &Client, args: BenchArgs) -> Result<()> {
+    client
+        .health()
+        .await
+        .context("the daemon is not reachable (start it with `warren serve`)")?;
+    let caps = match client.capabilities().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("bench: capabilities: {e}");
+            None
+        }
+    };
+    let selected = args.selected();
+    let ctx = Ctx {
+        client,
+        args: &args,
+        caps,
+        tracker: Tracker::default(),
+    };
+    let mut out = Out::default();
+    let mut failed = Vec::new();
+    let interrupted = tokio::select! {
+        _ = run_scenarios(&ctx, &selected, &mut out, &mut failed) => false,
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    ctx.tracker.cleanup(client).await;
+    if interrupted {
+        bail!("interrupted");
+    }
+
+    let report = Report {
+        server: client.base_url().to_string(),
+        host: host_info(),
+        scenarios: selected.into_iter().collect(),
+        storage_backend: ctx.caps.as_ref().map(|c| c.storage.backend.clone()),
+        cgroup: ctx.caps.as_ref().map(|c| c.cgroup.clone()),
+        out,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print_report(&report);
+    }
+    if !failed.is_empty() {
+        bail!("scenarios failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+async fn run_scenarios(
+    ctx: &Ctx<'_>,
+    selected: &BTreeSet<Scenario>,
+    out: &mut Out,
+    failed: &mut Vec<String>,
+) {
+    for &s in selected {
+        let t0 = Instant::now();
+        let r = match s {
+            Scenario::Cold => cold::run(ctx, out).await,
+            Scenario::Warm => warm::run(ctx, out).await,
+            Scenario::Exec => cold::exec_round_trip(ctx, out).await,
+            Scenario::Concurrent => concurrent::run(ctx, out).await,
+            Scenario::Files => files::run(ctx, out).await,
+            Scenario::Snapshot => snapshot::run(ctx, out).await,
+            Scenario::Density => density::run(ctx, out).await,
+        };
+        let name = format!("{s:?}").to_lowercase();
+        if let Err(e) = r {
+            out.note(format!("{name}: failed: {e:#}"));
+            failed.push(name);
+        } else {
+            eprintln!("bench: {name} done in {:.1} s", t0.elapsed().as_secs_f64());
+        }
+        // What a failed scenario left behind is removed before the next one starts.
+        ctx.tracker.cleanup(ctx.client).await;
+    }
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "host: {} cpus, {}, {} MiB, kernel {}",
+        r.host.cpus, r.host.cpu_model, r.host.memory_mib, r.host.kernel
+    );
+    println!(
+        "server: {} (storage {}, cgroup {})",
+        r.server,
+        r.storage_backend.as_deref().unwrap_or("?"),
+        r.cgroup.as_deref().unwrap_or("?")
+    );
+    print!("{}", stats::format_table(&r.out.results));
+    if let Some(x) = r.out.lifecycle_vs_bwrap {
+        println!("lifecycle p50 / bubblewrap p50 = {x:.2} (goal ≤ 2)");
+    }
+    if let Some(x) = r.out.lifecycle_vs_runsc {
+        println!("lifecycle p50 / runsc p50 = {x:.2}");
+    }
+    if let Some(d) = &r.out.density {
+        print!("{}", density::format_steps(d));
+    }
+    for n in &r.out.notes {
+        println!("note: {n}");
+    }
+}
+
+/// Poll `f` every `every` until it returns `Some`, or fail after `limit`.
+pub(crate) async fn poll_until<T, F, Fut>(limit: Duration, every: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("gave up after {} s", limit.as_secs());
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|c| c.bench)
+    }
+
+    #[test]
+    fn scenario_selection() {
+        let default = parse(&[]).unwrap().selected();
+        assert_eq!(default, DEFAULT_SCENARIOS.into_iter().collect());
+        assert!(!default.contains(&Scenario::Density));
+        assert!(!default.contains(&Scenario::Snapshot));
+        let all = parse(&["--all"]).unwrap().selected();
+        assert_eq!(all.len(), 7);
+        let some = parse(&["--scenarios", "density,cold", "--json"]).unwrap();
+        assert!(some.json);
+        assert_eq!(
+            some.selected().into_iter().collect::<Vec<_>>(),
+            vec![Scenario::Cold, Scenario::Density]
+        );
+        assert!(parse(&["--scenarios", "bogus"]).is_err());
+        assert!(parse(&["--all", "--scenarios", "cold"]).is_err());
+        let sizes = parse(&["--file-size", "4M", "--snapshot-size", "64M"]).unwrap();
+        assert_eq!((sizes.file_size, sizes.snapshot_size), (4 << 20, 64 << 20));
+    }
+
+    #[test]
+    fn tracker_forgets_what_is_gone() {
+        let t = Tracker::default();
+        t.sandbox("a");
+        t.sandbox("b");
+        t.sandbox_gone("a");
+        t.snapshot("s");
+        t.snapshot_gone("s");
+        t.pool("bench");
+        t.with(|x| {
+            assert_eq!(x.sandboxes.iter().collect::<Vec<_>>(), vec!["b"]);
+            assert!(x.snapshots.is_empty());
+            assert_eq!(x.pools.len(), 1);
+        });
+    }
+}

@@ -1,0 +1,205 @@
+//! Admission control: every create is checked, at once and under the lock that inserts it,
+//! against
+//!
+//! - `max_sandboxes`: sandboxes of users (unclaimed pool sandboxes do not count) →
+//!   429 `limit_reached`;
+//! - `max_committed_memory_mib`: the sum of the memory limits of every sandbox that is not
+//!   failed or being deleted (pool sandboxes included) plus the new one → 429
+//!   `capacity_exhausted`. A user's create that does not fit evicts unclaimed pool
+//!   sandboxes (the newest first) when that makes it fit: a warm pool never makes a user's
+//!   create fail;
+//! - `min_available_memory_mib`: the host's `MemAvailable` (read at most once a second)
+//!   must be at least this → 503 `host_under_pressure`, so the daemon never pushes the host
+//!   into swap or the OOM killer.
+//!
+//! Pool fillers go through the same checks (without evicting anything) and stop filling
+//! when refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use warren_api::SandboxState;
+
+use crate::{Engine, EngineError, Entry, Record};
+
+/// Where the engine reads the host's available memory (MiB). Injectable for tests.
+#[derive(Clone)]
+pub struct MemoryProbe(Arc<dyn Fn() -> Option<u64> + Send + Sync>);
+
+impl MemoryProbe {
+    /// `MemAvailable` from `/proc/meminfo`, read at most once a second (a procfs read: no
+    /// disk, a few microseconds).
+    pub fn host() -> MemoryProbe {
+        let cache: Mutex<Option<(Instant, Option<u64>)>> = Mutex::new(None);
+        MemoryProbe(Arc::new(move || {
+            let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, v)) = *c {
+                if at.elapsed() < Duration::from_secs(1) {
+                    return v;
+                }
+            }
+            let v = meminfo_mib("MemAvailable:");
+            *c = Some((Instant::now(), v));
+            v
+        }))
+    }
+
+    /// A probe answering whatever `f` says (tests).
+    pub fn from_fn(f: impl Fn() -> Option<u64> + Send + Sync + 'static) -> MemoryProbe {
+        MemoryProbe(Arc::new(f))
+    }
+
+    /// Available memory in MiB; `None` when unknown (then nothing is refused).
+    pub fn available_mib(&self) -> Option<u64> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for MemoryProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryProbe")
+    }
+}
+
+/// A `/proc/meminfo` figure (`key` with its colon, e.g. `MemTotal:`) in MiB.
+pub(crate) fn meminfo_mib(key: &str) -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Who asks for a new sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// A user's create: counts against `max_sandboxes`, may evict pool sandboxes.
+    User,
+    /// A pool filler.
+    Member,
+}
+
+/// Whether a record's memory counts as committed.
+fn commits(r: &Record) -> bool {
+    !matches!(r.state, SandboxState::Failed | SandboxState::Deleting)
+}
+
+impl Engine {
+    /// The memory limit a record commits (MiB); no limit commits the largest allowed.
+    fn memory_of(&self, r: &Record) -> u64 {
+        r.resources
+            .memory_mib
+            .unwrap_or(self.inner.config.max_memory_mib)
+    }
+
+    /// The sum of the memory limits committed right now (MiB).
+    pub fn committed_memory_mib(&self) -> u64 {
+        self.map()
+            .values()
+            .filter(|e| commits(&e.record))
+            .map(|e| self.memory_of(&e.record))
+            .sum()
+    }
+
+    /// 503 `host_under_pressure` when the host's available memory is below the floor.
+    pub(crate) fn check_pressure(&self) -> Result<(), EngineError> {
+        let c = &self.inner.config;
+        if c.min_available_memory_mib == 0 {
+            return Ok(());
+        }
+        match c.memory_probe.available_mib() {
+            Some(avail) if avail < c.min_available_memory_mib => {
+                Err(EngineError::HostUnderPressure(format!(
+                    "the host has {avail} MiB of memory available, below the floor of {} MiB; \
+                     try again later",
+                    c.min_available_memory_mib
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// 429 `limit_reached` when users already have `max_sandboxes` sandboxes.
+    pub(crate) fn check_count(&self, map: &HashMap<String, Entry>) -> Result<(), EngineError> {
+        let max = self.inner.config.max_sandboxes;
+        if max == 0 {
+            return Ok(());
+        }
+        let live = map
+            .values()
+            .filter(|e| e.record.state != SandboxState::Failed && !e.record.lifecycle.pool_member)
+            .count() as u64;
+        if live >= max {
+            return Err(EngineError::LimitReached(format!(
+                "the server runs at most {max} sandboxes"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Under the map lock: may `record` be added? For a user's create, unclaimed pool
+    /// sandboxes may be evicted to make room; they are marked deleting here and returned
+    /// with their previous state (the caller starts their deletion once the lock is let
+    /// go).
+    pub(crate) fn admit_locked(
+        &self,
+        map: &mut HashMap<String, Entry>,
+        record: &Record,
+        who: Admit,
+    ) -> Result<Vec<(String, SandboxState)>, EngineError> {
+        if who == Admit::User {
+            self.check_count(map)?;
+        }
+        let max = self.inner.config.max_committed_memory_mib;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let need = self.memory_of(record);
+        let committed: u64 = map
+            .values()
+            .filter(|e| commits(&e.record))
+            .map(|e| self.memory_of(&e.record))
+            .sum();
+        if committed + need <= max {
+            return Ok(Vec::new());
+        }
+        let refuse = || {
+            EngineError::CapacityExhausted(format!(
+                "{committed} MiB of memory limits are committed; {need} MiB more would \
+                 exceed the server's maximum of {max} MiB"
+            ))
+        };
+        if who == Admit::Member {
+            return Err(refuse());
+        }
+        // Ready pool sandboxes, newest first: the oldest stay ready.
+        let mut spare: Vec<(&String, &Record)> = map
+            .iter()
+            .filter(|(_, e)| {
+                e.record.lifecycle.pool_member && e.record.state == SandboxState::Running
+            })
+            .map(|(id, e)| (id, &e.record))
+            .collect();
+        spare.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at).then(b.0.cmp(a.0)));
+        let mut freed = 0;
+        let mut evict = Vec::new();
+        for (id, r) in spare {
+            if committed - freed + need <= max {
+                break;
+            }
+            freed += self.memory_of(r);
+            evict.push(id.clone());
+        }
+        if committed - freed + need > max {
+            return Err(refuse());
+        }
+        Ok(evict
+            .into_iter()
+            .filter_map(|id| {
+                let e = map.get_mut(&id)?;
+                let prev = crate::begin_delete(e);
+                Some((id, prev))
+            })
+            .collect())
+    }
+}

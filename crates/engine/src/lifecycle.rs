@@ -1,0 +1,440 @@
+//! Pause, resume, stop and start; the gate every data-plane call goes through
+//! ([`Engine::ready`], which resumes `auto_resume` sandboxes); activity tracking for the
+//! idle policy; stats.
+//!
+//! Every transition holds the sandbox's operation lock, moves it to a transitional state,
+//! asks the runtime within a deadline, and moves it to the target state — or to `failed`
+//! with the reason when the deadline passes or the runtime leaves it in an unknown state.
+//! Repeating a completed transition is a no-op success; a transition the state does not
+//! allow is `invalid_transition` (409).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tracing::{info, warn};
+use warren_api::{Sandbox, SandboxState, SandboxStats};
+use warren_runtime::RuntimeError;
+
+use crate::{expiry, Engine, EngineError, Record};
+
+/// How long each transitional state may last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deadlines {
+    pub pause: Duration,
+    pub resume: Duration,
+    pub stop: Duration,
+    pub start: Duration,
+    pub snapshot: Duration,
+    pub rollback: Duration,
+    pub delete: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Deadlines {
+        Deadlines {
+            pause: Duration::from_secs(10),
+            resume: Duration::from_secs(10),
+            stop: Duration::from_secs(30),
+            start: Duration::from_secs(30),
+            snapshot: Duration::from_secs(600),
+            rollback: Duration::from_secs(600),
+            delete: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the idle policy looks at, besides CPU.
+pub(crate) struct Activity {
+    /// Last API call that concerned the sandbox.
+    pub last_call: tokio::time::Instant,
+    /// Last time the sandbox was seen busy (CPU above the threshold, or something attached).
+    pub busy_at: tokio::time::Instant,
+    /// Streams and terminals attached right now.
+    pub attached: Arc<AtomicUsize>,
+    /// Last CPU sample: (when, cumulative µs).
+    pub cpu_sample: Option<(tokio::time::Instant, u64)>,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        let now = tokio::time::Instant::now();
+        Activity {
+            last_call: now,
+            busy_at: now,
+            attached: Arc::new(AtomicUsize::new(0)),
+            cpu_sample: None,
+        }
+    }
+}
+
+/// Counts an attached stream while alive.
+struct Attached(Arc<AtomicUsize>);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `Ok` when the record's state lets `what` happen (the sandbox is running); otherwise
+/// the error a client should see.
+pub(crate) fn require_running(id: &str, r: &Record, what: &str) -> Result<(), EngineError> {
+    match r.state {
+        SandboxState::Running => Ok(()),
+        SandboxState::Paused | SandboxState::Pausing => Err(EngineError::Paused(id.to_string())),
+        SandboxState::Stopped | SandboxState::Stopping => Err(EngineError::Stopped(id.to_string())),
+        state => Err(EngineError::InvalidState {
+            id: id.to_string(),
+            state,
+            message: format!("{what} only in a running sandbox"),
+        }),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Pause,
+    Resume,
+    Stop,
+    Start,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Pause => "pause",
+            Op::Resume => "resume",
+            Op::Stop => "stop",
+            Op::Start => "start",
+        }
+    }
+
+    /// (state while it runs, state when done)
+    fn states(self) -> (SandboxState, SandboxState) {
+        match self {
+            Op::Pause => (SandboxState::Pausing, SandboxState::Paused),
+            Op::Resume => (SandboxState::Resuming, SandboxState::Running),
+            Op::Stop => (SandboxState::Stopping, SandboxState::Stopped),
+            Op::Start => (SandboxState::Starting, SandboxState::Running),
+        }
+    }
+
+    /// States this operation may start from.
+    fn allowed_from(self) -> &'static [SandboxState] {
+        match self {
+            Op::Pause => &[SandboxState::Running],
+            Op::Resume => &[SandboxState::Paused],
+            Op::Stop => &[SandboxState::Running, SandboxState::Paused],
+            Op::Start => &[SandboxState::Stopped],
+        }
+    }
+}
+
+/// Why a runtime operation did not complete.
+#[derive(Debug, Clone)]
+pub(crate) enum OpFailure {
+    /// The runtime reported an error (its state is as its contract says on error).
+    Failed(String),
+    /// The deadline passed (the runtime's state is unknown).
+    Deadline(String),
+}
+
+impl OpFailure {
+    pub fn reason(&self) -> &str {
+        match self {
+            OpFailure::Failed(r) | OpFailure::Deadline(r) => r,
+        }
+    }
+
+    pub fn into_error(self) -> EngineError {
+        match self {
+            OpFailure::Failed(r) => EngineError::Runtime(RuntimeError::Setup(r)),
+            OpFailure::Deadline(r) => EngineError::DeadlineExceeded(r),
+        }
+    }
+}
+
+/// Run `fut` within `deadline`; a miss is an error naming the operation.
+pub(crate) async fn within<T>(
+    deadline: Duration,
+    what: &str,
+    fut: impl Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, OpFailure> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(OpFailure::Failed(format!("{what} failed: {e}"))),
+        Err(_) => Err(OpFailure::Deadline(format!(
+            "{what} did not finish within {deadline:?}"
+        ))),
+    }
+}
+
+impl Engine {
+    pub async fn pause(&self, id: &str) -> Result<Sandbox, EngineError> {
+        self.visible(id)?;
+        self.transition(id, Op::Pause, "api").await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<Sandbox, EngineError> {
+        self.visible(id)?;
+        self.transition(id, Op::Resume, "api").await
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<Sandbox, EngineError> {
+        self.visible(id)?;
+        self.transition(id, Op::Stop, "api").await
+    }
+
+    pub async fn start(&self, id: &str) -> Result<Sandbox, EngineError> {
+        self.visible(id)?;
+        self.transition(id, Op::Start, "api").await
+    }
+
+    fn check_supported(&self, op: Op) -> Result<(), EngineError> {
+        let info = self.inner.runtime.info();
+        match op {
+            Op::Pause | Op::Resume if !info.pause => Err(EngineError::NotSupported("pause")),
+            Op::Stop | Op::Start if !info.stop => Err(EngineError::NotSupported("stop")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The operation lock of a sandbox.
+    pub(crate) fn op_lock(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<()>>, EngineError> {
+        self.map()
+            .get(id)
+            .map(|e| e.op.clone())
+            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))
+    }
+
+    pub(crate) fn state_of(&self, id: &str) -> Result<SandboxState, EngineError> {
+        self.map()
+            .get(id)
+            .map(|e| e.record.state)
+            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))
+    }
+
+    pub(crate) async fn transition(
+        &self,
+        id: &str,
+        op: Op,
+        why: &str,
+    ) -> Result<Sandbox, EngineError> {
+        self.check_open()?;
+        self.check_supported(op)?;
+        self.touch(id);
+        let lock = self.op_lock(id)?;
+        let _guard = lock.lock_owned().await;
+        self.transition_locked(id, op, why).await
+    }
+
+    /// [`Engine::transition`] with the operation lock held by the caller.
+    pub(crate) async fn transition_locked(
+        &self,
+        id: &str,
+        op: Op,
+        why: &str,
+    ) -> Result<Sandbox, EngineError> {
+        let (during, done) = op.states();
+        let state = self.state_of(id)?;
+        if state == done {
+            return self.view(id);
+        }
+        if !op.allowed_from().contains(&state) {
+            return Err(EngineError::InvalidTransition {
+                id: id.to_string(),
+                state,
+                op: op.name(),
+            });
+        }
+        if !self
+            .set_state(id, during, &[state], Some(why.to_string()))
+            .await?
+        {
+            // Deleted in the meantime.
+            let state = self.state_of(id)?;
+            return Err(EngineError::InvalidTransition {
+                id: id.to_string(),
+                state,
+                op: op.name(),
+            });
+        }
+        let d = &self.inner.config.deadlines;
+        let rt = &self.inner.runtime;
+        let result = match op {
+            Op::Pause => within(d.pause, "pause", rt.pause(id)).await,
+            Op::Resume => within(d.resume, "resume", rt.resume(id)).await,
+            Op::Stop => {
+                self.inner.ports.close_sandbox(id);
+                within(d.stop, "stop", rt.stop(id)).await
+            }
+            Op::Start => {
+                let record = self
+                    .map()
+                    .get(id)
+                    .map(|e| e.record.clone())
+                    .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
+                let spec = Engine::runtime_spec(&record, None);
+                within(d.start, "start", rt.start(&spec)).await
+            }
+        };
+        match result {
+            Ok(()) => {
+                if matches!(op, Op::Resume | Op::Start) {
+                    // The timeout counts again from now.
+                    self.restart_clock(id).await;
+                }
+                if !self
+                    .set_state(id, done, &[during], Some(why.to_string()))
+                    .await?
+                {
+                    let state = self.state_of(id)?;
+                    return Err(EngineError::InvalidTransition {
+                        id: id.to_string(),
+                        state,
+                        op: op.name(),
+                    });
+                }
+                info!(%id, op = op.name(), reason = why, "sandbox {}", done);
+                self.view(id)
+            }
+            Err(failure) => {
+                let reason = failure.reason().to_string();
+                warn!(%id, %reason, "transition failed");
+                // A failed start leaves the files and nothing running: still stopped.
+                let next = if op == Op::Start && matches!(failure, OpFailure::Failed(_)) {
+                    SandboxState::Stopped
+                } else {
+                    SandboxState::Failed
+                };
+                self.set_state(id, next, &[during], Some(reason)).await?;
+                Err(failure.into_error())
+            }
+        }
+    }
+
+    /// Reset the sandbox's expiry to `timeout_secs` from now.
+    pub(crate) async fn restart_clock(&self, id: &str) {
+        let update = {
+            let mut map = self.map();
+            map.get_mut(id).map(|e| {
+                e.record.expires_at = expiry(e.record.timeout_secs);
+                (e.record.expires_at, e.record.timeout_secs)
+            })
+        };
+        if let Some((at, secs)) = update {
+            if let Err(e) = self.inner.store.set_expiry(id, at, secs).await {
+                warn!(%id, error = %e, "recording the new expiry");
+            }
+        }
+    }
+
+    /// Note an API call about the sandbox (for the idle policy).
+    pub(crate) fn touch(&self, id: &str) {
+        if let Some(e) = self.map().get_mut(id) {
+            e.activity.last_call = tokio::time::Instant::now();
+        }
+    }
+
+    /// Gate of every exec, process, file and port call: `Ok` once the sandbox runs. A paused
+    /// or stopped sandbox is resumed or started first when it was created with
+    /// `auto_resume`; otherwise the call fails with `sandbox_paused` / `sandbox_stopped`.
+    pub(crate) async fn ready(&self, id: &str) -> Result<(), EngineError> {
+        for _ in 0..4 {
+            let (state, auto) = {
+                let mut map = self.map();
+                let e = map
+                    .get_mut(id)
+                    .filter(|e| !e.record.lifecycle.pool_member)
+                    .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
+                e.activity.last_call = tokio::time::Instant::now();
+                (e.record.state, e.record.lifecycle.auto_resume)
+            };
+            match state {
+                SandboxState::Running => return Ok(()),
+                SandboxState::Paused | SandboxState::Pausing | SandboxState::Resuming if auto => {
+                    self.transition(id, Op::Resume, "auto_resume").await?;
+                }
+                SandboxState::Stopped | SandboxState::Stopping | SandboxState::Starting if auto => {
+                    self.transition(id, Op::Start, "auto_resume").await?;
+                }
+                SandboxState::Resuming | SandboxState::Starting => {
+                    // Wait for the transition in flight, then look again.
+                    let lock = self.op_lock(id)?;
+                    drop(lock.lock_owned().await);
+                }
+                _ => {
+                    let map = self.map();
+                    let e = map
+                        .get(id)
+                        .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
+                    return require_running(id, &e.record, "this works");
+                }
+            }
+        }
+        let state = self.state_of(id)?;
+        Err(EngineError::InvalidState {
+            id: id.to_string(),
+            state,
+            message: "the sandbox keeps changing state; try again".into(),
+        })
+    }
+
+    /// Wrap a stream the client keeps open (exec output, attachments, watches): while it
+    /// lives the sandbox is not idle.
+    pub(crate) fn attached<S: Stream + Send + 'static>(
+        &self,
+        id: &str,
+        stream: S,
+    ) -> std::pin::Pin<Box<dyn Stream<Item = S::Item> + Send>> {
+        let counter = self.map().get(id).map(|e| e.activity.attached.clone());
+        match counter {
+            Some(c) => {
+                c.fetch_add(1, Ordering::SeqCst);
+                let guard = Attached(c);
+                Box::pin(stream.map(move |item| {
+                    let _ = &guard;
+                    item
+                }))
+            }
+            None => Box::pin(stream),
+        }
+    }
+
+    /// Usage figures of a sandbox that exists in the runtime (running, paused or stopped).
+    pub async fn stats(&self, id: &str) -> Result<SandboxStats, EngineError> {
+        self.visible(id)?;
+        let state = self.state_of(id)?;
+        if !self.inner.runtime.info().stats {
+            return Err(EngineError::NotSupported("stats"));
+        }
+        if !matches!(
+            state,
+            SandboxState::Running | SandboxState::Paused | SandboxState::Stopped
+        ) {
+            return Err(EngineError::InvalidState {
+                id: id.to_string(),
+                state,
+                message: "stats exist for running, paused and stopped sandboxes".into(),
+            });
+        }
+        let s = self.inner.runtime.stats(id).await.map_err(|e| match e {
+            RuntimeError::Unsupported(w) => EngineError::NotSupported(w),
+            e => EngineError::Runtime(e),
+        })?;
+        Ok(SandboxStats {
+            state: Some(state),
+            cpu_usage_us: s.cpu_usage_us,
+            memory_bytes: s.memory_bytes,
+            memory_peak_bytes: s.memory_peak_bytes,
+            memory_limit_bytes: s.memory_limit_bytes,
+            pids: s.pids,
+            disk_bytes: s.disk_bytes,
+            net_rx_bytes: s.net_rx_bytes,
+            net_tx_bytes: s.net_tx_bytes,
+        })
+    }
+}
