@@ -339,6 +339,12 @@ pub async fn run(client: &Client, args: BenchArgs) -> Result<()> {
     };
     ctx.tracker.cleanup(client).await;
     if interrupted {
+        // A create in flight when Ctrl-C came is not tracked; density's are labelled.
+        if let Ok(left) = client.list_sandboxes(&[("bench", "density")]).await {
+            for sb in left {
+                let _ = client.delete_sandbox(&sb.id).await;
+            }
+        }
         bail!("interrupted");
     }
 
