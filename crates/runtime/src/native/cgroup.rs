@@ -92,9 +92,7 @@ fn managed_roots(layout: Layout) -> Result<Vec<PathBuf>, CgroupError> {
     match layout {
         Layout::V2 => Ok(vec![PathBuf::from(DEFAULT_CGROUP_ROOT)]),
         Layout::V1 | Layout::Hybrid => {
-            let mounts = v1util::list_supported_mount_points()
-                .map_err(|e| CgroupError::Setup(e.to_string()))?;
-            let set: BTreeSet<PathBuf> = mounts.into_values().collect();
+            let set: BTreeSet<PathBuf> = v1_mounts()?.values().cloned().collect();
             Ok(set.into_iter().collect())
         }
     }
@@ -119,9 +117,14 @@ fn all_roots(layout: Layout) -> Result<Vec<PathBuf>, CgroupError> {
 fn listing_root(layout: Layout) -> Result<PathBuf, CgroupError> {
     match layout {
         Layout::V2 => Ok(PathBuf::from(DEFAULT_CGROUP_ROOT)),
-        Layout::V1 | Layout::Hybrid => v1util::get_subsystem_mount_point(&ControllerType::Pids)
-            .or_else(|_| v1util::get_subsystem_mount_point(&ControllerType::Memory))
-            .map_err(|e| CgroupError::Setup(e.to_string())),
+        Layout::V1 | Layout::Hybrid => {
+            let mounts = v1_mounts()?;
+            mounts
+                .get(&ControllerType::Pids)
+                .or_else(|| mounts.get(&ControllerType::Memory))
+                .cloned()
+                .ok_or_else(|| CgroupError::Setup("no v1 pids or memory hierarchy".into()))
+        }
     }
 }
 
@@ -216,7 +219,9 @@ fn create_inner(layout: Layout, id: &str, path: &Path, limits: &Limits) -> Resul
 
     let swap_files_exist = match layout {
         Layout::V2 => false, // handled below: libcgroups skips a zero swap.max
-        Layout::V1 | Layout::Hybrid => v1util::get_subsystem_mount_point(&ControllerType::Memory)
+        Layout::V1 | Layout::Hybrid => v1_mounts()
+            .ok()
+            .and_then(|m| m.get(&ControllerType::Memory))
             .map(|m| m.join("memory.memsw.limit_in_bytes").exists())
             .unwrap_or(false),
     };
@@ -466,8 +471,9 @@ fn set_frozen_v2(dir: &Path, frozen: bool, timeout: Duration) -> Result<(), Cgro
     }
 }
 
-/// v1 controller mount points, looked up once (libcgroups reads `mountinfo` once per
-/// controller per lookup; stats are polled).
+/// v1 controller mount points, looked up once: libcgroups opens procfs and reads
+/// `mountinfo` once per controller per lookup, which cost ~3 ms of CPU per sandbox
+/// lifecycle when every create and teardown looked them up again (perf: `show_mountinfo`).
 fn v1_mounts() -> Result<&'static HashMap<ControllerType, PathBuf>, CgroupError> {
     static MOUNTS: OnceLock<HashMap<ControllerType, PathBuf>> = OnceLock::new();
     if let Some(m) = MOUNTS.get() {
