@@ -89,6 +89,7 @@ const TRANSITION_409: &str = "`invalid_transition`: the sandbox's state does not
         (status = 409, description = TRANSITION_409, body = ErrorBody),
         (status = 500, description = "`runtime_error`: the sandbox is now `failed`", body = ErrorBody),
         (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+        (status = 504, description = "`deadline_exceeded`: the runtime did not finish in time; the sandbox is now `failed`", body = ErrorBody),
     ))]
 pub(crate) async fn pause(
     State(engine): State<Engine>,
@@ -113,6 +114,7 @@ pub(crate) async fn pause(
         (status = 409, description = TRANSITION_409, body = ErrorBody),
         (status = 500, description = "`runtime_error`: the sandbox is now `failed`", body = ErrorBody),
         (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+        (status = 504, description = "`deadline_exceeded`: the runtime did not finish in time; the sandbox is now `failed`", body = ErrorBody),
     ))]
 pub(crate) async fn resume(
     State(engine): State<Engine>,
@@ -137,6 +139,7 @@ pub(crate) async fn resume(
         (status = 409, description = TRANSITION_409, body = ErrorBody),
         (status = 500, description = "`runtime_error`: the sandbox is now `failed`", body = ErrorBody),
         (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+        (status = 504, description = "`deadline_exceeded`: the runtime did not finish in time; the sandbox is now `failed`", body = ErrorBody),
     ))]
 pub(crate) async fn stop(
     State(engine): State<Engine>,
@@ -161,6 +164,7 @@ pub(crate) async fn stop(
         (status = 409, description = TRANSITION_409, body = ErrorBody),
         (status = 500, description = "`runtime_error`", body = ErrorBody),
         (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+        (status = 504, description = "`deadline_exceeded`: the runtime did not finish in time; the sandbox is now `failed`", body = ErrorBody),
     ))]
 pub(crate) async fn start(
     State(engine): State<Engine>,
@@ -179,6 +183,7 @@ pub(crate) async fn start(
         (status = 404, description = "`sandbox_not_found`", body = ErrorBody),
         (status = 409, description = "`invalid_state`: being created or deleted, or failed", body = ErrorBody),
         (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+        (status = 504, description = "`deadline_exceeded`: the runtime did not finish in time; the sandbox is now `failed`", body = ErrorBody),
     ))]
 pub(crate) async fn stats(
     State(engine): State<Engine>,
@@ -203,6 +208,7 @@ pub(crate) async fn stats(
         (status = 409, description = "`invalid_state`: being created, changing state or deleted, or failed", body = ErrorBody),
         (status = 500, description = "`runtime_error` or `store_error`", body = ErrorBody),
         (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+        (status = 504, description = "`deadline_exceeded`: the runtime did not finish in time; the sandbox is now `failed`", body = ErrorBody),
     ))]
 pub(crate) async fn create_snapshot(
     State(engine): State<Engine>,
@@ -250,6 +256,7 @@ pub(crate) async fn list_sandbox_snapshots(
         (status = 409, description = "`invalid_transition`", body = ErrorBody),
         (status = 500, description = "`runtime_error`", body = ErrorBody),
         (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+        (status = 504, description = "`deadline_exceeded`: the runtime did not finish in time; the sandbox is now `failed`", body = ErrorBody),
     ))]
 pub(crate) async fn rollback(
     State(engine): State<Engine>,
@@ -272,6 +279,7 @@ pub(crate) async fn rollback(
         (status = 429, description = "`limit_reached` or `capacity_exhausted` (see `POST /v1/sandboxes`)", body = ErrorBody),
         (status = 500, description = "`runtime_error` or `store_error`", body = ErrorBody),
         (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+        (status = 504, description = "`deadline_exceeded`: the runtime did not finish in time; the sandbox is now `failed`", body = ErrorBody),
         (status = 503, description = "`host_under_pressure` or `shutting_down`", body = ErrorBody),
     ))]
 pub(crate) async fn fork(
