@@ -71,7 +71,67 @@ impl Activity {
 }
 
 /// Counts an attached stream while alive.
-struct Attached(Arc<AtomicUsize>);
+pub(crate) struct Attached(Arc<AtomicUsize>);
+
+impl Attached {
+    pub fn new(counter: Arc<AtomicUsize>) -> Attached {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Attached(counter)
+    }
+}
+
+/// A connection to a port inside a sandbox that counts as attached while open (a dev
+/// server in use through the proxy or a forward keeps the sandbox from idling out).
+pub(crate) struct AttachedPort {
+    inner: Box<dyn warren_runtime::PortStream>,
+    _attached: Option<Attached>,
+}
+
+impl tokio::io::AsyncRead for AttachedPort {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for AttachedPort {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl AttachedPort {
+    pub fn new(
+        inner: Box<dyn warren_runtime::PortStream>,
+        counter: Option<Arc<AtomicUsize>>,
+    ) -> AttachedPort {
+        AttachedPort {
+            inner,
+            _attached: counter.map(Attached::new),
+        }
+    }
+}
 
 impl Drop for Attached {
     fn drop(&mut self) {
@@ -383,6 +443,11 @@ impl Engine {
         })
     }
 
+    /// The counter of attached streams of `id` (see [`Activity::attached`]).
+    pub(crate) fn attach_counter(&self, id: &str) -> Option<Arc<AtomicUsize>> {
+        self.map().get(id).map(|e| e.activity.attached.clone())
+    }
+
     /// Wrap a stream the client keeps open (exec output, attachments, watches): while it
     /// lives the sandbox is not idle.
     pub(crate) fn attached<S: Stream + Send + 'static>(
@@ -390,11 +455,9 @@ impl Engine {
         id: &str,
         stream: S,
     ) -> std::pin::Pin<Box<dyn Stream<Item = S::Item> + Send>> {
-        let counter = self.map().get(id).map(|e| e.activity.attached.clone());
-        match counter {
+        match self.attach_counter(id) {
             Some(c) => {
-                c.fetch_add(1, Ordering::SeqCst);
-                let guard = Attached(c);
+                let guard = Attached::new(c);
                 Box::pin(stream.map(move |item| {
                     let _ = &guard;
                     item

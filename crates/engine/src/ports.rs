@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -104,7 +105,10 @@ impl Engine {
         validate_port(port)?;
         self.ready(id).await?;
         match self.inner.runtime.connect_port(id, port).await {
-            Ok(s) => Ok(s),
+            Ok(s) => Ok(Box::new(crate::lifecycle::AttachedPort::new(
+                s,
+                self.attach_counter(id),
+            ))),
             Err(RuntimeError::Port { message, .. }) => {
                 Err(EngineError::PortUnreachable { port, message })
             }
@@ -139,6 +143,7 @@ impl Engine {
                         self.inner.runtime.clone(),
                         id.to_string(),
                         port,
+                        self.attach_counter(id),
                     ));
                     info!(%id, port, %address, "forwarding port");
                     ports.insert(port, Forwarder { address, task });
@@ -180,13 +185,26 @@ fn bind_loopback() -> std::io::Result<(TcpListener, SocketAddr)> {
     Ok((listener, address))
 }
 
-async fn accept_loop(listener: TcpListener, runtime: Arc<dyn Runtime>, id: String, port: u16) {
+async fn accept_loop(
+    listener: TcpListener,
+    runtime: Arc<dyn Runtime>,
+    id: String,
+    port: u16,
+    attached: Option<Arc<AtomicUsize>>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             res = listener.accept() => match res {
                 Ok((stream, peer)) => {
-                    conns.spawn(forward_one(stream, runtime.clone(), id.clone(), port, peer));
+                    conns.spawn(forward_one(
+                        stream,
+                        runtime.clone(),
+                        id.clone(),
+                        port,
+                        peer,
+                        attached.clone(),
+                    ));
                 }
                 Err(e) => {
                     // E.g. EMFILE: back off instead of spinning.
@@ -205,8 +223,11 @@ async fn forward_one(
     id: String,
     port: u16,
     peer: SocketAddr,
+    attached: Option<Arc<AtomicUsize>>,
 ) {
     let _ = client.set_nodelay(true);
+    // An open forwarded connection keeps the sandbox from idling out.
+    let _attached = attached.map(crate::lifecycle::Attached::new);
     let mut inside = match runtime.connect_port(&id, port).await {
         Ok(s) => s,
         Err(e) => {

@@ -311,9 +311,15 @@ async fn idle_means_no_cpu_no_stream_no_call() {
     };
     let busy = e.create(req.clone()).await.unwrap().id;
     let attached = e.create(req.clone()).await.unwrap().id;
+    let proxied = e.create(req.clone()).await.unwrap().id;
     let idle = e.create(req).await.unwrap().id;
     // A stream that stays open (the fake `sleep` never exits).
     let stream = e.exec(&attached, exec(&["sleep"])).await.unwrap();
+    // An open connection to a port inside (a dev server in use through the proxy).
+    let conn = e
+        .connect_port(&proxied, crate::fake::ports::ECHO_PORT)
+        .await
+        .unwrap();
     let _reaper = e.spawn_reaper();
     let mut cpu = 0;
     for _ in 0..30 {
@@ -325,10 +331,13 @@ async fn idle_means_no_cpu_no_stream_no_call() {
     assert_eq!(e.get(&idle).await.unwrap().state, SandboxState::Stopped);
     assert_eq!(e.get(&busy).await.unwrap().state, SandboxState::Running);
     assert_eq!(e.get(&attached).await.unwrap().state, SandboxState::Running);
+    assert_eq!(e.get(&proxied).await.unwrap().state, SandboxState::Running);
     drop(stream);
+    drop(conn);
     // Now only API silence and CPU keep it: both gone.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(e.get(&attached).await.unwrap().state, SandboxState::Stopped);
+    assert_eq!(e.get(&proxied).await.unwrap().state, SandboxState::Stopped);
 }
 
 async fn reopen(dir: &TestDir, rt: &Arc<FakeRuntime>) -> Engine {
