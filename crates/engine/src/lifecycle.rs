@@ -154,6 +154,15 @@ pub(crate) fn require_running(id: &str, r: &Record, what: &str) -> Result<(), En
     }
 }
 
+/// Running, paused or stopped: the runtime holds the sandbox's files and no operation is
+/// in flight (what stats, snapshots and rollback need).
+pub(crate) fn settled(state: SandboxState) -> bool {
+    matches!(
+        state,
+        SandboxState::Running | SandboxState::Paused | SandboxState::Stopped
+    )
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
     Pause,
@@ -474,10 +483,7 @@ impl Engine {
         if !self.inner.runtime.info().stats {
             return Err(EngineError::NotSupported("stats"));
         }
-        if !matches!(
-            state,
-            SandboxState::Running | SandboxState::Paused | SandboxState::Stopped
-        ) {
+        if !settled(state) {
             return Err(EngineError::InvalidState {
                 id: id.to_string(),
                 state,

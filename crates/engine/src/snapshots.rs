@@ -12,7 +12,7 @@ use warren_api::{
 };
 use warren_runtime::RuntimeError;
 
-use crate::lifecycle::{within, Op, OpFailure};
+use crate::lifecycle::{settled, within, Op, OpFailure};
 use crate::{events, new_id, validate, Engine, EngineError};
 
 /// Marks a snapshot as being read (a restore or rollback copies it) while alive; such a
@@ -132,10 +132,7 @@ impl Engine {
     /// the operation lock. Returns (id, (size, backend)).
     async fn snapshot_files(&self, id: &str) -> Result<(String, (u64, String)), EngineError> {
         let state = self.state_of(id)?;
-        if !matches!(
-            state,
-            SandboxState::Running | SandboxState::Paused | SandboxState::Stopped
-        ) {
+        if !settled(state) {
             return Err(EngineError::InvalidState {
                 id: id.to_string(),
                 state,
@@ -237,10 +234,7 @@ impl Engine {
         let lock = self.op_lock(id)?;
         let _guard = lock.lock_owned().await;
         let state = self.state_of(id)?;
-        if !matches!(
-            state,
-            SandboxState::Running | SandboxState::Paused | SandboxState::Stopped
-        ) {
+        if !settled(state) {
             return Err(EngineError::InvalidTransition {
                 id: id.to_string(),
                 state,
