@@ -513,6 +513,19 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `GET url` asking for `text/event-stream`; a non-2xx answer is [`Error::Api`].
+    pub(crate) async fn get_event_stream(&self, url: reqwest::Url) -> Result<Response, Error> {
+        let resp = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await?;
+        check(resp).await
+    }
+}
+
 /// Turn a non-2xx response into [`Error::Api`].
 async fn check(resp: Response) -> Result<Response, Error> {
     let status = resp.status();

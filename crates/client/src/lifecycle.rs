@@ -127,13 +127,7 @@ impl Client {
             url.query_pairs_mut()
                 .append_pair("after", &after.to_string());
         }
-        let resp = self
-            .http
-            .get(url)
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await?;
-        let resp = check(resp).await?;
+        let resp = self.get_event_stream(url).await?;
         Ok(LifecycleEvents {
             body: Some(Box::pin(resp.bytes_stream())),
             parser: sse::SseParser::default(),

@@ -280,14 +280,7 @@ impl Follow {
             .append_pair("follow", "true")
             .append_pair("encoding", "base64")
             .append_pair("offset", &self.offset.to_string());
-        let resp = self
-            .client
-            .http
-            .get(url)
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await?;
-        let resp = check(resp).await?;
+        let resp = self.client.get_event_stream(url).await?;
         Ok(SseReader {
             body: Box::pin(resp.bytes_stream()),
             parser: sse::SseParser::default(),

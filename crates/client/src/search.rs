@@ -11,7 +11,7 @@ use warren_api::{
     ErrorBody, FileEvent, ReplaceRequest, ReplaceResult, SearchRequest, SearchResult,
 };
 
-use crate::{check, sse, ByteStream, Client, Error, SandboxHandle};
+use crate::{sse, ByteStream, Client, Error, SandboxHandle};
 
 impl Client {
     /// `POST /v1/sandboxes/{id}/files/search`: file names matching `glob`, or lines matching
@@ -52,13 +52,7 @@ impl Client {
         url.query_pairs_mut()
             .append_pair("path", path)
             .append_pair("recursive", if recursive { "true" } else { "false" });
-        let resp = self
-            .http
-            .get(url)
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await?;
-        let resp = check(resp).await?;
+        let resp = self.get_event_stream(url).await?;
         Ok(FileWatch {
             body: Some(Box::pin(resp.bytes_stream())),
             parser: sse::SseParser::default(),
