@@ -1,6 +1,5 @@
 //! Pause, resume, stop, start, stats, snapshots, rollback, fork and lifecycle events.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -12,7 +11,7 @@ use warren_api::{
     Snapshot,
 };
 
-use crate::{check, decode, sse, ByteStream, Client, Error, SandboxHandle};
+use crate::{check, decode, sse, Client, Error, SandboxHandle};
 
 impl Client {
     /// `POST /v1/sandboxes/{id}/pause`: freeze every process (a no-op when paused).
@@ -128,11 +127,7 @@ impl Client {
                 .append_pair("after", &after.to_string());
         }
         let resp = self.get_event_stream(url).await?;
-        Ok(LifecycleEvents {
-            body: Some(Box::pin(resp.bytes_stream())),
-            parser: sse::SseParser::default(),
-            pending: VecDeque::new(),
-        })
+        Ok(LifecycleEvents(sse::EventStream::new(resp, convert, false)))
     }
 }
 
@@ -195,16 +190,12 @@ pub enum LifecycleEvent {
 }
 
 /// The stream of [`Client::events`]; ends when the server ends it.
-pub struct LifecycleEvents {
-    body: Option<ByteStream>,
-    parser: sse::SseParser,
-    pending: VecDeque<sse::SseEvent>,
-}
+pub struct LifecycleEvents(sse::EventStream<LifecycleEvent>);
 
 impl std::fmt::Debug for LifecycleEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LifecycleEvents")
-            .field("finished", &self.body.is_none())
+            .field("finished", &self.0.finished())
             .finish()
     }
 }
@@ -229,28 +220,7 @@ impl Stream for LifecycleEvents {
     type Item = Result<LifecycleEvent, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            while let Some(ev) = this.pending.pop_front() {
-                if let Some(item) = convert(ev) {
-                    return Poll::Ready(Some(item));
-                }
-            }
-            let Some(body) = this.body.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match futures::ready!(body.poll_next_unpin(cx)) {
-                Some(Ok(bytes)) => this.parser.push(&bytes, &mut this.pending),
-                Some(Err(e)) => {
-                    this.body = None;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-                None => {
-                    this.body = None;
-                    return Poll::Ready(None);
-                }
-            }
-        }
+        self.get_mut().0.poll_next_unpin(cx)
     }
 }
 

@@ -1,7 +1,6 @@
 //! File search, replace and watch ([`Client::search_files`], [`Client::replace_in_files`],
 //! [`Client::watch_files`]).
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -11,7 +10,7 @@ use warren_api::{
     ErrorBody, FileEvent, ReplaceRequest, ReplaceResult, SearchRequest, SearchResult,
 };
 
-use crate::{sse, ByteStream, Client, Error, SandboxHandle};
+use crate::{sse, Client, Error, SandboxHandle};
 
 impl Client {
     /// `POST /v1/sandboxes/{id}/files/search`: file names matching `glob`, or lines matching
@@ -53,11 +52,7 @@ impl Client {
             .append_pair("path", path)
             .append_pair("recursive", if recursive { "true" } else { "false" });
         let resp = self.get_event_stream(url).await?;
-        Ok(FileWatch {
-            body: Some(Box::pin(resp.bytes_stream())),
-            parser: sse::SseParser::default(),
-            pending: VecDeque::new(),
-        })
+        Ok(FileWatch(sse::EventStream::new(resp, convert, true)))
     }
 }
 
@@ -77,16 +72,12 @@ impl SandboxHandle {
 
 /// The events of [`Client::watch_files`]; ends when the server ends the stream. A server-side
 /// failure is the last item, as [`Error::Api`].
-pub struct FileWatch {
-    body: Option<ByteStream>,
-    parser: sse::SseParser,
-    pending: VecDeque<sse::SseEvent>,
-}
+pub struct FileWatch(sse::EventStream<FileEvent>);
 
 impl std::fmt::Debug for FileWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileWatch")
-            .field("finished", &self.body.is_none())
+            .field("finished", &self.0.finished())
             .finish()
     }
 }
@@ -113,31 +104,6 @@ impl Stream for FileWatch {
     type Item = Result<FileEvent, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            while let Some(ev) = this.pending.pop_front() {
-                if let Some(item) = convert(ev) {
-                    if item.is_err() {
-                        this.body = None;
-                        this.pending.clear();
-                    }
-                    return Poll::Ready(Some(item));
-                }
-            }
-            let Some(body) = this.body.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match futures::ready!(body.poll_next_unpin(cx)) {
-                Some(Ok(bytes)) => this.parser.push(&bytes, &mut this.pending),
-                Some(Err(e)) => {
-                    this.body = None;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-                None => {
-                    this.body = None;
-                    return Poll::Ready(None);
-                }
-            }
-        }
+        self.get_mut().0.poll_next_unpin(cx)
     }
 }

@@ -2,6 +2,75 @@
 //! `data`, `id` fields, comments, LF or CRLF line ends).
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::{Stream, StreamExt};
+
+use crate::{ByteStream, Error};
+
+/// A response body read as SSE, each event turned into an item by `convert` (`None` skips
+/// it). Ends with the body; with `end_on_error`, also right after an error item.
+pub(crate) struct EventStream<T> {
+    body: Option<ByteStream>,
+    parser: SseParser,
+    pending: VecDeque<SseEvent>,
+    convert: fn(SseEvent) -> Option<Result<T, Error>>,
+    end_on_error: bool,
+}
+
+impl<T> EventStream<T> {
+    pub fn new(
+        resp: reqwest::Response,
+        convert: fn(SseEvent) -> Option<Result<T, Error>>,
+        end_on_error: bool,
+    ) -> EventStream<T> {
+        EventStream {
+            body: Some(Box::pin(resp.bytes_stream())),
+            parser: SseParser::default(),
+            pending: VecDeque::new(),
+            convert,
+            end_on_error,
+        }
+    }
+
+    pub fn finished(&self) -> bool {
+        self.body.is_none()
+    }
+}
+
+impl<T> Stream for EventStream<T> {
+    type Item = Result<T, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            while let Some(ev) = this.pending.pop_front() {
+                if let Some(item) = (this.convert)(ev) {
+                    if item.is_err() && this.end_on_error {
+                        this.body = None;
+                        this.pending.clear();
+                    }
+                    return Poll::Ready(Some(item));
+                }
+            }
+            let Some(body) = this.body.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match futures::ready!(body.poll_next_unpin(cx)) {
+                Some(Ok(bytes)) => this.parser.push(&bytes, &mut this.pending),
+                Some(Err(e)) => {
+                    this.body = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => {
+                    this.body = None;
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct SseEvent {
