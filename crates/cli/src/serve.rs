@@ -44,6 +44,17 @@ fn init_logging(level: &str) {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Whatever started the daemon may have left fds open without close-on-exec: none of
+    // them may reach a tool the daemon runs (sandbox helpers close everything anyway).
+    // SAFETY: only sets the close-on-exec flag on descriptors; none is closed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as u32,
+        )
+    };
     let settings = args.settings()?;
     init_logging(&settings.log_level);
     if !nix_is_root() {
@@ -68,6 +79,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         helper_exe,
         cgroup_parent,
         storage,
+        user_namespaces: settings.user_namespaces,
     };
     let runtime = tokio::task::spawn_blocking(move || NativeRuntime::new(native_config))
         .await
@@ -91,6 +103,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.default_timeout_secs = s;
     }
     config.config_pools = settings.pools.clone();
+    if let Some(b) = settings.userns_base {
+        config.id_ranges.base = b;
+    }
+    if let Some(n) = settings.userns_ranges {
+        config.id_ranges.count = n;
+    }
+    config.id_ranges.exclude = warren_engine::idmaps::host_accounts(Path::new("/"));
+    config
+        .id_ranges
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("--userns-base / --userns-ranges")?;
     if config.default_timeout_secs == 0 || config.default_timeout_secs > config.max_timeout_secs {
         bail!(
             "--default-timeout ({}) must be between 1 and --max-timeout ({})",

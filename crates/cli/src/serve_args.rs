@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use warren_api::{PoolSpec, Resources};
-use warren_runtime::native::StorageConfig;
+use warren_runtime::native::{StorageConfig, UsernsSetting};
 
 /// `--listen` when neither the flag nor the file sets it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
@@ -67,6 +67,38 @@ pub struct ServeArgs {
     /// only as it fills.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub btrfs_loop_size: Option<u64>,
+    /// Give each sandbox its own user namespace, so its root is an unprivileged host uid of
+    /// its own: `auto` (yes where the host can, checked at start), `on` (refuse to start
+    /// where it cannot) or `off` [default: auto].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub user_namespaces: Option<UsernsKind>,
+    /// First host uid/gid of the sandboxes' id ranges (65,536 ids each; a multiple of
+    /// 65536). Ranges that overlap an account of /etc/passwd, /etc/group, /etc/subuid or
+    /// /etc/subgid are skipped [default: 1073741824 (2^30)].
+    #[arg(long, value_name = "UID")]
+    pub userns_base: Option<u32>,
+    /// How many id ranges there are: at most this many sandboxes at once [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub userns_ranges: Option<u32>,
+}
+
+/// `--user-namespaces` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsernsKind {
+    Auto,
+    On,
+    Off,
+}
+
+impl From<UsernsKind> for UsernsSetting {
+    fn from(k: UsernsKind) -> UsernsSetting {
+        match k {
+            UsernsKind::Auto => UsernsSetting::Auto,
+            UsernsKind::On => UsernsSetting::On,
+            UsernsKind::Off => UsernsSetting::Off,
+        }
+    }
 }
 
 /// `--storage` values.
@@ -93,6 +125,9 @@ pub struct ConfigFile {
     pub storage: Option<StorageKind>,
     /// A size like `10G`.
     pub btrfs_loop_size: Option<String>,
+    pub user_namespaces: Option<UsernsKind>,
+    pub userns_base: Option<u32>,
+    pub userns_ranges: Option<u32>,
     #[serde(default)]
     pub pools: Vec<PoolEntry>,
 }
@@ -135,6 +170,9 @@ pub struct Settings {
     pub cgroup_parent: Option<String>,
     pub log_level: String,
     pub storage: StorageConfig,
+    pub user_namespaces: UsernsSetting,
+    pub userns_base: Option<u32>,
+    pub userns_ranges: Option<u32>,
     pub pools: Vec<(String, PoolSpec)>,
 }
 
@@ -184,6 +222,13 @@ impl ServeArgs {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
             storage,
+            user_namespaces: self
+                .user_namespaces
+                .or(file.user_namespaces)
+                .map(UsernsSetting::from)
+                .unwrap_or_default(),
+            userns_base: self.userns_base.or(file.userns_base),
+            userns_ranges: self.userns_ranges.or(file.userns_ranges),
             pools: file
                 .pools
                 .into_iter()

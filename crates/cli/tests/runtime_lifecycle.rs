@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{cgroups_named, host_mounts_mentioning, processes_in_cgroup};
 use futures::StreamExt;
 use warren_runtime::native::spec::SandboxPaths;
-use warren_runtime::native::{NativeConfig, NativeRuntime, StorageConfig};
+use warren_runtime::native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
 use warren_runtime::{
     AttachEvent, ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState, Runtime,
     RuntimeError, SandboxSpec,
@@ -44,6 +44,7 @@ impl Harness {
             helper_exe: env!("CARGO_BIN_EXE_warren").into(),
             cgroup_parent: tag.clone(),
             storage: StorageConfig::Dir,
+            user_namespaces: UsernsSetting::On,
         })
         .expect("native runtime");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -70,6 +71,7 @@ impl Harness {
             image: "host".into(),
             limits: Limits::default(),
             snapshot: None,
+            idmap: Some(common::test_idmap(id)),
         }
     }
 

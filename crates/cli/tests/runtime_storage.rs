@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{cgroups_named, host_mounts_mentioning, processes_in_cgroup};
 use futures::StreamExt;
-use warren_runtime::native::{NativeConfig, NativeRuntime, StorageConfig};
+use warren_runtime::native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
 use warren_runtime::{
     ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState, Runtime, RuntimeError,
     SandboxSpec,
@@ -71,6 +71,7 @@ impl Harness {
             image: "host".into(),
             limits: Limits::default(),
             snapshot: snapshot.map(str::to_string),
+            idmap: Some(common::test_idmap(id)),
         }
     }
 
@@ -152,6 +153,7 @@ fn config(data_dir: &Path, tag: &str, storage: StorageConfig) -> NativeConfig {
         helper_exe: env!("CARGO_BIN_EXE_warren").into(),
         cgroup_parent: tag.to_string(),
         storage,
+        user_namespaces: UsernsSetting::On,
     }
 }
 

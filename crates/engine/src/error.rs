@@ -76,6 +76,9 @@ pub enum EngineError {
     Store(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The engine's configuration is unusable (only at start).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl EngineError {
@@ -104,6 +107,7 @@ impl EngineError {
             EngineError::Runtime(_) => "runtime_error",
             EngineError::Store(_) => "store_error",
             EngineError::ShuttingDown => "shutting_down",
+            EngineError::Config(_) => "invalid_config",
         }
     }
 
@@ -138,7 +142,7 @@ impl EngineError {
             EngineError::HostUnderPressure(_) => 503,
             EngineError::PoolNotFound(_) => 404,
             EngineError::PoolFromConfig(_) => 409,
-            EngineError::Runtime(_) | EngineError::Store(_) => 500,
+            EngineError::Runtime(_) | EngineError::Store(_) | EngineError::Config(_) => 500,
             EngineError::ShuttingDown => 503,
         }
     }

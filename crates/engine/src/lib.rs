@@ -11,6 +11,7 @@ mod error;
 pub mod events;
 pub mod fake;
 pub mod files;
+pub mod idmaps;
 mod lifecycle;
 mod pools;
 mod ports;
@@ -90,6 +91,8 @@ pub struct EngineConfig {
     pub pool_fill_concurrency: usize,
     /// Pools of the daemon's config file, (re)applied at every start (see `pools`).
     pub config_pools: Vec<(String, PoolSpec)>,
+    /// User-namespace id ranges, used when the runtime gives sandboxes user namespaces.
+    pub id_ranges: idmaps::IdRangeConfig,
 }
 
 impl EngineConfig {
@@ -126,6 +129,7 @@ impl EngineConfig {
             max_pool_size: 256,
             pool_fill_concurrency: 2,
             config_pools: Vec::new(),
+            id_ranges: idmaps::IdRangeConfig::default(),
         }
     }
 }
@@ -155,6 +159,8 @@ struct Inner {
     snapshot_readers: Mutex<HashMap<String, usize>>,
     /// Warm pools (see `pools`).
     pools: pools::Pools,
+    /// User-namespace id ranges, when the runtime gives sandboxes user namespaces.
+    id_ranges: Option<idmaps::IdRanges>,
 }
 
 struct Entry {
@@ -260,6 +266,11 @@ impl Engine {
         config: EngineConfig,
         runtime: Arc<dyn Runtime>,
     ) -> Result<Engine, EngineError> {
+        let id_ranges = if runtime.info().user_namespace {
+            Some(idmaps::IdRanges::new(config.id_ranges.clone()).map_err(EngineError::Config)?)
+        } else {
+            None
+        };
         let store = Store::open(&config.data_dir)?;
         let first_seq = store.get_meta("event_seq").await? + events::RESTART_GAP;
         let engine = Engine {
@@ -274,9 +285,11 @@ impl Engine {
                 snapshots: Mutex::new(BTreeMap::new()),
                 snapshot_readers: Mutex::new(HashMap::new()),
                 pools: pools::Pools::default(),
+                id_ranges,
             }),
         };
         engine.recover().await?;
+        engine.give_ranges_to_old_records().await?;
         engine.load_pools().await?;
         engine.spawn_pool_manager();
         Ok(engine)
@@ -284,6 +297,35 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Sandboxes recorded before user namespaces were on get a range now: they keep running
+    /// as they are, and their next start moves their files into it.
+    async fn give_ranges_to_old_records(&self) -> Result<(), EngineError> {
+        let updated: Vec<Record> = {
+            let mut map = self.map();
+            let missing: Vec<String> = map
+                .iter()
+                .filter(|(_, e)| e.record.host_id.is_none())
+                .map(|(id, _)| id.clone())
+                .collect();
+            let mut out = Vec::new();
+            for id in missing {
+                let Some(host_id) = self.allocate_host_id(&map)? else {
+                    break;
+                };
+                if let Some(e) = map.get_mut(&id) {
+                    e.record.host_id = Some(host_id);
+                    out.push(e.record.clone());
+                }
+            }
+            out
+        };
+        for r in &updated {
+            info!(sandbox = %r.id, host_id = r.host_id, "user namespace range assigned");
+            self.inner.store.insert(r).await?;
+        }
+        Ok(())
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -426,7 +468,7 @@ impl Engine {
         };
 
         let now = now_ms();
-        let record = Record {
+        let mut record = Record {
             id: new_id("sb"),
             state: SandboxState::Creating,
             image,
@@ -447,8 +489,9 @@ impl Engine {
                 pool: None,
                 pool_member: false,
             },
+            host_id: None,
         };
-        let guard = self.admit_insert(&record, admission::Admit::User)?;
+        let guard = self.admit_insert(&mut record, admission::Admit::User)?;
         self.emit(
             &record.id,
             EventKind::Created,
@@ -475,9 +518,10 @@ impl Engine {
     /// Admission and insertion under one lock, so concurrent creates cannot overshoot.
     /// Returns the new sandbox's operation lock, taken before anyone else can see the
     /// entry (so a delete waits for the create).
+    /// It also gives the record its user-namespace id range (see `idmaps`).
     pub(crate) fn admit_insert(
         &self,
-        record: &Record,
+        record: &mut Record,
         who: admission::Admit,
     ) -> Result<tokio::sync::OwnedMutexGuard<()>, EngineError> {
         self.check_pressure()?;
@@ -485,6 +529,7 @@ impl Engine {
             let mut map = self.map();
             // Checked under the lock: `shutdown` sets the flag before it collects the ids.
             self.check_open()?;
+            record.host_id = self.allocate_host_id(&map)?;
             let evicted = self.admit_locked(&mut map, record, who)?;
             let entry = Entry::new(record.clone());
             let guard = entry
@@ -512,6 +557,7 @@ impl Engine {
                 pids: record.resources.pids,
             },
             snapshot,
+            idmap: record.host_id.map(warren_runtime::IdMap::new),
         }
     }
 

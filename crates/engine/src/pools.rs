@@ -675,7 +675,7 @@ impl Engine {
     fn begin_member(&self, pool: &str, def: &PoolDef) -> Result<(), EngineError> {
         let c = &self.inner.config;
         let now = now_ms();
-        let record = Record {
+        let mut record = Record {
             id: new_id("sb"),
             state: SandboxState::Creating,
             image: def.image.clone(),
@@ -693,8 +693,9 @@ impl Engine {
                 pool_member: true,
                 ..Default::default()
             },
+            host_id: None,
         };
-        let guard = self.admit_insert(&record, Admit::Member)?;
+        let guard = self.admit_insert(&mut record, Admit::Member)?;
         self.emit(
             &record.id,
             EventKind::Created,

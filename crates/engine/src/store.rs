@@ -29,6 +29,9 @@ pub struct Record {
     pub failure_reason: Option<String>,
     pub state_changed_at: DateTime<Utc>,
     pub lifecycle: Lifecycle,
+    /// First host uid/gid of the sandbox's user namespace range (see `idmaps`); `None`
+    /// without one.
+    pub host_id: Option<u32>,
 }
 
 /// A sandbox's lifecycle options (stored as one JSON column).
@@ -90,6 +93,7 @@ CREATE TABLE IF NOT EXISTS meta (
 const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("state_changed_at_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("lifecycle", "TEXT NOT NULL DEFAULT '{}'"),
+    ("host_id", "INTEGER"),
 ];
 
 fn store_err(e: impl std::fmt::Display) -> EngineError {
@@ -153,8 +157,8 @@ impl Store {
             c.execute(
                 "INSERT OR REPLACE INTO sandboxes (id, state, image, created_at_ms, expires_at_ms,
                  timeout_secs, metadata, env, resources, failure_reason, state_changed_at_ms,
-                 lifecycle)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 lifecycle, host_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     r.id,
                     r.state.as_str(),
@@ -168,6 +172,7 @@ impl Store {
                     r.failure_reason,
                     r.state_changed_at.timestamp_millis(),
                     lifecycle,
+                    r.host_id.map(i64::from),
                 ],
             )
             .map(|_| ())
@@ -256,7 +261,7 @@ impl Store {
                 let mut stmt = c.prepare(
                     "SELECT id, state, image, created_at_ms, expires_at_ms, timeout_secs,
                             metadata, env, resources, failure_reason, state_changed_at_ms,
-                            lifecycle
+                            lifecycle, host_id
                      FROM sandboxes ORDER BY created_at_ms",
                 )?;
                 let rows = stmt
@@ -274,6 +279,7 @@ impl Store {
                             row.get::<_, Option<String>>(9)?,
                             row.get::<_, i64>(10)?,
                             row.get::<_, String>(11)?,
+                            row.get::<_, Option<i64>>(12)?,
                         ))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -282,7 +288,7 @@ impl Store {
             .await?;
         rows.into_iter()
             .map(
-                |(id, state, image, c, e, t, m, env, res, reason, changed, lc)| {
+                |(id, state, image, c, e, t, m, env, res, reason, changed, lc, host)| {
                     Ok(Record {
                         state: SandboxState::parse(&state)
                             .ok_or_else(|| store_err(format!("sandbox {id}: bad state {state}")))?,
@@ -298,6 +304,7 @@ impl Store {
                         state_changed_at: ms_to_time(changed),
                         // An unreadable options column must not lose the sandbox.
                         lifecycle: serde_json::from_str(&lc).unwrap_or_default(),
+                        host_id: host.and_then(|h| u32::try_from(h).ok()),
                     })
                 },
             )
@@ -486,6 +493,7 @@ mod tests {
                 pool: Some("py".into()),
                 pool_member: true,
             },
+            host_id: Some(1 << 30),
         }
     }
 

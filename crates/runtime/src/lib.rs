@@ -28,6 +28,35 @@ pub struct Limits {
     pub pids: Option<u64>,
 }
 
+/// The host ids a sandbox's user namespace maps its ids `0..size` onto: uid and gid
+/// `host_id + n` on the host are uid and gid `n` inside. Allocated by the engine, one range
+/// per sandbox, so no two live sandboxes (and no host account) share a host id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct IdMap {
+    /// First host uid (and gid) of the range; a multiple of [`IdMap::SIZE`].
+    pub host_id: u32,
+    /// Ids in the range (always [`IdMap::SIZE`] today).
+    pub size: u32,
+}
+
+impl IdMap {
+    /// Ids per sandbox: 0..65535 inside, like a full Linux system (`nobody` is 65534).
+    pub const SIZE: u32 = 65536;
+
+    /// The range starting at `host_id` (which must be a multiple of [`IdMap::SIZE`]).
+    pub fn new(host_id: u32) -> IdMap {
+        IdMap {
+            host_id,
+            size: IdMap::SIZE,
+        }
+    }
+
+    /// The host id of id `inside`, if it is in the range.
+    pub fn to_host(&self, inside: u32) -> Option<u32> {
+        (inside < self.size).then(|| self.host_id + inside)
+    }
+}
+
 /// Everything a runtime needs to create a sandbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxSpec {
@@ -39,6 +68,9 @@ pub struct SandboxSpec {
     /// Restore the sandbox's files from this snapshot (an id [`Runtime::snapshot`] made)
     /// instead of starting from the image. Ignored by [`Runtime::start`].
     pub snapshot: Option<String>,
+    /// The sandbox's user namespace mapping, or `None` for none (its root is host root).
+    /// Backends that report `user_namespace: false` get `None`.
+    pub idmap: Option<IdMap>,
 }
 
 /// What a runtime finds of a sandbox on this host ([`Runtime::probe`], used to reconcile

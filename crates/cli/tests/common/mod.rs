@@ -219,3 +219,14 @@ pub fn processes_in_cgroup(parent: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The user-namespace id range of sandbox `id` in tests that drive the runtime directly
+/// (the daemon allocates its own): the same for every call with the same id, spread by a
+/// hash of the id (and so of the test's unique prefix) over 16,384 ranges from 2^30.
+pub fn test_idmap(id: &str) -> warren_runtime::IdMap {
+    let mut h: u32 = 2_166_136_261;
+    for b in id.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(16_777_619);
+    }
+    warren_runtime::IdMap::new((1 << 30) + (h % 16_384) * warren_runtime::IdMap::SIZE)
+}

@@ -385,6 +385,7 @@ async fn restart_adopts_what_runs_and_cleans_the_rest() {
         image: "host".into(),
         limits: Default::default(),
         snapshot: None,
+        idmap: None,
     };
     rt.create(&orphan).await.unwrap();
     rt.snapshot("sb-orphan", "snap-orphan").await.unwrap();

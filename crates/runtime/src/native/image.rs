@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::spec::{hosts_file, SandboxPaths};
 use super::storage::Storage;
+use super::userns;
 use crate::RuntimeError;
 
 pub const HOST_IMAGE: &str = "host";
@@ -198,13 +199,17 @@ pub fn build_skeleton(root: &Path, host_root: &Path) -> io::Result<()> {
 
 /// Create `<sandboxes>/<id>`: its writable state `fs/` through `storage` (empty layers, or
 /// a copy of `snapshot`), the rootfs mount point, and the per-sandbox `/etc/hostname` and
-/// `/etc/hosts` in the upper layer. Fails if the directory already exists (it belongs to
-/// another sandbox); on any other error nothing is left behind.
+/// `/etc/hosts` in the upper layer. `owner` is the host id of root inside (the first id of
+/// the sandbox's user namespace range, 0 without one): the layers' top directories belong
+/// to it, and a restored copy's owners are moved into its range ([`own_layers`]). Fails if
+/// the directory already exists (it belongs to another sandbox); on any other error
+/// nothing is left behind.
 pub fn prepare_sandbox_dir(
     paths: &SandboxPaths,
     id: &str,
     storage: &Storage,
     snapshot: Option<&str>,
+    owner: u32,
 ) -> Result<(), RuntimeError> {
     let setup =
         |e: io::Error| RuntimeError::Setup(format!("preparing {}: {e}", paths.dir.display()));
@@ -223,7 +228,8 @@ pub fn prepare_sandbox_dir(
         fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o700)).map_err(setup)?;
         mkdir_mode(&paths.rootfs, 0o755).map_err(setup)?;
         storage.create_fs(paths, snapshot)?;
-        match (set_identity(&paths.upper, id), snapshot) {
+        own_layers(&paths.fs, owner)?;
+        match (set_identity(&paths.upper, id, owner), snapshot) {
             (Ok(()), _) => Ok(()),
             (Err(e), None) => Err(setup(e)),
             // A restored layer is the user's: a strange /etc there is theirs to keep.
@@ -242,12 +248,38 @@ pub fn prepare_sandbox_dir(
     made
 }
 
+/// Make the writable layers under `fs` (`upper`, `usr-upper`) belong to the range whose
+/// root is host id `owner`: a layer that belongs to another range (a snapshot of another
+/// sandbox, or one made without a user namespace, whose root is 0) has every owner in that
+/// range moved to the same id in this one ([`userns::shift_tree`]). A no-op when the layers
+/// are this range's already (one `stat` each).
+pub fn own_layers(fs_dir: &Path, owner: u32) -> Result<(), RuntimeError> {
+    for name in ["upper", "usr-upper"] {
+        let layer = fs_dir.join(name);
+        let from = userns::range_of(&layer)
+            .map_err(|e| RuntimeError::Setup(format!("stat {}: {e}", layer.display())))?;
+        if from == owner {
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        let done = userns::shift_tree(&layer, from, owner).map_err(|e| {
+            RuntimeError::Setup(format!(
+                "moving {} into the sandbox's id range: {e}",
+                layer.display()
+            ))
+        })?;
+        tracing::debug!(layer = %layer.display(), from, to = owner, entries = done.entries,
+            visited = done.visited, us = t0.elapsed().as_micros() as u64, "layer owners moved");
+    }
+    Ok(())
+}
+
 /// Write the sandbox's `/etc/hostname` and `/etc/hosts` into its upper layer. In a layer
 /// restored from another sandbox's snapshot, `/etc/hostname` is replaced and `/etc/hosts`
 /// only while it is still the one written for the old name (a user's edits stay, and so
 /// does a deleted one's whiteout). Never follows a symlink: a restored layer's contents
-/// come from inside a sandbox.
-pub fn set_identity(upper: &Path, id: &str) -> io::Result<()> {
+/// come from inside a sandbox. What it creates belongs to host id `owner` (root inside).
+pub fn set_identity(upper: &Path, id: &str, owner: u32) -> io::Result<()> {
     let etc = upper.join("etc");
     match fs::symlink_metadata(&etc) {
         Ok(m) if m.is_dir() => {}
@@ -257,7 +289,10 @@ pub fn set_identity(upper: &Path, id: &str) -> io::Result<()> {
                 format!("{} is not a directory", etc.display()),
             ))
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => mkdir_mode(&etc, 0o755)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            mkdir_mode(&etc, 0o755)?;
+            std::os::unix::fs::lchown(&etc, Some(owner), Some(owner))?;
+        }
         Err(e) => return Err(e),
     }
     let (hostname, hosts) = (etc.join("hostname"), etc.join("hosts"));
@@ -266,9 +301,9 @@ pub fn set_identity(upper: &Path, id: &str) -> io::Result<()> {
         Some(content) => old_name.is_some_and(|old| content == hosts_file(&old)),
         None => !exists_nofollow(&hosts)?,
     };
-    replace_file(&hostname, format!("{id}\n").as_bytes(), 0o644)?;
+    replace_file(&hostname, format!("{id}\n").as_bytes(), 0o644, owner)?;
     if hosts_ours {
-        replace_file(&hosts, hosts_file(id).as_bytes(), 0o644)?;
+        replace_file(&hosts, hosts_file(id).as_bytes(), 0o644, owner)?;
     }
     Ok(())
 }
@@ -303,7 +338,7 @@ fn read_small_regular(p: &Path) -> io::Result<Option<String>> {
 }
 
 /// Replace `p` (whatever it is: file, symlink, whiteout) by a new regular file, by rename.
-fn replace_file(p: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+fn replace_file(p: &Path, content: &[u8], mode: u32, owner: u32) -> io::Result<()> {
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -317,6 +352,7 @@ fn replace_file(p: &Path, content: &[u8], mode: u32) -> io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     io::Write::write_all(&mut f, content)?;
+    std::os::unix::fs::fchown(&f, Some(owner), Some(owner))?;
     f.set_permissions(fs::Permissions::from_mode(mode))?;
     drop(f);
     fs::rename(&tmp, p)
@@ -516,7 +552,7 @@ pub(crate) mod tests {
         let s = Scratch::new("sbdir");
         let storage = Storage::open(&s.0, &super::super::storage::StorageConfig::Dir).unwrap();
         let paths = SandboxPaths::new(&s.0.join("sandboxes/abc"));
-        prepare_sandbox_dir(&paths, "abc", &storage, None).unwrap();
+        prepare_sandbox_dir(&paths, "abc", &storage, None, 0).unwrap();
         for p in [
             &paths.fs,
             &paths.upper,
@@ -535,12 +571,12 @@ pub(crate) mod tests {
             .unwrap()
             .contains("127.0.0.1\tlocalhost abc"));
         // A second sandbox with the same id is refused, and the first one's files stay.
-        assert!(prepare_sandbox_dir(&paths, "abc", &storage, None).is_err());
+        assert!(prepare_sandbox_dir(&paths, "abc", &storage, None, 0).is_err());
         assert!(paths.upper.join("etc/hostname").is_file());
         // A missing snapshot: typed error, nothing left behind.
         let other = SandboxPaths::new(&s.0.join("sandboxes/def"));
         assert!(matches!(
-            prepare_sandbox_dir(&other, "def", &storage, Some("nope")),
+            prepare_sandbox_dir(&other, "def", &storage, Some("nope"), 0),
             Err(RuntimeError::SnapshotNotFound(_))
         ));
         assert!(!other.dir.exists());
@@ -553,8 +589,8 @@ pub(crate) mod tests {
         let s = Scratch::new("ident");
         let upper = s.0.join("upper");
         fs::create_dir(&upper).unwrap();
-        set_identity(&upper, "old").unwrap();
-        set_identity(&upper, "new").unwrap();
+        set_identity(&upper, "old", 0).unwrap();
+        set_identity(&upper, "new", 0).unwrap();
         let etc = upper.join("etc");
         assert_eq!(fs::read_to_string(etc.join("hostname")).unwrap(), "new\n");
         assert_eq!(
@@ -567,7 +603,7 @@ pub(crate) mod tests {
         fs::write(&target, "untouched").unwrap();
         fs::remove_file(etc.join("hostname")).unwrap();
         symlink(&target, etc.join("hostname")).unwrap();
-        set_identity(&upper, "third").unwrap();
+        set_identity(&upper, "third", 0).unwrap();
         assert_eq!(fs::read_to_string(etc.join("hosts")).unwrap(), "mine\n");
         assert_eq!(fs::read_to_string(etc.join("hostname")).unwrap(), "third\n");
         assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
@@ -575,6 +611,6 @@ pub(crate) mod tests {
         let upper2 = s.0.join("upper2");
         fs::create_dir(&upper2).unwrap();
         symlink(&s.0, upper2.join("etc")).unwrap();
-        assert!(set_identity(&upper2, "x").is_err());
+        assert!(set_identity(&upper2, "x", 0).is_err());
     }
 }

@@ -2,39 +2,55 @@
 //!
 //! The daemon is a multithreaded async process and never forks to do work. To make a
 //! sandbox it execs a fresh copy of the binary (`warren __sandbox-init`) whose `main()`
-//! calls [`run_helper`] before it starts any thread. The helper (single-threaded):
+//! calls [`run_helper`] before it starts any thread. The helper (single-threaded, host root,
+//! already moved into the sandbox's cgroup by the daemon):
 //!
-//! 1. reads an [`InitSpec`] (JSON) from stdin — by then the daemon has already moved it
-//!    into the sandbox cgroup (made and limited by the daemon);
-//! 2. sets its own `oom_score_adj` to -1000 (inherited by the agent, which resets its children to 0);
-//! 3. `unshare`s mount, UTS, IPC, network, PID and cgroup namespaces and forks;
-//! 4. the parent waits for the child's verdict on a pipe, prints one JSON line
-//!    (`{"pid":N}` or `{"error":"..."}`) and exits; the child — PID 1 of the new PID
-//!    namespace — builds the root file system, binds the agent socket at the host path
-//!    `<sandbox_dir>/agent.sock`, pivots, drops privileges and returns the listening socket
-//!    to `main()`, which runs the agent on it.
+//! 1. closes every inherited fd above 2, reads an [`InitSpec`] (JSON) from stdin and sets its
+//!    `oom_score_adj` to -1000 (inherited by the agent, which resets its children to 0);
+//! 2. enters a private mount namespace and binds the agent socket at the host path
+//!    `<sandbox_dir>/agent.sock` (as root, before anything runs as the sandbox);
+//! 3. with a user namespace ([`InitSpec::idmap`]): forks a child that becomes the range's
+//!    first host uid and creates the user namespace, owned by that uid (per-user kernel
+//!    budgets are charged to a namespace's owner all the way up, so the owner must not be
+//!    root); the helper writes the child's `uid_map`/`gid_map` and then
+//! 4. builds the root file system in its mount namespace (`rootfs::prepare`: overlays whose
+//!    lower layers are idmapped, `/dev`), as host root, before the child copies it;
+//! 5. the child (or, without a user namespace, the helper itself) unshares mount, UTS, IPC,
+//!    network, PID and cgroup namespaces — owned by the user namespace — and forks the
+//!    sandbox's PID 1, which mounts what must belong to its own namespaces (`/proc`, `/sys`,
+//!    `/dev/pts`), pivots, becomes non-dumpable, closes every fd it does not need, drops
+//!    capabilities, loads seccomp and returns the listening socket to `main()`, which runs
+//!    the agent on it;
+//! 6. the helper waits for PID 1's verdict on a pipe, prints one JSON line (`{"pid":N}` or
+//!    `{"error":"..."}`) and exits.
 //!
-//! The sandbox does not die with the daemon: the helper exits, so PID 1 is reparented to the
-//! host's init, and no parent-death signal is set. It dies when its cgroup is killed.
+//! PID 1's stdout and stderr are the helper's stderr: a pipe the daemon drains into the
+//! sandbox's `agent.log` (no host file is open in a sandbox). The sandbox does not die with
+//! the daemon: the helper exits, so PID 1 is reparented to the host's init, and no
+//! parent-death signal is set. It dies when its cgroup is killed.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io::{self, BufRead, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::socket::{
     bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
 };
 use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::waitpid;
-use nix::unistd::{chdir, dup2, fork, pipe2, sethostname, setsid, ForkResult, Pid};
+use nix::unistd::{
+    chdir, dup2, fork, pipe2, setgroups, sethostname, setresgid, setresuid, setsid, ForkResult,
+    Gid, Pid, Uid,
+};
 
 use super::cgroup::CgroupError;
 use super::spec::{HelperReport, InitSpec, SOCKET_NAME};
-use super::{caps, net, rootfs, seccomp};
+use super::{caps, net, rootfs, seccomp, userns};
+use crate::IdMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -70,8 +86,12 @@ fn io_ctx(what: &'static str) -> impl FnOnce(io::Error) -> InitError {
     }
 }
 
-/// What the child writes on the pipe when it is ready; anything else is an error message.
+/// What PID 1 writes on the verdict pipe when it is ready; anything else is an error message.
 const READY: &[u8] = b"ready";
+
+/// Second argument that makes the helper check whether user namespaces work here (see
+/// [`probe_userns`]) instead of making a sandbox.
+pub const PROBE_USERNS_ARG: &str = "--probe-userns";
 
 /// Entry point of `warren __sandbox-init`. Call it from `main()` before creating any thread
 /// or async runtime.
@@ -79,13 +99,21 @@ const READY: &[u8] = b"ready";
 /// In the helper process it never returns `Ok`: it prints its one-line report on stdout and
 /// exits (`0` on success). It returns `Ok(listener)` only in the sandbox's PID 1, after all
 /// setup is done: `main()` must then run the agent on `listener` (a listening Unix stream
-/// socket, `O_NONBLOCK` and `CLOEXEC`). PID 1's stdin is `/dev/null`, its stdout and stderr
-/// go to `<sandbox_dir>/agent.log` on the host.
+/// socket, `O_NONBLOCK` and `CLOEXEC`). PID 1's stdin is the sandbox's `/dev/null`, its
+/// stdout and stderr are the helper's stderr (the daemon's log pipe).
 ///
 /// `Err` means the helper could not even report (its stdout is gone); `main()` should print
 /// it to stderr and exit with a non-zero code.
 pub fn run_helper() -> Result<OwnedFd, InitError> {
-    let outcome = read_spec().and_then(|spec| helper(&spec));
+    // Nothing the daemon inherited from whoever started it may reach a sandbox.
+    close_fds_from(3, &[]);
+    let probe =
+        std::env::args_os().nth(2).as_deref() == Some(std::ffi::OsStr::new(PROBE_USERNS_ARG));
+    let outcome = if probe {
+        read_spec().and_then(|spec| probe_userns(&spec).map(|()| Stage::Parent(Pid::from_raw(0))))
+    } else {
+        read_spec().and_then(|spec| helper(&spec))
+    };
     let report = match outcome {
         Ok(Stage::Agent(listener)) => return Ok(listener),
         Ok(Stage::Parent(pid)) => HelperReport::Ready { pid: pid.as_raw() },
@@ -131,6 +159,58 @@ fn thread_count() -> Result<usize, InitError> {
         .ok_or_else(|| InitError::Spec("no Threads: line in /proc/self/status".into()))
 }
 
+fn single_threaded() -> Result<(), InitError> {
+    match thread_count()? {
+        1 => Ok(()),
+        n => Err(InitError::Spec(format!(
+            "the helper must be single-threaded to fork, it has {n} threads"
+        ))),
+    }
+}
+
+/// Close every fd from `first` up, except those in `keep` (`close_range(2)`).
+fn close_fds_from(first: RawFd, keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|fd| *fd >= first).collect();
+    keep.sort_unstable();
+    let mut lo = first;
+    for fd in keep.into_iter().chain(std::iter::once(RawFd::MAX)) {
+        if fd > lo {
+            let hi = if fd == RawFd::MAX {
+                u32::MAX
+            } else {
+                (fd - 1) as u32
+            };
+            // SAFETY: close_range only closes descriptors; none of those in the range is
+            // owned by a live Rust object the caller still uses (the caller names those in
+            // `keep`).
+            unsafe { libc::syscall(libc::SYS_close_range, lo as u32, hi, 0u32) };
+        }
+        lo = fd.saturating_add(1);
+    }
+}
+
+/// The private mount namespace the helper builds the root file system in (its mounts are
+/// copied into the sandbox's own namespace and vanish with both).
+fn private_mount_ns() -> Result<(), InitError> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare mount namespace"))?;
+    // Nothing mounted here may propagate back to the host's namespace.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("make / rprivate"))
+}
+
+/// The namespaces a sandbox gets besides mount (made first) and user.
+const SANDBOX_NS: CloneFlags = CloneFlags::CLONE_NEWUTS
+    .union(CloneFlags::CLONE_NEWIPC)
+    .union(CloneFlags::CLONE_NEWNET)
+    .union(CloneFlags::CLONE_NEWPID)
+    .union(CloneFlags::CLONE_NEWCGROUP);
+
 fn helper(spec: &InitSpec) -> Result<Stage, InitError> {
     // The daemon already put this process into the sandbox cgroup (before sending the spec).
     // Best effort: lowering it needs CAP_SYS_RESOURCE, which some hosts (containers) lack;
@@ -138,106 +218,260 @@ fn helper(spec: &InitSpec) -> Result<Stage, InitError> {
     if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
         tracing::warn!(error = %e, "cannot set the agent's oom_score_adj to -1000");
     }
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .map_err(sys("unshare namespaces"))?;
-    let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-
-    let threads = thread_count()?;
-    if threads != 1 {
-        return Err(InitError::Spec(format!(
-            "the helper must be single-threaded to fork, it has {threads} threads"
-        )));
-    }
-    // SAFETY: the process has exactly one thread (checked just above), so the child is a
-    // faithful copy with no lock held by a vanished thread; it only makes syscalls and
-    // ordinary single-threaded Rust calls before it returns into `main()`.
-    match unsafe { fork() }.map_err(sys("fork"))? {
-        ForkResult::Parent { child } => {
-            drop(wr);
-            wait_ready(rd, child).map(|()| Stage::Parent(child))
-        }
+    single_threaded()?;
+    private_mount_ns()?;
+    let paths = spec.paths();
+    let listener = bind_agent_socket(&paths.dir)?;
+    let userns = spec.idmap.as_ref().map(make_userns).transpose()?;
+    rootfs::prepare(spec, userns.as_ref().map(|ns| ns.as_fd()))?;
+    // PID 1 starts in its root: it finds it there without a path through the sandbox's
+    // root-only directory (which its uid could not walk), and a namespace copy keeps it.
+    chdir(&paths.rootfs).map_err(sys("chdir to the root"))?;
+    // PID 1's verdict: READY, or an error message, then EOF.
+    let (verdict_rd, verdict_wr) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let Some(userns) = userns else {
+        unshare(SANDBOX_NS).map_err(sys("unshare namespaces"))?;
+        return match fork_checked()? {
+            ForkResult::Parent { child } => {
+                drop(verdict_wr);
+                wait_verdict(verdict_rd)?;
+                Ok(Stage::Parent(child))
+            }
+            ForkResult::Child => {
+                drop(verdict_rd);
+                pid1(spec, listener, verdict_wr)
+            }
+        };
+    };
+    // With a user namespace the other namespaces must be made from inside it (so it owns
+    // them): by a child that enters it, which then forks PID 1. It tells us PID 1's pid.
+    let (up_rd, up_wr) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    match fork_checked()? {
         ForkResult::Child => {
-            drop(rd);
-            let mut wr = fs::File::from(wr);
-            match sandbox_init(spec) {
-                Ok(listener) => {
-                    // If the helper is gone there is nobody to tell; the daemon's ping
-                    // decides whether this sandbox counts as created.
-                    let _ = wr.write_all(READY);
-                    drop(wr);
-                    Ok(Stage::Agent(listener))
+            drop((up_rd, verdict_rd));
+            let mut up = fs::File::from(up_wr);
+            let forked = enter_userns(&userns)
+                .and_then(|()| {
+                    unshare(CloneFlags::CLONE_NEWNS | SANDBOX_NS).map_err(sys("unshare namespaces"))
+                })
+                .and_then(|()| fork_checked());
+            drop(userns);
+            match forked {
+                Ok(ForkResult::Child) => {
+                    drop(up);
+                    pid1(spec, listener, verdict_wr)
+                }
+                Ok(ForkResult::Parent { child }) => {
+                    let _ = writeln!(up, "pid {child}");
+                    // SAFETY: `_exit` ends this forked child at once, without running
+                    // destructors that belong to the parent's state.
+                    unsafe { libc::_exit(0) }
                 }
                 Err(e) => {
-                    let _ = wr.write_all(e.to_string().as_bytes());
-                    drop(wr);
-                    // SAFETY: `_exit` ends this forked child at once, without running
-                    // atexit handlers or destructors that belong to the parent's state.
+                    let _ = writeln!(up, "error {}", one_line(&e));
+                    // SAFETY: as above.
                     unsafe { libc::_exit(1) }
                 }
             }
         }
+        ForkResult::Parent { child } => {
+            drop((up_wr, verdict_wr, listener, userns));
+            let outcome = expect_line(&mut io::BufReader::new(fs::File::from(up_rd)), "pid")
+                .and_then(|pid| {
+                    pid.parse::<i32>()
+                        .map_err(|_| InitError::Child(format!("bad pid from the child: {pid:?}")))
+                })
+                .and_then(|pid| wait_verdict(verdict_rd).map(|()| Pid::from_raw(pid)));
+            let _ = waitpid(child, None);
+            outcome.map(Stage::Parent)
+        }
     }
 }
 
-/// Read the child's verdict; on failure reap it and say why.
-fn wait_ready(rd: OwnedFd, child: Pid) -> Result<(), InitError> {
+fn fork_checked() -> Result<ForkResult, InitError> {
+    single_threaded()?;
+    // SAFETY: the process has exactly one thread (checked just above), so the child is a
+    // faithful copy with no lock held by a vanished thread; it only makes syscalls and
+    // ordinary single-threaded Rust calls before it exits or returns into `main()`.
+    unsafe { fork() }.map_err(sys("fork"))
+}
+
+fn one_line(e: &InitError) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+/// Read one line `<word> <rest>` from a child and return `rest`; its `error` lines and EOF
+/// become errors.
+fn expect_line(up: &mut impl BufRead, word: &str) -> Result<String, InitError> {
+    let mut line = String::new();
+    up.read_line(&mut line)
+        .map_err(io_ctx("read from the namespace child"))?;
+    let line = line.trim_end();
+    if let Some(rest) = line.strip_prefix(word) {
+        return Ok(rest.trim_start().to_string());
+    }
+    Err(InitError::Child(match line.strip_prefix("error ") {
+        Some(msg) => msg.to_string(),
+        None if line.is_empty() => format!("the namespace child exited before \"{word}\""),
+        None => format!("unexpected line from the namespace child: {line:?}"),
+    }))
+}
+
+/// Make the sandbox's user namespace and return it (a `/proc/<pid>/ns/user` handle, which
+/// keeps it alive). A child makes it as the range's first host uid, so that uid owns it
+/// (per-user kernel budgets are charged to a namespace's owner at every level up: a
+/// root-owned namespace would share root's inotify instances); we, still host root, write
+/// its id maps and let the child go.
+fn make_userns(map: &IdMap) -> Result<fs::File, InitError> {
+    // child -> us: "userns" once the namespace exists, or "error ...".
+    let (up_rd, up_wr) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    // us -> child: EOF once we hold the namespace.
+    let (down_rd, down_wr) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    match fork_checked()? {
+        ForkResult::Child => {
+            drop((up_rd, down_wr));
+            let mut up = fs::File::from(up_wr);
+            let _ = match make_userns_as_owner(map) {
+                Ok(()) => up.write_all(b"userns\n"),
+                Err(e) => writeln!(up, "error {}", one_line(&e)),
+            };
+            drop(up);
+            // Keep the namespace alive until the parent holds it.
+            let _ = fs::File::from(down_rd).read(&mut [0u8; 1]);
+            // SAFETY: `_exit` ends this forked child at once, without running destructors
+            // that belong to the parent's state.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop((up_wr, down_rd));
+            let ns = expect_line(&mut io::BufReader::new(fs::File::from(up_rd)), "userns")
+                .and_then(|_| {
+                    userns::write_maps(child.as_raw(), map)
+                        .map_err(io_ctx("map the sandbox's user namespace"))
+                })
+                .and_then(|()| {
+                    fs::File::open(format!("/proc/{child}/ns/user"))
+                        .map_err(io_ctx("open the sandbox's user namespace"))
+                });
+            drop(down_wr);
+            let _ = waitpid(child, None);
+            ns
+        }
+    }
+}
+
+/// Become the range's first host uid and gid and make a user namespace, which that uid then
+/// owns. The permitted capabilities are kept across the uid change and raised again, so
+/// this works even where unprivileged user namespaces are switched off
+/// (`kernel.unprivileged_userns_clone=0`, AppArmor's restriction).
+fn make_userns_as_owner(map: &IdMap) -> Result<(), InitError> {
+    let (uid, gid) = (Uid::from_raw(map.host_id), Gid::from_raw(map.host_id));
+    setgroups(&[]).map_err(sys("setgroups"))?;
+    setresgid(gid, gid, gid).map_err(sys("setresgid to the sandbox's range"))?;
+    nix::sys::prctl::set_keepcaps(true).map_err(sys("keep capabilities"))?;
+    setresuid(uid, uid, uid).map_err(sys("setresuid to the sandbox's range"))?;
+    let permitted = ::caps::read(None, ::caps::CapSet::Permitted)
+        .map_err(|e| InitError::Child(format!("reading capabilities: {e}")))?;
+    ::caps::set(None, ::caps::CapSet::Effective, &permitted)
+        .map_err(|e| InitError::Child(format!("raising capabilities: {e}")))?;
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(sys("unshare user namespace"))
+}
+
+/// Join the sandbox's user namespace as its root (host root may enter any namespace; its
+/// uid 0 is then the range's first host uid).
+fn enter_userns(ns: &fs::File) -> Result<(), InitError> {
+    setgroups(&[]).map_err(sys("setgroups"))?;
+    nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWUSER)
+        .map_err(sys("enter the user namespace"))?;
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(sys("setresgid 0 in the user namespace"))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(sys("setresuid 0 in the user namespace"))
+}
+
+/// PID 1: finish the sandbox, report on `verdict`, return the agent's socket. Never returns
+/// an error: failures are reported on `verdict` and end the process.
+fn pid1(spec: &InitSpec, listener: OwnedFd, verdict: OwnedFd) -> Result<Stage, InitError> {
+    let mut verdict = fs::File::from(verdict);
+    match sandbox_init(spec, &listener, verdict.as_raw_fd()) {
+        Ok(()) => {
+            // If the helper is gone there is nobody to tell; the daemon's ping decides
+            // whether this sandbox counts as created.
+            let _ = verdict.write_all(READY);
+            drop(verdict);
+            Ok(Stage::Agent(listener))
+        }
+        Err(e) => {
+            let _ = verdict.write_all(e.to_string().as_bytes());
+            drop(verdict);
+            // SAFETY: `_exit` ends this forked child at once, without running atexit
+            // handlers or destructors that belong to the parent's state.
+            unsafe { libc::_exit(1) }
+        }
+    }
+}
+
+/// Read PID 1's verdict: `Ok` on READY, its message otherwise.
+fn wait_verdict(rd: OwnedFd) -> Result<(), InitError> {
     let mut msg = Vec::new();
     let read = fs::File::from(rd).read_to_end(&mut msg);
     if read.is_ok() && msg == READY {
         return Ok(());
     }
-    let status = waitpid(child, None)
-        .map(|s| format!("{s:?}"))
-        .unwrap_or_else(|e| format!("unknown ({e})"));
     let text = String::from_utf8_lossy(&msg).into_owned();
     Err(InitError::Child(match (read, text.is_empty()) {
-        (Err(e), _) => format!("reading its status: {e}; it exited with {status}"),
-        (Ok(_), true) => format!("it exited without a word ({status})"),
+        (Err(e), _) => format!("reading its status: {e}"),
+        (Ok(_), true) => "the sandbox's PID 1 exited without a word".to_string(),
         (Ok(_), false) => text,
     }))
 }
 
 /// Everything PID 1 does before it hands the socket to the agent.
-fn sandbox_init(spec: &InitSpec) -> Result<OwnedFd, InitError> {
-    let paths = spec.paths();
+fn sandbox_init(spec: &InitSpec, listener: &OwnedFd, verdict: RawFd) -> Result<(), InitError> {
+    // First: nothing in the sandbox may read or write this process's memory or fds through
+    // /proc (`/proc/1/mem`, `/proc/1/fd/*`, `/proc/1/environ`), whatever its uid.
+    nix::sys::prctl::set_dumpable(false).map_err(sys("set non-dumpable"))?;
     setsid().map_err(sys("setsid"))?;
-    redirect_stdio(&paths.log)?;
     umask(Mode::from_bits_truncate(0o022));
     sethostname(&spec.id).map_err(sys("sethostname"))?;
-    rootfs::mount_all(spec)?;
+    rootfs::mount_inside()?;
     net::loopback_up().map_err(sys("bring lo up"))?;
-    let listener = bind_agent_socket(&paths.dir)?;
-    rootfs::pivot(&paths.rootfs)?;
+    rootfs::pivot()?;
     rootfs::harden()?;
+    redirect_stdio()?;
+    // Only the agent's socket and the verdict pipe stay open (0-2 are ours now).
+    close_fds_from(3, &[listener.as_raw_fd(), verdict]);
     nix::sys::prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
     caps::apply_default()?;
     // Last: after this only the syscalls the filter allows are left.
     seccomp::load_bpf(&spec.seccomp_bpf)?;
-    Ok(listener)
+    Ok(())
 }
 
-/// stdin from `/dev/null`, stdout and stderr appended to the sandbox's log on the host.
-/// This also lets go of the helper's stdout pipe, so the daemon sees EOF once the helper
-/// exits.
-fn redirect_stdio(log: &std::path::Path) -> Result<(), InitError> {
+/// stdin from the sandbox's own `/dev/null`; stdout joins stderr (the daemon's log pipe, set
+/// up by the daemon as the helper's stderr). This also lets go of the helper's stdout pipe,
+/// so the daemon sees EOF once the helper exits. Runs after `pivot`, so no host file is open.
+fn redirect_stdio() -> Result<(), InitError> {
     let null = fs::File::open("/dev/null").map_err(io_ctx("open /dev/null"))?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(log)
-        .map_err(io_ctx("open agent.log"))?;
     dup2(null.as_raw_fd(), 0).map_err(sys("dup2 stdin"))?;
-    dup2(log.as_raw_fd(), 1).map_err(sys("dup2 stdout"))?;
-    dup2(log.as_raw_fd(), 2).map_err(sys("dup2 stderr"))?;
+    dup2(2, 1).map_err(sys("dup2 stdout"))?;
     Ok(())
+}
+
+/// Check that this host can give sandboxes user namespaces the way [`helper`] does: a
+/// namespace owned by an unprivileged uid, mapped by its root parent, and an overlay whose
+/// lower layers (the image and `/usr`) are idmapped mounts, over an upper layer owned by the
+/// range. Run by the daemon once at start (`warren __sandbox-init --probe-userns`, with an
+/// [`InitSpec`] naming a scratch dir as `sandbox_dir`); leaves nothing behind (its mount
+/// namespace dies with it; the caller removes the scratch dir).
+fn probe_userns(spec: &InitSpec) -> Result<(), InitError> {
+    let map = spec
+        .idmap
+        .ok_or_else(|| InitError::Spec("the probe needs an idmap".into()))?;
+    single_threaded()?;
+    private_mount_ns()?;
+    let ns = make_userns(&map)?;
+    rootfs::probe_overlay(spec, ns.as_fd())
 }
 
 /// Bind and listen at `<dir>/agent.sock` (a host path, so the daemon can connect). Bound

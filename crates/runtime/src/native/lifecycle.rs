@@ -189,6 +189,7 @@ impl Inner {
     async fn restart(self: Arc<Self>, spec: SandboxSpec) -> Result<(), RuntimeError> {
         let id = spec.id.clone();
         let paths = self.paths(&id);
+        let owner = self.owner(&spec);
         {
             let (layout, cg, paths, id) = (
                 self.layout,
@@ -217,7 +218,9 @@ impl Inner {
                 cgroup::remove_dirs(layout, &cg).map_err(cg_err)?;
                 remove_runtime_files(&paths)?;
                 reset_work_dir(&paths.work)?;
-                reset_work_dir(&paths.usr_work)
+                reset_work_dir(&paths.usr_work)?;
+                // Files made before its range was known (no user namespace then) move into it.
+                image::own_layers(&paths.fs, owner)
             })
             .await?;
         }

@@ -25,6 +25,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 pub mod storage;
+pub mod userns;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -78,7 +79,27 @@ pub struct NativeConfig {
     pub cgroup_parent: String,
     /// Where sandboxes' files and snapshots live (`dir` by default).
     pub storage: StorageConfig,
+    /// Whether sandboxes get user namespaces (see [`userns`]).
+    pub user_namespaces: UsernsSetting,
 }
+
+/// `--user-namespaces`: whether each sandbox gets its own user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UsernsSetting {
+    /// Yes if this host can (checked at start); otherwise no, with a warning.
+    #[default]
+    Auto,
+    /// Yes; refuse to start where the host cannot.
+    On,
+    /// No: sandbox root is host root, guarded by capabilities and seccomp only.
+    Off,
+}
+
+/// The host id range the start-up probe borrows for a moment (a uid no account uses).
+const PROBE_HOST_ID: u32 = 0xFFFE_0000;
+
+/// Largest agent log kept per sandbox (`agent.log`, then `agent.log.1`).
+const AGENT_LOG_MAX: u64 = 1 << 20;
 
 /// The native runtime backend. Cheap to clone.
 #[derive(Clone)]
@@ -94,6 +115,8 @@ struct Inner {
     seccomp_bpf: Vec<u8>,
     /// Sandbox files and snapshots.
     storage: Arc<storage::Storage>,
+    /// Whether sandboxes get user namespaces (the setting, checked against the host).
+    userns: bool,
 }
 
 impl NativeRuntime {
@@ -120,6 +143,23 @@ impl NativeRuntime {
             .map_err(|e| RuntimeError::Setup(format!("building the host image: {e}")))?;
         let seccomp_bpf =
             seccomp::export_default_bpf().map_err(|e| RuntimeError::Setup(e.to_string()))?;
+        let userns = match cfg.user_namespaces {
+            UsernsSetting::Off => false,
+            setting => match probe_userns(&cfg, &image_dir) {
+                Ok(()) => true,
+                Err(e) if setting == UsernsSetting::On => {
+                    return Err(RuntimeError::Setup(format!(
+                        "user namespaces do not work on this host: {e}"
+                    )))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e,
+                        "user namespaces do not work on this host; sandbox root is host root \
+                         (guarded by capabilities and seccomp only)");
+                    false
+                }
+            },
+        };
         // Last: it may mount the btrfs loop image.
         let storage = Arc::new(storage::Storage::open(&cfg.data_dir, &cfg.storage)?);
         Ok(Self {
@@ -129,6 +169,7 @@ impl NativeRuntime {
                 image_dir,
                 seccomp_bpf,
                 storage,
+                userns,
             }),
         })
     }
@@ -136,6 +177,52 @@ impl NativeRuntime {
     pub fn config(&self) -> &NativeConfig {
         &self.inner.cfg
     }
+}
+
+/// Run `warren __sandbox-init --probe-userns` on a scratch dir: can this host make a
+/// sandbox's user namespace and its idmapped overlay ([`init::run_helper`])? Blocking.
+fn probe_userns(cfg: &NativeConfig, image_dir: &Path) -> Result<(), String> {
+    let scratch = cfg
+        .data_dir
+        .join(format!(".probe-userns-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+    let spec = InitSpec {
+        id: "probe".into(),
+        sandbox_dir: scratch.clone(),
+        image_dir: image_dir.to_path_buf(),
+        cgroup_path: "/".into(),
+        seccomp_bpf: Vec::new(),
+        idmap: Some(crate::IdMap::new(PROBE_HOST_ID)),
+    };
+    let outcome = (|| {
+        let json = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(&cfg.helper_exe)
+            .arg(HELPER_ARG)
+            .arg(init::PROBE_USERNS_ARG)
+            .env_clear()
+            .env("PATH", HELPER_PATH)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", cfg.helper_exe.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(&json).map_err(|e| e.to_string())?;
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let line = String::from_utf8_lossy(&out.stdout);
+        match HelperReport::parse(&line) {
+            Ok(HelperReport::Ready { .. }) if out.status.success() => Ok(()),
+            Ok(HelperReport::Failed { error }) => Err(error),
+            _ => Err(format!("probe failed ({}): {line:?}", out.status)),
+        }
+    })();
+    // The probe's mounts died with its namespace; only files are left.
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome
 }
 
 fn check_cgroup_parent(parent: &str) -> Result<(), RuntimeError> {
@@ -182,6 +269,15 @@ impl Inner {
         SandboxPaths::new(&self.sandboxes_dir().join(id))
     }
 
+    /// The host id of root in `spec`'s sandbox: its range's first id, or 0 without a user
+    /// namespace (as on a host where they do not work).
+    fn owner(&self, spec: &SandboxSpec) -> u32 {
+        match spec.idmap {
+            Some(m) if self.userns => m.host_id,
+            _ => 0,
+        }
+    }
+
     fn cgroup_path(&self, id: &str) -> PathBuf {
         cgroup::sandbox_cgroup_path(&self.cfg.cgroup_parent, id)
     }
@@ -200,8 +296,9 @@ impl Inner {
                 id.clone(),
                 spec.snapshot.clone(),
             );
+            let owner = self.owner(&spec);
             blocking(move || {
-                image::prepare_sandbox_dir(&paths, &id, &this.storage, snapshot.as_deref())
+                image::prepare_sandbox_dir(&paths, &id, &this.storage, snapshot.as_deref(), owner)
             })
             .await?;
         }
@@ -244,6 +341,7 @@ impl Inner {
             image_dir: self.image_dir.clone(),
             cgroup_path,
             seccomp_bpf: self.seccomp_bpf.clone(),
+            idmap: spec.idmap.filter(|_| self.userns),
         };
         let t_cgroup = t0.elapsed();
         let pid = self.spawn_helper(&init).await?;
@@ -273,13 +371,17 @@ impl Inner {
     async fn spawn_helper(&self, init: &InitSpec) -> Result<i32, RuntimeError> {
         let json = serde_json::to_vec(init)
             .map_err(|e| RuntimeError::Setup(format!("encoding init spec: {e}")))?;
+        // The helper's stderr, which the sandbox's PID 1 keeps as its stdout and stderr: a
+        // pipe drained into `agent.log`, so no host file is ever open in a sandbox.
+        let (log_rd, log_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| RuntimeError::Setup(format!("agent log pipe: {e}")))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.helper_exe);
         cmd.arg(HELPER_ARG)
             .env_clear()
             .env("PATH", HELPER_PATH)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(log_wr))
             .kill_on_drop(true);
         for var in ["RUST_LOG", "RUST_BACKTRACE"] {
             if let Some(v) = std::env::var_os(var) {
@@ -292,6 +394,9 @@ impl Inner {
                 self.cfg.helper_exe.display()
             ))
         })?;
+        // Only the helper (and what it forks) may hold the write end.
+        drop(cmd);
+        drain_agent_log(log_rd, init.paths().log, init.id.clone());
         let mut stdin = child
             .stdin
             .take()
@@ -530,6 +635,55 @@ impl Inner {
     }
 }
 
+/// Copy what a sandbox's helper and agent write on the log pipe into `log` (created 0600),
+/// keeping at most [`AGENT_LOG_MAX`] bytes in it and as much in `log.1`. Ends at EOF: when
+/// the sandbox is gone (or, after a daemon restart, never: an adopted sandbox's agent writes
+/// into a pipe nobody reads, and its log lines are lost).
+fn drain_agent_log(rd: std::os::fd::OwnedFd, log: PathBuf, id: String) {
+    use tokio::io::AsyncReadExt;
+    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(rd) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(sandbox = %id, error = %e, "cannot read the agent's log pipe");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut file: Option<(tokio::fs::File, u64)> = None;
+        loop {
+            let n = match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if file.as_ref().is_none_or(|(_, len)| *len >= AGENT_LOG_MAX) {
+                if file.take().is_some() {
+                    let _ = tokio::fs::rename(&log, log.with_extension("log.1")).await;
+                }
+                let opened = tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&log)
+                    .await;
+                match opened {
+                    Ok(f) => {
+                        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                        file = Some((f, len));
+                    }
+                    // The sandbox's dir is gone: it was deleted.
+                    Err(_) => continue,
+                }
+            }
+            if let Some((f, len)) = file.as_mut() {
+                if f.write_all(&buf[..n]).await.is_ok() {
+                    *len += n as u64;
+                }
+            }
+        }
+    });
+}
+
 /// Connect to an agent socket; paths longer than `sun_path` go through `/proc/self/fd`.
 async fn connect(socket: &Path) -> io::Result<UnixStream> {
     if socket.as_os_str().len() <= SUN_PATH_MAX {
@@ -598,9 +752,11 @@ impl Runtime for NativeRuntime {
             name: "native".into(),
             cgroup: self.inner.layout.as_str().into(),
             namespaces: ["mount", "pid", "uts", "ipc", "network", "cgroup"]
+                .into_iter()
+                .chain(self.inner.userns.then_some("user"))
                 .map(String::from)
-                .to_vec(),
-            user_namespace: false,
+                .collect(),
+            user_namespace: self.inner.userns,
             seccomp: true,
             capabilities: caps::default_names(),
             images: vec![image::HOST_IMAGE.into()],
@@ -915,6 +1071,7 @@ mod tests {
             helper_exe: "/bin/sh".into(),
             cgroup_parent: parent.into(),
             storage: StorageConfig::Dir,
+            user_namespaces: UsernsSetting::Off,
         };
         assert!(NativeRuntime::new(cfg("relative", "warren")).is_err());
         assert!(NativeRuntime::new(cfg("/a,b", "warren")).is_err());

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::IdMap;
+
 /// Argument that makes the `warren` binary run [`super::init::run_helper`].
 pub const HELPER_ARG: &str = "__sandbox-init";
 
@@ -26,6 +28,9 @@ pub struct InitSpec {
     /// The seccomp program PID 1 loads last, compiled once by the daemon
     /// ([`super::seccomp::export_default_bpf`]).
     pub seccomp_bpf: Vec<u8>,
+    /// The sandbox's user namespace mapping; `None` runs it without one.
+    #[serde(default)]
+    pub idmap: Option<IdMap>,
 }
 
 impl InitSpec {
@@ -46,6 +51,17 @@ impl InitSpec {
             ("image_dir", &self.image_dir),
         ] {
             check_overlay_path(p).map_err(|e| format!("{what}: {e}"))?;
+        }
+        if let Some(m) = self.idmap {
+            if m.host_id == 0 || m.host_id % IdMap::SIZE != 0 || m.size != IdMap::SIZE {
+                return Err(format!(
+                    "idmap must start at a non-zero multiple of {} and span {0} ids, got {m:?}",
+                    IdMap::SIZE
+                ));
+            }
+            m.host_id
+                .checked_add(m.size)
+                .ok_or_else(|| format!("idmap {m:?} runs past the last uid"))?;
         }
         Ok(())
     }
@@ -130,9 +146,12 @@ pub struct SandboxPaths {
     pub usr_work: PathBuf,
     /// Mount point of the merged root (only mounted inside the sandbox's mount namespace).
     pub rootfs: PathBuf,
+    /// Where the helper attaches the idmapped lower layers (`lower/image`, `lower/usr`)
+    /// for a moment while it mounts the overlays (in its own mount namespace).
+    pub lower: PathBuf,
     /// The agent's listening socket.
     pub socket: PathBuf,
-    /// The agent's stdout and stderr.
+    /// The agent's stdout and stderr, as the daemon drains them from a pipe.
     pub log: PathBuf,
 }
 
@@ -147,6 +166,7 @@ impl SandboxPaths {
             usr_work: fs.join("usr-work"),
             fs,
             rootfs: dir.join("rootfs"),
+            lower: dir.join("lower"),
             socket: dir.join(SOCKET_NAME),
             log: dir.join("agent.log"),
         }
@@ -184,6 +204,7 @@ mod tests {
             image_dir: "/var/lib/warren/images/host".into(),
             cgroup_path: "/warren/sb-1".into(),
             seccomp_bpf: vec![0; 16],
+            idmap: Some(IdMap::new(1 << 30)),
         }
     }
 
@@ -207,6 +228,14 @@ mod tests {
         let mut s = spec();
         s.image_dir = "/a,b".into();
         assert!(s.validate().is_err());
+        for bad in [0, 1000, 65536 * 65535] {
+            let mut s = spec();
+            s.idmap = Some(IdMap::new(bad));
+            assert!(s.validate().is_err(), "{bad}");
+        }
+        let mut s = spec();
+        s.idmap = None;
+        s.validate().unwrap();
         assert!(serde_json::from_str::<InitSpec>(r#"{"id":"x"}"#).is_err());
     }
 

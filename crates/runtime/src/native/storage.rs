@@ -47,6 +47,7 @@ use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC};
 
 use super::lifecycle::allocated_bytes;
 use super::spec::{self, SandboxPaths};
+use super::userns;
 use super::{blocking, cg_err, cgroup, image, Inner, NativeRuntime};
 use crate::{RuntimeError, SnapshotMeta};
 
@@ -404,11 +405,15 @@ impl Storage {
                 "sandbox {id}: its files are missing; only destroy helps"
             )));
         }
+        // The sandbox keeps its id range: the snapshot's files move into it if they belong
+        // to another (a snapshot of another sandbox).
+        let owner = userns::range_of(&paths.upper).map_err(|e| ctx(paths.upper.display(), e))?;
         let new = paths.dir.join(FS_NEW);
         let built = (|| {
             self.clone_tree(&src, &new, false)?;
             prepare_restored(&new)?;
-            if let Err(e) = image::set_identity(&new.join("upper"), id) {
+            image::own_layers(&new, owner)?;
+            if let Err(e) = image::set_identity(&new.join("upper"), id, owner) {
                 tracing::warn!(sandbox = id, error = %e, "rollback: /etc/hostname not updated");
             }
             if self.tmp_copies() {
