@@ -116,8 +116,11 @@ enum Command {
     /// source's file name.
     ///
     /// Directories are copied recursively. Downloading `ID:/dir` streams it as a tar archive
-    /// and unpacks it (modes, mtimes and symlinks kept; entries that would land outside the
-    /// destination are refused). Uploading a local directory writes every file below it
+    /// and unpacks it (mtimes and symlinks kept; entries that would land outside the
+    /// destination are refused). Downloads never carry setuid, setgid or sticky bits or the
+    /// sandbox's owners: files keep their `rwx` bits, directories lose group and world write
+    /// (at most 0755); a downloaded file that does not exist yet gets the source's `rwx`
+    /// bits less the umask. Uploading a local directory writes every file below it
     /// (keeping each file's mode unless `--mode`) and creates its directories; symlinks are
     /// skipped with a warning.
     Cp {

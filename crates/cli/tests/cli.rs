@@ -716,3 +716,187 @@ async fn lifecycle_verbs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).starts_with("error: sandbox_not_found: "));
 }
+
+// ---------------------------------------------------------------------------------------
+// The same verbs against a real daemon on the real kernel (as root).
+
+mod common;
+
+/// How a real-daemon CLI call gets its standard input.
+enum Input<'a> {
+    /// `/dev/null`.
+    Null,
+    /// These bytes, then end of file.
+    Bytes(&'a [u8]),
+    /// A pipe that stays open (never written to) until the CLI has exited, as Node's
+    /// `spawn` or a `while read` loop would leave it.
+    OpenPipe,
+}
+
+/// Run the CLI against `url`; a call that hangs past a generous deadline fails the test
+/// (and is killed) instead of hanging it.
+fn warren_at(url: &str, args: &[&str], input: Input<'_>) -> Output {
+    use std::io::{Read, Write};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .env("WARREN_URL", url)
+        .env("TERM", "xterm-warren-test")
+        .stdin(match input {
+            Input::Null => Stdio::null(),
+            _ => Stdio::piped(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn warren");
+    let mut held = None;
+    match input {
+        Input::Null => {}
+        Input::Bytes(b) => {
+            let mut pipe = child.stdin.take().unwrap();
+            // The CLI may rightly exit without reading it.
+            let _ = pipe.write_all(b);
+        }
+        Input::OpenPipe => held = child.stdin.take(),
+    }
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`warren {}` did not exit", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(held);
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+/// Red-team finding #8: a sandbox's setuid/setgid files and setgid, sticky or
+/// world-writable directories arrive on the host without those bits and owned by the
+/// caller, for a tree and for a single file; nothing lands outside the destination.
+#[test]
+fn cp_out_never_writes_setuid_setgid_or_sticky_bits() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = common::Daemon::start();
+    let id = common::rt().block_on(async {
+        let sb = common::create(&d.client).await;
+        let r = common::run_sh(
+            &d.client,
+            &sb.id,
+            "set -e; mkdir -p /workspace/proj/shared /workspace/proj/tmp
+             cp /bin/sh /workspace/proj/suid && chmod 4755 /workspace/proj/suid
+             cp /bin/sh /workspace/proj/sgid && chmod 2755 /workspace/proj/sgid
+             echo x > /workspace/proj/plain && chmod 0640 /workspace/proj/plain
+             chown 1234:1234 /workspace/proj/plain
+             echo y > /workspace/proj/tmp/sticky && chmod 1777 /workspace/proj/tmp/sticky
+             chmod 2777 /workspace/proj/shared && chmod 1777 /workspace/proj/tmp
+             chmod 2777 /workspace/proj
+             ln -s / /workspace/proj/root",
+        )
+        .await;
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        sb.id
+    });
+    let dir = TempDir::new("cp-suid");
+
+    // The tree.
+    let dest = dir.path().join("proj");
+    let out = warren_at(
+        &d.url,
+        &[
+            "cp",
+            &format!("{id}:/workspace/proj"),
+            dest.to_str().unwrap(),
+        ],
+        Input::Null,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mode = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&dest.join("suid")), 0o755);
+    assert_eq!(mode(&dest.join("sgid")), 0o755);
+    assert_eq!(mode(&dest.join("plain")), 0o640);
+    assert_eq!(mode(&dest.join("tmp/sticky")), 0o777);
+    assert_eq!(mode(&dest.join("shared")), 0o755);
+    assert_eq!(mode(&dest.join("tmp")), 0o755);
+    assert_eq!(std::fs::read(dest.join("plain")).unwrap(), b"x\n");
+    // Owned by whoever ran the CLI, not by the sandbox's uid 1234.
+    let me = std::fs::metadata(dir.path()).unwrap().uid();
+    assert_eq!(std::fs::metadata(dest.join("plain")).unwrap().uid(), me);
+    // The symlink is a symlink (not followed); nothing outside the destination.
+    assert_eq!(
+        std::fs::read_link(dest.join("root")).unwrap(),
+        std::path::Path::new("/")
+    );
+    let mut stack = vec![dest.clone()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        if p != dest {
+            assert_eq!(md.mode() & 0o7000, 0, "{} {:o}", p.display(), md.mode());
+        }
+        if md.is_dir() {
+            assert_eq!(md.mode() & 0o022, 0, "{} {:o}", p.display(), md.mode());
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["proj"]);
+
+    // A single file: a new one, and one that replaces an existing setuid file.
+    let single = dir.path().join("single");
+    let out = warren_at(
+        &d.url,
+        &[
+            "cp",
+            &format!("{id}:/workspace/proj/suid"),
+            single.to_str().unwrap(),
+        ],
+        Input::Null,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = mode(&single);
+    assert_eq!(m & 0o7000, 0, "{m:o}");
+    assert_eq!(m & 0o100, 0o100, "{m:o}");
+    let existing = dir.path().join("existing");
+    std::fs::write(&existing, b"old").unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    let out = warren_at(
+        &d.url,
+        &[
+            "cp",
+            &format!("{id}:/workspace/proj/sgid"),
+            existing.to_str().unwrap(),
+        ],
+        Input::Null,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mode(&existing), 0o755);
+    assert_eq!(
+        std::fs::read(&existing).unwrap(),
+        std::fs::read(dest.join("sgid")).unwrap()
+    );
+}
