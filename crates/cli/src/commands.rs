@@ -29,7 +29,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         );
         return Ok(0);
     }
-    let client = Client::new(&cli.url).context("bad --url / WARREN_URL")?;
+    let client = match Client::new(&cli.url).context("bad --url / WARREN_URL") {
+        Ok(client) => client,
+        // `exec` and `run` keep their promise: 125 when Warren itself fails.
+        Err(e) if matches!(cli.command, Command::Exec { .. } | Command::Run { .. }) => {
+            return Ok(exit_status(Err(e)));
+        }
+        Err(e) => return Err(e),
+    };
     match cli.command {
         Command::Serve(_) | Command::Openapi => Ok(0),
         Command::Bench(args) => {

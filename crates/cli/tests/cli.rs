@@ -982,6 +982,8 @@ fn exec_reads_stdin_only_with_i() {
         Input::Null,
     );
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let out = warren_at("not a url", &["exec", &id, "--", "true"], Input::Null);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     let out = warren_at(
         &d.url,
         &["exec", "-t", &id, "--", "/nonexistent"],
