@@ -1,18 +1,19 @@
 //! The client verbs.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use warren_api::{
     CreateSandboxRequest, ExecRequest, ExecUser, IdleAction, OutputEncoding, Resources, Sandbox,
     TimeoutAction,
 };
 use warren_client::{Client, ExecStreamEvent};
 
+use crate::terminal::Ended;
 use crate::{Cli, Command, ExecOpts, OnIdle, OnTimeout, SandboxOpts, User};
 
 /// Run one verb; returns the process exit code.
@@ -28,7 +29,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         );
         return Ok(0);
     }
-    let client = Client::new(&cli.url).context("bad --url / WARREN_URL")?;
+    let client = match Client::new(&cli.url).context("bad --url / WARREN_URL") {
+        Ok(client) => client,
+        // `exec` and `run` keep their promise: 125 when Warren itself fails.
+        Err(e) if matches!(cli.command, Command::Exec { .. } | Command::Run { .. }) => {
+            return Ok(exit_status(Err(e)));
+        }
+        Err(e) => return Err(e),
+    };
     match cli.command {
         Command::Serve(_) | Command::Openapi => Ok(0),
         Command::Bench(args) => {
@@ -114,58 +122,206 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Exec {
             id,
             interactive,
-            tty: true,
+            tty,
             opts,
             env,
             timeout,
             cmd,
         } => {
-            let req = warren_api::CreateProcessRequest {
-                cmd,
-                env: env.into_iter().collect(),
-                cwd: opts.cwd.clone(),
-                user: exec_user(opts.user),
-                timeout_secs: timeout,
-                ..Default::default()
+            let stdin = interactive && !opts.no_stdin;
+            let outcome = if tty {
+                let req = process_request(cmd, env, timeout, &opts);
+                crate::terminal::exec_tty(&client, &id, req, stdin).await
+            } else {
+                match exec_request(cmd, env, timeout, &opts, stdin).await {
+                    Ok(req) => stream_exec(&client, &id, &req).await,
+                    Err(e) => Err(e),
+                }
             };
-            crate::terminal::exec_tty(&client, &id, req, interactive && !opts.no_stdin).await
-        }
-        Command::Exec {
-            id,
-            opts,
-            env,
-            timeout,
-            cmd,
-            ..
-        } => {
-            let req = exec_request(cmd, env, timeout, &opts).await?;
-            stream_exec(&client, &id, &req).await
+            Ok(exit_status(outcome))
         }
         Command::Run {
             rm,
+            interactive,
+            tty,
+            detach,
             sandbox,
             opts,
             exec_timeout,
             cmd,
         } => {
-            // Read stdin before creating anything, so a failure here leaves nothing behind.
-            let req = exec_request(cmd, Vec::new(), exec_timeout, &opts).await?;
-            let sb = client.create_sandbox(&create_request(&sandbox)).await?;
-            if !rm {
-                eprintln!("{}", sb.id);
-                return stream_exec(&client, &sb.id, &req).await;
-            }
-            let outcome = tokio::select! {
-                outcome = stream_exec(&client, &sb.id, &req) => outcome,
-                _ = tokio::signal::ctrl_c() => Ok(130),
+            let job = RunJob {
+                rm,
+                stdin: interactive && !opts.no_stdin,
+                tty,
+                detach,
             };
-            if let Err(err) = client.delete_sandbox(&sb.id).await {
-                eprintln!("error: deleting sandbox {}: {err}", sb.id);
-                if outcome.is_ok() {
-                    return Ok(1);
+            Ok(run_sandbox(&client, job, &sandbox, cmd, exec_timeout, &opts).await)
+        }
+    }
+}
+
+/// The exit status for the outcome of `exec` or `run` (Docker's convention): the command's
+/// own, else 127 (command not found), 126 (cannot be run) or 125 (Warren failed), with the
+/// error printed.
+fn exit_status(outcome: anyhow::Result<u8>) -> u8 {
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            report(&err);
+            failure_status(&err)
+        }
+    }
+}
+
+fn failure_status(err: &anyhow::Error) -> u8 {
+    let code = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<warren_client::Error>())
+        .and_then(|e| e.code());
+    match code {
+        Some("command_not_found") => 127,
+        Some("spawn_failed" | "invalid_cwd") => 126,
+        _ => 125,
+    }
+}
+
+/// What `warren run` does with its sandbox.
+#[derive(Debug, Clone, Copy)]
+struct RunJob {
+    rm: bool,
+    stdin: bool,
+    tty: bool,
+    detach: bool,
+}
+
+/// The command of `warren run`, prepared before the sandbox exists.
+enum Prepared {
+    /// Streamed output (no terminal).
+    Exec(ExecRequest),
+    /// A durable process in a terminal connected to ours (`-t`).
+    Terminal(warren_api::CreateProcessRequest),
+    /// A durable process left running (`-d`).
+    Background(warren_api::CreateProcessRequest),
+}
+
+/// `warren run`: create a sandbox, run the command, and with `--rm` delete the sandbox on
+/// every path (the command's end, any error, SIGINT/SIGTERM/SIGHUP of this client).
+async fn run_sandbox(
+    client: &Client,
+    job: RunJob,
+    sandbox: &SandboxOpts,
+    cmd: Vec<String>,
+    exec_timeout: Option<u64>,
+    opts: &ExecOpts,
+) -> u8 {
+    // Everything that can fail here happens before the sandbox exists.
+    let prepared = if job.detach {
+        let mut req = process_request(cmd, Vec::new(), exec_timeout, opts);
+        if job.tty {
+            req = crate::terminal::with_tty(req);
+        }
+        Prepared::Background(req)
+    } else if job.tty {
+        Prepared::Terminal(process_request(cmd, Vec::new(), exec_timeout, opts))
+    } else {
+        match exec_request(cmd, Vec::new(), exec_timeout, opts, job.stdin).await {
+            Ok(req) => Prepared::Exec(req),
+            Err(e) => return exit_status(Err(e)),
+        }
+    };
+    // Listen before creating: a signal that arrives while the sandbox is being created
+    // then deletes it as soon as its id is known.
+    let mut signals = if job.rm {
+        match Signals::new() {
+            Ok(s) => Some(s),
+            Err(e) => return exit_status(Err(e)),
+        }
+    } else {
+        None
+    };
+    let sb = match client.create_sandbox(&create_request(sandbox)).await {
+        Ok(sb) => sb,
+        Err(e) => return exit_status(Err(e.into())),
+    };
+    let id = sb.id.as_str();
+    let work = async {
+        match prepared {
+            Prepared::Exec(req) => stream_exec(client, id, &req).await,
+            Prepared::Background(req) => {
+                client.start_process(id, &req).await?;
+                println!("{id}");
+                Ok(0)
+            }
+            Prepared::Terminal(req) => {
+                let pid = crate::terminal::start_tty(client, id, req).await?;
+                match crate::terminal::session(client, id, &pid, job.stdin, true).await? {
+                    Ended::Exit(code) => Ok(code),
+                    Ended::Detached if job.rm => {
+                        eprintln!("\nwarren: detached; deleting sandbox {id} (--rm)");
+                        Ok(0)
+                    }
+                    Ended::Detached => {
+                        crate::terminal::detached_hint(id, &pid);
+                        Ok(0)
+                    }
                 }
             }
-            outcome
+        }
+    };
+    let Some(signals) = signals.as_mut() else {
+        if !job.detach {
+            eprintln!("{id}");
+        }
+        let outcome = work.await;
+        let failed = outcome.is_err();
+        let code = exit_status(outcome);
+        if job.detach && failed {
+            // Its id was never handed out: nothing could use the sandbox.
+            if let Err(err) = client.delete_sandbox(id).await {
+                eprintln!("error: deleting sandbox {id}: {err}");
+            }
+        }
+        return code;
+    };
+    let code = tokio::select! {
+        biased;
+        signal = signals.recv() => 128 + signal,
+        outcome = work => exit_status(outcome),
+    };
+    if let Err(err) = client.delete_sandbox(id).await {
+        eprintln!("error: deleting sandbox {id}: {err}");
+        if code == 0 {
+            return 125;
+        }
+    }
+    code
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught for as long as this lives.
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        let listen = |kind: SignalKind| signal(kind).context("listening for signals");
+        Ok(Signals {
+            int: listen(SignalKind::interrupt())?,
+            term: listen(SignalKind::terminate())?,
+            hup: listen(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal's number.
+    async fn recv(&mut self) -> u8 {
+        tokio::select! {
+            Some(()) = self.int.recv() => libc::SIGINT as u8,
+            Some(()) = self.term.recv() => libc::SIGTERM as u8,
+            Some(()) = self.hup.recv() => libc::SIGHUP as u8,
+            else => std::future::pending().await,
         }
     }
 }
@@ -211,13 +367,32 @@ fn create_request(opts: &SandboxOpts) -> CreateSandboxRequest {
     }
 }
 
+fn process_request(
+    cmd: Vec<String>,
+    env: Vec<(String, String)>,
+    timeout_secs: Option<u64>,
+    opts: &ExecOpts,
+) -> warren_api::CreateProcessRequest {
+    warren_api::CreateProcessRequest {
+        cmd,
+        env: env.into_iter().collect(),
+        cwd: opts.cwd.clone(),
+        user: exec_user(opts.user),
+        timeout_secs,
+        ..Default::default()
+    }
+}
+
+/// A streamed exec; with `send_stdin` our standard input is read to its end (`Ctrl-D` on a
+/// terminal) and sent, otherwise the command gets none and it is never touched.
 async fn exec_request(
     cmd: Vec<String>,
     env: Vec<(String, String)>,
     timeout_secs: Option<u64>,
     opts: &ExecOpts,
+    send_stdin: bool,
 ) -> anyhow::Result<ExecRequest> {
-    let stdin = if opts.no_stdin || std::io::stdin().is_terminal() {
+    let stdin = if !send_stdin {
         None
     } else {
         let mut buf = Vec::new();

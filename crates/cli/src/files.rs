@@ -118,29 +118,62 @@ async fn upload(
 }
 
 async fn download(client: &Client, id: &str, path: &str, local: &str) -> anyhow::Result<u8> {
-    if local != "-" && client.stat(id, path).await?.kind == FileKind::Dir {
-        return download_dir(client, id, path, local).await;
-    }
-    let mut stream = client.read_file(id, path).await?;
     if local == "-" {
+        let mut stream = client.read_file(id, path).await?;
         let mut out = tokio::io::stdout();
         return copy_out(&mut stream, &mut out).await;
     }
+    let info = client.stat(id, path).await?;
+    if info.kind == FileKind::Dir {
+        return download_dir(client, id, path, local).await;
+    }
+    let mut stream = client.read_file(id, path).await?;
     let mut target = PathBuf::from(local);
     if tokio::fs::metadata(&target).await.is_ok_and(|m| m.is_dir()) {
         let name = basename(path).with_context(|| format!("no file name in {path}"))?;
         target.push(name);
     }
-    let mut file = tokio::fs::File::create(&target)
+    // Like cp(1): a new file gets the source's permission bits (less the umask), an existing
+    // one keeps its own; setuid, setgid and sticky bits never come from a sandbox.
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(local_file_mode(info.mode))
+        .open(&target)
         .await
         .with_context(|| format!("cannot create {}", target.display()))?;
-    let result = copy_out(&mut stream, &mut file).await;
+    let mut result = copy_out(&mut stream, &mut file).await;
+    if let Ok(0) = result {
+        if let Err(e) = strip_special_bits(&file).await {
+            result = Err(anyhow::Error::new(e)
+                .context(format!("cannot set the mode of {}", target.display())));
+        }
+    }
     if result.is_err() {
-        // Never leave a truncated copy that looks complete.
+        // Never leave a truncated copy that looks complete (but never remove what is not a
+        // regular file, such as /dev/null).
         drop(file);
-        let _ = tokio::fs::remove_file(&target).await;
+        if tokio::fs::symlink_metadata(&target)
+            .await
+            .is_ok_and(|m| m.is_file())
+        {
+            let _ = tokio::fs::remove_file(&target).await;
+        }
     }
     result
+}
+
+/// Clears setuid, setgid and sticky bits of a regular file we wrote (an existing file we
+/// replaced keeps them for a root writer, since the kernel only drops them for others).
+async fn strip_special_bits(file: &tokio::fs::File) -> std::io::Result<()> {
+    let md = file.metadata().await?;
+    let mode = md.permissions().mode();
+    if md.is_file() && mode & 0o7000 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
+            .await?;
+    }
+    Ok(())
 }
 
 /// One entry of a local tree to upload, relative to its root.
@@ -275,10 +308,32 @@ impl std::io::Read for ChannelReader {
     }
 }
 
+/// The permission bits a downloaded file gets on this host: the sandbox's `rwx` bits only.
+/// Setuid, setgid and sticky bits never leave a sandbox (its root could otherwise plant a
+/// setuid binary owned by whoever runs the CLI).
+pub fn local_file_mode(remote: u32) -> u32 {
+    remote & 0o777
+}
+
+/// The permission bits a downloaded directory gets: never group- or world-writable, never
+/// setgid or sticky, and always `rwx` for its owner (so the rest of the tree can be
+/// written into it).
+pub fn local_dir_mode(remote: u32) -> u32 {
+    (remote & 0o755) | 0o700
+}
+
 /// Unpacks a tar archive into `dest`, refusing entries that would land outside it.
+///
+/// The archive comes from a sandbox, so nothing in it is trusted beyond names and content:
+/// modes are masked ([`local_file_mode`], [`local_dir_mode`]), owners and extended
+/// attributes (file capabilities) are ignored, and only regular files, directories,
+/// symlinks and hard links inside `dest` are created (devices and FIFOs are skipped).
 pub fn unpack_archive(reader: impl std::io::Read, dest: &Path) -> anyhow::Result<()> {
+    use tar::EntryType;
     let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
+    archive.set_preserve_permissions(false);
+    archive.set_preserve_ownerships(false);
+    archive.set_unpack_xattrs(false);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     for entry in archive.entries().context("reading the archive")? {
@@ -287,6 +342,31 @@ pub fn unpack_archive(reader: impl std::io::Read, dest: &Path) -> anyhow::Result
             .path()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
+        let kind = entry.header().entry_type();
+        // Old-style headers name a directory with a trailing `/` (the tar crate does too).
+        let is_dir = kind == EntryType::Directory
+            || (entry.header().as_ustar().is_none() && entry.path_bytes().ends_with(b"/"));
+        match kind {
+            EntryType::Regular
+            | EntryType::Continuous
+            | EntryType::GNUSparse
+            | EntryType::Directory
+            | EntryType::Symlink
+            | EntryType::Link => {}
+            EntryType::XGlobalHeader
+            | EntryType::XHeader
+            | EntryType::GNULongName
+            | EntryType::GNULongLink => continue,
+            _ => {
+                eprintln!("warren: skipping {name:?} (not a file, directory or link)");
+                continue;
+            }
+        }
+        // With permissions not preserved the tar crate applies `mode & 0o777 & !mask`: a
+        // directory is never group/world-writable even for the moment before it is fixed
+        // up below.
+        entry.set_mask(if is_dir { 0o022 } else { 0 });
+        let mode = entry.header().mode().unwrap_or(0o644);
         let inside = entry
             .unpack_in(dest)
             .with_context(|| format!("unpacking {name}"))?;
@@ -296,8 +376,34 @@ pub fn unpack_archive(reader: impl std::io::Read, dest: &Path) -> anyhow::Result
                 dest.display()
             );
         }
+        if is_dir {
+            if let Some(path) = entry_target(dest, &entry) {
+                // `unpack_in` made this a real directory (it refuses to reuse a symlink).
+                let md = std::fs::symlink_metadata(&path)
+                    .with_context(|| format!("unpacking {name}"))?;
+                if md.is_dir() {
+                    std::fs::set_permissions(
+                        &path,
+                        std::fs::Permissions::from_mode(local_dir_mode(mode)),
+                    )
+                    .with_context(|| format!("unpacking {name}"))?;
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Where `unpack_in(dest)` put `entry` (`None` for the destination itself).
+fn entry_target<R: std::io::Read>(dest: &Path, entry: &tar::Entry<'_, R>) -> Option<PathBuf> {
+    let path = entry.path().ok()?;
+    let mut out = dest.to_path_buf();
+    for part in path.components() {
+        if let std::path::Component::Normal(p) = part {
+            out.push(p);
+        }
+    }
+    (out != dest).then_some(out)
 }
 
 /// `warren cp ID:/dir LOCALDIR`: the tree as a tar stream, unpacked as it arrives. An
@@ -497,6 +603,110 @@ fn mode_string(kind: FileKind, mode: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    /// A tar archive of `(name, type, mode, uid, content or link target)`.
+    fn archive(entries: &[(&str, tar::EntryType, u32, u64, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, mode, uid, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(*mode);
+            h.set_uid(*uid);
+            h.set_gid(*uid);
+            h.set_mtime(1_700_000_000);
+            // `set_path` refuses `..`: write the name bytes directly.
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            if *kind == tar::EntryType::Symlink || *kind == tar::EntryType::Link {
+                h.set_link_name(std::str::from_utf8(data).unwrap()).unwrap();
+                h.set_size(0);
+                h.set_cksum();
+                b.append(&h, &b""[..]).unwrap();
+            } else {
+                h.set_size(data.len() as u64);
+                h.set_cksum();
+                b.append(&h, *data).unwrap();
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("warren-unpack-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(p.join("dest")).unwrap();
+        p
+    }
+
+    #[test]
+    fn unpack_masks_modes_and_owners() {
+        use std::os::unix::fs::MetadataExt;
+        use tar::EntryType as T;
+        let root = scratch("modes");
+        let dest = root.join("dest");
+        let bytes = archive(&[
+            ("shared/", T::Directory, 0o2777, 1234, b""),
+            ("shared/suid", T::Regular, 0o4755, 0, b"#!/bin/sh\n"),
+            ("shared/sgid", T::Regular, 0o2711, 0, b"x"),
+            ("tmp/", T::Directory, 0o1777, 0, b""),
+            ("tmp/sticky", T::Regular, 0o1666, 0, b"y"),
+            ("locked/", T::Directory, 0o500, 0, b""),
+            ("locked/inner", T::Regular, 0o640, 1234, b"z"),
+            ("dev", T::Char, 0o666, 0, b""),
+            ("link", T::Symlink, 0o777, 0, b"shared/suid"),
+        ]);
+        unpack_archive(&bytes[..], &dest).unwrap();
+        let mode = |p: &str| std::fs::symlink_metadata(dest.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("shared"), 0o755);
+        assert_eq!(mode("shared/suid"), 0o755);
+        assert_eq!(mode("shared/sgid"), 0o711);
+        assert_eq!(mode("tmp"), 0o755);
+        assert_eq!(mode("tmp/sticky"), 0o666);
+        assert_eq!(mode("locked"), 0o700);
+        assert_eq!(std::fs::read(dest.join("locked/inner")).unwrap(), b"z");
+        let me = std::fs::metadata(&root).unwrap().uid();
+        assert_eq!(
+            std::fs::metadata(dest.join("locked/inner")).unwrap().uid(),
+            me
+        );
+        assert_eq!(std::fs::metadata(dest.join("shared")).unwrap().uid(), me);
+        assert!(!dest.join("dev").exists());
+        assert_eq!(
+            std::fs::read_link(dest.join("link")).unwrap(),
+            Path::new("shared/suid")
+        );
+        // Unpacking again over the same tree keeps it at the same modes.
+        unpack_archive(&bytes[..], &dest).unwrap();
+        assert_eq!(mode("shared"), 0o755);
+        assert_eq!(mode("shared/suid"), 0o755);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn unpack_stays_inside_the_destination() {
+        use tar::EntryType as T;
+        let root = scratch("escape");
+        let dest = root.join("dest");
+        let escape = archive(&[("../escape", T::Regular, 0o644, 0, b"x")]);
+        let err = unpack_archive(&escape[..], &dest).unwrap_err();
+        assert!(format!("{err:#}").contains("outside"), "{err:#}");
+        assert!(!root.join("escape").exists());
+        // Through a symlink planted by an earlier entry.
+        let outside = root.join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        let target = outside.to_str().unwrap().as_bytes().to_vec();
+        let through = archive(&[
+            ("out", T::Symlink, 0o777, 0, &target),
+            ("out/planted", T::Regular, 0o644, 0, b"x"),
+        ]);
+        assert!(unpack_archive(&through[..], &dest).is_err());
+        assert!(!outside.join("planted").exists());
+        // A hard link to a host file.
+        let host = root.join("host-file");
+        std::fs::write(&host, b"secret").unwrap();
+        let hard = archive(&[("h", T::Link, 0o644, 0, host.to_str().unwrap().as_bytes())]);
+        assert!(unpack_archive(&hard[..], &dest).is_err());
+        assert!(!dest.join("h").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn locations() {

@@ -57,13 +57,17 @@ enum Command {
     },
     /// Run a command in a sandbox, streaming its output; exits with its exit code.
     ///
+    /// Standard input is sent only with `-i` (read to its end before the command starts,
+    /// as UTF-8 text); without it the command gets none, so `warren exec` never waits for
+    /// input when called from a script or another program.
+    ///
     /// With `-t` the command runs as a durable process in a new terminal connected to this
     /// one (raw mode, resized with the window); with `-it` what you type goes to it. `Ctrl-]`
     /// detaches (the process goes on; `warren attach ID PID` reattaches).
+    #[command(after_help = EXIT_CODES)]
     Exec {
         id: String,
-        /// Keep standard input open (with `-t`: forward what you type; without: as before,
-        /// standard input is sent when it is not a terminal).
+        /// Send standard input to the command (with `-t`: forward what you type).
         #[arg(short = 'i', long)]
         interactive: bool,
         /// Allocate a pseudo-terminal (an interactive session).
@@ -78,19 +82,32 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
         /// The command and its arguments (after `--`).
-        #[arg(
-            required = true,
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "CMD"
-        )]
+        #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
     /// Create a sandbox, run a command in it, and (with --rm) delete it.
+    ///
+    /// Every option is checked before the sandbox is created (put the command after `--`).
+    /// `-i`, `-t` and `-it` work as for `warren exec`. With `--rm` the sandbox is deleted
+    /// whatever happens: the command ends, fails to start, the connection breaks, or this
+    /// client gets SIGINT, SIGTERM or SIGHUP (only SIGKILL leaves it to expire by its
+    /// timeout). Without `--rm` the sandbox's id is printed on standard error and it stays.
+    /// `-d` starts the command as a durable process and prints the sandbox's id.
+    #[command(after_help = EXIT_CODES)]
     Run {
-        /// Delete the sandbox afterwards (also on Ctrl-C).
-        #[arg(long)]
+        /// Delete the sandbox afterwards (also on errors, Ctrl-C and SIGTERM).
+        #[arg(long, conflicts_with = "detach")]
         rm: bool,
+        /// Send standard input to the command (with `-t`: forward what you type).
+        #[arg(short = 'i', long, conflicts_with = "detach")]
+        interactive: bool,
+        /// Allocate a pseudo-terminal (an interactive session).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Start the command in the background and print the sandbox's id (`warren ps`,
+        /// `warren attach` follow it).
+        #[arg(short = 'd', long)]
+        detach: bool,
         #[command(flatten)]
         sandbox: SandboxOpts,
         #[command(flatten)]
@@ -99,12 +116,7 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         exec_timeout: Option<u64>,
         /// The command and its arguments (after `--`).
-        #[arg(
-            required = true,
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "CMD"
-        )]
+        #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
     /// Copy a file or a directory tree into or out of a sandbox.
@@ -116,8 +128,11 @@ enum Command {
     /// source's file name.
     ///
     /// Directories are copied recursively. Downloading `ID:/dir` streams it as a tar archive
-    /// and unpacks it (modes, mtimes and symlinks kept; entries that would land outside the
-    /// destination are refused). Uploading a local directory writes every file below it
+    /// and unpacks it (mtimes and symlinks kept; entries that would land outside the
+    /// destination are refused). Downloads never carry setuid, setgid or sticky bits or the
+    /// sandbox's owners: files keep their `rwx` bits, directories lose group and world write
+    /// (at most 0755); a downloaded file that does not exist yet gets the source's `rwx`
+    /// bits less the umask. Uploading a local directory writes every file below it
     /// (keeping each file's mode unless `--mode`) and creates its directories; symlinks are
     /// skipped with a warning.
     Cp {
@@ -364,9 +379,8 @@ struct ExecOpts {
     /// Who runs the command.
     #[arg(long, value_enum)]
     user: Option<User>,
-    /// Never forward standard input (by default it is read to the end and sent when it is
-    /// not a terminal).
-    #[arg(long, short = 'n')]
+    /// Never send standard input (the default without `-i`; kept for compatibility).
+    #[arg(long, short = 'n', hide = true)]
     no_stdin: bool,
 }
 
@@ -375,6 +389,11 @@ enum User {
     Root,
     User,
 }
+
+/// The exit statuses of `exec` and `run` (Docker's convention).
+const EXIT_CODES: &str = "Exit status: the command's; 125 if Warren fails (daemon, sandbox); \
+126 if the command cannot be run (permission denied, not executable, bad --cwd); 127 if it is \
+not found; 128+N if this client is ended by signal N.";
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -561,6 +580,48 @@ mod tests {
                 assert_eq!(sandbox.meta, [("a".to_string(), "b=c".to_string())]);
                 assert_eq!(cmd, ["true"]);
             }
+            other => panic!("{other:?}"),
+        }
+        // Docker habits: `-it` before `--` are flags, `--rm` after them still counts.
+        match Cli::parse_from(["warren", "run", "-it", "--rm", "--", "bash"]).command {
+            Command::Run {
+                rm,
+                interactive,
+                tty,
+                detach,
+                cmd,
+                ..
+            } => {
+                assert!(rm && interactive && tty && !detach);
+                assert_eq!(cmd, ["bash"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match Cli::parse_from(["warren", "run", "--rm", "sh", "-c", "exit 3"]).command {
+            Command::Run { cmd, .. } => assert_eq!(cmd, ["sh", "-c", "exit 3"]),
+            other => panic!("{other:?}"),
+        }
+        match Cli::parse_from(["warren", "run", "--", "-it"]).command {
+            Command::Run { cmd, rm, .. } => assert_eq!((cmd, rm), (vec!["-it".to_string()], false)),
+            other => panic!("{other:?}"),
+        }
+        // Unknown flags before the command are errors, not the command.
+        for bad in [
+            &["warren", "run", "-x", "--rm", "--", "bash"][..],
+            &["warren", "run", "--nope", "--", "true"],
+            &["warren", "run", "-d", "--rm", "--", "sleep", "9"],
+            &["warren", "run", "-di", "--", "cat"],
+            &["warren", "exec", "sb1", "-it", "-x", "--", "sh"],
+            &["warren", "exec", "sb1", "--bogus", "ls"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["warren", "run", "-dt", "--", "top"]).is_ok());
+        // `-n` is accepted (a no-op now that stdin is only read with `-i`).
+        match Cli::parse_from(["warren", "exec", "-n", "sb1", "true"]).command {
+            Command::Exec {
+                interactive, opts, ..
+            } => assert!(!interactive && opts.no_stdin),
             other => panic!("{other:?}"),
         }
         let cli = Cli::parse_from(["warren", "serve", "--listen", "0.0.0.0:9000"]);

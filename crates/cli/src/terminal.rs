@@ -83,20 +83,56 @@ pub fn local_size() -> Option<PtySize> {
     None
 }
 
-/// `warren exec -t [-i]`: run `req.cmd` in a new PTY and connect this terminal to it.
-pub async fn exec_tty(
-    client: &Client,
-    id: &str,
-    mut req: CreateProcessRequest,
-    interactive: bool,
-) -> anyhow::Result<u8> {
+/// How a terminal session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The process exited with this status.
+    Exit(u8),
+    /// The user pressed the detach key; the process goes on.
+    Detached,
+}
+
+/// The message for [`Ended::Detached`].
+pub fn detached_hint(id: &str, pid: &str) {
+    eprintln!("\nwarren: detached; reattach with `warren attach {id} {pid}`");
+}
+
+/// `req` with a PTY of the local terminal's size (else 80x24), its input open, and our
+/// `TERM`.
+pub fn with_tty(mut req: CreateProcessRequest) -> CreateProcessRequest {
     req.pty = Some(local_size().unwrap_or(PtySize { rows: 24, cols: 80 }));
     req.stdin = Some(true);
     if let Ok(term) = std::env::var("TERM") {
         req.env.entry("TERM".into()).or_insert(term);
     }
-    let p = client.start_process(id, &req).await?;
-    session(client, id, &p.pid.to_string(), interactive, true).await
+    req
+}
+
+/// Start `req.cmd` in a new PTY (durable: it outlives this client); returns its pid.
+pub async fn start_tty(
+    client: &Client,
+    id: &str,
+    req: CreateProcessRequest,
+) -> anyhow::Result<String> {
+    let p = client.start_process(id, &with_tty(req)).await?;
+    Ok(p.pid.to_string())
+}
+
+/// `warren exec -t [-i]`: run `req.cmd` in a new PTY and connect this terminal to it.
+pub async fn exec_tty(
+    client: &Client,
+    id: &str,
+    req: CreateProcessRequest,
+    interactive: bool,
+) -> anyhow::Result<u8> {
+    let pid = start_tty(client, id, req).await?;
+    match session(client, id, &pid, interactive, true).await? {
+        Ended::Exit(code) => Ok(code),
+        Ended::Detached => {
+            detached_hint(id, &pid);
+            Ok(0)
+        }
+    }
 }
 
 /// `warren attach ID PID`.
@@ -106,7 +142,13 @@ pub async fn attach(client: &Client, id: &str, pid: &str) -> anyhow::Result<u8> 
         print_exit(&p);
         return Ok(exit_code(&p));
     }
-    session(client, id, pid, true, p.pty.is_some()).await
+    match session(client, id, pid, true, p.pty.is_some()).await? {
+        Ended::Exit(code) => Ok(code),
+        Ended::Detached => {
+            detached_hint(id, pid);
+            Ok(0)
+        }
+    }
 }
 
 fn exit_code(p: &Process) -> u8 {
@@ -121,13 +163,15 @@ fn print_exit(p: &Process) {
     }
 }
 
-async fn session(
+/// Connect this terminal to process `pid` until it exits or the user detaches. Dropping the
+/// future (e.g. on a signal) restores the terminal.
+pub async fn session(
     client: &Client,
     id: &str,
     pid: &str,
     interactive: bool,
     has_pty: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Ended> {
     let mut pty = client.pty(id, pid).await?;
     if let Some(size) = local_size() {
         // Best effort: the process may not have a terminal (then this is `not_a_pty`).
@@ -144,7 +188,7 @@ async fn session(
     let mut stdout = tokio::io::stdout();
     let mut buf = vec![0u8; 4096];
     let mut input_open = interactive;
-    let outcome: anyhow::Result<u8> = loop {
+    let outcome: anyhow::Result<Ended> = loop {
         tokio::select! {
             ev = pty.next() => match ev {
                 Some(Ok(PtyEvent::Output(b))) => {
@@ -160,7 +204,7 @@ async fn session(
                 Some(Ok(PtyEvent::Exit(p))) => {
                     drop(raw);
                     print_exit(&p);
-                    return Ok(exit_code(&p));
+                    return Ok(Ended::Exit(exit_code(&p)));
                 }
                 Some(Err(e)) => break Err(e.into()),
                 None => break Err(anyhow::anyhow!("the server closed the terminal session")),
@@ -183,8 +227,7 @@ async fn session(
                             pty.send(bytes::Bytes::copy_from_slice(&data[..i])).await?;
                         }
                         drop(raw);
-                        eprintln!("\nwarren: detached; reattach with `warren attach {id} {pid}`");
-                        return Ok(0);
+                        return Ok(Ended::Detached);
                     }
                     pty.send(bytes::Bytes::copy_from_slice(data)).await?;
                 }

@@ -104,13 +104,16 @@ async fn exec_streams_and_exits_with_the_code() {
     assert_eq!(text(&out.stdout), "café\n");
     assert_eq!(text(&out.stderr), "warn\n");
 
+    // Standard input is sent only with `-i`.
     let out = warren(
         &server,
-        &["exec", &id, "--", "cat"],
+        &["exec", "-i", &id, "--", "cat"],
         Some("piped ✓\n".as_bytes()),
     )
     .await;
     assert_eq!(text(&out.stdout), "piped ✓\n");
+    let out = warren(&server, &["exec", &id, "--", "cat"], Some(b"ignored")).await;
+    assert_eq!(text(&out.stdout), "");
     let out = warren(&server, &["exec", "-n", &id, "--", "cat"], Some(b"ignored")).await;
     assert_eq!(text(&out.stdout), "");
 
@@ -119,11 +122,11 @@ async fn exec_streams_and_exits_with_the_code() {
     assert!(text(&out.stderr).contains("timed out"));
 
     let out = warren(&server, &["exec", &id, "--", "nope"], None).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(127));
     assert!(text(&out.stderr).starts_with("error: command_not_found: "));
 
     let out = warren(&server, &["exec", "sb-missing", "--", "echo"], None).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).starts_with("error: sandbox_not_found: "));
 }
 
@@ -141,7 +144,7 @@ async fn run_with_and_without_rm() {
     assert_eq!(live(&server), 0);
 
     let out = warren(&server, &["run", "--rm", "--", "nope"], None).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(127));
     assert_eq!(live(&server), 0);
 
     let out = warren(
@@ -715,4 +718,483 @@ async fn lifecycle_verbs() {
     let out = warren(&server, &["events", "sb-never"], None).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).starts_with("error: sandbox_not_found: "));
+}
+
+// ---------------------------------------------------------------------------------------
+// The same verbs against a real daemon on the real kernel (as root).
+
+mod common;
+
+/// How a real-daemon CLI call gets its standard input.
+enum Input<'a> {
+    /// `/dev/null`.
+    Null,
+    /// These bytes, then end of file.
+    Bytes(&'a [u8]),
+    /// A pipe that stays open (never written to) until the CLI has exited, as Node's
+    /// `spawn` or a `while read` loop would leave it.
+    OpenPipe,
+}
+
+/// Run the CLI against `url`; a call that hangs past a generous deadline fails the test
+/// (and is killed) instead of hanging it.
+fn warren_at(url: &str, args: &[&str], input: Input<'_>) -> Output {
+    use std::io::{Read, Write};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .env("WARREN_URL", url)
+        .env("TERM", "xterm-warren-test")
+        .stdin(match input {
+            Input::Null => Stdio::null(),
+            _ => Stdio::piped(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn warren");
+    let mut held = None;
+    match input {
+        Input::Null => {}
+        Input::Bytes(b) => {
+            let mut pipe = child.stdin.take().unwrap();
+            // The CLI may rightly exit without reading it.
+            let _ = pipe.write_all(b);
+        }
+        Input::OpenPipe => held = child.stdin.take(),
+    }
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`warren {}` did not exit", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(held);
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+fn sandbox_ids(d: &common::Daemon) -> Vec<String> {
+    common::rt().block_on(async {
+        let none: &[(&str, &str)] = &[];
+        d.client
+            .list_sandboxes(none)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
+    })
+}
+
+/// Red-team finding #8: a sandbox's setuid/setgid files and setgid, sticky or
+/// world-writable directories arrive on the host without those bits and owned by the
+/// caller, for a tree and for a single file; nothing lands outside the destination.
+#[test]
+fn cp_out_never_writes_setuid_setgid_or_sticky_bits() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = common::Daemon::start();
+    let id = common::rt().block_on(async {
+        let sb = common::create(&d.client).await;
+        let r = common::run_sh(
+            &d.client,
+            &sb.id,
+            "set -e; mkdir -p /workspace/proj/shared /workspace/proj/tmp
+             cp /bin/sh /workspace/proj/suid && chmod 4755 /workspace/proj/suid
+             cp /bin/sh /workspace/proj/sgid && chmod 2755 /workspace/proj/sgid
+             echo x > /workspace/proj/plain && chmod 0640 /workspace/proj/plain
+             chown 1234:1234 /workspace/proj/plain
+             echo y > /workspace/proj/tmp/sticky && chmod 1777 /workspace/proj/tmp/sticky
+             chmod 2777 /workspace/proj/shared && chmod 1777 /workspace/proj/tmp
+             chmod 2777 /workspace/proj
+             ln -s / /workspace/proj/root",
+        )
+        .await;
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        sb.id
+    });
+    let dir = TempDir::new("cp-suid");
+
+    // The tree.
+    let dest = dir.path().join("proj");
+    let out = warren_at(
+        &d.url,
+        &[
+            "cp",
+            &format!("{id}:/workspace/proj"),
+            dest.to_str().unwrap(),
+        ],
+        Input::Null,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mode = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&dest.join("suid")), 0o755);
+    assert_eq!(mode(&dest.join("sgid")), 0o755);
+    assert_eq!(mode(&dest.join("plain")), 0o640);
+    assert_eq!(mode(&dest.join("tmp/sticky")), 0o777);
+    assert_eq!(mode(&dest.join("shared")), 0o755);
+    assert_eq!(mode(&dest.join("tmp")), 0o755);
+    assert_eq!(std::fs::read(dest.join("plain")).unwrap(), b"x\n");
+    // Owned by whoever ran the CLI, not by the sandbox's uid 1234.
+    let me = std::fs::metadata(dir.path()).unwrap().uid();
+    assert_eq!(std::fs::metadata(dest.join("plain")).unwrap().uid(), me);
+    // The symlink is a symlink (not followed); nothing outside the destination.
+    assert_eq!(
+        std::fs::read_link(dest.join("root")).unwrap(),
+        std::path::Path::new("/")
+    );
+    let mut stack = vec![dest.clone()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        if p != dest {
+            assert_eq!(md.mode() & 0o7000, 0, "{} {:o}", p.display(), md.mode());
+        }
+        if md.is_dir() {
+            assert_eq!(md.mode() & 0o022, 0, "{} {:o}", p.display(), md.mode());
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["proj"]);
+
+    // A single file: a new one, and one that replaces an existing setuid file.
+    let single = dir.path().join("single");
+    let out = warren_at(
+        &d.url,
+        &[
+            "cp",
+            &format!("{id}:/workspace/proj/suid"),
+            single.to_str().unwrap(),
+        ],
+        Input::Null,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = mode(&single);
+    assert_eq!(m & 0o7000, 0, "{m:o}");
+    assert_eq!(m & 0o100, 0o100, "{m:o}");
+    let existing = dir.path().join("existing");
+    std::fs::write(&existing, b"old").unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    let out = warren_at(
+        &d.url,
+        &[
+            "cp",
+            &format!("{id}:/workspace/proj/sgid"),
+            existing.to_str().unwrap(),
+        ],
+        Input::Null,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mode(&existing), 0o755);
+    assert_eq!(
+        std::fs::read(&existing).unwrap(),
+        std::fs::read(dest.join("sgid")).unwrap()
+    );
+}
+
+/// `warren exec` reads standard input only with `-i`: without it, a caller that leaves
+/// a pipe open (Node's `spawn`, `while read` loops) gets its output and exit at once.
+#[test]
+fn exec_reads_stdin_only_with_i() {
+    let d = common::Daemon::start();
+    let id = common::rt().block_on(async { common::create(&d.client).await.id });
+
+    let out = warren_at(&d.url, &["exec", &id, "--", "echo", "hi"], Input::OpenPipe);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    // The command sees end of file, not the caller's pipe.
+    let out = warren_at(&d.url, &["exec", &id, "--", "cat"], Input::OpenPipe);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    let out = warren_at(&d.url, &["exec", &id, "--", "cat"], Input::Bytes(b"unread"));
+    assert_eq!(text(&out.stdout), "");
+
+    // `-i` passes it through; `-n` (kept for compatibility) still wins.
+    let out = warren_at(
+        &d.url,
+        &["exec", "-i", &id, "--", "cat"],
+        Input::Bytes("piped ✓\n".as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "piped ✓\n");
+    let out = warren_at(
+        &d.url,
+        &["exec", "-i", "-n", &id, "--", "cat"],
+        Input::Bytes(b"x"),
+    );
+    assert_eq!(text(&out.stdout), "");
+
+    // Exit statuses: the command's, 127 not found, 126 cannot run, 125 Warren failed.
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["sh", "-c", "exit 7"], 7, ""),
+        (&["/nonexistent"], 127, "error: command_not_found: "),
+        (&["/etc/passwd"], 126, "error: spawn_failed: "),
+    ];
+    for (cmd, code, err) in cases {
+        let mut args = vec!["exec", id.as_str(), "--"];
+        args.extend_from_slice(cmd);
+        let out = warren_at(&d.url, &args, Input::Null);
+        assert_eq!(
+            out.status.code(),
+            Some(*code),
+            "{cmd:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).starts_with(err), "{}", text(&out.stderr));
+    }
+    let out = warren_at(
+        &d.url,
+        &["exec", "--cwd", "/does/not/exist", &id, "--", "true"],
+        Input::Null,
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    let out = warren_at(&d.url, &["exec", "sb-missing", "--", "true"], Input::Null);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).starts_with("error: sandbox_not_found: "));
+    let out = warren_at(
+        "http://127.0.0.1:1",
+        &["exec", "-t", &id, "--", "true"],
+        Input::Null,
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let out = warren_at("not a url", &["exec", &id, "--", "true"], Input::Null);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let out = warren_at(
+        &d.url,
+        &["exec", "-t", &id, "--", "/nonexistent"],
+        Input::Null,
+    );
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+}
+
+/// `warren run` checks its flags before it creates anything, and `--rm` deletes the
+/// sandbox on every path: exit, failure to start, a terminal session, a signal.
+#[test]
+fn run_validates_first_and_rm_leaves_nothing() {
+    let d = common::Daemon::start();
+    let url = d.url.as_str();
+
+    // Bad flags: refused by the parser, no sandbox.
+    for bad in [
+        &["run", "-x", "--rm", "--", "true"][..],
+        &["run", "--bogus", "--", "true"],
+        &["run", "-d", "--rm", "--", "sleep", "9"],
+        &["run", "--rm", "--memory", "lots", "--", "true"],
+    ] {
+        let out = warren_at(url, bad, Input::Null);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+        assert_eq!(sandbox_ids(&d), Vec::<String>::new(), "{bad:?}");
+    }
+
+    // Exit statuses with --rm, and nothing left afterwards.
+    let cases: &[(&[&str], i32)] = &[
+        (&["run", "--rm", "--", "false"], 1),
+        (&["run", "--rm", "--", "/nonexistent"], 127),
+        (&["run", "--rm", "--", "/etc/passwd"], 126),
+        (&["run", "--rm", "--cwd", "/nope", "--", "true"], 126),
+        (&["run", "--rm", "-t", "--", "/nonexistent"], 127),
+        (&["run", "--rm", "-t", "--", "sh", "-c", "exit 3"], 3),
+        (&["run", "--rm", "-it", "--", "sh", "-c", "exit 4"], 4),
+        (
+            &["run", "--rm", "--image", "no-such-image", "--", "true"],
+            125,
+        ),
+    ];
+    for (args, code) in cases {
+        let out = warren_at(url, args, Input::Null);
+        assert_eq!(
+            out.status.code(),
+            Some(*code),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(sandbox_ids(&d), Vec::<String>::new(), "{args:?}");
+    }
+
+    // -i and -t: stdin passed through; a terminal with our TERM.
+    let out = warren_at(
+        url,
+        &["run", "--rm", "-i", "--", "cat"],
+        Input::Bytes(b"through"),
+    );
+    assert_eq!(text(&out.stdout), "through");
+    let out = warren_at(
+        url,
+        &[
+            "run",
+            "--rm",
+            "-t",
+            "--",
+            "sh",
+            "-c",
+            "echo $TERM; test -t 0 && echo tty",
+        ],
+        Input::OpenPipe,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "xterm-warren-test\r\ntty\r\n");
+    let out = warren_at(
+        url,
+        &["run", "--rm", "-it", "--", "cat"],
+        Input::Bytes(b"typed\n"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("typed"), "{}", text(&out.stdout));
+    assert_eq!(sandbox_ids(&d), Vec::<String>::new());
+
+    // Without --rm the sandbox stays and its id is on stderr.
+    let out = warren_at(url, &["run", "--", "true"], Input::Null);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let kept = text(&out.stderr).trim().to_string();
+    assert_eq!(sandbox_ids(&d), vec![kept.clone()]);
+    let out = warren_at(url, &["rm", &kept], Input::Null);
+    assert!(out.status.success());
+
+    // -d: the id on stdout, the process running; a command that cannot start leaves
+    // nothing.
+    let out = warren_at(url, &["run", "-d", "--", "sleep", "600"], Input::Null);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bg = text(&out.stdout).trim().to_string();
+    assert_eq!(sandbox_ids(&d), vec![bg.clone()]);
+    let out = warren_at(url, &["ps", &bg], Input::Null);
+    assert!(
+        text(&out.stdout).contains("running"),
+        "{}",
+        text(&out.stdout)
+    );
+    warren_at(url, &["rm", &bg], Input::Null);
+    let out = warren_at(url, &["run", "-d", "--", "/nonexistent"], Input::Null);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert_eq!(sandbox_ids(&d), Vec::<String>::new());
+
+    // SIGTERM, SIGINT and SIGHUP of the client delete the sandbox (streamed and -t).
+    for (flags, signal, code) in [
+        (&["--rm"][..], libc::SIGTERM, 143),
+        (&["--rm", "-t"], libc::SIGTERM, 143),
+        (&["--rm"], libc::SIGHUP, 129),
+        (&["--rm", "-t"], libc::SIGINT, 130),
+    ] {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "sh", "-c", "echo started; exec sleep 600"]);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(&args)
+            .env("WARREN_URL", url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let first = lines.next().map(|l| l.unwrap());
+        assert_eq!(
+            first.as_deref().map(str::trim_end),
+            Some("started"),
+            "{args:?}"
+        );
+        assert_eq!(sandbox_ids(&d).len(), 1);
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{args:?}: warren did not stop");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(code), "{args:?}");
+        assert_eq!(sandbox_ids(&d), Vec::<String>::new(), "{args:?}");
+    }
+}
+
+/// `run -it --rm` on a real local terminal (util-linux `script` provides one): what is
+/// typed reaches the command, its exit status comes back, the sandbox is gone.
+#[test]
+fn run_it_rm_on_a_real_terminal() {
+    use std::io::Write;
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no `script` to provide a terminal");
+        return;
+    }
+    let d = common::Daemon::start();
+    let inner = format!(
+        "{} run -it --rm -- sh -c 'read x; echo got:$x; exit 3'",
+        env!("CARGO_BIN_EXE_warren")
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &inner, "/dev/null"])
+        .env("WARREN_URL", &d.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Wait until the sandbox exists and its command runs before typing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sandbox_ids(&d).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no sandbox appeared");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stdin.write_all(b"hello\r").unwrap();
+    stdin.flush().unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(std::time::Duration::from_secs(90)) else {
+        // SAFETY: kill(2) on our child, which the waiting thread has not reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        panic!("the terminal session did not end");
+    };
+    let out = out.unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("got:hello"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(sandbox_ids(&d), Vec::<String>::new());
 }
