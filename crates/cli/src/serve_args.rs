@@ -33,10 +33,25 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub max_sandboxes: Option<u64>,
     /// Largest sum of the memory limits of all sandboxes, pool sandboxes included, in MiB;
-    /// beyond it creates get 429 `capacity_exhausted` (0 = unlimited) [default: 90 % of the
-    /// host's memory].
+    /// beyond it creates get 429 `capacity_exhausted` (0 = unlimited) [default:
+    /// --memory-overcommit × --memory-budget-mib].
     #[arg(long, value_name = "MIB")]
     pub max_committed_memory_mib: Option<u64>,
+    /// How many times the memory budget the sandboxes' memory limits may add up to (a limit
+    /// is a ceiling, not a reservation); sets the default of --max-committed-memory-mib
+    /// [default: 4].
+    #[arg(long, value_name = "RATIO")]
+    pub memory_overcommit: Option<f64>,
+    /// Memory all sandboxes together may really use, in MiB: the memory limit of their
+    /// parent cgroup, so the OOM killer acts there, not on the host (0 = none) [default:
+    /// 90 % of the host's memory].
+    #[arg(long, value_name = "MIB")]
+    pub memory_budget_mib: Option<u64>,
+    /// Tasks (processes and threads) all sandboxes together may have: `pids.max` of their
+    /// parent cgroup; also the largest `resources.pids` (0 = none) [default: the host's
+    /// pid_max (or threads-max) less a tenth, at least 1024 kept for the host].
+    #[arg(long, value_name = "N")]
+    pub pids_budget: Option<u64>,
     /// Creates get 503 `host_under_pressure` while the host has less memory available, in
     /// MiB (0 = never) [default: 5 % of the host's memory, at least 256].
     #[arg(long, value_name = "MIB")]
@@ -67,6 +82,11 @@ pub struct ServeArgs {
     /// only as it fills.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub btrfs_loop_size: Option<u64>,
+    /// On SIGTERM/SIGINT delete every sandbox (and remove the parent cgroups and the loop
+    /// mount) before exiting. Without it sandboxes keep running and the next start adopts
+    /// them.
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
 }
 
 /// `--storage` values.
@@ -85,6 +105,9 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     pub max_sandboxes: Option<u64>,
     pub max_committed_memory_mib: Option<u64>,
+    pub memory_overcommit: Option<f64>,
+    pub memory_budget_mib: Option<u64>,
+    pub pids_budget: Option<u64>,
     pub min_available_memory_mib: Option<u64>,
     pub default_timeout: Option<u64>,
     pub max_timeout: Option<u64>,
@@ -93,6 +116,7 @@ pub struct ConfigFile {
     pub storage: Option<StorageKind>,
     /// A size like `10G`.
     pub btrfs_loop_size: Option<String>,
+    pub cleanup_on_exit: Option<bool>,
     #[serde(default)]
     pub pools: Vec<PoolEntry>,
 }
@@ -129,11 +153,15 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub max_sandboxes: Option<u64>,
     pub max_committed_memory_mib: Option<u64>,
+    pub memory_overcommit: Option<f64>,
+    pub memory_budget_mib: Option<u64>,
+    pub pids_budget: Option<u64>,
     pub min_available_memory_mib: Option<u64>,
     pub default_timeout: Option<u64>,
     pub max_timeout: Option<u64>,
     pub cgroup_parent: Option<String>,
     pub log_level: String,
+    pub cleanup_on_exit: bool,
     pub storage: StorageConfig,
     pub pools: Vec<(String, PoolSpec)>,
 }
@@ -172,6 +200,9 @@ impl ServeArgs {
             max_committed_memory_mib: self
                 .max_committed_memory_mib
                 .or(file.max_committed_memory_mib),
+            memory_overcommit: self.memory_overcommit.or(file.memory_overcommit),
+            memory_budget_mib: self.memory_budget_mib.or(file.memory_budget_mib),
+            pids_budget: self.pids_budget.or(file.pids_budget),
             min_available_memory_mib: self
                 .min_available_memory_mib
                 .or(file.min_available_memory_mib),
@@ -183,6 +214,7 @@ impl ServeArgs {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
+            cleanup_on_exit: self.cleanup_on_exit || file.cleanup_on_exit.unwrap_or(false),
             storage,
             pools: file
                 .pools

@@ -12,6 +12,14 @@
 //!   must be at least this → 503 `host_under_pressure`, so the daemon never pushes the host
 //!   into swap or the OOM killer.
 //!
+//! The model: a memory limit is a ceiling, not a reservation (most sandboxes use a small
+//! part of theirs), so limits are overcommitted — by default they may add up to
+//! `memory_overcommit` (4) × `memory_budget_mib` (host RAM less a tenth). What the
+//! sandboxes really use together is bounded by the kernel: the daemon sets
+//! `memory_budget_mib` as the memory limit of their parent cgroup, so when they all fill
+//! their limits at once the OOM killer acts inside that cgroup (on a sandbox's process),
+//! never on the daemon or the host. The floor refuses new sandboxes before that happens.
+//!
 //! Pool fillers go through the same checks (without evicting anything) and stop filling
 //! when refused.
 
@@ -166,7 +174,8 @@ impl Engine {
         let refuse = || {
             EngineError::CapacityExhausted(format!(
                 "{committed} MiB of memory limits are committed; {need} MiB more would \
-                 exceed the server's maximum of {max} MiB"
+                 exceed the server's maximum of {max} MiB: create smaller sandboxes \
+                 (resources.memory_mib) or raise --max-committed-memory-mib"
             ))
         };
         if who == Admit::Member {

@@ -35,8 +35,17 @@ impl Daemon {
         Daemon::launch(data_dir, cgroup_parent, extra)
     }
 
-    /// Start a daemon on an existing data dir and cgroup parent (a restart).
+    /// Start a daemon on an existing data dir and cgroup parent (a restart). It runs with
+    /// `--cleanup-on-exit`, so [`Daemon::stop`] (SIGTERM) leaves nothing on the host.
     pub fn launch(data_dir: PathBuf, cgroup_parent: String, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--cleanup-on-exit"];
+        args.extend_from_slice(extra);
+        Daemon::launch_plain(data_dir, cgroup_parent, &args)
+    }
+
+    /// [`Daemon::launch`] without `--cleanup-on-exit`: a SIGTERM leaves the sandboxes
+    /// running (the test must clean up, e.g. by restarting with [`Daemon::launch`]).
+    pub fn launch_plain(data_dir: PathBuf, cgroup_parent: String, extra: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .arg("serve")
             .arg("--listen")
