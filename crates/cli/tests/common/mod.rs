@@ -28,11 +28,16 @@ impl Daemon {
     }
 
     pub fn start_with(extra: &[&str]) -> Daemon {
+        let (data_dir, cgroup_parent) = Daemon::fresh_names();
+        Daemon::launch(data_dir, cgroup_parent, extra)
+    }
+
+    /// A data dir (removed if it exists) and a cgroup parent no other test daemon uses.
+    pub fn fresh_names() -> (PathBuf, String) {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let data_dir = std::env::temp_dir().join(format!("warren-it-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
-        let cgroup_parent = format!("warren-it-{}-{n}", std::process::id());
-        Daemon::launch(data_dir, cgroup_parent, extra)
+        (data_dir, format!("warren-it-{}-{n}", std::process::id()))
     }
 
     /// Start a daemon on an existing data dir and cgroup parent (a restart). It runs with
