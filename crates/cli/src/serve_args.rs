@@ -363,6 +363,10 @@ mod tests {
             data_dir = "/srv/warren"
             max_sandboxes = 10
             max_committed_memory_mib = 8192
+            memory_overcommit = 2.5
+            memory_budget_mib = 4096
+            pids_budget = 5000
+            cleanup_on_exit = true
             min_available_memory_mib = 512
             storage = "btrfs"
             btrfs_loop_size = "2G"
@@ -390,6 +394,10 @@ mod tests {
         assert_eq!(s.max_sandboxes, Some(3));
         assert_eq!(s.max_committed_memory_mib, Some(8192));
         assert_eq!(s.min_available_memory_mib, Some(512));
+        assert_eq!(s.memory_overcommit, Some(2.5));
+        assert_eq!(s.memory_budget_mib, Some(4096));
+        assert_eq!(s.pids_budget, Some(5000));
+        assert!(s.cleanup_on_exit);
         assert_eq!(s.log_level, "debug");
         assert_eq!(
             s.storage,
@@ -413,6 +421,13 @@ mod tests {
         assert_eq!(s.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(s.data_dir, Path::new("/var/lib/warren"));
         assert_eq!((s.max_sandboxes, s.max_committed_memory_mib), (None, None));
+        assert!(!s.cleanup_on_exit);
+        let s = Cli::parse_from(["serve", "--cleanup-on-exit", "--pids-budget", "100"])
+            .serve
+            .merge(ConfigFile::default())
+            .unwrap();
+        assert!(s.cleanup_on_exit);
+        assert_eq!(s.pids_budget, Some(100));
 
         for bad in [
             "lisen = \"x\"",

@@ -399,6 +399,17 @@ fn pids_are_capped_per_sandbox_and_across_sandboxes() {
             parent_pids_max(&d.cgroup_parent),
             limits.pids_budget.to_string()
         );
+        // The memory budget is the parent's memory limit.
+        let mem = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+            .iter()
+            .map(|r| std::path::Path::new(r).join(&d.cgroup_parent))
+            .find_map(|dir| {
+                std::fs::read_to_string(dir.join("memory.limit_in_bytes"))
+                    .or_else(|_| std::fs::read_to_string(dir.join("memory.max")))
+                    .ok()
+            })
+            .expect("no memory limit file for the parent");
+        assert_eq!(mem.trim(), (limits.memory_budget_mib << 20).to_string());
     }
 
     let d = Daemon::start_with(&["--pids-budget", "1000"]);
