@@ -133,14 +133,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .filter(|m| *m > 0)
             .map(|m| m << 20),
     };
+    let parent = parent_for_limits.clone();
     let set = tokio::task::spawn_blocking(move || {
-        cgroup::set_parent_limits(Layout::detect()?, &parent_for_limits, &limits)
+        cgroup::set_parent_limits(Layout::detect()?, &parent, &limits)
     })
     .await
     .context("cgroup setup task")?;
     if let Err(e) = set {
         // E.g. a memory budget below what adopted sandboxes use right now (v1 refuses it).
         tracing::warn!(error = %e, "setting the limits of the parent cgroup");
+    }
+    if let Ok(layout) = Layout::detect() {
+        let parent = parent_for_limits.clone();
+        config.pids_probe = warren_engine::PidsProbe::from_fn(move || {
+            cgroup::parent_pids_current(layout, &parent).ok().flatten()
+        });
     }
     let cleanup_on_exit = settings.cleanup_on_exit;
     let engine = Engine::open(config, Arc::new(runtime))

@@ -460,6 +460,13 @@ fn pids_are_capped_per_sandbox_and_across_sandboxes() {
         let (nc, errno) = fork_bomb(c, &cc.id).await;
         assert_eq!(errno, libc::EAGAIN);
         assert!(na + nc < 1000 && nc < 300, "{na} + {nc}");
+        // A full budget refuses new sandboxes at once (rather than failing them halfway).
+        let err = c
+            .create_sandbox(&CreateSandboxRequest::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("host_under_pressure"), "{err}");
         // Deleting the bomb gives its share back.
         c.delete_sandbox(&cc.id).await.unwrap();
         assert_eq!(run(c, &b.id, req(&["echo", "ok"])).await.stdout, "ok\n");

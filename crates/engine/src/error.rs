@@ -63,7 +63,7 @@ pub enum EngineError {
     #[error("{0}")]
     CapacityExhausted(String),
     /// The host's available memory is below the floor (503); nothing was created.
-    #[error("host under memory pressure: {0}")]
+    #[error("{0}")]
     HostUnderPressure(String),
     #[error("pool {0} not found")]
     PoolNotFound(String),

@@ -33,7 +33,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use admission::MemoryProbe;
+pub use admission::{MemoryProbe, PidsProbe};
 pub use error::EngineError;
 pub use events::{EventItem, EventStream};
 pub use lifecycle::Deadlines;
@@ -94,6 +94,8 @@ pub struct EngineConfig {
     pub min_available_memory_mib: u64,
     /// Where the host's available memory is read.
     pub memory_probe: MemoryProbe,
+    /// Where the tasks of all sandboxes together are read (checked against `pids_budget`).
+    pub pids_probe: PidsProbe,
     /// Largest `size` of a pool.
     pub max_pool_size: u32,
     /// Pool sandboxes being created at once, all pools together.
@@ -138,6 +140,7 @@ impl EngineConfig {
             pids_budget,
             min_available_memory_mib: (host_mem_mib / 20).max(256),
             memory_probe: MemoryProbe::host(),
+            pids_probe: PidsProbe::none(),
             max_pool_size: 256,
             pool_fill_concurrency: 2,
             config_pools: Vec::new(),

@@ -123,6 +123,25 @@ async fn pids_above_the_cap_are_refused_with_the_range() {
     assert_eq!(e.capabilities().limits.max_pids, 3000);
 }
 
+#[tokio::test]
+async fn a_full_pids_budget_refuses_creates_at_once() {
+    let mut c = config();
+    c.pids_budget = 1000;
+    let used = Arc::new(AtomicU64::new(990));
+    let probe = used.clone();
+    c.pids_probe = crate::PidsProbe::from_fn(move || Some(probe.load(Ordering::SeqCst)));
+    let (e, rt, _d) = engine_with(c).await;
+    let err = e.create(CreateSandboxRequest::default()).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.http_status()),
+        ("host_under_pressure", 503)
+    );
+    assert!(err.to_string().contains("990 of their 1000 tasks"), "{err}");
+    assert_eq!(rt.creates.load(Ordering::SeqCst), 0);
+    used.store(500, Ordering::SeqCst);
+    e.create(CreateSandboxRequest::default()).await.unwrap();
+}
+
 async fn stored_state(e: &Engine, id: &str) -> Option<String> {
     e.inner.store.get(id).await.unwrap()
 }

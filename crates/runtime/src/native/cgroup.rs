@@ -711,6 +711,12 @@ pub fn parent_limits(layout: Layout, parent: &str) -> Result<ParentLimits, Cgrou
     Ok(ParentLimits { pids, memory_bytes })
 }
 
+/// Tasks of every sandbox together: `pids.current` of `<parent>` (`None`: no such cgroup).
+pub fn parent_pids_current(layout: Layout, parent: &str) -> Result<Option<u64>, CgroupError> {
+    let rel = Path::new(parent.trim_matches('/'));
+    read_u64(&controller_dir(layout, ControllerType::Pids, rel)?.join("pids.current"))
+}
+
 /// `<parent>`'s directory in the hierarchy of `controller`, created where missing (v2: with
 /// the cpu, memory and pids controllers enabled on the way down).
 fn parent_dir(
