@@ -51,6 +51,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !nix_is_root() {
         bail!("warren serve must run as root (it creates namespaces, mounts and cgroups)");
     }
+    if let Some(r) = settings.memory_overcommit {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--memory-overcommit must be a number above 0, got {r}");
+        }
+    }
     private_dir(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let data_dir = settings
@@ -93,9 +98,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.memory_budget_mib = m;
     }
     if let Some(r) = settings.memory_overcommit {
-        if !(r.is_finite() && r > 0.0) {
-            bail!("--memory-overcommit must be a number above 0, got {r}");
-        }
         config.memory_overcommit = r;
     }
     config.max_committed_memory_mib = match settings.max_committed_memory_mib {
