@@ -421,9 +421,23 @@ pub struct Limits {
     pub default_resources: Resources,
     pub max_request_bytes: u64,
     /// Largest sum of the memory limits of all sandboxes (pool sandboxes included) in MiB;
-    /// a create beyond it is 429 `capacity_exhausted` (0 = unlimited).
+    /// a create beyond it is 429 `capacity_exhausted` (0 = unlimited). By default
+    /// `memory_overcommit` × `memory_budget_mib`.
     #[serde(default)]
     pub max_committed_memory_mib: u64,
+    /// How many times `memory_budget_mib` the memory limits may add up to by default: a
+    /// limit is a ceiling, not a reservation.
+    #[serde(default)]
+    pub memory_overcommit: f64,
+    /// Memory all sandboxes together may really use (MiB), enforced by the kernel on their
+    /// parent cgroup (0 = no such limit).
+    #[serde(default)]
+    pub memory_budget_mib: u64,
+    /// Tasks (processes and threads) all sandboxes together may have, enforced by the
+    /// kernel on their parent cgroup (`pids.max`); the rest of the host's pids are kept for
+    /// the host and the daemon (0 = no such limit). `max_pids` is never above it.
+    #[serde(default)]
+    pub pids_budget: u64,
     /// Below this much available host memory (MiB) creates are 503 `host_under_pressure`
     /// (0 = never).
     #[serde(default)]

@@ -1,5 +1,6 @@
 //! `warren serve`: the daemon. Wires the native runtime, the engine and the HTTP server,
-//! prints the bound address, and on SIGTERM/SIGINT deletes every sandbox before exiting.
+//! prints the bound address. On SIGTERM/SIGINT it stops and leaves the sandboxes running
+//! for the next start to adopt; with `--cleanup-on-exit` it deletes them first.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use axum::serve::ListenerExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use warren_engine::{Engine, EngineConfig};
+use warren_runtime::native::cgroup::{self, Layout, ParentLimits};
 use warren_runtime::native::{NativeConfig, NativeRuntime};
 
 use crate::serve_args::ServeArgs;
@@ -60,7 +62,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !nix_is_root() {
         bail!("warren serve must run as root (it creates namespaces, mounts and cgroups)");
     }
-    std::fs::create_dir_all(&settings.data_dir)
+    if let Some(r) = settings.memory_overcommit {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--memory-overcommit must be a number above 0, got {r}");
+        }
+    }
+    private_dir(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let data_dir = settings
         .data_dir
@@ -72,6 +79,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .cgroup_parent
         .clone()
         .unwrap_or_else(|| cgroup_parent_for(&data_dir));
+    let parent_for_limits = cgroup_parent.clone();
     let helper_exe = std::env::current_exe().context("locating the warren binary")?;
     let storage = settings.storage.clone();
     let native_config = NativeConfig {
@@ -90,9 +98,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = settings.max_sandboxes {
         config.max_sandboxes = n;
     }
-    if let Some(m) = settings.max_committed_memory_mib {
-        config.max_committed_memory_mib = m;
+    if let Some(b) = settings.pids_budget {
+        config.pids_budget = b;
+        if b > 0 {
+            config.max_pids = config.max_pids.min(b);
+            config.default_resources.pids = config.default_resources.pids.map(|p| p.min(b));
+        }
     }
+    let host_budget_mib = config.memory_budget_mib;
+    if let Some(m) = settings.memory_budget_mib {
+        config.memory_budget_mib = m;
+    }
+    if let Some(r) = settings.memory_overcommit {
+        config.memory_overcommit = r;
+    }
+    config.max_committed_memory_mib = match settings.max_committed_memory_mib {
+        Some(m) => m,
+        // Without a budget the host's memory less a tenth stands in for it.
+        None => warren_engine::committed_memory_mib(
+            match config.memory_budget_mib {
+                0 => host_budget_mib,
+                b => b,
+            },
+            config.memory_overcommit,
+        ),
+    };
     if let Some(m) = settings.min_available_memory_mib {
         config.min_available_memory_mib = m;
     }
@@ -122,6 +152,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             config.max_timeout_secs
         );
     }
+    // What all sandboxes together may use, enforced by the kernel on their parent cgroup.
+    let limits = ParentLimits {
+        pids: Some(config.pids_budget).filter(|p| *p > 0),
+        memory_bytes: Some(config.memory_budget_mib)
+            .filter(|m| *m > 0)
+            .map(|m| m << 20),
+    };
+    let parent = parent_for_limits.clone();
+    let set = tokio::task::spawn_blocking(move || {
+        cgroup::set_parent_limits(Layout::detect()?, &parent, &limits)
+    })
+    .await
+    .context("cgroup setup task")?;
+    if let Err(e) = set {
+        // E.g. a memory budget below what adopted sandboxes use right now (v1 refuses it).
+        tracing::warn!(error = %e, "setting the limits of the parent cgroup");
+    }
+    if let Ok(layout) = Layout::detect() {
+        let parent = parent_for_limits.clone();
+        config.pids_probe = warren_engine::PidsProbe::from_fn(move || {
+            cgroup::parent_pids_current(layout, &parent).ok().flatten()
+        });
+    }
+    let cleanup_on_exit = settings.cleanup_on_exit;
     let engine = Engine::open(config, Arc::new(runtime))
         .await
         .context("opening the engine")?;
@@ -144,6 +198,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         %addr,
         data_dir = %data_dir.display(),
         max_committed_memory_mib = engine.config().max_committed_memory_mib,
+        memory_budget_mib = engine.config().memory_budget_mib,
+        pids_budget = engine.config().pids_budget,
         min_available_memory_mib = engine.config().min_available_memory_mib,
         "warren serving"
     );
@@ -168,12 +224,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    info!(signal = which, "shutting down: deleting every sandbox");
     let _ = stop_tx.send(());
     reaper.abort();
-    // Deleting the sandboxes also ends the streams still attached to them, which lets the
-    // graceful shutdown finish.
-    engine.shutdown().await;
+    if cleanup_on_exit {
+        info!(signal = which, "shutting down: deleting every sandbox");
+        // Deleting the sandboxes also ends the streams still attached to them, which lets
+        // the graceful shutdown finish.
+        engine.shutdown_deleting_all().await;
+    } else {
+        info!(
+            signal = which,
+            "shutting down; sandboxes keep running and the next start adopts them"
+        );
+        engine.shutdown(SHUTDOWN_GRACE).await;
+    }
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(e).context("http server"),
@@ -181,6 +245,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Err(_) => info!("connections still open after 10 s; closing them"),
     }
     info!("stopped");
+    Ok(())
+}
+
+/// How long a stop waits for lifecycle operations in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Create the data dir (and missing parents) 0700, and tighten an existing one to 0700: it
+/// holds the store, whose records include sandboxes' `env` values.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if std::fs::metadata(dir)?.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     Ok(())
 }
 
@@ -193,13 +274,18 @@ fn nix_is_root() -> bool {
 /// on the same data dir would otherwise "clean up" the first one's sandboxes.
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = data_dir.join("warren.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
+    // An older version made it 0644.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
     // SAFETY: flock(2) on a descriptor we own; the lock lives as long as `file`.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {

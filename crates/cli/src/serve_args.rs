@@ -33,10 +33,25 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub max_sandboxes: Option<u64>,
     /// Largest sum of the memory limits of all sandboxes, pool sandboxes included, in MiB;
-    /// beyond it creates get 429 `capacity_exhausted` (0 = unlimited) [default: 90 % of the
-    /// host's memory].
+    /// beyond it creates get 429 `capacity_exhausted` (0 = unlimited) [default:
+    /// --memory-overcommit × --memory-budget-mib].
     #[arg(long, value_name = "MIB")]
     pub max_committed_memory_mib: Option<u64>,
+    /// How many times the memory budget the sandboxes' memory limits may add up to (a limit
+    /// is a ceiling, not a reservation); sets the default of --max-committed-memory-mib
+    /// [default: 4].
+    #[arg(long, value_name = "RATIO")]
+    pub memory_overcommit: Option<f64>,
+    /// Memory all sandboxes together may really use, in MiB: the memory limit of their
+    /// parent cgroup, so the OOM killer acts there, not on the host (0 = none) [default:
+    /// 90 % of the host's memory].
+    #[arg(long, value_name = "MIB")]
+    pub memory_budget_mib: Option<u64>,
+    /// Tasks (processes and threads) all sandboxes together may have: `pids.max` of their
+    /// parent cgroup; also the largest `resources.pids` (0 = none) [default: the host's
+    /// pid_max (or threads-max) less a tenth, at least 1024 kept for the host].
+    #[arg(long, value_name = "N")]
+    pub pids_budget: Option<u64>,
     /// Creates get 503 `host_under_pressure` while the host has less memory available, in
     /// MiB (0 = never) [default: 5 % of the host's memory, at least 256].
     #[arg(long, value_name = "MIB")]
@@ -80,6 +95,11 @@ pub struct ServeArgs {
     /// How many id ranges there are: at most this many sandboxes at once [default: 16384].
     #[arg(long, value_name = "N")]
     pub userns_ranges: Option<u32>,
+    /// On SIGTERM/SIGINT delete every sandbox (and remove the parent cgroups and the loop
+    /// mount) before exiting. Without it sandboxes keep running and the next start adopts
+    /// them.
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
 }
 
 /// `--user-namespaces` values.
@@ -117,6 +137,9 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     pub max_sandboxes: Option<u64>,
     pub max_committed_memory_mib: Option<u64>,
+    pub memory_overcommit: Option<f64>,
+    pub memory_budget_mib: Option<u64>,
+    pub pids_budget: Option<u64>,
     pub min_available_memory_mib: Option<u64>,
     pub default_timeout: Option<u64>,
     pub max_timeout: Option<u64>,
@@ -128,6 +151,7 @@ pub struct ConfigFile {
     pub user_namespaces: Option<UsernsKind>,
     pub userns_base: Option<u32>,
     pub userns_ranges: Option<u32>,
+    pub cleanup_on_exit: Option<bool>,
     #[serde(default)]
     pub pools: Vec<PoolEntry>,
 }
@@ -164,11 +188,15 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub max_sandboxes: Option<u64>,
     pub max_committed_memory_mib: Option<u64>,
+    pub memory_overcommit: Option<f64>,
+    pub memory_budget_mib: Option<u64>,
+    pub pids_budget: Option<u64>,
     pub min_available_memory_mib: Option<u64>,
     pub default_timeout: Option<u64>,
     pub max_timeout: Option<u64>,
     pub cgroup_parent: Option<String>,
     pub log_level: String,
+    pub cleanup_on_exit: bool,
     pub storage: StorageConfig,
     pub user_namespaces: UsernsSetting,
     pub userns_base: Option<u32>,
@@ -210,6 +238,9 @@ impl ServeArgs {
             max_committed_memory_mib: self
                 .max_committed_memory_mib
                 .or(file.max_committed_memory_mib),
+            memory_overcommit: self.memory_overcommit.or(file.memory_overcommit),
+            memory_budget_mib: self.memory_budget_mib.or(file.memory_budget_mib),
+            pids_budget: self.pids_budget.or(file.pids_budget),
             min_available_memory_mib: self
                 .min_available_memory_mib
                 .or(file.min_available_memory_mib),
@@ -221,6 +252,7 @@ impl ServeArgs {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
+            cleanup_on_exit: self.cleanup_on_exit || file.cleanup_on_exit.unwrap_or(false),
             storage,
             user_namespaces: self
                 .user_namespaces
@@ -376,6 +408,10 @@ mod tests {
             data_dir = "/srv/warren"
             max_sandboxes = 10
             max_committed_memory_mib = 8192
+            memory_overcommit = 2.5
+            memory_budget_mib = 4096
+            pids_budget = 5000
+            cleanup_on_exit = true
             min_available_memory_mib = 512
             storage = "btrfs"
             btrfs_loop_size = "2G"
@@ -403,6 +439,10 @@ mod tests {
         assert_eq!(s.max_sandboxes, Some(3));
         assert_eq!(s.max_committed_memory_mib, Some(8192));
         assert_eq!(s.min_available_memory_mib, Some(512));
+        assert_eq!(s.memory_overcommit, Some(2.5));
+        assert_eq!(s.memory_budget_mib, Some(4096));
+        assert_eq!(s.pids_budget, Some(5000));
+        assert!(s.cleanup_on_exit);
         assert_eq!(s.log_level, "debug");
         assert_eq!(
             s.storage,
@@ -426,6 +466,13 @@ mod tests {
         assert_eq!(s.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(s.data_dir, Path::new("/var/lib/warren"));
         assert_eq!((s.max_sandboxes, s.max_committed_memory_mib), (None, None));
+        assert!(!s.cleanup_on_exit);
+        let s = Cli::parse_from(["serve", "--cleanup-on-exit", "--pids-budget", "100"])
+            .serve
+            .merge(ConfigFile::default())
+            .unwrap();
+        assert!(s.cleanup_on_exit);
+        assert_eq!(s.pids_budget, Some(100));
 
         for bad in [
             "lisen = \"x\"",

@@ -10,7 +10,18 @@
 //!   create fail;
 //! - `min_available_memory_mib`: the host's `MemAvailable` (read at most once a second)
 //!   must be at least this → 503 `host_under_pressure`, so the daemon never pushes the host
-//!   into swap or the OOM killer.
+//!   into swap or the OOM killer;
+//! - `pids_budget`: when the sandboxes' tasks together (their parent cgroup's
+//!   `pids.current`, through a [`PidsProbe`]) leave less than a new sandbox needs to start
+//!   → 503 `host_under_pressure`, instead of a create failing halfway.
+//!
+//! The model: a memory limit is a ceiling, not a reservation (most sandboxes use a small
+//! part of theirs), so limits are overcommitted — by default they may add up to
+//! `memory_overcommit` (4) × `memory_budget_mib` (host RAM less a tenth). What the
+//! sandboxes really use together is bounded by the kernel: the daemon sets
+//! `memory_budget_mib` as the memory limit of their parent cgroup, so when they all fill
+//! their limits at once the OOM killer acts inside that cgroup (on a sandbox's process),
+//! never on the daemon or the host. The floor refuses new sandboxes before that happens.
 //!
 //! Pool fillers go through the same checks (without evicting anything) and stop filling
 //! when refused.
@@ -55,6 +66,35 @@ impl MemoryProbe {
         (self.0)()
     }
 }
+
+/// Where the engine reads how many tasks all sandboxes have together (the parent cgroup's
+/// `pids.current`). Injectable; [`PidsProbe::none`] knows nothing (then nothing is refused).
+#[derive(Clone)]
+pub struct PidsProbe(Arc<dyn Fn() -> Option<u64> + Send + Sync>);
+
+impl PidsProbe {
+    pub fn none() -> PidsProbe {
+        PidsProbe(Arc::new(|| None))
+    }
+
+    pub fn from_fn(f: impl Fn() -> Option<u64> + Send + Sync + 'static) -> PidsProbe {
+        PidsProbe(Arc::new(f))
+    }
+
+    /// Tasks in use; `None` when unknown.
+    pub fn current(&self) -> Option<u64> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for PidsProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PidsProbe")
+    }
+}
+
+/// Tasks a new sandbox needs to come up (its helper, init and agent threads).
+pub const PIDS_TO_START: u64 = 16;
 
 impl std::fmt::Debug for MemoryProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,9 +141,21 @@ impl Engine {
             .sum()
     }
 
-    /// 503 `host_under_pressure` when the host's available memory is below the floor.
+    /// 503 `host_under_pressure` when the host's available memory is below the floor, or
+    /// the sandboxes' pids budget has no room for another one.
     pub(crate) fn check_pressure(&self) -> Result<(), EngineError> {
         let c = &self.inner.config;
+        if c.pids_budget > 0 {
+            if let Some(used) = c.pids_probe.current() {
+                if used + PIDS_TO_START > c.pids_budget {
+                    return Err(EngineError::HostUnderPressure(format!(
+                        "the sandboxes have {used} of their {} tasks (--pids-budget); try \
+                         again when processes end",
+                        c.pids_budget
+                    )));
+                }
+            }
+        }
         if c.min_available_memory_mib == 0 {
             return Ok(());
         }
@@ -166,7 +218,8 @@ impl Engine {
         let refuse = || {
             EngineError::CapacityExhausted(format!(
                 "{committed} MiB of memory limits are committed; {need} MiB more would \
-                 exceed the server's maximum of {max} MiB"
+                 exceed the server's maximum of {max} MiB: create smaller sandboxes \
+                 (resources.memory_mib) or raise --max-committed-memory-mib"
             ))
         };
         if who == Admit::Member {

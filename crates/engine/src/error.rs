@@ -60,10 +60,10 @@ pub enum EngineError {
     #[error("limit reached: {0}")]
     LimitReached(String),
     /// The memory limits already committed leave no room for the new sandbox (429).
-    #[error("capacity exhausted: {0}")]
+    #[error("{0}")]
     CapacityExhausted(String),
     /// The host's available memory is below the floor (503); nothing was created.
-    #[error("host under memory pressure: {0}")]
+    #[error("{0}")]
     HostUnderPressure(String),
     #[error("pool {0} not found")]
     PoolNotFound(String),

@@ -34,7 +34,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use admission::MemoryProbe;
+pub use admission::{MemoryProbe, PidsProbe};
 pub use error::EngineError;
 pub use events::{EventItem, EventStream};
 pub use lifecycle::Deadlines;
@@ -79,12 +79,24 @@ pub struct EngineConfig {
     /// the idle detector's sampling interval) counts as idle.
     pub idle_cpu_threshold: f64,
     /// Largest sum of the memory limits of all sandboxes, pool sandboxes included (MiB);
-    /// 0 = unlimited. See `admission`.
+    /// 0 = unlimited. See `admission`. Defaults to `memory_overcommit` ×
+    /// `memory_budget_mib`.
     pub max_committed_memory_mib: u64,
+    /// How many times the memory the sandboxes may really use together their limits may add
+    /// up to (reported; the default of `max_committed_memory_mib` derives from it).
+    pub memory_overcommit: f64,
+    /// Memory all sandboxes together may really use (MiB): the daemon sets it as the limit
+    /// of the parent cgroup (host RAM less a tenth by default; 0 = none).
+    pub memory_budget_mib: u64,
+    /// Tasks (processes and threads) all sandboxes together may have: the daemon sets it as
+    /// the parent cgroup's `pids.max` (0 = none). `max_pids` is never above it.
+    pub pids_budget: u64,
     /// Creates are refused (503) while the host has less memory available (MiB); 0 = never.
     pub min_available_memory_mib: u64,
     /// Where the host's available memory is read.
     pub memory_probe: MemoryProbe,
+    /// Where the tasks of all sandboxes together are read (checked against `pids_budget`).
+    pub pids_probe: PidsProbe,
     /// Largest `size` of a pool.
     pub max_pool_size: u32,
     /// Pool sandboxes being created at once, all pools together.
@@ -102,6 +114,9 @@ impl EngineConfig {
             .map(|n| n.get())
             .unwrap_or(1) as f64;
         let host_mem_mib = host_memory_mib().unwrap_or(4096);
+        // Host RAM less a tenth for the host itself and the daemon.
+        let memory_budget_mib = host_mem_mib / 10 * 9;
+        let pids_budget = host_pids_budget().unwrap_or(MAX_PIDS);
         EngineConfig {
             data_dir,
             default_timeout_secs: 300,
@@ -110,11 +125,11 @@ impl EngineConfig {
             default_resources: Resources {
                 cpus: Some(1.0_f64.min(host_cpus)),
                 memory_mib: Some(1024.min(host_mem_mib)),
-                pids: Some(1024),
+                pids: Some(1024.min(pids_budget)),
             },
             max_cpus: host_cpus,
             max_memory_mib: host_mem_mib,
-            max_pids: 65536,
+            max_pids: MAX_PIDS.min(pids_budget),
             max_request_bytes: 16 * 1024 * 1024,
             max_exec_capture_bytes: 16 * 1024 * 1024,
             create_deadline: Duration::from_secs(30),
@@ -122,10 +137,13 @@ impl EngineConfig {
             default_process_log_bytes: 4 * 1024 * 1024,
             deadlines: Deadlines::default(),
             idle_cpu_threshold: 0.01,
-            // Host RAM less a tenth for the host itself and the daemon.
-            max_committed_memory_mib: host_mem_mib / 10 * 9,
+            max_committed_memory_mib: committed_memory_mib(memory_budget_mib, MEMORY_OVERCOMMIT),
+            memory_overcommit: MEMORY_OVERCOMMIT,
+            memory_budget_mib,
+            pids_budget,
             min_available_memory_mib: (host_mem_mib / 20).max(256),
             memory_probe: MemoryProbe::host(),
+            pids_probe: PidsProbe::none(),
             max_pool_size: 256,
             pool_fill_concurrency: 2,
             config_pools: Vec::new(),
@@ -136,6 +154,32 @@ impl EngineConfig {
 
 fn host_memory_mib() -> Option<u64> {
     admission::meminfo_mib("MemTotal:")
+}
+
+/// Largest `resources.pids` whatever the host.
+pub const MAX_PIDS: u64 = 65536;
+/// Default of `memory_overcommit`.
+pub const MEMORY_OVERCOMMIT: f64 = 4.0;
+
+/// `max_committed_memory_mib` for a memory budget and an overcommit ratio.
+pub fn committed_memory_mib(memory_budget_mib: u64, overcommit: f64) -> u64 {
+    (memory_budget_mib as f64 * overcommit).round() as u64
+}
+
+/// The tasks the host can give sandboxes: the smaller of `kernel.pid_max` and
+/// `kernel.threads-max`, less a reserve for the host and the daemon (a tenth, at least
+/// 1024). `None` when procfs cannot tell.
+pub fn host_pids_budget() -> Option<u64> {
+    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let pid_max = read("/proc/sys/kernel/pid_max")?;
+    let tasks = read("/proc/sys/kernel/threads-max").map_or(pid_max, |t| t.min(pid_max));
+    Some(pids_budget_of(tasks))
+}
+
+/// [`host_pids_budget`] for a host that can have `tasks` tasks.
+pub fn pids_budget_of(tasks: u64) -> u64 {
+    let reserve = (tasks / 10).max(1024);
+    tasks.saturating_sub(reserve).max(validate::MIN_PIDS)
 }
 
 /// The engine handle; cheap to clone.
@@ -161,6 +205,9 @@ struct Inner {
     pools: pools::Pools,
     /// User-namespace id ranges, when the runtime gives sandboxes user namespaces.
     id_ranges: Option<idmaps::IdRanges>,
+    /// Records deleted from memory whose removal from the store failed (retried, see
+    /// [`Engine::resync_store`]).
+    unsynced_removals: Mutex<std::collections::BTreeSet<String>>,
 }
 
 struct Entry {
@@ -173,6 +220,9 @@ struct Entry {
     activity: lifecycle::Activity,
     /// Order of insertion (ties of `created_at`, which has millisecond precision).
     seq: u64,
+    /// A store write of this record failed: the stored state or expiry may be older than
+    /// the record's (written again by [`Engine::resync_store`]).
+    unsynced: bool,
 }
 
 static ENTRY_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -185,6 +235,7 @@ impl Entry {
             gone: watch::channel(false).0,
             op: Arc::new(tokio::sync::Mutex::new(())),
             activity: lifecycle::Activity::new(),
+            unsynced: false,
         }
     }
 }
@@ -286,6 +337,7 @@ impl Engine {
                 snapshot_readers: Mutex::new(HashMap::new()),
                 pools: pools::Pools::default(),
                 id_ranges,
+                unsynced_removals: Default::default(),
             }),
         };
         engine.recover().await?;
@@ -377,6 +429,9 @@ impl Engine {
                 default_resources: c.default_resources.clone(),
                 max_request_bytes: c.max_request_bytes,
                 max_committed_memory_mib: c.max_committed_memory_mib,
+                memory_overcommit: c.memory_overcommit,
+                memory_budget_mib: c.memory_budget_mib,
+                pids_budget: c.pids_budget,
                 min_available_memory_mib: c.min_available_memory_mib,
                 max_pool_size: c.max_pool_size,
             },
@@ -616,7 +671,7 @@ impl Engine {
         if let Err(e) = self.inner.runtime.destroy(id).await {
             warn!(%id, error = %e, "cleanup after a failed create");
         }
-        let _ = self.inner.store.remove(id).await;
+        self.remove_record(id).await;
         if let Some(e) = self.map().remove(id) {
             e.gone.send_replace(true);
         }
@@ -668,12 +723,30 @@ impl Engine {
 
     /// Move `id` to `to` (in memory, the store and the event stream) if its state is one of
     /// `from` (any state when empty). Returns whether it moved.
+    ///
+    /// The state changes in memory first: when the store write fails, the sandbox is in
+    /// `to` all the same (marked unsynced, so the record is written again later) and the
+    /// error is returned; the caller decides whether to go back (see
+    /// [`Engine::revert_state`]).
     pub(crate) async fn set_state(
         &self,
         id: &str,
         to: SandboxState,
         from: &[SandboxState],
         reason: Option<String>,
+    ) -> Result<bool, EngineError> {
+        self.set_state_until(id, to, from, reason, None).await
+    }
+
+    /// [`Engine::set_state`] whose store write must be done by `until` (a store that does
+    /// not answer in time counts as failed).
+    pub(crate) async fn set_state_until(
+        &self,
+        id: &str,
+        to: SandboxState,
+        from: &[SandboxState],
+        reason: Option<String>,
+        until: Option<tokio::time::Instant>,
     ) -> Result<bool, EngineError> {
         let failure = (to == SandboxState::Failed)
             .then(|| reason.clone())
@@ -702,8 +775,114 @@ impl Engine {
                 snapshot: None,
             },
         );
-        self.inner.store.set_state(id, to, failure).await?;
+        let write = self.inner.store.set_state(id, to, failure);
+        let written = match until {
+            None => write.await,
+            Some(at) => tokio::time::timeout_at(at, write)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(EngineError::Store(format!(
+                        "recording the sandbox as {to} did not finish within its deadline"
+                    )))
+                }),
+        };
+        if let Err(e) = written {
+            warn!(%id, state = %to, error = %e, "recording a state change failed");
+            self.mark_unsynced(id);
+            return Err(e);
+        }
         Ok(true)
+    }
+
+    /// Put a sandbox that is in `from` back into `to` in memory (after a store write failed
+    /// before the runtime was asked anything) and report it; the store catches up later.
+    pub(crate) fn revert_state(&self, id: &str, from: SandboxState, to: SandboxState, why: &str) {
+        {
+            let mut map = self.map();
+            let Some(e) = map.get_mut(id) else {
+                return;
+            };
+            if e.record.state != from {
+                return;
+            }
+            e.record.state = to;
+            e.record.failure_reason = None;
+            e.record.state_changed_at = Utc::now();
+            e.unsynced = true;
+        }
+        self.emit(
+            id,
+            EventKind::State,
+            events::Detail {
+                state: Some(to),
+                previous: Some(from),
+                reason: Some(why.to_string()),
+                snapshot: None,
+            },
+        );
+    }
+
+    /// The stored record of `id` may be behind the one in memory.
+    pub(crate) fn mark_unsynced(&self, id: &str) {
+        if let Some(e) = self.map().get_mut(id) {
+            e.unsynced = true;
+        }
+    }
+
+    /// Remove `id` from the store; when that fails, remember to try again.
+    async fn remove_record(&self, id: &str) {
+        if let Err(e) = self.inner.store.remove(id).await {
+            warn!(%id, error = %e, "removing the record; will try again");
+            self.unsynced_removals().insert(id.to_string());
+        }
+    }
+
+    fn unsynced_removals(&self) -> MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.inner
+            .unsynced_removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write again what a failed store write left behind (the reaper calls this every
+    /// tick): the state and expiry of every unsynced record whose sandbox no operation holds
+    /// right now, and the removal of deleted ones. Returns how many are still behind.
+    pub async fn resync_store(&self) -> usize {
+        let removals: Vec<String> = self.unsynced_removals().iter().cloned().collect();
+        for id in removals {
+            if self.map().contains_key(&id) {
+                continue;
+            }
+            if self.inner.store.remove(&id).await.is_ok() {
+                self.unsynced_removals().remove(&id);
+            }
+        }
+        let ids: Vec<(String, Arc<tokio::sync::Mutex<()>>)> = self
+            .map()
+            .iter()
+            .filter(|(_, e)| e.unsynced)
+            .map(|(id, e)| (id.clone(), e.op.clone()))
+            .collect();
+        for (id, op) in ids {
+            // An operation in flight writes the record itself.
+            let Ok(_guard) = op.try_lock_owned() else {
+                continue;
+            };
+            let engine = self.clone();
+            let key = id.clone();
+            // Read inside the store's lock, so this never overwrites a newer write.
+            let current = move || {
+                let mut map = engine.map();
+                let e = map.get_mut(&key)?;
+                e.unsynced = false;
+                Some(e.record.clone())
+            };
+            if let Err(e) = self.inner.store.sync(current).await {
+                tracing::debug!(%id, error = %e, "store still behind");
+                self.mark_unsynced(&id);
+            }
+        }
+        self.map().values().filter(|e| e.unsynced).count() + self.unsynced_removals().len()
     }
 
     pub async fn get(&self, id: &str) -> Result<Sandbox, EngineError> {
@@ -811,9 +990,7 @@ impl Engine {
         };
         match result {
             Ok(()) => {
-                if let Err(e) = self.inner.store.remove(id).await {
-                    warn!(%id, error = %e, "removing the record");
-                }
+                self.remove_record(id).await;
                 if let Some(e) = self.map().remove(id) {
                     e.gone.send_replace(true);
                 }
@@ -999,8 +1176,65 @@ impl Engine {
         }
     }
 
-    /// Refuse new sandboxes, delete every sandbox, and let the runtime remove what it made.
-    pub async fn shutdown(&self) {
+    /// Stop without touching the sandboxes: refuse new work (503 `shutting_down`), let
+    /// the lifecycle operations in flight finish (each is bounded by its deadline; one
+    /// still running after `grace` is left to the next start's recovery, like after a
+    /// crash), write what the store still lacks and close it. Sandboxes keep running with
+    /// their cgroups and files; the next start adopts them. Only when no sandbox is left
+    /// does the runtime remove what it made (its parent cgroups, a mounted loop image).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let locks: Vec<(String, Arc<tokio::sync::Mutex<()>>)> = self
+            .map()
+            .iter()
+            .map(|(id, e)| (id.clone(), e.op.clone()))
+            .collect();
+        let settle = async {
+            for (_, lock) in &locks {
+                drop(lock.lock().await);
+            }
+        };
+        if tokio::time::timeout(grace, settle).await.is_err() {
+            let busy: Vec<&str> = locks
+                .iter()
+                .filter(|(_, l)| l.try_lock().is_err())
+                .map(|(id, _)| id.as_str())
+                .collect();
+            warn!(
+                ?busy,
+                "operations still in flight at shutdown; the next start completes them"
+            );
+        }
+        self.inner.ports.close_all();
+        let behind = self.resync_store().await;
+        if behind > 0 {
+            warn!(
+                count = behind,
+                "records the store could not take; the next start \
+                 derives their state from the runtime"
+            );
+        }
+        if let Err(e) = self.inner.store.close().await {
+            warn!(error = %e, "closing the store");
+        }
+        let left = self.map().len();
+        if left == 0 {
+            if let Err(e) = self.inner.runtime.shutdown().await {
+                warn!(error = %e, "runtime shutdown");
+            }
+        } else {
+            info!(
+                count = left,
+                "sandboxes left running for the next start to adopt"
+            );
+        }
+    }
+
+    /// Refuse new sandboxes, delete every sandbox, and let the runtime remove what it made
+    /// (`warren serve --cleanup-on-exit`): nothing is left on the host.
+    pub async fn shutdown_deleting_all(&self) {
         self.inner
             .shutting_down
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1015,6 +1249,10 @@ impl Engine {
         });
         futures::future::join_all(deletions).await;
         self.inner.ports.close_all();
+        self.resync_store().await;
+        if let Err(e) = self.inner.store.close().await {
+            warn!(error = %e, "closing the store");
+        }
         if let Err(e) = self.inner.runtime.shutdown().await {
             warn!(error = %e, "runtime shutdown");
         }

@@ -46,6 +46,9 @@ impl Default for Deadlines {
     }
 }
 
+/// How long past a transition's deadline the record of its failure may take to write.
+const STORE_GRACE: Duration = Duration::from_secs(1);
+
 /// What the idle policy looks at, besides CPU.
 pub(crate) struct Activity {
     /// Last API call that concerned the sandbox.
@@ -301,6 +304,13 @@ impl Engine {
     }
 
     /// [`Engine::transition`] with the operation lock held by the caller.
+    ///
+    /// The deadline covers the whole transition, store writes included. A store write
+    /// that fails (a full disk) or misses the deadline never leaves the sandbox in a
+    /// transitional state: before the runtime was asked, the sandbox goes back to the
+    /// state it was in; after, it is in the state the runtime is really in (the operation
+    /// happened). Either way the call fails with `store_error` and the record is written
+    /// again once the store takes writes (see [`Engine::resync_store`]).
     pub(crate) async fn transition_locked(
         &self,
         id: &str,
@@ -319,26 +329,42 @@ impl Engine {
                 op: op.name(),
             });
         }
-        if !self
-            .set_state(id, during, &[state], Some(why.to_string()))
-            .await?
-        {
-            // Deleted in the meantime.
-            let state = self.state_of(id)?;
-            return Err(EngineError::InvalidTransition {
-                id: id.to_string(),
-                state,
-                op: op.name(),
-            });
-        }
         let d = &self.inner.config.deadlines;
+        let deadline = match op {
+            Op::Pause => d.pause,
+            Op::Resume => d.resume,
+            Op::Stop => d.stop,
+            Op::Start => d.start,
+        };
+        let until = tokio::time::Instant::now() + deadline;
+        match self
+            .set_state_until(id, during, &[state], Some(why.to_string()), Some(until))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                // Deleted in the meantime.
+                let state = self.state_of(id)?;
+                return Err(EngineError::InvalidTransition {
+                    id: id.to_string(),
+                    state,
+                    op: op.name(),
+                });
+            }
+            Err(e) => {
+                // Nothing was asked of the runtime: back to where it was.
+                self.revert_state(id, during, state, "the change could not be recorded");
+                return Err(e);
+            }
+        }
         let rt = &self.inner.runtime;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
         let result = match op {
-            Op::Pause => within(d.pause, "pause", rt.pause(id)).await,
-            Op::Resume => within(d.resume, "resume", rt.resume(id)).await,
+            Op::Pause => within(left, "pause", rt.pause(id)).await,
+            Op::Resume => within(left, "resume", rt.resume(id)).await,
             Op::Stop => {
                 self.inner.ports.close_sandbox(id);
-                within(d.stop, "stop", rt.stop(id)).await
+                within(left, "stop", rt.stop(id)).await
             }
             Op::Start => {
                 let record = self
@@ -347,25 +373,35 @@ impl Engine {
                     .map(|e| e.record.clone())
                     .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
                 let spec = Engine::runtime_spec(&record, None);
-                within(d.start, "start", rt.start(&spec)).await
+                within(left, "start", rt.start(&spec)).await
             }
         };
         match result {
             Ok(()) => {
                 if matches!(op, Op::Resume | Op::Start) {
                     // The timeout counts again from now.
-                    self.restart_clock(id).await;
+                    self.restart_clock_until(id, Some(until)).await;
                 }
-                if !self
-                    .set_state(id, done, &[during], Some(why.to_string()))
-                    .await?
+                match self
+                    .set_state_until(id, done, &[during], Some(why.to_string()), Some(until))
+                    .await
                 {
-                    let state = self.state_of(id)?;
-                    return Err(EngineError::InvalidTransition {
-                        id: id.to_string(),
-                        state,
-                        op: op.name(),
-                    });
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let state = self.state_of(id)?;
+                        return Err(EngineError::InvalidTransition {
+                            id: id.to_string(),
+                            state,
+                            op: op.name(),
+                        });
+                    }
+                    // The sandbox is `done`, as the runtime is; only the record is behind.
+                    Err(e) => {
+                        return Err(EngineError::Store(format!(
+                            "the sandbox is {done}, but the change could not be recorded \
+                             (it is written again once the store takes writes): {e}"
+                        )))
+                    }
                 }
                 info!(%id, op = op.name(), reason = why, "sandbox {}", done);
                 self.view(id)
@@ -379,14 +415,22 @@ impl Engine {
                 } else {
                     SandboxState::Failed
                 };
-                self.set_state(id, next, &[during], Some(reason)).await?;
+                // Give the failure's record a moment past the deadline: it is the more
+                // useful error, and the sandbox is `next` in memory either way.
+                let grace = until.max(tokio::time::Instant::now()) + STORE_GRACE;
+                if let Err(e) = self
+                    .set_state_until(id, next, &[during], Some(reason), Some(grace))
+                    .await
+                {
+                    warn!(%id, error = %e, "recording a failed transition");
+                }
                 Err(failure.into_error())
             }
         }
     }
 
-    /// Reset the sandbox's expiry to `timeout_secs` from now.
-    pub(crate) async fn restart_clock(&self, id: &str) {
+    /// Reset the sandbox's expiry to `timeout_secs` from now (recorded by `until`).
+    async fn restart_clock_until(&self, id: &str, until: Option<tokio::time::Instant>) {
         let update = {
             let mut map = self.map();
             map.get_mut(id).map(|e| {
@@ -395,8 +439,16 @@ impl Engine {
             })
         };
         if let Some((at, secs)) = update {
-            if let Err(e) = self.inner.store.set_expiry(id, at, secs).await {
+            let write = self.inner.store.set_expiry(id, at, secs);
+            let written = match until {
+                None => write.await,
+                Some(t) => tokio::time::timeout_at(t, write)
+                    .await
+                    .unwrap_or_else(|_| Err(EngineError::Store("deadline passed".into()))),
+            };
+            if let Err(e) = written {
                 warn!(%id, error = %e, "recording the new expiry");
+                self.mark_unsynced(id);
             }
         }
     }

@@ -357,7 +357,7 @@ mod tests {
         );
         // Shutdown closes every forwarded address.
         let f = e.forward_port(&sb.id, ECHO_PORT).await.unwrap();
-        e.shutdown().await;
+        e.shutdown_deleting_all().await;
         let mut refused = false;
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(f.address).await.is_err() {

@@ -80,6 +80,7 @@ impl Engine {
                 if action != Action::Delete {
                     if let Err(e) = engine.inner.store.set_expiry(&id, expires_at, secs).await {
                         warn!(%id, error = %e, "recording the new expiry");
+                        engine.mark_unsynced(&id);
                     }
                 }
             });
@@ -202,6 +203,7 @@ impl Engine {
                 }
                 engine.reap_expired().await;
                 engine.reap_idle().await;
+                engine.resync_store().await;
                 let seq = engine.inner.events.next_seq();
                 if seq != persisted_seq {
                     match engine.inner.store.set_meta("event_seq", seq).await {

@@ -244,15 +244,28 @@ impl Engine {
         if state != SandboxState::Stopped {
             self.transition_locked(id, Op::Stop, "rollback").await?;
         }
-        if !self
+        let moved = match self
             .set_state(
                 id,
                 SandboxState::RollingBack,
                 &[SandboxState::Stopped],
                 Some("api".into()),
             )
-            .await?
+            .await
         {
+            Ok(moved) => moved,
+            Err(e) => {
+                // Nothing changed yet: it stays stopped, with its files.
+                self.revert_state(
+                    id,
+                    SandboxState::RollingBack,
+                    SandboxState::Stopped,
+                    "the change could not be recorded",
+                );
+                return Err(e);
+            }
+        };
+        if !moved {
             let state = self.state_of(id)?;
             return Err(EngineError::InvalidTransition {
                 id: id.to_string(),
@@ -276,9 +289,11 @@ impl Engine {
                         e.record.clone()
                     })
                 };
-                if let Some(r) = record {
-                    self.inner.store.insert(&r).await?;
-                }
+                // The files are the snapshot's now: a failed write does not change that.
+                let recorded = match record {
+                    Some(r) => self.inner.store.insert(&r).await,
+                    None => Ok(()),
+                };
                 self.emit(
                     id,
                     EventKind::RolledBack,
@@ -288,13 +303,21 @@ impl Engine {
                         ..Default::default()
                     },
                 );
-                self.set_state(
-                    id,
-                    SandboxState::Stopped,
-                    &[SandboxState::RollingBack],
-                    Some("rollback".into()),
-                )
-                .await?;
+                let stopped = self
+                    .set_state(
+                        id,
+                        SandboxState::Stopped,
+                        &[SandboxState::RollingBack],
+                        Some("rollback".into()),
+                    )
+                    .await;
+                if let Err(e) = recorded.and(stopped.map(drop)) {
+                    self.mark_unsynced(id);
+                    return Err(EngineError::Store(format!(
+                        "the sandbox was rolled back and is stopped, but the change could not \
+                         be recorded: {e}"
+                    )));
+                }
             }
             Err(failure) => {
                 // Files unchanged (the runtime swaps atomically) unless the deadline passed.
@@ -303,8 +326,12 @@ impl Engine {
                     OpFailure::Failed(_) => SandboxState::Stopped,
                 };
                 let reason = failure.reason().to_string();
-                self.set_state(id, next, &[SandboxState::RollingBack], Some(reason))
-                    .await?;
+                if let Err(e) = self
+                    .set_state(id, next, &[SandboxState::RollingBack], Some(reason))
+                    .await
+                {
+                    warn!(%id, error = %e, "recording a failed rollback");
+                }
                 return Err(failure.into_error());
             }
         }

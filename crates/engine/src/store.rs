@@ -54,8 +54,23 @@ pub struct Lifecycle {
 
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    /// `None` once [`Store::close`]d: every later call is a `store_error`.
+    conn: Arc<Mutex<Option<Connection>>>,
+    /// Tests: make every write fail as on a full disk.
+    #[cfg(test)]
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// Tests: every write first blocks this long (a store that does not answer).
+    #[cfg(test)]
+    write_delay: Arc<Mutex<std::time::Duration>>,
 }
+
+/// The store's files: they hold sandbox `env` values, so only root may read them.
+const DB_FILES: [&str; 4] = [
+    "warren.db",
+    "warren.db-wal",
+    "warren.db-shm",
+    "warren.db-journal",
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -100,14 +115,62 @@ fn store_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Store(e.to_string())
 }
 
+/// Make `dir` (and missing parents) with mode 0700; tighten an existing one to 0700.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Give `path` mode 0600: create it so when `create` (an empty file is an empty SQLite
+/// database), tighten it when it exists (a store of an older version was 0644).
+fn private_file(path: &Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if meta.file_type().is_file() && meta.permissions().mode() & 0o7777 != 0o600 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map(drop)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn ms_to_time(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
 impl Store {
-    /// Open (or create) `<dir>/warren.db`.
+    /// Open (or create) `<dir>/warren.db`. The directory is made (or made again) 0700 and
+    /// the database files 0600 before SQLite opens them: SQLite gives the `-wal` and `-shm`
+    /// files it creates the mode of the database file, so none is ever readable by other
+    /// users, without a process-wide umask.
     pub fn open(dir: &Path) -> Result<Store, EngineError> {
-        std::fs::create_dir_all(dir).map_err(store_err)?;
+        private_dir(dir).map_err(|e| store_err(format!("{}: {e}", dir.display())))?;
+        for name in DB_FILES {
+            let path = dir.join(name);
+            private_file(&path, name == "warren.db")
+                .map_err(|e| store_err(format!("{}: {e}", path.display())))?;
+        }
         let conn = Connection::open(dir.join("warren.db")).map_err(store_err)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
@@ -128,8 +191,19 @@ impl Store {
             }
         }
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(Some(conn))),
+            #[cfg(test)]
+            fail_writes: Default::default(),
+            #[cfg(test)]
+            write_delay: Default::default(),
         })
+    }
+
+    /// Tests: from now on every write fails (`fail`) or works again.
+    #[cfg(test)]
+    pub fn fail_writes(&self, fail: bool) {
+        self.fail_writes
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Run `f` on the connection in the blocking pool (SQLite calls block).
@@ -141,7 +215,85 @@ impl Store {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let guard = conn.lock().map_err(|_| store_err("store lock poisoned"))?;
-            f(&guard).map_err(store_err)
+            let conn = guard
+                .as_ref()
+                .ok_or_else(|| store_err("the store is closed"))?;
+            f(conn).map_err(store_err)
+        })
+        .await
+        .map_err(store_err)?
+    }
+
+    /// Tests: from now on every write blocks `d` first (in the blocking pool).
+    #[cfg(test)]
+    pub fn delay_writes(&self, d: std::time::Duration) {
+        *self.write_delay.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+
+    /// [`Store::with`] for a statement that writes.
+    async fn write<T, F>(&self, f: F) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        #[cfg(test)]
+        {
+            if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(store_err("database or disk is full (injected)"));
+            }
+            let delay = *self.write_delay.lock().unwrap_or_else(|p| p.into_inner());
+            if !delay.is_zero() {
+                return self
+                    .with(move |c| {
+                        std::thread::sleep(delay);
+                        f(c)
+                    })
+                    .await;
+            }
+        }
+        self.with(f).await
+    }
+
+    /// Write the state, failure reason and expiry of the record `current` returns, read
+    /// while the connection is held: a write queued after a newer change can never
+    /// overwrite it with an older value. `Ok(false)` when `current` finds no record.
+    pub async fn sync<F>(&self, current: F) -> Result<bool, EngineError>
+    where
+        F: FnOnce() -> Option<Record> + Send + 'static,
+    {
+        self.write(move |c| {
+            let Some(r) = current() else {
+                return Ok(false);
+            };
+            c.execute(
+                "UPDATE sandboxes SET state = ?2, failure_reason = ?3, state_changed_at_ms = ?4,
+                 expires_at_ms = ?5, timeout_secs = ?6 WHERE id = ?1",
+                params![
+                    r.id,
+                    r.state.as_str(),
+                    r.failure_reason,
+                    r.state_changed_at.timestamp_millis(),
+                    r.expires_at.timestamp_millis(),
+                    r.timeout_secs as i64,
+                ],
+            )
+            .map(|_| true)
+        })
+        .await
+    }
+
+    /// Checkpoint the WAL into the database and close the connection (SQLite then removes
+    /// the `-wal` and `-shm` files). Later calls fail with `store_error`.
+    pub async fn close(&self) -> Result<(), EngineError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| store_err("store lock poisoned"))?;
+            let Some(c) = guard.take() else {
+                return Ok(());
+            };
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(store_err)?;
+            c.close().map_err(|(_, e)| store_err(e))
         })
         .await
         .map_err(store_err)?
@@ -153,7 +305,7 @@ impl Store {
         let env = serde_json::to_string(&r.env).map_err(store_err)?;
         let resources = serde_json::to_string(&r.resources).map_err(store_err)?;
         let lifecycle = serde_json::to_string(&r.lifecycle).map_err(store_err)?;
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO sandboxes (id, state, image, created_at_ms, expires_at_ms,
                  timeout_secs, metadata, env, resources, failure_reason, state_changed_at_ms,
@@ -187,7 +339,7 @@ impl Store {
         failure_reason: Option<String>,
     ) -> Result<(), EngineError> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "UPDATE sandboxes SET state = ?2, failure_reason = ?3, state_changed_at_ms = ?4
                  WHERE id = ?1",
@@ -210,7 +362,7 @@ impl Store {
         timeout_secs: u64,
     ) -> Result<(), EngineError> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "UPDATE sandboxes SET expires_at_ms = ?2, timeout_secs = ?3 WHERE id = ?1",
                 params![id, expires_at.timestamp_millis(), timeout_secs as i64],
@@ -227,7 +379,7 @@ impl Store {
         let metadata = serde_json::to_string(&r.metadata).map_err(store_err)?;
         let env = serde_json::to_string(&r.env).map_err(store_err)?;
         let lifecycle = serde_json::to_string(&r.lifecycle).map_err(store_err)?;
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "UPDATE sandboxes SET created_at_ms = ?2, expires_at_ms = ?3, timeout_secs = ?4,
                  metadata = ?5, env = ?6, lifecycle = ?7 WHERE id = ?1",
@@ -248,7 +400,7 @@ impl Store {
 
     pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])
                 .map(|_| ())
         })
@@ -313,7 +465,7 @@ impl Store {
 
     pub async fn insert_snapshot(&self, s: &Snapshot) -> Result<(), EngineError> {
         let s = s.clone();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO snapshots (id, sandbox_id, name, size_bytes, created_at_ms, backend)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -333,7 +485,7 @@ impl Store {
 
     pub async fn remove_snapshot(&self, id: &str) -> Result<(), EngineError> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute("DELETE FROM snapshots WHERE id = ?1", params![id])
                 .map(|_| ())
         })
@@ -372,7 +524,7 @@ impl Store {
     ) -> Result<(), EngineError> {
         let name = name.to_string();
         let spec = serde_json::to_string(spec).map_err(store_err)?;
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO pools (name, spec, created_at_ms) VALUES (?1, ?2, ?3)",
                 params![name, spec, created_at.timestamp_millis()],
@@ -384,7 +536,7 @@ impl Store {
 
     pub async fn remove_pool(&self, name: &str) -> Result<(), EngineError> {
         let name = name.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute("DELETE FROM pools WHERE name = ?1", params![name])
                 .map(|_| ())
         })
@@ -435,7 +587,7 @@ impl Store {
     }
 
     pub async fn set_meta(&self, key: &'static str, value: u64) -> Result<(), EngineError> {
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
                  ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",

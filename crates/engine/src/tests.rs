@@ -87,7 +87,7 @@ async fn create_get_list_delete() {
         Err(EngineError::SandboxNotFound(_))
     ));
     assert_eq!(rt.live(), vec![b.id.clone()]);
-    e.shutdown().await;
+    e.shutdown_deleting_all().await;
     assert!(rt.live().is_empty());
     assert!(rt.shut_down.load(std::sync::atomic::Ordering::SeqCst));
 }
@@ -544,5 +544,6 @@ mod processes {
     }
 }
 
+mod hardening;
 mod lifecycle;
 mod pools;

@@ -11,7 +11,7 @@ const MAX_MAP_ENTRIES: usize = 128;
 const MAX_KEY_LEN: usize = 256;
 const MAX_VALUE_LEN: usize = 16 * 1024;
 const MIN_MEMORY_MIB: u64 = 16;
-const MIN_PIDS: u64 = 8;
+pub(crate) const MIN_PIDS: u64 = 8;
 /// Longest a single exec may be told to run.
 pub const MAX_EXEC_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 

@@ -28,15 +28,29 @@ impl Daemon {
     }
 
     pub fn start_with(extra: &[&str]) -> Daemon {
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let data_dir = std::env::temp_dir().join(format!("warren-it-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data_dir);
-        let cgroup_parent = format!("warren-it-{}-{n}", std::process::id());
+        let (data_dir, cgroup_parent) = Daemon::fresh_names();
         Daemon::launch(data_dir, cgroup_parent, extra)
     }
 
-    /// Start a daemon on an existing data dir and cgroup parent (a restart).
+    /// A data dir (removed if it exists) and a cgroup parent no other test daemon uses.
+    pub fn fresh_names() -> (PathBuf, String) {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let data_dir = std::env::temp_dir().join(format!("warren-it-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        (data_dir, format!("warren-it-{}-{n}", std::process::id()))
+    }
+
+    /// Start a daemon on an existing data dir and cgroup parent (a restart). It runs with
+    /// `--cleanup-on-exit`, so [`Daemon::stop`] (SIGTERM) leaves nothing on the host.
     pub fn launch(data_dir: PathBuf, cgroup_parent: String, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--cleanup-on-exit"];
+        args.extend_from_slice(extra);
+        Daemon::launch_plain(data_dir, cgroup_parent, &args)
+    }
+
+    /// [`Daemon::launch`] without `--cleanup-on-exit`: a SIGTERM leaves the sandboxes
+    /// running (the test must clean up, e.g. by restarting with [`Daemon::launch`]).
+    pub fn launch_plain(data_dir: PathBuf, cgroup_parent: String, extra: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .arg("serve")
             .arg("--listen")

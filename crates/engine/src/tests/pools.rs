@@ -144,7 +144,7 @@ async fn a_pool_fills_and_a_claim_takes_a_ready_sandbox_without_the_runtime() {
     // A claimed sandbox is the user's: deleting it leaves the pool alone.
     e.delete(&sb.id).await.unwrap();
     assert_eq!(e.get_pool("py").unwrap().claimed, 0);
-    e.shutdown().await;
+    e.shutdown_deleting_all().await;
     assert!(rt.live().is_empty());
 }
 
@@ -490,7 +490,7 @@ async fn a_restart_keeps_pools_and_adopts_their_sandboxes() {
         .unwrap();
     assert_eq!(sb.pool.as_deref(), Some("p"));
     assert_eq!(creates(&rt), before + 1);
-    e.shutdown().await;
+    e.shutdown_deleting_all().await;
     assert!(rt.live().is_empty());
 }
 

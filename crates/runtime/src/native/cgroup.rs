@@ -655,6 +655,94 @@ pub fn list_children(layout: Layout, parent: &str) -> Result<Vec<String>, Cgroup
     Ok(ids.into_iter().collect())
 }
 
+/// What all sandboxes together may use: the limits of their parent cgroup (`None`: no
+/// limit). The kernel counts every descendant against them, so they hold whatever each
+/// sandbox's own limits add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParentLimits {
+    /// `pids.max`: tasks (processes and threads).
+    pub pids: Option<u64>,
+    /// The memory limit (v2 `memory.max`, v1 `memory.limit_in_bytes`).
+    pub memory_bytes: Option<u64>,
+}
+
+/// Create `<parent>` where missing and set its [`ParentLimits`] (v1: in the pids and memory
+/// hierarchies; v2: the one directory, with the controllers enabled down to it).
+pub fn set_parent_limits(
+    layout: Layout,
+    parent: &str,
+    limits: &ParentLimits,
+) -> Result<(), CgroupError> {
+    let pids = parent_dir(layout, ControllerType::Pids, parent)?;
+    let value = limits.pids.map_or("max".to_string(), |p| p.to_string());
+    write_file(&pids.join("pids.max"), &value)?;
+    let mem = parent_dir(layout, ControllerType::Memory, parent)?;
+    let (file, value) = match (layout, limits.memory_bytes) {
+        (Layout::V2, Some(b)) => ("memory.max", b.to_string()),
+        (Layout::V2, None) => ("memory.max", "max".to_string()),
+        (_, Some(b)) => ("memory.limit_in_bytes", b.to_string()),
+        (_, None) => ("memory.limit_in_bytes", "-1".to_string()),
+    };
+    write_file(&mem.join(file), &value)
+}
+
+/// The limits `set_parent_limits` set, as the kernel reports them (`None`: no limit).
+pub fn parent_limits(layout: Layout, parent: &str) -> Result<ParentLimits, CgroupError> {
+    let rel = Path::new(parent.trim_matches('/'));
+    let pids = controller_dir(layout, ControllerType::Pids, rel)?.join("pids.max");
+    let pids = match read_trimmed(&pids)?.as_str() {
+        "max" => None,
+        v => Some(parse_u64(&pids, v)?),
+    };
+    let mem = controller_dir(layout, ControllerType::Memory, rel)?;
+    let memory_bytes = match layout {
+        Layout::V2 => {
+            let f = mem.join("memory.max");
+            match read_trimmed(&f)?.as_str() {
+                "max" => None,
+                v => Some(parse_u64(&f, v)?),
+            }
+        }
+        Layout::V1 | Layout::Hybrid => {
+            let f = mem.join("memory.limit_in_bytes");
+            Some(parse_u64(&f, &read_trimmed(&f)?)?).filter(|b| *b < V1_UNLIMITED)
+        }
+    };
+    Ok(ParentLimits { pids, memory_bytes })
+}
+
+/// Tasks of every sandbox together: `pids.current` of `<parent>` (`None`: no such cgroup).
+pub fn parent_pids_current(layout: Layout, parent: &str) -> Result<Option<u64>, CgroupError> {
+    let rel = Path::new(parent.trim_matches('/'));
+    read_u64(&controller_dir(layout, ControllerType::Pids, rel)?.join("pids.current"))
+}
+
+/// `<parent>`'s directory in the hierarchy of `controller`, created where missing (v2: with
+/// the cpu, memory and pids controllers enabled on the way down).
+fn parent_dir(
+    layout: Layout,
+    controller: ControllerType,
+    parent: &str,
+) -> Result<PathBuf, CgroupError> {
+    let rel = Path::new(parent.trim_matches('/'));
+    let dir = controller_dir(layout, controller, rel)?;
+    if layout == Layout::V2 {
+        let mut cur = PathBuf::from(DEFAULT_CGROUP_ROOT);
+        for comp in rel.components() {
+            enable_v2_controllers(&cur);
+            cur.push(comp);
+            match fs::create_dir(&cur) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create", &cur)(e)),
+            }
+        }
+    } else {
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    }
+    Ok(dir)
+}
+
 /// Remove the (empty) `<parent>` directory from every hierarchy.
 pub fn remove_parent(layout: Layout, parent: &str) -> Result<(), CgroupError> {
     let mut first_err = None;
