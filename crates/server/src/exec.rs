@@ -16,7 +16,7 @@ use warren_engine::{Engine, EngineError, ExecOutput, ExecStream, ExitInfo};
 
 use crate::encode::ChunkEncoder;
 use crate::error::{ApiError, ApiJson, SandboxId};
-use crate::output::{result_body, Capture, Held, OutputBudget, Reservation};
+use crate::output::{Capture, OutputBudget, Reservation, ResultBody};
 
 /// Run a command in a sandbox.
 ///
@@ -60,9 +60,9 @@ pub(crate) async fn exec(
         return Ok(sse_response(output, encoding));
     }
     let cap = engine.config().max_exec_capture_bytes;
-    let (body, reservation) = collect(output, cap, encoding, &budget).await?;
-    // The budget stays taken until the body has been handed to the connection.
-    let mut response = Response::new(Held::body(Body::from(body), reservation));
+    // The body holds the output's budget until it has been sent.
+    let body = collect(output, cap, encoding, &budget).await?;
+    let mut response = Response::new(Body::new(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -92,13 +92,13 @@ fn exit_event(info: &ExitInfo) -> ExitEvent {
 }
 
 /// Run the command to its end, keeping its output within the per-stream cap and the
-/// server-wide budget. Returns the JSON body and the budget it holds.
+/// server-wide budget. Returns the JSON body, which holds that budget.
 async fn collect(
     mut output: ExecStream,
     cap: usize,
     encoding: warren_api::OutputEncoding,
     budget: &Arc<OutputBudget>,
-) -> Result<(String, Reservation), ApiError> {
+) -> Result<ResultBody, ApiError> {
     let mut reservation = Reservation::new(budget);
     let mut stdout = Capture::new(cap);
     let mut stderr = Capture::new(cap);
@@ -111,8 +111,13 @@ async fn collect(
             None => return Err(ended_without_exit()),
         }
     };
-    let body = result_body(&exit_event(&exit), stdout, stderr, encoding);
-    Ok((body, reservation))
+    Ok(ResultBody::new(
+        &exit_event(&exit),
+        stdout,
+        stderr,
+        encoding,
+        reservation,
+    ))
 }
 
 fn ended_without_exit() -> ApiError {

@@ -217,25 +217,61 @@ impl Capture {
         }
     }
 
-    /// Write the stream as a JSON string (quotes included), releasing blocks as they go.
-    fn write(self, encoding: OutputEncoding, out: &mut String) {
-        out.push('"');
-        match encoding {
-            OutputEncoding::Base64 => {
-                for block in self.blocks {
-                    // Every block but the last is a multiple of 3 bytes long.
-                    base64::engine::general_purpose::STANDARD.encode_string(&block, out);
-                }
-            }
-            OutputEncoding::Utf8 => {
-                let mut decoder = Utf8Decoder::default();
-                for block in self.blocks {
-                    escape_into(out, &decoder.push(&block).0);
-                }
-                escape_into(out, &decoder.finish().0);
-            }
+    /// The stream as the contents of a JSON string, encoded one block at a time as the
+    /// body is sent.
+    fn into_part(self, encoding: OutputEncoding) -> Part {
+        Part::Output {
+            encoding,
+            blocks: self.blocks.into_iter(),
+            decoder: Utf8Decoder::default(),
         }
-        out.push('"');
+    }
+}
+
+/// A piece of the result body.
+enum Part {
+    Fixed(Bytes),
+    Output {
+        encoding: OutputEncoding,
+        blocks: std::vec::IntoIter<Vec<u8>>,
+        decoder: Utf8Decoder,
+    },
+}
+
+impl Part {
+    /// The next chunk of this part, or `None` when it is done.
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        match self {
+            Part::Fixed(b) => (!b.is_empty()).then(|| std::mem::take(b)),
+            Part::Output {
+                encoding,
+                blocks,
+                decoder,
+            } => loop {
+                let mut out = String::new();
+                match (blocks.next(), *encoding) {
+                    // Every block but the last is a multiple of 3 bytes long: no padding
+                    // inside.
+                    (Some(block), OutputEncoding::Base64) => {
+                        base64::engine::general_purpose::STANDARD.encode_string(&block, &mut out)
+                    }
+                    (Some(block), OutputEncoding::Utf8) => {
+                        escape_into(&mut out, &decoder.push(&block).0)
+                    }
+                    (None, OutputEncoding::Utf8) => {
+                        escape_into(&mut out, &decoder.finish().0);
+                        if out.is_empty() {
+                            return None;
+                        }
+                        return Some(Bytes::from(out));
+                    }
+                    (None, OutputEncoding::Base64) => return None,
+                }
+                if !out.is_empty() {
+                    return Some(Bytes::from(out));
+                }
+            },
+        }
     }
 }
 
@@ -302,38 +338,93 @@ fn escape_into(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
-/// The JSON body of an `ExecResult` for a finished command, built from its captured output.
-pub fn result_body(
-    exit: &ExitEvent,
-    mut stdout: Capture,
-    mut stderr: Capture,
-    requested: OutputEncoding,
-) -> String {
-    let (out_enc, out_len) = stdout.plan(requested);
-    let (err_enc, err_len) = stderr.plan(requested);
-    let (out_total, err_total) = (stdout.total, stderr.total);
-    let (out_cut, err_cut) = (stdout.truncated_bytes(), stderr.truncated_bytes());
-    let mut body = String::with_capacity(out_len + err_len + 512);
-    body.push_str(&format!("{{\"exit_code\":{}", exit.exit_code));
-    if let Some(signal) = &exit.signal {
-        body.push_str(",\"signal\":\"");
-        escape_into(&mut body, signal);
-        body.push('"');
+/// The JSON body of an `ExecResult` for a finished command, sent as it is encoded from the
+/// kept output (never a second copy of the whole output), with an exact `Content-Length`.
+/// It holds `hold` (the output's budget) until it has been sent or dropped.
+pub struct ResultBody {
+    parts: std::collections::VecDeque<Part>,
+    remaining: u64,
+    _hold: Reservation,
+}
+
+impl ResultBody {
+    pub fn new(
+        exit: &ExitEvent,
+        mut stdout: Capture,
+        mut stderr: Capture,
+        requested: OutputEncoding,
+        hold: Reservation,
+    ) -> ResultBody {
+        let (out_enc, out_len) = stdout.plan(requested);
+        let (err_enc, err_len) = stderr.plan(requested);
+        let (out_cut, err_cut) = (stdout.truncated_bytes(), stderr.truncated_bytes());
+        let mut head = format!("{{\"exit_code\":{}", exit.exit_code);
+        if let Some(signal) = &exit.signal {
+            head.push_str(",\"signal\":\"");
+            escape_into(&mut head, signal);
+            head.push('"');
+        }
+        head.push_str(&format!(",\"timed_out\":{},\"stdout\":\"", exit.timed_out));
+        let middle = "\",\"stderr\":\"".to_string();
+        let tail = format!(
+            "\",\"stdout_encoding\":\"{}\",\"stderr_encoding\":\"{}\",\"stdout_bytes\":{},\
+             \"stderr_bytes\":{},\"stdout_truncated_bytes\":{out_cut},\
+             \"stderr_truncated_bytes\":{err_cut},\"truncated\":{},\"duration_ms\":{}}}",
+            encoding_name(out_enc),
+            encoding_name(err_enc),
+            stdout.total,
+            stderr.total,
+            out_cut > 0 || err_cut > 0,
+            exit.duration_ms,
+        );
+        let remaining = (head.len() + out_len + middle.len() + err_len + tail.len()) as u64;
+        let parts = [
+            Part::Fixed(Bytes::from(head)),
+            stdout.into_part(out_enc),
+            Part::Fixed(Bytes::from(middle)),
+            stderr.into_part(err_enc),
+            Part::Fixed(Bytes::from(tail)),
+        ]
+        .into_iter()
+        .collect();
+        ResultBody {
+            parts,
+            remaining,
+            _hold: hold,
+        }
     }
-    body.push_str(&format!(",\"timed_out\":{},\"stdout\":", exit.timed_out));
-    stdout.write(out_enc, &mut body);
-    body.push_str(",\"stderr\":");
-    stderr.write(err_enc, &mut body);
-    body.push_str(&format!(
-        ",\"stdout_encoding\":\"{}\",\"stderr_encoding\":\"{}\",\"stdout_bytes\":{out_total},\
-         \"stderr_bytes\":{err_total},\"stdout_truncated_bytes\":{out_cut},\
-         \"stderr_truncated_bytes\":{err_cut},\"truncated\":{},\"duration_ms\":{}}}",
-        encoding_name(out_enc),
-        encoding_name(err_enc),
-        out_cut > 0 || err_cut > 0,
-        exit.duration_ms,
-    ));
-    body
+}
+
+impl HttpBody for ResultBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        while let Some(part) = this.parts.front_mut() {
+            match part.next_chunk() {
+                Some(chunk) => {
+                    this.remaining = this.remaining.saturating_sub(chunk.len() as u64);
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                None => {
+                    this.parts.pop_front();
+                }
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
 }
 
 fn encoding_name(e: OutputEncoding) -> &'static str {
@@ -408,6 +499,17 @@ mod tests {
         (c, r)
     }
 
+    /// The whole body, checked against its declared length.
+    fn text_of(out: Capture, err: Capture, encoding: OutputEncoding, hold: Reservation) -> String {
+        let body = ResultBody::new(&exit(), out, err, encoding, hold);
+        let declared = body.size_hint().exact();
+        let bytes = futures::executor::block_on(http_body_util::BodyExt::collect(body))
+            .unwrap()
+            .to_bytes();
+        assert_eq!(declared, Some(bytes.len() as u64));
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
     fn parse(body: &str) -> ExecResult {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {}", &body[..200]))
     }
@@ -416,9 +518,13 @@ mod tests {
     fn body_is_the_json_of_an_exec_result() {
         let budget = OutputBudget::new(1 << 30);
         let text = "héllo \"quoted\" \\ tab\t nl\n bell\u{7} 🦀 \u{1f}".repeat(1000);
-        let (out, _r1) = capture(text.as_bytes(), 1 << 20, &budget);
+        let (out, r1) = capture(text.as_bytes(), 1 << 20, &budget);
         let (err, _r2) = capture(b"a\xffb", 1 << 20, &budget);
-        let res = parse(&result_body(&exit(), out, err, OutputEncoding::Utf8));
+        let body = text_of(out, err, OutputEncoding::Utf8, r1);
+        // Same text as serde_json would write.
+        let json = serde_json::to_string(&text).unwrap();
+        assert!(body.contains(&format!("\"stdout\":{json}")));
+        let res = parse(&body);
         assert_eq!(res.stdout, text);
         assert_eq!(res.stderr, "a\u{fffd}b");
         assert_eq!(res.stdout_encoding, OutputEncoding::Utf8);
@@ -429,20 +535,15 @@ mod tests {
         assert_eq!(res.signal.as_deref(), Some("SIGKILL"));
         assert!(res.timed_out);
         assert_eq!(res.duration_ms, 7);
-        // Same text as serde_json would write.
-        let (out, _r) = capture(text.as_bytes(), 1 << 20, &budget);
-        let mut mine = String::new();
-        out.write(OutputEncoding::Utf8, &mut mine);
-        assert_eq!(mine, serde_json::to_string(&text).unwrap());
     }
 
     #[test]
     fn control_heavy_text_becomes_base64() {
         let budget = OutputBudget::new(1 << 30);
         let nuls = vec![0u8; 3 << 20];
-        let (out, _r1) = capture(&nuls, 4 << 20, &budget);
+        let (out, r1) = capture(&nuls, 4 << 20, &budget);
         let (err, _r2) = capture(&[0u8; 1000], 4 << 20, &budget);
-        let body = result_body(&exit(), out, err, OutputEncoding::Utf8);
+        let body = text_of(out, err, OutputEncoding::Utf8, r1);
         // 4/3 of the output, not 6 times.
         assert!(body.len() < (4 << 20) + 10_000, "{}", body.len());
         let res = parse(&body);
@@ -460,13 +561,13 @@ mod tests {
         let (out, r) = capture(&data, 200_000, &budget);
         assert_eq!(budget.in_use(), 200_000);
         let (err, _r2) = capture(b"", 10, &budget);
-        let res = parse(&result_body(&exit(), out, err, OutputEncoding::Base64));
+        // The budget is held until the body is done.
+        let res = parse(&text_of(out, err, OutputEncoding::Base64, r));
+        assert_eq!(budget.in_use(), 0);
         assert_eq!(res.stdout_raw().unwrap(), data[..200_000]);
         assert_eq!(res.stdout_truncated_bytes, 300_000);
         assert_eq!(res.stdout_bytes, 500_000);
         assert!(res.truncated);
-        drop(r);
-        assert_eq!(budget.in_use(), 0);
     }
 
     #[test]
@@ -492,9 +593,9 @@ mod tests {
     #[test]
     fn truncation_drops_a_split_character() {
         let budget = OutputBudget::new(1 << 30);
-        let (out, _r) = capture("abéé".as_bytes(), 5, &budget);
+        let (out, r) = capture("abéé".as_bytes(), 5, &budget);
         let (err, _r2) = capture(b"", 5, &budget);
-        let res = parse(&result_body(&exit(), out, err, OutputEncoding::Utf8));
+        let res = parse(&text_of(out, err, OutputEncoding::Utf8, r));
         assert_eq!(res.stdout, "abé");
         // The half character counts as dropped: kept + dropped = written.
         assert_eq!(res.stdout_truncated_bytes, 2);
@@ -502,15 +603,15 @@ mod tests {
         // Split over two blocks.
         let mut data = vec![b'a'; BLOCK - 1];
         data.extend_from_slice("€x".as_bytes());
-        let (out, _r) = capture(&data, BLOCK + 1, &budget);
+        let (out, r) = capture(&data, BLOCK + 1, &budget);
         let (err, _r2) = capture(b"", 5, &budget);
-        let res = parse(&result_body(&exit(), out, err, OutputEncoding::Utf8));
+        let res = parse(&text_of(out, err, OutputEncoding::Utf8, r));
         assert_eq!(res.stdout, "a".repeat(BLOCK - 1));
         assert_eq!(res.stdout_truncated_bytes, 4);
         // Not truncated: an incomplete last character is U+FFFD as always.
-        let (out, _r) = capture(b"a\xc3", 100, &budget);
+        let (out, r) = capture(b"a\xc3", 100, &budget);
         let (err, _r2) = capture(b"", 5, &budget);
-        let res = parse(&result_body(&exit(), out, err, OutputEncoding::Utf8));
+        let res = parse(&text_of(out, err, OutputEncoding::Utf8, r));
         assert_eq!(res.stdout, "a\u{fffd}");
     }
 
