@@ -102,18 +102,63 @@ async fn half_written_headers_are_cut_off() {
 }
 
 #[tokio::test]
-async fn connections_over_the_cap_wait_for_a_free_one() {
+async fn at_the_cap_idle_connections_make_room() {
     let srv = TestServer::start_with(|c| {
         c.max_connections = 3;
         c.max_streams = 1;
         c.header_read_timeout = Duration::from_secs(3600);
     })
     .await;
-    let mut idle = Vec::new();
-    for _ in 0..3 {
-        idle.push(TcpStream::connect(srv.addr).await.unwrap());
+    // Three connections without a request: one sends nothing, two half a header.
+    let mut held = vec![TcpStream::connect(srv.addr).await.unwrap()];
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nx-slow: ")
+            .await
+            .unwrap();
+        held.push(s);
     }
-    // The fourth is held in the backlog: its request gets no answer while three are open.
+    // A well-behaved client is served (connections are accepted in order, so the three are
+    // there first): the oldest idle connection is closed for it.
+    let resp = request(srv.addr, "GET", "/healthz", None).await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    let mut buf = Vec::new();
+    tokio::time::timeout(EVENTUALLY, held[0].read_to_end(&mut buf))
+        .await
+        .expect("the oldest idle connection was not closed")
+        .unwrap();
+    assert!(buf.is_empty(), "{buf:?}");
+}
+
+#[tokio::test]
+async fn at_the_cap_busy_connections_make_newcomers_wait() {
+    let srv = TestServer::start_with(|c| {
+        c.max_connections = 3;
+        c.max_streams = 1;
+        c.header_read_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    let sb = srv
+        .engine
+        .engine
+        .create(CreateSandboxRequest::default())
+        .await
+        .unwrap();
+    // Three requests in progress (non-streamed execs that never end).
+    let mut busy = Vec::new();
+    let body = r#"{"cmd":["sleep"]}"#;
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        let req = format!(
+            "POST /v1/sandboxes/{}/exec HTTP/1.1\r\nhost: x\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            sb.id,
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        busy.push(s);
+    }
+    // The fourth waits: nothing is closed under a request in progress.
     let mut waiting = TcpStream::connect(srv.addr).await.unwrap();
     waiting
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
@@ -123,8 +168,8 @@ async fn connections_over_the_cap_wait_for_a_free_one() {
     let early =
         tokio::time::timeout(Duration::from_millis(500), waiting.read_to_end(&mut out)).await;
     assert!(early.is_err(), "answered over the cap: {out:?}");
-    // One closes: the waiting one is served.
-    drop(idle.pop());
+    // One ends: the waiting one is served.
+    drop(busy.pop());
     tokio::time::timeout(EVENTUALLY, waiting.read_to_end(&mut out))
         .await
         .expect("not served after a connection closed")
