@@ -256,12 +256,76 @@ pub struct ExecResult {
     /// True when the command was killed because `timeout_secs` ran out.
     #[serde(default)]
     pub timed_out: bool,
+    /// Standard output in `stdout_encoding`.
     pub stdout: String,
+    /// Standard error in `stderr_encoding`.
     pub stderr: String,
-    /// True when output beyond the server's capture limit was dropped (stream instead).
+    /// Encoding of `stdout`: the one requested, except that `utf8` output whose JSON text
+    /// would be over 1 MiB and larger than its base64 form (mostly control or invalid bytes)
+    /// is sent as `base64`.
+    #[serde(default)]
+    pub stdout_encoding: OutputEncoding,
+    /// Encoding of `stderr` (as `stdout_encoding`).
+    #[serde(default)]
+    pub stderr_encoding: OutputEncoding,
+    /// Bytes the command wrote to stdout: those kept in `stdout` plus
+    /// `stdout_truncated_bytes`.
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    #[serde(default)]
+    pub stderr_bytes: u64,
+    /// Bytes dropped from the end of stdout: beyond the server's per-stream cap
+    /// (`limits.max_exec_capture_bytes`), or beyond what was left of the server-wide budget
+    /// of non-streamed output (`limits.max_exec_output_bytes`). Stream to get everything.
+    #[serde(default)]
+    pub stdout_truncated_bytes: u64,
+    #[serde(default)]
+    pub stderr_truncated_bytes: u64,
+    /// True when any output was dropped (`stdout_truncated_bytes` or
+    /// `stderr_truncated_bytes` is not 0).
     #[serde(default)]
     pub truncated: bool,
     pub duration_ms: u64,
+}
+
+impl ExecResult {
+    /// The kept stdout bytes: `stdout` decoded from `stdout_encoding` (UTF-8 text as its
+    /// bytes). `None` if the server sent malformed base64.
+    pub fn stdout_raw(&self) -> Option<Vec<u8>> {
+        decode_output(&self.stdout, self.stdout_encoding)
+    }
+
+    /// The kept stderr bytes (see [`ExecResult::stdout_raw`]).
+    pub fn stderr_raw(&self) -> Option<Vec<u8>> {
+        decode_output(&self.stderr, self.stderr_encoding)
+    }
+
+    /// `stdout` as text: decoded from base64 if need be, invalid UTF-8 as U+FFFD.
+    pub fn stdout_text(&self) -> String {
+        output_text(&self.stdout, self.stdout_encoding)
+    }
+
+    /// `stderr` as text (see [`ExecResult::stdout_text`]).
+    pub fn stderr_text(&self) -> String {
+        output_text(&self.stderr, self.stderr_encoding)
+    }
+}
+
+fn decode_output(data: &str, encoding: OutputEncoding) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    match encoding {
+        OutputEncoding::Utf8 => Some(data.as_bytes().to_vec()),
+        OutputEncoding::Base64 => base64::engine::general_purpose::STANDARD.decode(data).ok(),
+    }
+}
+
+fn output_text(data: &str, encoding: OutputEncoding) -> String {
+    match encoding {
+        OutputEncoding::Utf8 => data.to_string(),
+        OutputEncoding::Base64 => decode_output(data, encoding)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default(),
+    }
 }
 
 /// Data of the `stdout` and `stderr` SSE events.
@@ -420,6 +484,20 @@ pub struct Limits {
     pub max_pids: u64,
     pub default_resources: Resources,
     pub max_request_bytes: u64,
+    /// Most output bytes a non-streaming exec result keeps per stream (stdout, stderr).
+    #[serde(default)]
+    pub max_exec_capture_bytes: u64,
+    /// Output bytes kept by all non-streaming execs in flight together; an exec that finds
+    /// this budget used up keeps less (see `ExecResult`).
+    #[serde(default)]
+    pub max_exec_output_bytes: u64,
+    /// HTTP connections served at once (more wait to be accepted).
+    #[serde(default)]
+    pub max_connections: u64,
+    /// Long-lived responses (SSE streams, WebSockets) at once; beyond it 429
+    /// `too_many_streams`.
+    #[serde(default)]
+    pub max_streams: u64,
     /// Largest sum of the memory limits of all sandboxes (pool sandboxes included) in MiB;
     /// a create beyond it is 429 `capacity_exhausted` (0 = unlimited). By default
     /// `memory_overcommit` × `memory_budget_mib`.

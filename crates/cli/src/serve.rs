@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::serve::ListenerExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use warren_engine::{Engine, EngineConfig};
@@ -145,6 +144,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .validate()
         .map_err(anyhow::Error::msg)
         .context("--userns-base / --userns-ranges")?;
+    if let Some(n) = settings.max_connections {
+        config.max_connections = n;
+        config.max_streams = n / 2;
+    }
+    if let Some(n) = settings.max_streams {
+        config.max_streams = n;
+    }
+    if config.max_streams == 0 || config.max_streams >= config.max_connections {
+        bail!(
+            "--max-streams ({}) must be at least 1 and below --max-connections ({}): the \
+             connections above it are kept for short requests",
+            config.max_streams,
+            config.max_connections
+        );
+    }
+    if let Some(s) = settings.header_read_timeout {
+        if s == 0 {
+            bail!("--header-read-timeout must be at least 1 second");
+        }
+        config.header_read_timeout = Duration::from_secs(s);
+    }
+    if let Some(b) = settings.max_exec_output {
+        config.max_exec_output_bytes = b;
+    }
     if config.default_timeout_secs == 0 || config.default_timeout_secs > config.max_timeout_secs {
         bail!(
             "--default-timeout ({}) must be between 1 and --max-timeout ({})",
@@ -185,13 +208,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    // Streams write small frames one after another: without TCP_NODELAY, Nagle holds each
-    // one back until the client's delayed ACK (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    });
     // Tests and scripts read this line to find the port when listening on :0.
     println!("warren listening on http://{addr}");
     info!(
@@ -201,22 +217,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         memory_budget_mib = engine.config().memory_budget_mib,
         pids_budget = engine.config().pids_budget,
         min_available_memory_mib = engine.config().min_available_memory_mib,
+        max_connections = engine.config().max_connections,
+        max_streams = engine.config().max_streams,
         "warren serving"
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = warren_server::router(engine.clone());
-    let server = tokio::spawn(async move {
-        // Connect info lets the proxy add X-Forwarded-For.
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    // The connection limits (header timeout, connection and stream caps) are the engine
+    // config's.
+    let server = tokio::spawn(warren_server::serve(listener, engine.clone(), async {
+        let _ = stop_rx.await;
+    }));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -100,6 +100,23 @@ pub struct ServeArgs {
     /// them.
     #[arg(long)]
     pub cleanup_on_exit: bool,
+    /// HTTP connections served at once; more wait in the listen backlog until one closes
+    /// [default: a quarter of the open-files limit, between 64 and 4096].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Long-lived responses (SSE streams, WebSockets) at once; beyond it they get 429
+    /// `too_many_streams`. Must be below --max-connections, which keeps the rest for short
+    /// requests [default: half of --max-connections].
+    #[arg(long, value_name = "N")]
+    pub max_streams: Option<usize>,
+    /// Seconds a client has to send a request's headers (also closes keep-alive
+    /// connections idle that long) [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub header_read_timeout: Option<u64>,
+    /// Output kept by all non-streaming execs in flight together, e.g. `256M`; an exec that
+    /// finds it used up returns its output truncated [default: 256M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_exec_output: Option<u64>,
 }
 
 /// `--user-namespaces` values.
@@ -152,6 +169,11 @@ pub struct ConfigFile {
     pub userns_base: Option<u32>,
     pub userns_ranges: Option<u32>,
     pub cleanup_on_exit: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub max_streams: Option<usize>,
+    pub header_read_timeout: Option<u64>,
+    /// A size like `256M`.
+    pub max_exec_output: Option<String>,
     #[serde(default)]
     pub pools: Vec<PoolEntry>,
 }
@@ -201,6 +223,10 @@ pub struct Settings {
     pub user_namespaces: UsernsSetting,
     pub userns_base: Option<u32>,
     pub userns_ranges: Option<u32>,
+    pub max_connections: Option<usize>,
+    pub max_streams: Option<usize>,
+    pub header_read_timeout: Option<u64>,
+    pub max_exec_output: Option<u64>,
     pub pools: Vec<(String, PoolSpec)>,
 }
 
@@ -226,6 +252,12 @@ impl ServeArgs {
             self.btrfs_loop_size.or(file_loop_size),
         )
         .map_err(anyhow::Error::msg)?;
+        let file_exec_output = file
+            .max_exec_output
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("max_exec_output: {e}"))?;
         let default_listen: SocketAddr = DEFAULT_LISTEN.parse()?;
         Ok(Settings {
             listen: self.listen.or(file.listen).unwrap_or(default_listen),
@@ -261,6 +293,10 @@ impl ServeArgs {
                 .unwrap_or_default(),
             userns_base: self.userns_base.or(file.userns_base),
             userns_ranges: self.userns_ranges.or(file.userns_ranges),
+            max_connections: self.max_connections.or(file.max_connections),
+            max_streams: self.max_streams.or(file.max_streams),
+            header_read_timeout: self.header_read_timeout.or(file.header_read_timeout),
+            max_exec_output: self.max_exec_output.or(file_exec_output),
             pools: file
                 .pools
                 .into_iter()
@@ -415,6 +451,10 @@ mod tests {
             min_available_memory_mib = 512
             storage = "btrfs"
             btrfs_loop_size = "2G"
+            max_connections = 300
+            max_streams = 100
+            header_read_timeout = 5
+            max_exec_output = "64M"
 
             [[pools]]
             name = "py"
@@ -432,8 +472,19 @@ mod tests {
             "#,
         )
         .unwrap();
-        let cli = Cli::parse_from(["serve", "--max-sandboxes", "3", "--log-level", "debug"]);
+        let cli = Cli::parse_from([
+            "serve",
+            "--max-sandboxes",
+            "3",
+            "--log-level",
+            "debug",
+            "--max-streams",
+            "50",
+        ]);
         let s = cli.serve.merge(file).unwrap();
+        assert_eq!((s.max_connections, s.max_streams), (Some(300), Some(50)));
+        assert_eq!(s.header_read_timeout, Some(5));
+        assert_eq!(s.max_exec_output, Some(64 << 20));
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.data_dir, Path::new("/srv/warren"));
         assert_eq!(s.max_sandboxes, Some(3));

@@ -152,3 +152,51 @@ fn error_paths() {
         let _ = json!({});
     });
 }
+
+/// Red-team #12: half-written requests are cut off after `--header-read-timeout`, and the
+/// daemon answers well-behaved clients meanwhile and afterwards.
+#[test]
+fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Daemon::start_with(&["--header-read-timeout", "1", "--max-connections", "100"]);
+    rt().block_on(async {
+        let addr = d.url.trim_start_matches("http://").to_string();
+        let mut slow = Vec::new();
+        for _ in 0..50 {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ")
+                .await
+                .unwrap();
+            slow.push(s);
+        }
+        let (s, _) = call(reqwest::Method::GET, format!("{}/healthz", d.url), None).await;
+        assert_eq!(s, 200);
+        let (s, v) = call(
+            reqwest::Method::GET,
+            format!("{}/v1/capabilities", d.url),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert_eq!(v["limits"]["max_connections"], 100);
+        assert_eq!(v["limits"]["max_streams"], 50);
+        for mut s in slow {
+            let mut buf = Vec::new();
+            // Closed by the server (a 408 or nothing); a hang fails here.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(60), s.read_to_end(&mut buf))
+                    .await
+                    .expect("a half-written request kept its connection");
+        }
+        let (s, _) = call(reqwest::Method::GET, format!("{}/healthz", d.url), None).await;
+        assert_eq!(s, 200);
+        // Beyond the last issued event: 400.
+        let (s, v) = call(
+            reqwest::Method::GET,
+            format!("{}/v1/events?after=18446744073709551615", d.url),
+            None,
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "invalid_request"), "{v}");
+    });
+}

@@ -48,6 +48,83 @@ fn exit_codes_signals_stdin_env_cwd_user() {
         r.cwd = Some("/does/not/exist".into());
         let err = c.exec(&sb.id, &r).await.unwrap_err();
         assert_eq!(api_code(&err), Some("invalid_cwd"), "{err:?}");
+        // A command too large for the agent: 413 at once, not a 500 from the agent.
+        let err = c
+            .exec(&sb.id, &req(&["echo", &"x".repeat(3_000_000)]))
+            .await
+            .unwrap_err();
+        assert_eq!(api_code(&err), Some("payload_too_large"), "{err:?}");
+        // The sandbox is fine afterwards.
+        assert_eq!(run(c, &sb.id, req(&["echo", "ok"])).await.stdout, "ok\n");
+        c.delete_sandbox(&sb.id).await.unwrap();
+    });
+}
+
+/// Peak resident memory of a process (kB), from /proc/<pid>/status.
+fn vm_hwm_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Red-team #11: concurrent non-streamed execs printing a lot (NUL bytes, the worst case for
+/// JSON) must not grow the daemon beyond its output budget; what is dropped is reported
+/// exactly.
+#[test]
+fn non_streamed_output_is_bounded_and_truncation_is_exact() {
+    const BUDGET_MIB: u64 = 64;
+    let d = Daemon::start_with(&["--max-exec-output", "64M"]);
+    rt().block_on(async {
+        let c = &d.client;
+        let sb = create(c).await;
+        // Warm up: the daemon's baseline includes one exec.
+        assert_eq!(run_sh(c, &sb.id, "echo warm").await.exit_code, 0);
+        let before = vm_hwm_kb(d.pid());
+        const OUT: u64 = 32 << 20;
+        const ERR: u64 = 8 << 20;
+        let script = format!("head -c {OUT} /dev/zero; head -c {ERR} /dev/zero >&2");
+        let request = sh(&script);
+        let runs = (0..8).map(|_| c.exec(&sb.id, &request));
+        let results = futures::future::join_all(runs).await;
+        let after = vm_hwm_kb(d.pid());
+        let mut kept_total = 0;
+        for r in results {
+            let r = r.unwrap();
+            assert_eq!(r.exit_code, 0);
+            assert_eq!((r.stdout_bytes, r.stderr_bytes), (OUT, ERR));
+            let out = r.stdout_raw().expect("stdout decodes");
+            let err = r.stderr_raw().expect("stderr decodes");
+            assert!(out.iter().chain(&err).all(|b| *b == 0));
+            // Exact accounting: kept + dropped = written.
+            assert_eq!(out.len() as u64 + r.stdout_truncated_bytes, OUT);
+            assert_eq!(err.len() as u64 + r.stderr_truncated_bytes, ERR);
+            // The per-stream cap (16 MiB by default) holds.
+            assert!(out.len() as u64 <= 16 << 20 && err.len() as u64 <= 16 << 20);
+            assert!(r.truncated);
+            // 32 MiB of NULs would be 192 MiB as JSON text: base64 instead.
+            if out.len() > 1 << 20 {
+                assert_eq!(r.stdout_encoding, OutputEncoding::Base64);
+            }
+            kept_total += out.len() + err.len();
+        }
+        assert!(kept_total > 0);
+        let grown_mib = after.saturating_sub(before) / 1024;
+        eprintln!(
+            "daemon VmHWM {} -> {} MiB (+{grown_mib} MiB) for 8 x {} MiB of output, {} MiB kept",
+            before / 1024,
+            after / 1024,
+            (OUT + ERR) >> 20,
+            kept_total >> 20
+        );
+        // The kept output (encoded as it is sent) and the buffers on the way: about the
+        // budget (without it, 8 such execs took the daemon from 180 MB to 1.5 GB).
+        assert!(
+            grown_mib < 2 * BUDGET_MIB + 64,
+            "daemon grew by {grown_mib} MiB with a {BUDGET_MIB} MiB output budget"
+        );
         c.delete_sandbox(&sb.id).await.unwrap();
     });
 }

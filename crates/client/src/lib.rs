@@ -231,8 +231,11 @@ impl Client {
     }
 
     /// `POST /v1/sandboxes/{id}/exec`: run a command to completion. Each of stdout/stderr is
-    /// capped by the server (`truncated`); use [`Client::exec_stream`] for large output.
-    /// With `encoding: base64`, decode the output with [`decode_base64`].
+    /// capped by the server, and all non-streamed execs share an output budget: what is
+    /// dropped is in `stdout_truncated_bytes` / `stderr_truncated_bytes` (`truncated`); use
+    /// [`Client::exec_stream`] for large output. Large output of mostly control bytes comes
+    /// as base64 even when text was asked for (`stdout_encoding`): read it with
+    /// [`ExecResult::stdout_raw`] / [`ExecResult::stdout_text`], which decode as needed.
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResult, Error> {
         self.call(Method::POST, &["v1", "sandboxes", id, "exec"], Some(req))
             .await

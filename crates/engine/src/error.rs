@@ -8,6 +8,10 @@ pub enum EngineError {
     SandboxNotFound(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// A request that is well-formed but too large to carry out (413), e.g. a command whose
+    /// argv and environment do not fit in one message to the sandbox's agent.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("image {0} not found")]
     ImageNotFound(String),
     /// The sandbox is in a state that does not allow the operation (409).
@@ -86,6 +90,7 @@ impl EngineError {
         match self {
             EngineError::SandboxNotFound(_) => "sandbox_not_found",
             EngineError::InvalidRequest(_) => "invalid_request",
+            EngineError::PayloadTooLarge(_) => "payload_too_large",
             EngineError::ImageNotFound(_) => "image_not_found",
             EngineError::InvalidState { .. } => "invalid_state",
             EngineError::InvalidTransition { .. } => "invalid_transition",
@@ -115,6 +120,7 @@ impl EngineError {
         match self {
             EngineError::SandboxNotFound(_) => 404,
             EngineError::InvalidRequest(_) => 400,
+            EngineError::PayloadTooLarge(_) => 413,
             EngineError::ImageNotFound(_) => 400,
             EngineError::InvalidState { .. }
             | EngineError::InvalidTransition { .. }

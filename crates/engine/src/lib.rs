@@ -66,6 +66,18 @@ pub struct EngineConfig {
     pub max_request_bytes: u64,
     /// Per-stream cap on output kept for a non-streaming exec response.
     pub max_exec_capture_bytes: usize,
+    /// Output kept for all non-streaming exec responses in flight together (bytes); an exec
+    /// that finds it used up keeps less (its result says how much was dropped).
+    pub max_exec_output_bytes: u64,
+    /// HTTP connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Long-lived responses (SSE streams, WebSockets, upgraded proxy connections) at once;
+    /// beyond it they get 429 `too_many_streams`. Kept below `max_connections` so that
+    /// short requests always have room.
+    pub max_streams: usize,
+    /// A client must send a request's headers within this long (also ends idle keep-alive
+    /// connections).
+    pub header_read_timeout: Duration,
     /// Deadline for the runtime to bring a sandbox up; past it the create fails and is
     /// cleaned up.
     pub create_deadline: Duration,
@@ -117,6 +129,7 @@ impl EngineConfig {
         // Host RAM less a tenth for the host itself and the daemon.
         let memory_budget_mib = host_mem_mib / 10 * 9;
         let pids_budget = host_pids_budget().unwrap_or(MAX_PIDS);
+        let max_connections = default_max_connections(open_files_limit());
         EngineConfig {
             data_dir,
             default_timeout_secs: 300,
@@ -132,6 +145,10 @@ impl EngineConfig {
             max_pids: MAX_PIDS.min(pids_budget),
             max_request_bytes: 16 * 1024 * 1024,
             max_exec_capture_bytes: 16 * 1024 * 1024,
+            max_exec_output_bytes: 256 * 1024 * 1024,
+            max_connections,
+            max_streams: max_connections / 2,
+            header_read_timeout: Duration::from_secs(10),
             create_deadline: Duration::from_secs(30),
             reap_interval: Duration::from_millis(500),
             default_process_log_bytes: 4 * 1024 * 1024,
@@ -180,6 +197,25 @@ pub fn host_pids_budget() -> Option<u64> {
 pub fn pids_budget_of(tasks: u64) -> u64 {
     let reserve = (tasks / 10).max(1024);
     tasks.saturating_sub(reserve).max(validate::MIN_PIDS)
+}
+
+/// The soft `RLIMIT_NOFILE` of this process, from `/proc/self/limits`.
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A quarter of the descriptors the daemon may open (each stream also holds a connection to
+/// the sandbox's agent, and sandboxes, the store and forwarded ports need theirs), between
+/// 64 and 4096.
+pub fn default_max_connections(open_files: Option<u64>) -> usize {
+    let quarter = open_files.unwrap_or(1024) / 4;
+    quarter.clamp(64, 4096) as usize
 }
 
 /// The engine handle; cheap to clone.
@@ -428,6 +464,10 @@ impl Engine {
                 max_pids: c.max_pids,
                 default_resources: c.default_resources.clone(),
                 max_request_bytes: c.max_request_bytes,
+                max_exec_capture_bytes: c.max_exec_capture_bytes as u64,
+                max_exec_output_bytes: c.max_exec_output_bytes,
+                max_connections: c.max_connections as u64,
+                max_streams: c.max_streams as u64,
                 max_committed_memory_mib: c.max_committed_memory_mib,
                 memory_overcommit: c.memory_overcommit,
                 memory_budget_mib: c.memory_budget_mib,
@@ -697,6 +737,16 @@ impl Engine {
         sandbox: Option<&str>,
         after: Option<u64>,
     ) -> Result<EventStream, EngineError> {
+        // Sequence numbers only grow (across restarts too): one that was never issued is a
+        // client's mistake, not a place to wait at.
+        if let Some(after) = after {
+            let last = self.inner.events.next_seq().saturating_sub(1);
+            if after > last {
+                return Err(EngineError::InvalidRequest(format!(
+                    "after={after} is beyond the last event issued (seq {last})"
+                )));
+            }
+        }
         // A sandbox that is gone gets its kept events, then the stream ends.
         let mut follow = true;
         if let Some(id) = sandbox {
@@ -1115,7 +1165,7 @@ impl Engine {
         .collect();
         env.extend(sandbox_env);
         env.extend(parts.env);
-        Ok(ExecSpec {
+        let spec = ExecSpec {
             argv: parts.cmd,
             env: env.into_iter().collect(),
             cwd,
@@ -1123,7 +1173,9 @@ impl Engine {
             gid: uid,
             timeout_ms,
             stdin: parts.stdin,
-        })
+        };
+        validate::command_size(&spec)?;
+        Ok(spec)
     }
 
     /// Map a runtime failure to start a command; a sandbox whose agent is gone is marked

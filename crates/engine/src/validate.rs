@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use warren_api::Resources;
+use warren_runtime::{ExecSpec, MAX_FRAME_LEN};
 
 use crate::{EngineConfig, EngineError};
 
@@ -86,6 +87,18 @@ pub fn env(what: &str, env: &BTreeMap<String, String>) -> Result<(), EngineError
             return Err(invalid(format!("{what}: invalid value for {k}")));
         }
     }
+    // A sandbox's env and a command's env each get half of what one command may carry to
+    // the agent, so that their sum with a short argv still fits (see `command_size`).
+    let mut w = CountingWriter(0);
+    serde_json::to_writer(&mut w, env)
+        .map_err(|e| invalid(format!("{what} cannot be encoded: {e}")))?;
+    if w.0 > MAX_COMMAND_BYTES / 2 {
+        return Err(EngineError::PayloadTooLarge(format!(
+            "{what} encodes to {} bytes; the maximum is {}",
+            w.0,
+            MAX_COMMAND_BYTES / 2
+        )));
+    }
     Ok(())
 }
 
@@ -122,6 +135,42 @@ pub fn cwd(cwd: &str) -> Result<(), EngineError> {
     if !cwd.starts_with('/') || has_nul(cwd) || cwd.len() > 4096 {
         return Err(invalid(format!(
             "cwd must be an absolute path, got {cwd:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Largest encoded command (argv, environment, cwd) sent to the agent. The rest of a
+/// message (a durable process's tag, terminal size, log size, the framing) fits easily in
+/// what [`MAX_FRAME_LEN`] leaves beyond it.
+pub const MAX_COMMAND_BYTES: usize = MAX_FRAME_LEN - 16 * 1024;
+
+/// Counts what is written to it.
+struct CountingWriter(usize);
+
+impl std::io::Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A command (after the sandbox's and the default environment are merged in) must fit in
+/// one message to the agent: at most [`MAX_COMMAND_BYTES`] as the agent protocol encodes it
+/// (JSON, so control characters count up to 6 bytes each). Beyond: 413
+/// `payload_too_large`. Linux itself refuses an argv and environment over `ARG_MAX`.
+pub fn command_size(spec: &ExecSpec) -> Result<(), EngineError> {
+    let mut w = CountingWriter(0);
+    serde_json::to_writer(&mut w, spec)
+        .map_err(|e| invalid(format!("command cannot be encoded: {e}")))?;
+    if w.0 > MAX_COMMAND_BYTES {
+        return Err(EngineError::PayloadTooLarge(format!(
+            "the command (argv, env and cwd, with the sandbox's env) encodes to {} bytes; \
+             the maximum is {MAX_COMMAND_BYTES}",
+            w.0
         )));
     }
     Ok(())
@@ -242,10 +291,29 @@ mod tests {
         assert!(env("env", &[("A=B".to_string(), "x".to_string())].into()).is_err());
         assert!(env("env", &[("".to_string(), "x".to_string())].into()).is_err());
         assert!(env("env", &[("A".to_string(), "x".to_string())].into()).is_ok());
+        let huge: BTreeMap<String, String> = (0..100)
+            .map(|i| (format!("K{i}"), "v".repeat(MAX_VALUE_LEN)))
+            .collect();
+        assert_eq!(env("env", &huge).unwrap_err().code(), "payload_too_large");
         assert!(metadata(&[("".to_string(), "x".to_string())].into()).is_err());
         assert!(timeout(0, &config()).is_err());
         assert!(timeout(u64::MAX, &config()).is_err());
         assert!(exec_timeout(0).is_err());
+        let spec = |argv: Vec<String>| ExecSpec {
+            argv,
+            env: vec![("A".into(), "\u{1}".repeat(100))],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            timeout_ms: None,
+            stdin: false,
+        };
+        assert!(command_size(&spec(vec!["x".repeat(100_000)])).is_ok());
+        let big = command_size(&spec(vec!["x".repeat(3_000_000)])).unwrap_err();
+        assert_eq!(big.code(), "payload_too_large");
+        assert_eq!(big.http_status(), 413);
+        // Escaping counts: 200k control characters are 1.2 MB once encoded.
+        assert!(command_size(&spec(vec!["\u{1}".repeat(200_000)])).is_err());
         for good in ["py", "node-20", "a_b", "0x"] {
             assert!(pool_name(good).is_ok(), "{good}");
         }

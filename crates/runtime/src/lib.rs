@@ -16,7 +16,7 @@ pub use warren_proto::client::FileChange;
 pub use warren_proto::{
     ExecSpec, FileEventKind, FileKind, FileOp, FileOpResult, FileStat, ProcessInfo, ProcessOp,
     ProcessSpec, ProcessState, ProtoError, PtySize, ReplaceSpec, ReplacedFile, SearchMatch,
-    SearchSpec,
+    SearchSpec, MAX_FRAME_LEN,
 };
 
 /// Resource limits applied to a sandbox's own cgroup.

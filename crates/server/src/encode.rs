@@ -93,66 +93,6 @@ impl ChunkEncoder {
     }
 }
 
-/// Collects one output stream of a non-streaming exec, up to a cap.
-#[derive(Debug)]
-pub struct Capture {
-    buf: Vec<u8>,
-    cap: usize,
-    truncated: bool,
-}
-
-impl Capture {
-    pub fn new(cap: usize) -> Self {
-        Capture {
-            buf: Vec::new(),
-            cap,
-            truncated: false,
-        }
-    }
-
-    pub fn push(&mut self, chunk: &[u8]) {
-        let room = self.cap.saturating_sub(self.buf.len());
-        if chunk.len() > room {
-            self.truncated = true;
-        }
-        self.buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
-    }
-
-    pub fn truncated(&self) -> bool {
-        self.truncated
-    }
-
-    /// The captured bytes in `encoding`. When the cap cut a UTF-8 character in half, the
-    /// partial character is dropped rather than turned into U+FFFD.
-    pub fn finish(self, encoding: OutputEncoding) -> String {
-        match encoding {
-            OutputEncoding::Base64 => base64::engine::general_purpose::STANDARD.encode(&self.buf),
-            OutputEncoding::Utf8 => {
-                let mut bytes: &[u8] = &self.buf;
-                if self.truncated {
-                    bytes = &bytes[..bytes.len() - incomplete_tail(bytes)];
-                }
-                String::from_utf8_lossy(bytes).into_owned()
-            }
-        }
-    }
-}
-
-/// Length of a trailing, valid-so-far but incomplete UTF-8 sequence (0..=3).
-fn incomplete_tail(bytes: &[u8]) -> usize {
-    let lowest = bytes.len().saturating_sub(3);
-    for i in (lowest..bytes.len()).rev() {
-        if bytes[i] & 0b1100_0000 == 0b1000_0000 {
-            continue; // continuation byte: the sequence starts further left
-        }
-        return match std::str::from_utf8(&bytes[i..]) {
-            Err(e) if e.valid_up_to() == 0 && e.error_len().is_none() => bytes.len() - i,
-            _ => 0,
-        };
-    }
-    0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,28 +133,5 @@ mod tests {
         let (s, _) = d.push(input);
         let (t, _) = d.finish();
         assert_eq!(s + &t, String::from_utf8_lossy(input));
-    }
-
-    #[test]
-    fn capture_truncates_on_char_boundary() {
-        let mut c = Capture::new(4);
-        c.push("ab".as_bytes());
-        c.push("éé".as_bytes());
-        assert!(c.truncated());
-        assert_eq!(c.finish(OutputEncoding::Utf8), "abé");
-
-        let mut c = Capture::new(5);
-        c.push("abé".as_bytes());
-        c.push(b"zz");
-        assert!(c.truncated());
-        assert_eq!(c.finish(OutputEncoding::Base64), "YWLDqXo=");
-    }
-
-    #[test]
-    fn capture_untruncated_keeps_invalid_tail() {
-        let mut c = Capture::new(100);
-        c.push(b"a\xc3");
-        assert!(!c.truncated());
-        assert_eq!(c.finish(OutputEncoding::Utf8), "a\u{fffd}");
     }
 }

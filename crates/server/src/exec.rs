@@ -1,24 +1,31 @@
 //! `POST /v1/sandboxes/{id}/exec`: collected JSON or a live SSE stream.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::Extension;
 use futures::{stream, Stream, StreamExt};
 use serde::Serialize;
 use warren_api::{signal_name, ErrorBody, ExecRequest, ExecResult, ExitEvent, OutputChunk};
 use warren_engine::{Engine, EngineError, ExecOutput, ExecStream, ExitInfo};
 
-use crate::encode::{Capture, ChunkEncoder};
+use crate::encode::ChunkEncoder;
 use crate::error::{ApiError, ApiJson, SandboxId};
+use crate::output::{Capture, OutputBudget, Reservation, ResultBody};
 
 /// Run a command in a sandbox.
 ///
-/// Without streaming the response is the finished command's [`ExecResult`]; each of stdout
-/// and stderr is capped (see `truncated`). With `Accept: text/event-stream` the response is
+/// Without streaming the response is the finished command's [`ExecResult`]. Each of stdout
+/// and stderr keeps at most `limits.max_exec_capture_bytes`, and all non-streamed execs in
+/// flight together keep at most `limits.max_exec_output_bytes`; what is dropped is counted
+/// in `stdout_truncated_bytes` / `stderr_truncated_bytes`. Text output that would escape to
+/// a JSON string over 1 MiB and larger than its base64 is sent as base64
+/// (`stdout_encoding`). With `Accept: text/event-stream` the response is
 /// a Server-Sent Events stream of `stdout` and `stderr` events (data: `OutputChunk` JSON, in
 /// the requested encoding, UTF-8 characters never split) ending with one `exit` event (data:
 /// `ExitEvent` JSON). Each event's `id` is the number of output bytes (stdout and stderr
@@ -41,6 +48,7 @@ use crate::error::{ApiError, ApiJson, SandboxId};
     ))]
 pub(crate) async fn exec(
     State(engine): State<Engine>,
+    Extension(budget): Extension<Arc<OutputBudget>>,
     SandboxId(id): SandboxId,
     headers: HeaderMap,
     ApiJson(req): ApiJson<ExecRequest>,
@@ -52,11 +60,17 @@ pub(crate) async fn exec(
         return Ok(sse_response(output, encoding));
     }
     let cap = engine.config().max_exec_capture_bytes;
-    let result = collect(output, cap, encoding).await?;
-    Ok((StatusCode::OK, Json(result)).into_response())
+    // The body holds the output's budget until it has been sent.
+    let body = collect(output, cap, encoding, &budget).await?;
+    let mut response = Response::new(Body::new(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
-fn wants_event_stream(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_event_stream(headers: &HeaderMap) -> bool {
     headers.get_all(header::ACCEPT).iter().any(|value| {
         value.to_str().is_ok_and(|v| {
             v.split(',').any(|item| {
@@ -77,33 +91,33 @@ fn exit_event(info: &ExitInfo) -> ExitEvent {
     }
 }
 
+/// Run the command to its end, keeping its output within the per-stream cap and the
+/// server-wide budget. Returns the JSON body, which holds that budget.
 async fn collect(
     mut output: ExecStream,
     cap: usize,
     encoding: warren_api::OutputEncoding,
-) -> Result<ExecResult, ApiError> {
+    budget: &Arc<OutputBudget>,
+) -> Result<ResultBody, ApiError> {
+    let mut reservation = Reservation::new(budget);
     let mut stdout = Capture::new(cap);
     let mut stderr = Capture::new(cap);
     let exit = loop {
         match output.next().await {
-            Some(Ok(ExecOutput::Stdout(bytes))) => stdout.push(&bytes),
-            Some(Ok(ExecOutput::Stderr(bytes))) => stderr.push(&bytes),
+            Some(Ok(ExecOutput::Stdout(bytes))) => stdout.push(&bytes, &mut reservation),
+            Some(Ok(ExecOutput::Stderr(bytes))) => stderr.push(&bytes, &mut reservation),
             Some(Ok(ExecOutput::Exit(info))) => break info,
             Some(Err(err)) => return Err(EngineError::Runtime(err).into()),
             None => return Err(ended_without_exit()),
         }
     };
-    let truncated = stdout.truncated() || stderr.truncated();
-    let exit = exit_event(&exit);
-    Ok(ExecResult {
-        exit_code: exit.exit_code,
-        signal: exit.signal,
-        timed_out: exit.timed_out,
-        stdout: stdout.finish(encoding),
-        stderr: stderr.finish(encoding),
-        truncated,
-        duration_ms: exit.duration_ms,
-    })
+    Ok(ResultBody::new(
+        &exit_event(&exit),
+        stdout,
+        stderr,
+        encoding,
+        reservation,
+    ))
 }
 
 fn ended_without_exit() -> ApiError {

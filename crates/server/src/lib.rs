@@ -3,7 +3,8 @@
 //! [`router`] turns an [`Engine`] into an axum [`Router`] serving the `/v1` API; [`openapi`]
 //! is the OpenAPI document generated from the same handlers and the `warren_api` types.
 //! Every error leaves as `{"error":{"code":"...","message":"..."}}` ([`warren_api::ErrorBody`]).
-//! Binding a listener and graceful shutdown are the caller's job.
+//! [`serve`] serves it on a bound listener with the connection limits of the engine's config,
+//! until a shutdown future completes.
 
 mod encode;
 mod error;
@@ -11,10 +12,13 @@ mod events;
 mod exec;
 mod files;
 mod lifecycle;
+mod listen;
+mod output;
 mod pools;
 mod ports;
 mod processes;
 mod search;
+mod streams;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -26,6 +30,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tower_http::trace::TraceLayer;
+use utoipa::openapi::path::Operation;
 use utoipa::OpenApi;
 use warren_api::{
     Capabilities, CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest, ExecResult, ExecUser,
@@ -36,10 +41,13 @@ use warren_engine::Engine;
 
 pub use error::ApiError;
 use error::{ApiJson, SandboxId};
+pub use listen::serve;
 
 /// The full HTTP API over `engine`.
 pub fn router(engine: Engine) -> Router {
     let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
+    let output_budget = output::OutputBudget::new(engine.config().max_exec_output_bytes);
+    let streams = streams::StreamLimit::new(engine.config().max_streams);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/capabilities", get(capabilities))
@@ -74,6 +82,11 @@ pub fn router(engine: Engine) -> Router {
         .merge(events::routes())
         .merge(ports::routes())
         .merge(search::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            streams,
+            streams::limit_streams,
+        ))
+        .layer(axum::Extension(output_budget))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -91,7 +104,79 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(<events::EventsDoc as OpenApi>::openapi());
     doc.merge(<pools::PoolsDoc as OpenApi>::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    proxy_without_path(&mut doc);
+    unique_operation_ids(&mut doc);
+    doc.servers = Some(vec![utoipa::openapi::ServerBuilder::new()
+        .url("http://127.0.0.1:7400")
+        .description(Some(
+            "The default address of `warren serve` (`--listen` changes it)",
+        ))
+        .build()]);
     doc
+}
+
+/// The operations of a path item with their method names.
+fn operations_mut(item: &mut utoipa::openapi::PathItem) -> Vec<(&'static str, &mut Operation)> {
+    [
+        ("get", &mut item.get),
+        ("put", &mut item.put),
+        ("post", &mut item.post),
+        ("delete", &mut item.delete),
+        ("options", &mut item.options),
+        ("head", &mut item.head),
+        ("patch", &mut item.patch),
+        ("trace", &mut item.trace),
+    ]
+    .into_iter()
+    .filter_map(|(method, op)| op.as_mut().map(|op| (method, op)))
+    .collect()
+}
+
+/// `/proxy/{port}` without a trailing path is a route too (the path `/` in the sandbox):
+/// the same operations as `/proxy/{port}/{path}`, without the `path` parameter.
+fn proxy_without_path(doc: &mut utoipa::openapi::OpenApi) {
+    let Some(mut item) = doc
+        .paths
+        .paths
+        .get("/v1/sandboxes/{id}/proxy/{port}/{path}")
+        .cloned()
+    else {
+        return;
+    };
+    for (_, op) in operations_mut(&mut item) {
+        if let Some(params) = &mut op.parameters {
+            params.retain(|p| p.name != "path");
+        }
+        if let Some(id) = &mut op.operation_id {
+            id.push_str("_root");
+        }
+    }
+    doc.paths
+        .paths
+        .insert("/v1/sandboxes/{id}/proxy/{port}".to_string(), item);
+}
+
+/// An operation id used by several operations (one handler serving several methods) gets
+/// its method appended, so that every operation id is unique as OpenAPI requires.
+fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
+    let mut uses: BTreeMap<String, usize> = BTreeMap::new();
+    for item in doc.paths.paths.values_mut() {
+        for (_, op) in operations_mut(item) {
+            if let Some(id) = &op.operation_id {
+                *uses.entry(id.clone()).or_default() += 1;
+            }
+        }
+    }
+    for item in doc.paths.paths.values_mut() {
+        for (method, op) in operations_mut(item) {
+            if let Some(id) = &mut op.operation_id {
+                if uses.get(id.as_str()).is_some_and(|n| *n > 1) {
+                    id.push('_');
+                    id.push_str(method);
+                }
+            }
+        }
+    }
 }
 
 #[derive(OpenApi)]

@@ -99,7 +99,7 @@ pub(crate) async fn port_address(
     path = "/v1/sandboxes/{id}/proxy/{port}/{path}", tag = "ports",
     params(("id" = String, Path, description = "Sandbox id"),
            ("port" = u16, Path, description = "Port inside the sandbox, 1-65535"),
-           ("path" = String, Path, description = "Path inside the sandbox (may be empty: `/proxy/{port}` is `/`)")),
+           ("path" = String, Path, description = "Path inside the sandbox, without its leading `/` (`/proxy/{port}` alone is `/`)")),
     responses(
         (status = 200, description = "Whatever the service in the sandbox answers (any status, headers and body)"),
         (status = 400, description = "`invalid_request`: bad port", body = ErrorBody),
@@ -207,7 +207,13 @@ pub(crate) async fn proxy(
                 h.append(name.clone(), value.clone());
             }
         }
+        // An upgraded connection is a stream: it keeps its place until it closes.
+        let permit = parts
+            .extensions
+            .get::<crate::streams::StreamPermit>()
+            .cloned();
         tokio::spawn(async move {
+            let _permit = permit;
             let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok(both) => both,
                 Err(e) => {

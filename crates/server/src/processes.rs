@@ -597,6 +597,7 @@ pub(crate) async fn pty(
     State(engine): State<Engine>,
     p: ProcPath,
     ApiQuery(q): ApiQuery<PtyQuery>,
+    permit: Option<axum::Extension<crate::streams::StreamPermit>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(|e| {
@@ -607,7 +608,11 @@ pub(crate) async fn pty(
         None => engine.get_process(&p.id, &p.pid).await?.output_start,
     };
     let attach = engine.attach(&p.id, &p.pid, offset, true).await?;
-    Ok(ws.on_upgrade(move |socket| terminal(engine, p, offset, attach, socket)))
+    Ok(ws.on_upgrade(move |socket| async move {
+        // Counted as an open stream for as long as the session lasts.
+        let _permit = permit;
+        terminal(engine, p, offset, attach, socket).await
+    }))
 }
 
 fn text(msg: &PtyMessage) -> Message {

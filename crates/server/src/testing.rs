@@ -74,14 +74,20 @@ pub struct TestServer {
 impl TestServer {
     /// Panics on setup failure (test code only).
     pub async fn start() -> TestServer {
-        let engine = TestEngine::new().await;
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`TestServer::start`] with an adjusted [`test_config`]. Served by [`crate::serve`],
+    /// with its connection limits.
+    pub async fn start_with(adjust: impl FnOnce(&mut EngineConfig)) -> TestServer {
+        let engine = TestEngine::with_config(adjust).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let app = crate::router(engine.engine.clone());
+        let served = engine.engine.clone();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = crate::serve(listener, served, std::future::pending()).await;
         });
         TestServer {
             addr,

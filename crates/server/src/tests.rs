@@ -211,6 +211,60 @@ fn committed_openapi_document_is_current() {
     );
 }
 
+#[test]
+fn openapi_operation_ids_are_unique() {
+    let doc = serde_json::to_value(crate::openapi()).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(id) = op.get("operationId") else {
+                continue; // path-level fields
+            };
+            let id = id.as_str().unwrap().to_string();
+            if let Some(other) = seen.insert(id.clone(), format!("{method} {path}")) {
+                panic!("operationId {id} of {method} {path} is also {other}'s");
+            }
+        }
+    }
+    // The proxy without a trailing path is documented too, without a `path` parameter.
+    let root = &doc["paths"]["/v1/sandboxes/{id}/proxy/{port}"];
+    for method in ["get", "post", "put", "patch", "delete", "head", "options"] {
+        let params = root[method]["parameters"].as_array().unwrap();
+        assert!(params.iter().all(|p| p["name"] != "path"), "{method}");
+        assert_eq!(params.len(), 2, "{method}");
+    }
+    assert!(doc["servers"][0]["url"].is_string());
+}
+
+/// A real OpenAPI validator (Python's `openapi-spec-validator`, which `.ci/run` installs)
+/// accepts the document.
+#[test]
+fn openapi_document_passes_a_validator() {
+    const INSTALL: &str = "install it with `python3 -m pip install openapi-spec-validator` \
+        (.ci/run does)";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openapi.json");
+    std::fs::write(&path, serde_json::to_vec(&crate::openapi()).unwrap()).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e}); {INSTALL}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("No module named"),
+        "the OpenAPI validator is missing: {INSTALL}\n{text}"
+    );
+    assert!(
+        out.status.success() && text.contains("OK"),
+        "openapi-spec-validator rejects the document:\n{text}"
+    );
+}
+
 #[tokio::test]
 async fn sandbox_lifecycle() {
     let a = app().await;
@@ -533,6 +587,11 @@ async fn exec_collects_output() {
     let r: ExecResult = serde_json::from_value(v).unwrap();
     assert!(r.truncated);
     assert_eq!(r.stdout.len(), 1024);
+    assert_eq!(
+        (r.stdout_bytes, r.stdout_truncated_bytes),
+        (5000, 5000 - 1024)
+    );
+    assert_eq!((r.stderr_bytes, r.stderr_truncated_bytes), (0, 0));
 
     let (_, v) = a.exec(&sb.id, json!({"cmd": ["killed"]})).await;
     let r: ExecResult = serde_json::from_value(v).unwrap();
@@ -1186,6 +1245,7 @@ async fn upload_disconnect_over_tcp_writes_nothing() {
 
 mod archive;
 mod lifecycle;
+mod limits;
 mod pools;
 mod processes;
 mod search;

@@ -1,0 +1,91 @@
+//! A cap on long-lived responses: SSE streams, WebSockets and upgraded proxy connections.
+//!
+//! Each holds a connection (and, for most, a connection to a sandbox's agent) for as long
+//! as the client likes. They are counted apart from the connection cap and kept below it,
+//! so that a client holding many streams cannot starve short requests (`/healthz`, a
+//! delete): the stream beyond `max_streams` gets 429 `too_many_streams` at once, before its
+//! handler runs (an exec over the cap never starts).
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+use crate::exec::wants_event_stream;
+use crate::output::Held;
+
+/// Shared count of open streams.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamLimit {
+    sem: Arc<Semaphore>,
+    max: usize,
+}
+
+impl StreamLimit {
+    pub(crate) fn new(max: usize) -> StreamLimit {
+        StreamLimit {
+            sem: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+/// One open stream's place. The middleware keeps a clone in the response body; a handler
+/// that upgrades the connection moves the one in the request's extensions into the task
+/// that serves the upgraded connection.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamPermit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+/// GET routes whose answer is always a stream.
+const STREAM_ROUTES: [&str; 5] = [
+    "/v1/events",
+    "/v1/sandboxes/{id}/events",
+    "/v1/sandboxes/{id}/files/watch",
+    "/v1/sandboxes/{id}/processes/{pid}/output",
+    "/v1/sandboxes/{id}/processes/{pid}/pty",
+];
+
+fn is_stream(req: &Request) -> bool {
+    // A WebSocket, or any upgrade through the proxy.
+    if req.headers().contains_key(header::UPGRADE) {
+        return true;
+    }
+    let Some(path) = req.extensions().get::<MatchedPath>() else {
+        return false;
+    };
+    match path.as_str() {
+        "/v1/sandboxes/{id}/exec" => wants_event_stream(req.headers()),
+        p => req.method() == Method::GET && STREAM_ROUTES.contains(&p),
+    }
+}
+
+/// Route middleware: counts streams, refuses those over the cap.
+pub(crate) async fn limit_streams(
+    State(limit): State<StreamLimit>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if !is_stream(&req) {
+        return next.run(req).await;
+    }
+    let Ok(permit) = limit.sem.clone().try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!(
+                "the server already serves {} streams (SSE, WebSocket), its maximum; close one \
+                 or use the non-streaming form",
+                limit.max
+            ),
+        )
+        .into_response();
+    };
+    let permit = StreamPermit(Arc::new(permit));
+    req.extensions_mut().insert(permit.clone());
+    let (parts, body) = next.run(req).await.into_parts();
+    Response::from_parts(parts, Held::body(body, permit))
+}
