@@ -53,7 +53,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             libc::SYS_close_range,
             3u32,
             u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC as u32,
+            libc::CLOSE_RANGE_CLOEXEC,
         )
     };
     let settings = args.settings()?;
@@ -133,7 +133,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.config_pools = settings.pools.clone();
     if let Some(b) = settings.userns_base {
-        config.id_ranges.base = b;
+        config.id_ranges.base = Some(b);
     }
     if let Some(n) = settings.userns_ranges {
         config.id_ranges.count = n;

@@ -89,10 +89,12 @@ pub struct ServeArgs {
     pub user_namespaces: Option<UsernsKind>,
     /// First host uid/gid of the sandboxes' id ranges (65,536 ids each; a multiple of
     /// 65536). Ranges that overlap an account of /etc/passwd, /etc/group, /etc/subuid or
-    /// /etc/subgid are skipped [default: 1073741824 (2^30)].
+    /// /etc/subgid are skipped. Daemons on one host claim their windows in
+    /// /run/warren/userns, so they never share ids [default: the first free window from
+    /// 1073741824 (2^30)].
     #[arg(long, value_name = "UID")]
     pub userns_base: Option<u32>,
-    /// How many id ranges there are: at most this many sandboxes at once [default: 16384].
+    /// How many id ranges there are: at most this many sandboxes at once [default: 4096].
     #[arg(long, value_name = "N")]
     pub userns_ranges: Option<u32>,
     /// On SIGTERM/SIGINT delete every sandbox (and remove the parent cgroups and the loop

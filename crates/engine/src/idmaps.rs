@@ -1,88 +1,256 @@
 //! User-namespace id ranges: each sandbox's uid/gid `0..65536` are host ids
 //! `base + k·65536 ..`, a range (slot `k`) no other live sandbox and no host account uses.
 //!
-//! The range is part of the sandbox's record (`host_id`), so it survives a restart: the
-//! slots in use are exactly the ones the records in memory hold (a sandbox keeps its range
-//! from create to the removal of its record, through stop/start, rollback and adoption).
-//! Slots that overlap an id of the host's accounts (`/etc/passwd`, `/etc/group`) or a
-//! subordinate range (`/etc/subuid`, `/etc/subgid`) are never handed out. Allocation is
-//! next-fit from the last slot given, so a freed range is not reused at once.
+//! - A daemon uses a window of `count` ranges from `base`, claimed host-wide in a registry
+//!   (`/run/warren/userns/<base>-<count>`, held with `flock` for the daemon's lifetime), so
+//!   two daemons on one host never hand out the same ids: without `--userns-base` a daemon
+//!   takes the first free window (preferring the one it used before, kept in its store); a
+//!   window whose daemon is gone counts as free only when no process runs in it any more
+//!   (a crashed daemon's sandboxes keep theirs).
+//! - The range is part of the sandbox's record (`host_id`), so it survives a restart: the
+//!   slots in use are exactly the ones the records in memory hold (a sandbox keeps its range
+//!   from create to the removal of its record, through stop/start, rollback and adoption).
+//! - Slots that overlap an id of the host's accounts (`/etc/passwd`, `/etc/group`) or a
+//!   subordinate range (`/etc/subuid`, `/etc/subgid`) are never handed out. Allocation is
+//!   next-fit from the last slot given, so a freed range is not reused at once.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::Path;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use warren_runtime::IdMap;
 
 use crate::{Engine, EngineError, Entry};
 
+/// Where windows are searched from when no base is given: 2^30 (ids below 2^31 first, which
+/// some tools read as signed; then above).
+pub const AUTO_BASE: u32 = 1 << 30;
+
+/// The host-wide registry of claimed windows.
+pub const REGISTRY: &str = "/run/warren/userns";
+
 /// Where user-namespace ranges come from (`warren serve --userns-base`, `--userns-ranges`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdRangeConfig {
-    /// First host id of slot 0; a non-zero multiple of 65536.
-    pub base: u32,
+    /// First host id of slot 0 (a non-zero multiple of 65536); `None`: the first free
+    /// window from [`AUTO_BASE`] (see the module docs).
+    pub base: Option<u32>,
     /// Number of slots (sandboxes with a user namespace at once).
     pub count: u32,
     /// Host id ranges `(first, count)` no slot may overlap (host accounts); see
     /// [`host_accounts`].
     pub exclude: Vec<(u32, u32)>,
+    /// The host-wide registry of windows ([`REGISTRY`]).
+    pub registry: PathBuf,
 }
 
 impl Default for IdRangeConfig {
-    /// 16,384 ranges from 2^30 (ids below 2^31, which some tools read as signed).
+    /// 4,096 ranges (sandboxes at once) in the first free window from 2^30.
     fn default() -> IdRangeConfig {
         IdRangeConfig {
-            base: 1 << 30,
-            count: 16_384,
+            base: None,
+            count: 4096,
             exclude: Vec::new(),
+            registry: PathBuf::from(REGISTRY),
         }
     }
+}
+
+/// Whether `count` ranges from `base` are a usable window: a non-zero multiple of 65536
+/// that ends below 2^32 - 1 (the invalid uid).
+pub fn check_window(base: u32, count: u32) -> Result<(), String> {
+    if base == 0 || !base.is_multiple_of(IdMap::SIZE) {
+        return Err(format!(
+            "userns base must be a non-zero multiple of {}, got {base}",
+            IdMap::SIZE
+        ));
+    }
+    if count == 0 || window_end(base, count) > u64::from(u32::MAX) {
+        return Err(format!(
+            "{count} ranges of {} ids from {base} do not fit below 2^32 - 1",
+            IdMap::SIZE
+        ));
+    }
+    Ok(())
+}
+
+fn window_end(base: u32, count: u32) -> u64 {
+    u64::from(base) + u64::from(count) * u64::from(IdMap::SIZE)
 }
 
 impl IdRangeConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.base == 0 || self.base % IdMap::SIZE != 0 {
-            return Err(format!(
-                "userns base must be a non-zero multiple of {}, got {}",
-                IdMap::SIZE,
-                self.base
-            ));
-        }
-        let end = u64::from(self.base) + u64::from(self.count) * u64::from(IdMap::SIZE);
-        if self.count == 0 || end > u64::from(u32::MAX) {
-            return Err(format!(
-                "{} ranges of {} ids from {} do not fit below 2^32 - 1",
-                self.count,
-                IdMap::SIZE,
-                self.base
-            ));
-        }
-        Ok(())
-    }
-
-    fn host_id(&self, slot: u32) -> u32 {
-        self.base + slot * IdMap::SIZE
+        check_window(self.base.unwrap_or(AUTO_BASE), self.count)
     }
 }
 
-/// The allocator's state: the configuration, slots that are never used, and where the next
-/// search starts.
+/// A window of the registry this daemon holds (released when dropped).
+#[derive(Debug)]
+pub struct Claim {
+    pub base: u32,
+    pub count: u32,
+    _lock: File,
+}
+
+/// Host uids of every process on the host (real, effective, saved, fs).
+fn running_uids() -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        if let Ok(status) = fs::read_to_string(e.path().join("status")) {
+            if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
+                out.extend(
+                    line.split_whitespace()
+                        .skip(1)
+                        .filter_map(|u| u.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Claim a window of `count` ranges in the registry at `dir`: `base` if given (an error if
+/// a live claim overlaps it), else `preferred` (the window of the last run) if free, else
+/// the first free window from [`AUTO_BASE`]. `owner` (the data dir) is written into the
+/// claim for operators.
+pub fn claim_window(
+    dir: &Path,
+    base: Option<u32>,
+    preferred: Option<u32>,
+    count: u32,
+    owner: &Path,
+) -> Result<Claim, String> {
+    let io = |what: String| move |e: std::io::Error| format!("{what}: {e}");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(format!("creating {}", dir.display())))?;
+    // One daemon at a time looks and claims.
+    let registry_lock = File::create(dir.join(".lock")).map_err(io("registry lock".into()))?;
+    registry_lock
+        .lock()
+        .map_err(io("locking the registry".into()))?;
+
+    let mut live: Vec<(u32, u32, String)> = Vec::new();
+    let mut uids: Option<Vec<u32>> = None;
+    for e in fs::read_dir(dir)
+        .map_err(io(format!("reading {}", dir.display())))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some((b, c)) = name
+            .split_once('-')
+            .and_then(|(b, c)| Some((b.parse::<u32>().ok()?, c.parse::<u32>().ok()?)))
+        else {
+            continue;
+        };
+        let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(e.path()) else {
+            continue;
+        };
+        let held = f.try_lock().is_err();
+        let who = fs::read_to_string(e.path())
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        // A claim whose daemon is gone is still live while a process runs in it (a crashed
+        // daemon's sandboxes outlive it).
+        let used = held
+            || uids
+                .get_or_insert_with(running_uids)
+                .iter()
+                .any(|u| u64::from(*u) >= u64::from(b) && u64::from(*u) < window_end(b, c));
+        if used {
+            live.push((b, c, who));
+        } else {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    let overlaps = |b: u32| {
+        live.iter().find(|(lb, lc, _)| {
+            u64::from(b) < window_end(*lb, *lc) && u64::from(*lb) < window_end(b, count)
+        })
+    };
+    let chosen = match base {
+        Some(b) => {
+            check_window(b, count)?;
+            if let Some((lb, lc, who)) = overlaps(b) {
+                return Err(format!(
+                    "host ids {b}..{} overlap the window {lb}..{} of another warren daemon ({who}); \
+                     choose another --userns-base or leave it out",
+                    window_end(b, count),
+                    window_end(*lb, *lc)
+                ));
+            }
+            b
+        }
+        None => {
+            let step = u64::from(count) * u64::from(IdMap::SIZE);
+            let auto = (0u64..)
+                .map(|k| u64::from(AUTO_BASE) + k * step)
+                .take_while(|b| *b + step <= u64::from(u32::MAX))
+                .map(|b| b as u32);
+            preferred
+                .into_iter()
+                .filter(|b| check_window(*b, count).is_ok())
+                .chain(auto)
+                .find(|b| overlaps(*b).is_none())
+                .ok_or_else(|| {
+                    format!(
+                        "no free window of {count} user-namespace id ranges is left on this host \
+                         (other warren daemons hold {}); lower --userns-ranges",
+                        live.iter()
+                            .map(|(b, c, _)| format!("{b}-{c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?
+        }
+    };
+    let path = dir.join(format!("{chosen}-{count}"));
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io(format!("creating {}", path.display())))?;
+    f.try_lock()
+        .map_err(|e| format!("locking {}: {e}", path.display()))?;
+    let _ = f.set_len(0);
+    let _ = writeln!(f, "{} (pid {})", owner.display(), std::process::id());
+    Ok(Claim {
+        base: chosen,
+        count,
+        _lock: f,
+    })
+}
+
+/// The allocator's state: the window, slots that are never used, and where the next search
+/// starts.
 pub(crate) struct IdRanges {
-    config: IdRangeConfig,
+    claim: Claim,
     excluded: BTreeSet<u32>,
     cursor: Mutex<u32>,
 }
 
 impl IdRanges {
-    pub(crate) fn new(config: IdRangeConfig) -> Result<IdRanges, String> {
-        config.validate()?;
+    /// The allocator over `claim`'s window, less the slots that overlap `exclude`.
+    pub(crate) fn new(claim: Claim, exclude: &[(u32, u32)]) -> Result<IdRanges, String> {
+        check_window(claim.base, claim.count)?;
         let mut excluded = BTreeSet::new();
         let size = u64::from(IdMap::SIZE);
-        let (lo, hi) = (
-            u64::from(config.base),
-            u64::from(config.base) + u64::from(config.count) * size,
-        );
-        for &(first, count) in &config.exclude {
+        let (lo, hi) = (u64::from(claim.base), window_end(claim.base, claim.count));
+        for &(first, count) in exclude {
             let (first, last) = (
                 u64::from(first),
                 u64::from(first) + u64::from(count.max(1)) - 1,
@@ -94,23 +262,32 @@ impl IdRanges {
             let to = (last.min(hi - 1) - lo) / size;
             excluded.extend((from..=to).map(|s| s as u32));
         }
-        if excluded.len() as u64 >= u64::from(config.count) {
+        if excluded.len() as u64 >= u64::from(claim.count) {
             return Err("every user-namespace range overlaps a host account".into());
         }
         Ok(IdRanges {
-            config,
+            claim,
             excluded,
             cursor: Mutex::new(0),
         })
     }
 
+    /// The first host id of the window.
+    pub(crate) fn base(&self) -> u32 {
+        self.claim.base
+    }
+
+    fn host_id(&self, slot: u32) -> u32 {
+        self.claim.base + slot * IdMap::SIZE
+    }
+
     /// A free range's first host id, given the ranges in use.
     fn allocate(&self, used: &HashSet<u32>) -> Option<u32> {
         let mut cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
-        let count = self.config.count;
+        let count = self.claim.count;
         for i in 0..count {
             let slot = (*cursor + i) % count;
-            let id = self.config.host_id(slot);
+            let id = self.host_id(slot);
             if !self.excluded.contains(&slot) && !used.contains(&id) {
                 *cursor = (slot + 1) % count;
                 return Some(id);
@@ -135,7 +312,7 @@ impl Engine {
             EngineError::LimitReached(format!(
                 "every one of the {} user-namespace id ranges is in use \
                  (raise --userns-ranges)",
-                ranges.config.count
+                ranges.claim.count
             ))
         })
     }
@@ -178,26 +355,25 @@ pub fn host_accounts(root: &Path) -> Vec<(u32, u32)> {
 mod tests {
     use super::*;
 
-    fn ranges(base: u32, count: u32, exclude: Vec<(u32, u32)>) -> IdRanges {
-        IdRanges::new(IdRangeConfig {
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("warren-idmaps-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn claim(base: u32, count: u32) -> Claim {
+        Claim {
             base,
             count,
-            exclude,
-        })
-        .unwrap()
+            _lock: File::open("/dev/null").unwrap(),
+        }
     }
 
     #[test]
-    fn config_is_checked() {
-        let ok = IdRangeConfig::default();
-        ok.validate().unwrap();
+    fn windows_are_checked() {
+        IdRangeConfig::default().validate().unwrap();
         for (base, count) in [(0, 1), (1000, 1), (1 << 30, 0), (u32::MAX - 65535, 2)] {
-            let c = IdRangeConfig {
-                base,
-                count,
-                exclude: vec![],
-            };
-            assert!(c.validate().is_err(), "{base} {count}");
+            assert!(check_window(base, count).is_err(), "{base} {count}");
         }
     }
 
@@ -206,7 +382,7 @@ mod tests {
         let size = IdMap::SIZE;
         let base = 1 << 20;
         // Slot 1 overlaps a host account (one id in its middle).
-        let r = ranges(base, 4, vec![(base + size + 7, 1)]);
+        let r = IdRanges::new(claim(base, 4), &[(base + size + 7, 1)]).unwrap();
         let mut used = HashSet::new();
         let a = r.allocate(&used).unwrap();
         assert_eq!(a, base);
@@ -227,32 +403,53 @@ mod tests {
     fn subordinate_ranges_exclude_every_slot_they_touch() {
         let size = IdMap::SIZE;
         let base = 1 << 20;
-        let r = ranges(base, 8, vec![(base + size - 1, size + 2), (5, 100)]);
+        let r = IdRanges::new(claim(base, 8), &[(base + size - 1, size + 2), (5, 100)]).unwrap();
         // Slots 0, 1 and 2 are touched.
         assert_eq!(r.excluded.iter().copied().collect::<Vec<_>>(), [0, 1, 2]);
-        assert!(IdRanges::new(IdRangeConfig {
-            base,
-            count: 2,
-            exclude: vec![(base, 2 * size)]
-        })
-        .is_err());
+        assert!(IdRanges::new(claim(base, 2), &[(base, 2 * size)]).is_err());
+    }
+
+    #[test]
+    fn daemons_claim_disjoint_windows_and_stale_claims_are_taken_back() {
+        let dir = scratch("registry");
+        let me = Path::new("/var/lib/warren-test");
+        let step = 16 * IdMap::SIZE;
+        let a = claim_window(&dir, None, None, 16, me).unwrap();
+        assert_eq!(a.base, AUTO_BASE);
+        // A second daemon gets the next window; its preferred one is taken.
+        let b = claim_window(&dir, None, Some(AUTO_BASE), 16, me).unwrap();
+        assert_eq!(b.base, AUTO_BASE + step);
+        // An explicit base that overlaps a live window is refused, and says whose it is.
+        let e = claim_window(&dir, Some(AUTO_BASE + IdMap::SIZE), None, 4, me).unwrap_err();
+        assert!(e.contains("warren-test"), "{e}");
+        // A window whose daemon is gone (lock released, no process in it) is free again.
+        drop(a);
+        let c = claim_window(&dir, None, None, 16, me).unwrap();
+        assert_eq!(c.base, AUTO_BASE);
+        // A process running in a released window keeps it taken: this test's own uid 0 is
+        // in no window, so fake one with a window over uid 0 (base must be > 0: the
+        // registry entry is written by hand).
+        drop((b, c));
+        fs::write(dir.join("65536-1"), "gone\n").unwrap();
+        let d = claim_window(&dir, Some(65536), None, 1, me).unwrap();
+        assert_eq!(d.base, 65536);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn host_accounts_are_read() {
-        let dir = std::env::temp_dir().join(format!("warren-idmaps-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("etc")).unwrap();
-        std::fs::write(
+        let dir = scratch("accounts");
+        fs::create_dir_all(dir.join("etc")).unwrap();
+        fs::write(
             dir.join("etc/passwd"),
             "root:x:0:0::/root:/bin/sh\nbig:x:1073807360:1073807361::/:/bin/sh\nbad line\n",
         )
         .unwrap();
-        std::fs::write(dir.join("etc/group"), "g:x:42:\n").unwrap();
-        std::fs::write(dir.join("etc/subuid"), "u:100000:65536\n").unwrap();
+        fs::write(dir.join("etc/group"), "g:x:42:\n").unwrap();
+        fs::write(dir.join("etc/subuid"), "u:100000:65536\n").unwrap();
         let ids = host_accounts(&dir);
         assert!(ids.contains(&(1_073_807_360, 1)) && ids.contains(&(1_073_807_361, 1)));
         assert!(ids.contains(&(42, 1)) && ids.contains(&(100_000, 65_536)));
-        std::fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -353,12 +353,28 @@ impl Engine {
         config: EngineConfig,
         runtime: Arc<dyn Runtime>,
     ) -> Result<Engine, EngineError> {
+        let store = Store::open(&config.data_dir)?;
         let id_ranges = if runtime.info().user_namespace {
-            Some(idmaps::IdRanges::new(config.id_ranges.clone()).map_err(EngineError::Config)?)
+            let c = &config.id_ranges;
+            let preferred = u32::try_from(store.get_meta("userns_base").await?)
+                .ok()
+                .filter(|b| *b != 0);
+            let claim =
+                idmaps::claim_window(&c.registry, c.base, preferred, c.count, &config.data_dir)
+                    .map_err(EngineError::Config)?;
+            let ranges = idmaps::IdRanges::new(claim, &c.exclude).map_err(EngineError::Config)?;
+            store
+                .set_meta("userns_base", u64::from(ranges.base()))
+                .await?;
+            info!(
+                base = ranges.base(),
+                ranges = c.count,
+                "user-namespace id window"
+            );
+            Some(ranges)
         } else {
             None
         };
-        let store = Store::open(&config.data_dir)?;
         let first_seq = store.get_meta("event_seq").await? + events::RESTART_GAP;
         let engine = Engine {
             inner: Arc::new(Inner {

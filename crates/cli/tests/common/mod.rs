@@ -51,8 +51,30 @@ impl Daemon {
     /// [`Daemon::launch`] without `--cleanup-on-exit`: a SIGTERM leaves the sandboxes
     /// running (the test must clean up, e.g. by restarting with [`Daemon::launch`]).
     pub fn launch_plain(data_dir: PathBuf, cgroup_parent: String, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        Daemon::launch_customized(data_dir, cgroup_parent, extra, |_| {})
+    }
+
+    /// A fresh daemon (as [`Daemon::start`]) whose command `customize` may change before it
+    /// is spawned (e.g. to hand it extra inherited fds).
+    pub fn start_customized(customize: impl FnOnce(&mut Command)) -> Daemon {
+        let (data_dir, cgroup_parent) = Daemon::fresh_names();
+        Daemon::launch_customized(data_dir, cgroup_parent, &["--cleanup-on-exit"], customize)
+    }
+
+    fn launch_customized(
+        data_dir: PathBuf,
+        cgroup_parent: String,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+        customize(&mut cmd);
+        let mut child = cmd
             .arg("serve")
+            // Many test daemons run at once; each claims a small window of user-namespace
+            // ranges host-wide (see engine/idmaps.rs).
+            .arg("--userns-ranges")
+            .arg("256")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")

@@ -58,8 +58,10 @@ pub use storage::StorageConfig;
 const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the agent may take to answer its first ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long destroy waits for a cgroup to empty after SIGKILL.
-const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long destroy waits for a cgroup to empty after SIGKILL. Killed processes usually
+/// go within milliseconds, but the kernel can take many seconds to tear down what a process
+/// holds (5 million epoll watches took over 5 s on a loaded 2-core machine).
+const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const SUN_PATH_MAX: usize = 107;
 /// The helper's only environment besides `RUST_LOG`/`RUST_BACKTRACE` (nothing of the

@@ -53,7 +53,7 @@ impl InitSpec {
             check_overlay_path(p).map_err(|e| format!("{what}: {e}"))?;
         }
         if let Some(m) = self.idmap {
-            if m.host_id == 0 || m.host_id % IdMap::SIZE != 0 || m.size != IdMap::SIZE {
+            if m.host_id == 0 || !m.host_id.is_multiple_of(IdMap::SIZE) || m.size != IdMap::SIZE {
                 return Err(format!(
                     "idmap must start at a non-zero multiple of {} and span {0} ids, got {m:?}",
                     IdMap::SIZE
