@@ -342,15 +342,8 @@ impl Engine {
             .await
         {
             Ok(true) => {}
-            Ok(false) => {
-                // Deleted in the meantime.
-                let state = self.state_of(id)?;
-                return Err(EngineError::InvalidTransition {
-                    id: id.to_string(),
-                    state,
-                    op: op.name(),
-                });
-            }
+            // Deleted in the meantime.
+            Ok(false) => return Err(self.changed_meanwhile(id, op)),
             Err(e) => {
                 // Nothing was asked of the runtime: back to where it was.
                 self.revert_state(id, during, state, "the change could not be recorded");
@@ -387,14 +380,7 @@ impl Engine {
                     .await
                 {
                     Ok(true) => {}
-                    Ok(false) => {
-                        let state = self.state_of(id)?;
-                        return Err(EngineError::InvalidTransition {
-                            id: id.to_string(),
-                            state,
-                            op: op.name(),
-                        });
-                    }
+                    Ok(false) => return Err(self.changed_meanwhile(id, op)),
                     // The sandbox is `done`, as the runtime is; only the record is behind.
                     Err(e) => {
                         return Err(EngineError::Store(format!(
@@ -557,5 +543,20 @@ impl Engine {
             net_rx_bytes: s.net_rx_bytes,
             net_tx_bytes: s.net_tx_bytes,
         })
+    }
+}
+
+impl Engine {
+    /// The error for a transition whose sandbox changed under it (deleted meanwhile): 409
+    /// with the state it is in now (or 404 when it is gone).
+    fn changed_meanwhile(&self, id: &str, op: Op) -> EngineError {
+        match self.state_of(id) {
+            Ok(state) => EngineError::InvalidTransition {
+                id: id.to_string(),
+                state,
+                op: op.name(),
+            },
+            Err(e) => e,
+        }
     }
 }
