@@ -87,12 +87,24 @@ impl IdRangeConfig {
     }
 }
 
-/// A window of the registry this daemon holds (released when dropped).
+/// A window of the registry this daemon holds (its lock ends with the process).
 #[derive(Debug)]
 pub struct Claim {
     pub base: u32,
     pub count: u32,
+    path: PathBuf,
     _lock: File,
+}
+
+impl Claim {
+    /// At a clean exit: remove the claim file unless a process still runs in the window (the
+    /// sandboxes a daemon leaves running keep it taken; the next claimer checks that too).
+    pub fn release(&self) {
+        let (lo, hi) = (u64::from(self.base), window_end(self.base, self.count));
+        if !running_uids().iter().any(|u| (lo..hi).contains(&u64::from(*u))) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Host uids of every process on the host (real, effective, saved, fs).
@@ -231,6 +243,7 @@ pub fn claim_window(
     Ok(Claim {
         base: chosen,
         count,
+        path,
         _lock: f,
     })
 }
@@ -275,6 +288,10 @@ impl IdRanges {
     /// The first host id of the window.
     pub(crate) fn base(&self) -> u32 {
         self.claim.base
+    }
+
+    pub(crate) fn release(&self) {
+        self.claim.release();
     }
 
     fn host_id(&self, slot: u32) -> u32 {
@@ -365,6 +382,7 @@ mod tests {
         Claim {
             base,
             count,
+            path: PathBuf::from("/nonexistent"),
             _lock: File::open("/dev/null").unwrap(),
         }
     }
@@ -433,6 +451,9 @@ mod tests {
         fs::write(dir.join("65536-1"), "gone\n").unwrap();
         let d = claim_window(&dir, Some(65536), None, 1, me).unwrap();
         assert_eq!(d.base, 65536);
+        // Released at a clean exit: nothing runs in it, so its file goes.
+        d.release();
+        assert!(!dir.join("65536-1").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

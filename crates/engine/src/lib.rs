@@ -1292,6 +1292,9 @@ impl Engine {
             if let Err(e) = self.inner.runtime.shutdown().await {
                 warn!(error = %e, "runtime shutdown");
             }
+            if let Some(r) = &self.inner.id_ranges {
+                r.release();
+            }
         } else {
             info!(
                 count = left,
@@ -1323,6 +1326,9 @@ impl Engine {
         }
         if let Err(e) = self.inner.runtime.shutdown().await {
             warn!(error = %e, "runtime shutdown");
+        }
+        if let Some(r) = &self.inner.id_ranges {
+            r.release();
         }
     }
 
