@@ -101,7 +101,10 @@ impl Claim {
     /// sandboxes a daemon leaves running keep it taken; the next claimer checks that too).
     pub fn release(&self) {
         let (lo, hi) = (u64::from(self.base), window_end(self.base, self.count));
-        if !running_uids().iter().any(|u| (lo..hi).contains(&u64::from(*u))) {
+        if !running_uids()
+            .iter()
+            .any(|u| (lo..hi).contains(&u64::from(*u)))
+        {
             let _ = fs::remove_file(&self.path);
         }
     }

@@ -32,6 +32,7 @@
 use std::fs;
 use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -222,40 +223,64 @@ fn helper(spec: &InitSpec) -> Result<Stage, InitError> {
     private_mount_ns()?;
     let paths = spec.paths();
     let listener = bind_agent_socket(&paths.dir)?;
-    let userns = spec.idmap.as_ref().map(make_userns).transpose()?;
-    rootfs::prepare(spec, userns.as_ref().map(|ns| ns.as_fd()))?;
-    // PID 1 starts in its root: it finds it there without a path through the sandbox's
-    // root-only directory (which its uid could not walk), and a namespace copy keeps it.
-    chdir(&paths.rootfs).map_err(sys("chdir to the root"))?;
     // PID 1's verdict: READY, or an error message, then EOF.
     let (verdict_rd, verdict_wr) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    let Some(userns) = userns else {
-        unshare(SANDBOX_NS).map_err(sys("unshare namespaces"))?;
-        return match fork_checked()? {
-            ForkResult::Parent { child } => {
-                drop(verdict_wr);
-                wait_verdict(verdict_rd)?;
-                Ok(Stage::Parent(child))
-            }
-            ForkResult::Child => {
-                drop(verdict_rd);
-                pid1(spec, listener, verdict_wr)
-            }
-        };
-    };
-    // With a user namespace the other namespaces must be made from inside it (so it owns
-    // them): by a child that enters it, which then forks PID 1. It tells us PID 1's pid.
-    let (up_rd, up_wr) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    if let Some(map) = spec.idmap {
+        return with_userns(spec, &map, listener, verdict_rd, verdict_wr);
+    }
+    rootfs::prepare(spec, None)?;
+    // PID 1 starts in its root (its working directory).
+    chdir(&paths.rootfs).map_err(sys("chdir to the root"))?;
+    unshare(SANDBOX_NS).map_err(sys("unshare namespaces"))?;
+    match fork_checked()? {
+        ForkResult::Parent { child } => {
+            drop(verdict_wr);
+            wait_verdict(verdict_rd)?;
+            Ok(Stage::Parent(child))
+        }
+        ForkResult::Child => {
+            drop(verdict_rd);
+            pid1(spec, listener, verdict_wr)
+        }
+    }
+}
+
+/// Steps 3 to 5 with a user namespace, with one child (C) between us (H) and PID 1:
+/// - C becomes the range's first host uid and makes the user namespace (so that uid owns
+///   it), then says "userns";
+/// - H writes C's id maps, builds the root file system with idmapped lower layers (as host
+///   root, in the mount namespace C still shares), and sends "go" with a handle on the
+///   root's top directory;
+/// - C enters that directory (a path through the root-only sandbox dir would be closed to
+///   its uid; a working directory is carried into a new mount namespace), becomes root of
+///   the namespace, unshares the other namespaces (owned by the user namespace), forks
+///   PID 1 and reports its pid.
+fn with_userns(
+    spec: &InitSpec,
+    map: &IdMap,
+    listener: OwnedFd,
+    verdict_rd: OwnedFd,
+    verdict_wr: OwnedFd,
+) -> Result<Stage, InitError> {
+    let (ours, theirs) = UnixStream::pair().map_err(io_ctx("socketpair"))?;
     match fork_checked()? {
         ForkResult::Child => {
-            drop((up_rd, verdict_rd));
-            let mut up = fs::File::from(up_wr);
-            let forked = enter_userns(&userns)
+            drop((ours, verdict_rd));
+            let mut up = theirs;
+            let forked = make_userns_as_owner(map)
+                .and_then(|()| {
+                    up.write_all(b"userns\n")
+                        .map_err(io_ctx("report the namespace"))
+                })
+                .and_then(|()| receive_root(&up))
+                .and_then(|root| {
+                    nix::unistd::fchdir(root.as_raw_fd()).map_err(sys("enter the root"))
+                })
+                .and_then(|()| become_root_inside())
                 .and_then(|()| {
                     unshare(CloneFlags::CLONE_NEWNS | SANDBOX_NS).map_err(sys("unshare namespaces"))
                 })
                 .and_then(|()| fork_checked());
-            drop(userns);
             match forked {
                 Ok(ForkResult::Child) => {
                     drop(up);
@@ -275,17 +300,95 @@ fn helper(spec: &InitSpec) -> Result<Stage, InitError> {
             }
         }
         ForkResult::Parent { child } => {
-            drop((up_wr, verdict_wr, listener, userns));
-            let outcome = expect_line(&mut io::BufReader::new(fs::File::from(up_rd)), "pid")
+            drop((theirs, verdict_wr, listener));
+            let mut up = io::BufReader::new(ours);
+            let outcome = expect_line(&mut up, "userns")
+                .and_then(|_| {
+                    userns::write_maps(child.as_raw(), map)
+                        .map_err(io_ctx("map the sandbox's user namespace"))
+                })
+                .and_then(|()| {
+                    fs::File::open(format!("/proc/{child}/ns/user"))
+                        .map_err(io_ctx("open the sandbox's user namespace"))
+                })
+                .and_then(|ns| rootfs::prepare(spec, Some(ns.as_fd())))
+                .and_then(|()| send_root(up.get_ref(), &spec.paths().rootfs))
+                .and_then(|()| expect_line(&mut up, "pid"))
                 .and_then(|pid| {
                     pid.parse::<i32>()
                         .map_err(|_| InitError::Child(format!("bad pid from the child: {pid:?}")))
                 })
                 .and_then(|pid| wait_verdict(verdict_rd).map(|()| Pid::from_raw(pid)));
+            // On an error C sees EOF (or its own failure) and exits; reap it either way.
+            drop(up);
             let _ = waitpid(child, None);
             outcome.map(Stage::Parent)
         }
     }
+}
+
+/// H: "go", with an `O_PATH` handle on the root's top directory (the overlay just mounted
+/// at `rootfs`).
+fn send_root(sock: &UnixStream, rootfs: &std::path::Path) -> Result<(), InitError> {
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys("open the root"))?;
+    let fds = [root.as_raw_fd()];
+    let iov = [io::IoSlice::new(b"go")];
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(sys("send the root"))?;
+    Ok(())
+}
+
+/// C: wait for "go" and the root's handle (EOF: the helper failed and reports why).
+fn receive_root(sock: &UnixStream) -> Result<OwnedFd, InitError> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = [0u8; 8];
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(sys("wait for the helper"))?;
+    let mut root = None;
+    for c in msg.cmsgs().map_err(sys("read the helper's message"))? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for us; nothing
+                // else owns it.
+                let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                root.get_or_insert(owned);
+            }
+        }
+    }
+    let bytes = msg.bytes;
+    match root {
+        Some(fd) if buf.get(..bytes) == Some(b"go".as_slice()) => Ok(fd),
+        // SAFETY: `_exit` ends this forked child without running the parent's destructors;
+        // the helper reports its own failure.
+        _ => unsafe { libc::_exit(1) },
+    }
+}
+
+/// C, after H mapped the namespace: root inside (the same host uid as now, with every
+/// capability in the namespace).
+fn become_root_inside() -> Result<(), InitError> {
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(sys("setresgid 0 in the user namespace"))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(sys("setresuid 0 in the user namespace"))
 }
 
 fn fork_checked() -> Result<ForkResult, InitError> {
@@ -375,18 +478,6 @@ fn make_userns_as_owner(map: &IdMap) -> Result<(), InitError> {
     ::caps::set(None, ::caps::CapSet::Effective, &permitted)
         .map_err(|e| InitError::Child(format!("raising capabilities: {e}")))?;
     unshare(CloneFlags::CLONE_NEWUSER).map_err(sys("unshare user namespace"))
-}
-
-/// Join the sandbox's user namespace as its root (host root may enter any namespace; its
-/// uid 0 is then the range's first host uid).
-fn enter_userns(ns: &fs::File) -> Result<(), InitError> {
-    setgroups(&[]).map_err(sys("setgroups"))?;
-    nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWUSER)
-        .map_err(sys("enter the user namespace"))?;
-    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-        .map_err(sys("setresgid 0 in the user namespace"))?;
-    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-        .map_err(sys("setresuid 0 in the user namespace"))
 }
 
 /// PID 1: finish the sandbox, report on `verdict`, return the agent's socket. Never returns
