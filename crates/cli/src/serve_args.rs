@@ -56,6 +56,17 @@ pub struct ServeArgs {
     /// MiB (0 = never) [default: 5 % of the host's memory, at least 256].
     #[arg(long, value_name = "MIB")]
     pub min_available_memory_mib: Option<u64>,
+    /// Creates get 503 `host_under_pressure` while the file system of the data dir (where
+    /// the store lives) or of the sandboxes' files (the btrfs image) has less free space, in
+    /// MiB, or less than 5 % of its inodes free (0 = never) [default: 5 % of the smaller
+    /// file system, at least 1 GiB but at most a tenth of it].
+    #[arg(long, value_name = "MIB")]
+    pub min_free_disk_mib: Option<u64>,
+    /// `resources.disk_mib` of a sandbox created without one, where the storage has disk
+    /// quotas (btrfs); 0 = no limit unless asked [default: 10240, or a quarter of the
+    /// storage file system if that is less].
+    #[arg(long, value_name = "MIB")]
+    pub default_disk_mib: Option<u64>,
     /// Lifetime of a sandbox created without `timeout_secs`.
     #[arg(long, value_name = "SECS")]
     pub default_timeout: Option<u64>,
@@ -160,6 +171,8 @@ pub struct ConfigFile {
     pub memory_budget_mib: Option<u64>,
     pub pids_budget: Option<u64>,
     pub min_available_memory_mib: Option<u64>,
+    pub min_free_disk_mib: Option<u64>,
+    pub default_disk_mib: Option<u64>,
     pub default_timeout: Option<u64>,
     pub max_timeout: Option<u64>,
     pub cgroup_parent: Option<String>,
@@ -216,6 +229,8 @@ pub struct Settings {
     pub memory_budget_mib: Option<u64>,
     pub pids_budget: Option<u64>,
     pub min_available_memory_mib: Option<u64>,
+    pub min_free_disk_mib: Option<u64>,
+    pub default_disk_mib: Option<u64>,
     pub default_timeout: Option<u64>,
     pub max_timeout: Option<u64>,
     pub cgroup_parent: Option<String>,
@@ -278,6 +293,8 @@ impl ServeArgs {
             min_available_memory_mib: self
                 .min_available_memory_mib
                 .or(file.min_available_memory_mib),
+            min_free_disk_mib: self.min_free_disk_mib.or(file.min_free_disk_mib),
+            default_disk_mib: self.default_disk_mib.or(file.default_disk_mib),
             default_timeout: self.default_timeout.or(file.default_timeout),
             max_timeout: self.max_timeout.or(file.max_timeout),
             cgroup_parent: self.cgroup_parent.clone().or(file.cgroup_parent),
@@ -451,6 +468,8 @@ mod tests {
             pids_budget = 5000
             cleanup_on_exit = true
             min_available_memory_mib = 512
+            min_free_disk_mib = 2048
+            default_disk_mib = 4096
             storage = "btrfs"
             btrfs_loop_size = "2G"
             max_connections = 300
@@ -492,6 +511,10 @@ mod tests {
         assert_eq!(s.max_sandboxes, Some(3));
         assert_eq!(s.max_committed_memory_mib, Some(8192));
         assert_eq!(s.min_available_memory_mib, Some(512));
+        assert_eq!(
+            (s.min_free_disk_mib, s.default_disk_mib),
+            (Some(2048), Some(4096))
+        );
         assert_eq!(s.memory_overcommit, Some(2.5));
         assert_eq!(s.memory_budget_mib, Some(4096));
         assert_eq!(s.pids_budget, Some(5000));

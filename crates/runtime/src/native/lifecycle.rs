@@ -190,8 +190,10 @@ impl Inner {
         let id = spec.id.clone();
         let paths = self.paths(&id);
         let owner = self.owner(&spec);
+        let disk = spec.limits.disk_bytes;
         {
-            let (layout, cg, paths, id) = (
+            let (this, layout, cg, paths, id) = (
+                self.clone(),
                 self.layout,
                 self.cgroup_path(&id),
                 paths.clone(),
@@ -220,7 +222,8 @@ impl Inner {
                 reset_work_dir(&paths.work)?;
                 reset_work_dir(&paths.usr_work)?;
                 // Files made before its range was known (no user namespace then) move into it.
-                image::own_layers(&paths.fs, owner)
+                image::own_layers(&paths.fs, owner)?;
+                this.storage.restore_disk_limit(&paths.fs, disk)
             })
             .await?;
         }
