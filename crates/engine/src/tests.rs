@@ -546,6 +546,7 @@ mod processes {
     }
 }
 
+mod disk;
 mod hardening;
 mod lifecycle;
 mod pools;

@@ -539,21 +539,18 @@ impl Storage {
         // While the new files are built the group still holds the old ones: its limit is
         // lifted (nothing else writes, the sandbox is stopped) and put back after the swap,
         // when the old files are gone. A crash in between: `start` puts it back.
-        let lifted = match (group, &self.quota) {
+        let loosened = match (group, &self.quota) {
             (Some(g), Some(q)) => {
                 let limit = q.limit(g).map_err(|e| ctx("reading the disk limit", e))?;
-                q.set_limit(g, None)
-                    .map_err(|e| ctx("lifting the disk limit", e))?;
-                Some((q, g, limit))
+                let l = Loosened { group: g, limit };
+                self.loosen_to(&l, None)?;
+                Some(l)
             }
             _ => None,
         };
         let r = self.rollback_files(paths, &src, owner, group, id);
-        if let Some((q, g, limit)) = lifted {
-            if let Err(e) = q.set_limit(g, limit) {
-                tracing::error!(sandbox = id, group = %quota::show(g), error = %e,
-                    "restoring the disk limit after a rollback (set again at the next start)");
-            }
+        if let Some(l) = &loosened {
+            self.tighten_disk_limit(l, None);
         }
         r
     }
@@ -623,30 +620,62 @@ impl Storage {
         Ok(())
     }
 
-    /// Make the disk limit of the sandbox whose files are `fs_dir` `disk_bytes` again (at
-    /// every start: a rollback interrupted by a crash may have left it lifted). Sandboxes
-    /// made without a quota group keep none; `None` changes nothing.
-    pub fn restore_disk_limit(
+    /// Lift the disk limit of the sandbox whose files are `fs_dir` (see `restart`): `None`
+    /// when it has no quota group. Give the result to [`Storage::tighten_disk_limit`].
+    pub fn loosen_disk_limit(
         &self,
         fs_dir: &Path,
-        disk_bytes: Option<u64>,
-    ) -> Result<(), RuntimeError> {
-        let (Some(q), Some(bytes)) = (&self.quota, disk_bytes) else {
-            return Ok(());
+        headroom: Option<u64>,
+    ) -> Result<Option<Loosened>, RuntimeError> {
+        let Some(q) = &self.quota else {
+            return Ok(None);
         };
         if !is_subvolume(fs_dir)? {
-            return Ok(());
+            return Ok(None);
         }
-        let group = q
+        let Some(group) = q
             .group_of(fs_dir)
-            .map_err(|e| ctx(format!("quota group of {}", fs_dir.display()), e))?;
-        if let Some(g) = group {
-            if q.limit(g).map_err(|e| ctx("reading the disk limit", e))? != Some(bytes) {
-                q.set_limit(g, Some(bytes))
-                    .map_err(|e| ctx("setting the disk limit", e))?;
+            .map_err(|e| ctx(format!("quota group of {}", fs_dir.display()), e))?
+        else {
+            return Ok(None);
+        };
+        let limit = q
+            .limit(group)
+            .map_err(|e| ctx("reading the disk limit", e))?;
+        let l = Loosened { group, limit };
+        self.loosen_to(&l, headroom)?;
+        Ok(Some(l))
+    }
+
+    /// Set a loosened limit to the group's usage plus `headroom` (`None`: no limit).
+    pub fn loosen_to(&self, l: &Loosened, headroom: Option<u64>) -> Result<(), RuntimeError> {
+        let Some(q) = &self.quota else {
+            return Ok(());
+        };
+        let to = match headroom {
+            None => None,
+            Some(h) => {
+                let used = q
+                    .usage(l.group)
+                    .map_err(|e| ctx("reading the disk usage", e))?
+                    .unwrap_or(0);
+                Some(used.saturating_add(h).max(l.limit.unwrap_or(0)))
             }
+        };
+        q.set_limit(l.group, to)
+            .map_err(|e| RuntimeError::Io(ctx("loosening the disk limit", e)))
+    }
+
+    /// Put a loosened limit back: `limit` (the sandbox's `disk_bytes`), or the one it had.
+    /// A failure is logged: the next start tries again.
+    pub fn tighten_disk_limit(&self, l: &Loosened, limit: Option<u64>) {
+        let Some(q) = &self.quota else {
+            return;
+        };
+        if let Err(e) = q.set_limit(l.group, limit.or(l.limit)) {
+            tracing::error!(group = %quota::show(l.group), error = %e,
+                "setting a disk limit back (set again at the next start)");
         }
-        Ok(())
     }
 
     /// Finish what an interrupted rollback left in the sandbox dir `dir`: with `fs`
@@ -766,6 +795,14 @@ impl Drop for SandboxLock<'_> {
             map.remove(&self.id);
         }
     }
+}
+
+/// A disk limit lifted for a while ([`Storage::loosen_disk_limit`]).
+#[derive(Debug)]
+pub struct Loosened {
+    group: u64,
+    /// The limit it had.
+    limit: Option<u64>,
 }
 
 /// A snapshot taken but not yet committed ([`Storage::stage_snapshot`]).
