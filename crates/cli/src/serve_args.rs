@@ -82,15 +82,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "LEVEL", env = "WARREN_LOG")]
     pub log_level: Option<String>,
     /// Storage of sandbox files and snapshots: `dir` (any file system; a snapshot is a
-    /// copy, sharing blocks where the file system can) or `btrfs` (subvolumes; a snapshot
-    /// takes constant time). `btrfs` uses the data dir if it is on btrfs, else needs
-    /// `--btrfs-loop-size` [default: dir].
+    /// copy, sharing blocks where the file system can; no disk quotas), `btrfs`
+    /// (subvolumes: a snapshot takes constant time; disk quotas; uses the data dir if it is
+    /// on btrfs, else needs --btrfs-loop-size) or `auto`: a btrfs image (as `btrfs` with
+    /// --btrfs-loop-size) where mkfs.btrfs exists and the data dir holds no `dir`
+    /// sandboxes, else `dir` [default: auto].
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub storage: Option<StorageKind>,
-    /// With `--storage btrfs` on a data dir that is not on btrfs: size of the image the
-    /// daemon creates once at `<data-dir>/storage/btrfs.img` and mounts as a loop device,
-    /// e.g. `10G` (suffixes K, M, G, T are powers of 1024). Sparse: it takes disk space
-    /// only as it fills.
+    /// Size of the btrfs image the daemon creates once at `<data-dir>/storage/btrfs.img`
+    /// and mounts as a loop device, e.g. `10G` (suffixes K, M, G, T are powers of 1024).
+    /// Allocated in full when created, so that sandboxes can never fill the file system
+    /// the store lives on [default with auto: a quarter of the free space, at most 64G].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub btrfs_loop_size: Option<u64>,
     /// Give each sandbox its own user namespace, so its root is an unprivileged host uid of
@@ -157,6 +159,7 @@ impl From<UsernsKind> for UsernsSetting {
 pub enum StorageKind {
     Dir,
     Btrfs,
+    Auto,
 }
 
 /// The config file.
@@ -265,7 +268,7 @@ impl ServeArgs {
             .transpose()
             .map_err(|e| anyhow::anyhow!("btrfs_loop_size: {e}"))?;
         let storage = storage_config(
-            self.storage.or(file.storage).unwrap_or(StorageKind::Dir),
+            self.storage.or(file.storage).unwrap_or(StorageKind::Auto),
             self.btrfs_loop_size.or(file_loop_size),
         )
         .map_err(anyhow::Error::msg)?;
@@ -339,6 +342,7 @@ fn storage_config(kind: StorageKind, loop_size: Option<u64>) -> Result<StorageCo
         (StorageKind::Dir, None) => Ok(StorageConfig::Dir),
         (StorageKind::Dir, Some(_)) => Err("--btrfs-loop-size needs --storage btrfs".to_string()),
         (StorageKind::Btrfs, loop_size_bytes) => Ok(StorageConfig::Btrfs { loop_size_bytes }),
+        (StorageKind::Auto, loop_size_bytes) => Ok(StorageConfig::Auto { loop_size_bytes }),
     }
 }
 
@@ -427,7 +431,18 @@ mod tests {
                     .map_err(|e| e.to_string())
             })
         };
-        assert_eq!(parse(&[]).unwrap(), Ok(StorageConfig::Dir));
+        assert_eq!(
+            parse(&[]).unwrap(),
+            Ok(StorageConfig::Auto {
+                loop_size_bytes: None
+            })
+        );
+        assert_eq!(
+            parse(&["--btrfs-loop-size", "10G"]).unwrap(),
+            Ok(StorageConfig::Auto {
+                loop_size_bytes: Some(10 << 30)
+            })
+        );
         assert_eq!(
             parse(&["--storage", "dir"]).unwrap(),
             Ok(StorageConfig::Dir)
@@ -444,7 +459,9 @@ mod tests {
                 loop_size_bytes: Some(10 << 30)
             })
         );
-        assert!(parse(&["--btrfs-loop-size", "10G"]).unwrap().is_err());
+        assert!(parse(&["--storage", "dir", "--btrfs-loop-size", "10G"])
+            .unwrap()
+            .is_err());
         assert!(parse(&["--storage", "zfs"]).is_err());
         assert!(parse(&["--storage", "btrfs", "--btrfs-loop-size", "lots"]).is_err());
     }

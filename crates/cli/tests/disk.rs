@@ -282,3 +282,60 @@ fn creates_are_refused_when_the_data_file_system_is_short_of_space() {
     });
     assert!(d.sandbox_dirs().is_empty());
 }
+
+#[test]
+fn auto_storage_makes_a_btrfs_image_where_it_can() {
+    if which("mkfs.btrfs").is_none() {
+        eprintln!("skipped: no mkfs.btrfs");
+        return;
+    }
+    let d = Daemon::start_with(&["--storage", "auto", "--btrfs-loop-size", "1G"]);
+    let c = &d.client;
+    rt().block_on(async {
+        let caps = c.capabilities().await.unwrap();
+        assert_eq!(caps.storage.backend, "btrfs");
+        assert!(caps.storage.disk_quota);
+        let sb = create(c).await;
+        assert_eq!(sb.resources.disk_mib, Some(256));
+        let r = run_sh(c, &sb.id, "echo hi > /workspace/f && cat /workspace/f").await;
+        assert_eq!(r.stdout, "hi\n");
+    });
+    let img = d.data_dir.join("storage/btrfs.img");
+    let m = std::fs::metadata(&img).unwrap();
+    assert_eq!(m.len(), 1 << 30);
+    assert!(std::os::unix::fs::MetadataExt::blocks(&m) * 512 >= m.len());
+}
+
+#[test]
+fn auto_storage_keeps_a_data_dir_that_holds_dir_snapshots() {
+    let mut d1 = Daemon::start_with(&["--storage", "dir"]);
+    let snap = rt().block_on(async {
+        let c = &d1.client;
+        let sb = create(c).await;
+        run_sh(c, &sb.id, "echo kept > /workspace/f").await;
+        snapshot(c, &sb.id).await
+    });
+    assert!(d1.stop().success());
+    // The snapshot's files are in the data dir: `auto` must not hide them behind an image.
+    let d2 = Daemon::launch(
+        d1.data_dir.clone(),
+        d1.cgroup_parent.clone(),
+        &["--storage", "auto", "--btrfs-loop-size", "1G"],
+    );
+    let c = &d2.client;
+    rt().block_on(async {
+        let caps = c.capabilities().await.unwrap();
+        assert_eq!(caps.storage.backend, "dir");
+        assert!(!caps.storage.disk_quota);
+        let sb = c
+            .create_sandbox(&CreateSandboxRequest {
+                snapshot: Some(snap.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let r = run_sh(c, &sb.id, "cat /workspace/f").await;
+        assert_eq!(r.stdout, "kept\n");
+    });
+    assert!(!d2.data_dir.join("storage/btrfs.img").exists());
+}

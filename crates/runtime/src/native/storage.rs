@@ -43,7 +43,7 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags};
 use nix::mount::{umount2, MntFlags};
-use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC};
+use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC, TMPFS_MAGIC};
 
 use super::lifecycle::allocated_bytes;
 use super::spec::{self, SandboxPaths};
@@ -62,6 +62,10 @@ pub enum StorageConfig {
     /// image of that size at `<data_dir>/storage/btrfs.img`, formats it and mounts it at
     /// `<data_dir>/storage/btrfs` (the size only matters when the image is created).
     Btrfs { loop_size_bytes: Option<u64> },
+    /// The daemon's default: a btrfs loop image where that works, else `Dir` (see
+    /// [`auto_loop`]). The image's size is `loop_size_bytes`, or [`default_loop_size`] of
+    /// the data dir's free space.
+    Auto { loop_size_bytes: Option<u64> },
 }
 
 /// The backend in use.
@@ -152,6 +156,11 @@ impl Storage {
                 let (mnt, mounted_now) = setup_loop(data_dir, *size)?;
                 (Backend::Btrfs, mnt.clone(), Some(mnt), mounted_now)
             }
+            StorageConfig::Auto { loop_size_bytes } => match auto_loop(data_dir, *loop_size_bytes)?
+            {
+                Some((mnt, mounted_now)) => (Backend::Btrfs, mnt.clone(), Some(mnt), mounted_now),
+                None => (Backend::Dir, data_dir.to_path_buf(), None, false),
+            },
             StorageConfig::Btrfs {
                 loop_size_bytes: None,
             } => {
@@ -1136,6 +1145,104 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
     out
 }
 
+/// Smallest image `auto` makes: below it, it keeps to `dir`.
+const MIN_AUTO_LOOP_SIZE: u64 = 2 << 30;
+/// Largest image `auto` makes unless told otherwise.
+const MAX_AUTO_LOOP_SIZE: u64 = 64 << 30;
+
+/// The image size `auto` picks on a file system with `free_bytes` free: a quarter of it, at
+/// most 64 GiB, in whole GiB; `None` below 2 GiB (too little room: `dir` then).
+pub fn default_loop_size(free_bytes: u64) -> Option<u64> {
+    let size = (free_bytes / 4).min(MAX_AUTO_LOOP_SIZE) & !((1 << 30) - 1);
+    (size >= MIN_AUTO_LOOP_SIZE).then_some(size)
+}
+
+/// Whether the data dir holds sandboxes or snapshots of the `dir` backend (which a switch
+/// to a loop image would hide).
+fn has_dir_state(data_dir: &Path) -> bool {
+    ["sandboxes", SNAPSHOTS_DIR]
+        .iter()
+        .any(|d| fs::read_dir(data_dir.join(d)).is_ok_and(|mut rd| rd.next().is_some()))
+}
+
+/// `auto`: the btrfs loop image if there is one already (an error if it cannot be mounted:
+/// the sandboxes live in it); otherwise `dir` when the data dir holds `dir` sandboxes or
+/// snapshots, when the data dir is on tmpfs, when `mkfs.btrfs` is missing or the file
+/// system has too little free space;
+/// otherwise a new image, and `dir` (with a warning, the partial image removed) if making
+/// or mounting it fails. `None` means `dir`.
+fn auto_loop(
+    data_dir: &Path,
+    loop_size: Option<u64>,
+) -> Result<Option<(PathBuf, bool)>, RuntimeError> {
+    let dir = data_dir.join(LOOP_DIR);
+    let img = dir.join(LOOP_IMAGE);
+    if exists_nofollow(&img).map_err(|e| setup("storage", e))? {
+        let size = fs::metadata(&img).map(|m| m.len()).unwrap_or(MIN_LOOP_SIZE);
+        return setup_loop(data_dir, size.max(MIN_LOOP_SIZE)).map(Some);
+    }
+    if is_mount_point(&dir.join(LOOP_MOUNT)).unwrap_or(false) {
+        return setup_loop(data_dir, MIN_LOOP_SIZE).map(Some);
+    }
+    if has_dir_state(data_dir) {
+        tracing::info!(
+            "storage auto: the data dir holds sandboxes or snapshots of the dir backend; \
+             keeping it (delete them, or use another data dir, for a btrfs image with disk \
+             quotas)"
+        );
+        return Ok(None);
+    }
+    if statfs(data_dir).is_ok_and(|st| st.filesystem_type() == TMPFS_MAGIC) {
+        tracing::info!("storage auto: the data dir is on tmpfs (memory), using dir");
+        return Ok(None);
+    }
+    if let Some(s) = loop_size {
+        if s < MIN_LOOP_SIZE {
+            return Err(RuntimeError::Setup(format!(
+                "btrfs loop image size {s} is below the minimum of {} MiB",
+                MIN_LOOP_SIZE >> 20
+            )));
+        }
+    }
+    if find_tool("mkfs.btrfs").is_none() {
+        tracing::info!(
+            "storage auto: mkfs.btrfs not found, using dir (no disk quotas; install \
+             btrfs-progs for a btrfs image with disk quotas)"
+        );
+        return Ok(None);
+    }
+    let size = match loop_size {
+        Some(s) => s,
+        None => {
+            let free = crate::fs_space(data_dir)
+                .map(|s| s.avail_bytes)
+                .unwrap_or(0);
+            match default_loop_size(free) {
+                Some(s) => s,
+                None => {
+                    tracing::warn!(
+                        free_mib = free >> 20,
+                        "storage auto: too little free space for a btrfs image, using dir \
+                         (no disk quotas)"
+                    );
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    match setup_loop(data_dir, size) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) => {
+            tracing::warn!(error = %e,
+                "storage auto: the btrfs image cannot be used, using dir (no disk quotas)");
+            let _ = fs::remove_file(&img);
+            let _ = fs::remove_dir(dir.join(LOOP_MOUNT));
+            let _ = fs::remove_dir(&dir);
+            Ok(None)
+        }
+    }
+}
+
 /// Create (once) and mount the btrfs loop image under `<data_dir>/storage`; reuse a mount
 /// that is already there. Returns the mount point and whether this call mounted it.
 fn setup_loop(data_dir: &Path, size: u64) -> Result<(PathBuf, bool), RuntimeError> {
@@ -1172,6 +1279,10 @@ fn setup_loop(data_dir: &Path, size: u64) -> Result<(PathBuf, bool), RuntimeErro
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
+            if is_btrfs(&dir).unwrap_or(false) {
+                // An image on btrfs: no copy-on-write under a file system of its own.
+                set_nocow(&f);
+            }
             f.set_len(size)?;
             // Allocated now (instant on ext4 and XFS), not as the sandboxes fill it: a
             // sparse image could fill the host file system, where the store lives, and a
@@ -1229,6 +1340,21 @@ fn setup_loop(data_dir: &Path, size: u64) -> Result<(PathBuf, bool), RuntimeErro
                 "{} is not btrfs after mounting it ({other:?})",
                 mnt.display()
             )))
+        }
+    }
+}
+
+/// `chattr +C` on an empty file (best effort: only btrfs has it).
+fn set_nocow(f: &File) {
+    /// `FS_NOCOW_FL`.
+    const NOCOW: libc::c_long = 0x0080_0000;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one `long` through a pointer to a
+    // live local; `f` is an open file.
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) == 0 {
+            flags |= NOCOW;
+            libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags);
         }
     }
 }
@@ -1434,6 +1560,15 @@ mod tests {
         assert_eq!(unescape_mountinfo("/a\\134b\\011"), b"/a\\b\t");
         assert_eq!(unescape_mountinfo("/plain"), b"/plain");
         assert_eq!(unescape_mountinfo("/x\\04"), b"/x\\04");
+    }
+
+    #[test]
+    fn auto_image_size() {
+        assert_eq!(default_loop_size(100 << 30), Some(25 << 30));
+        assert_eq!(default_loop_size(1 << 40), Some(64 << 30));
+        assert_eq!(default_loop_size((9 << 30) + 123), Some(2 << 30));
+        assert_eq!(default_loop_size(7 << 30), None);
+        assert_eq!(std::mem::size_of::<ioctls::VolArgsV2>(), 4096);
     }
 
     #[test]
