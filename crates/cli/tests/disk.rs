@@ -183,11 +183,31 @@ fn btrfs_disk_limits_hold_and_leave_nothing_behind() {
         assert!(quota_error(&err), "{err}");
         assert!((16 << 20..=32 << 20).contains(&size), "{size}");
 
+        // Moving a restored tree into the new sandbox's id range rewrites every inode,
+        // charged to it: with 60,000 files that is more than 16 MiB. The sandbox still comes
+        // up, its root writable (an overlay mounted without room for its work dir would be
+        // read-only), and is at its limit.
+        let made = run_sh(
+            &c,
+            &b.id,
+            "mkdir /workspace/many && cd /workspace/many && seq -f f%g 1 60000 | xargs touch",
+        )
+        .await;
+        assert_eq!(made.exit_code, 0, "{made:?}");
+        let snap_b = snapshot(&c, &b.id).await;
+        let m = create_disk(&c, 16, Some(&snap_b)).await;
+        let w = run_sh(&c, &m.id, "ls /workspace/many | wc -l; echo x > /workspace/new").await;
+        assert!(w.stdout.starts_with("60000"), "{w:?}");
+        assert!(!w.stderr.contains("Read-only"), "{w:?}");
+        assert!(w.exit_code == 0 || quota_error(&w.stderr), "{w:?}");
+
         // Everything deleted: no qgroup is left but the top level's.
-        for sb in [&a, &b, &s, &r] {
+        for sb in [&a, &b, &s, &r, &m] {
             c.delete_sandbox(&sb.id).await.unwrap();
         }
-        c.delete_snapshot(&snap_a).await.unwrap();
+        for snap in [&snap_a, &snap_b] {
+            c.delete_snapshot(snap).await.unwrap();
+        }
         let mut left = qgroups(&mnt);
         for _ in 0..300 {
             if left == ["0/5"] {

@@ -26,14 +26,12 @@ use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use super::cgroup::{self, Layout};
 use super::spec::{self, SandboxPaths};
+use super::storage;
 use super::{blocking, cg_err, connect, detached, image, Inner, NativeRuntime};
 use crate::{Probe, RuntimeError, SandboxSpec, Stats};
 
 /// PID 1's host pid, in the sandbox directory.
 const AGENT_PID_FILE: &str = "agent.pid";
-/// Room above its usage a sandbox's disk limit leaves while the sandbox starts (the overlay
-/// mount recreates its work dir).
-const START_HEADROOM: u64 = 16 << 20;
 /// How long probe waits for the agent to answer one ping.
 const PROBE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -234,13 +232,13 @@ impl Inner {
                     // into it.
                     image::own_layers(&paths.fs, owner)?;
                     if let Some(l) = &loosened {
-                        this.storage.loosen_to(l, Some(START_HEADROOM))?;
+                        this.storage.loosen_to(l, Some(storage::START_HEADROOM))?;
                     }
                     Ok(())
                 })();
                 if let Err(e) = prepared {
                     if let Some(l) = &loosened {
-                        this.storage.tighten_disk_limit(l, disk);
+                        this.storage.tighten_or_log(l, disk);
                     }
                     return Err(e);
                 }
@@ -252,7 +250,7 @@ impl Inner {
         if let Some(l) = loosened {
             let this = self.clone();
             let _ = blocking(move || {
-                this.storage.tighten_disk_limit(&l, disk);
+                this.storage.tighten_or_log(&l, disk);
                 Ok(())
             })
             .await;

@@ -320,7 +320,29 @@ impl Inner {
             .await?;
         }
         // From here on, a failure removes everything this call made.
-        match self.clone().launch(&spec, &paths).await {
+        let disk = spec.limits.disk_bytes;
+        let launched = async {
+            // The new sandbox's quota group has no limit yet (see `Storage::create_fs`):
+            // a little headroom while its overlay is mounted and its agent comes up, then
+            // its limit, before anything else runs in it.
+            let loosened = {
+                let (this, fs) = (self.clone(), paths.fs.clone());
+                blocking(move || {
+                    this.storage
+                        .loosen_disk_limit(&fs, Some(storage::START_HEADROOM))
+                })
+                .await?
+            };
+            self.clone().launch(&spec, &paths).await?;
+            match loosened {
+                Some(l) => {
+                    let this = self.clone();
+                    blocking(move || this.storage.tighten_disk_limit(&l, disk)).await
+                }
+                None => Ok(()),
+            }
+        };
+        match launched.await {
             Ok(()) => Ok(()),
             Err(e) => {
                 if let Err(ce) = self.teardown(&id).await {

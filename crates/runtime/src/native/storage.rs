@@ -92,6 +92,10 @@ const TMP_PREFIX: &str = ".tmp-";
 const FS_NEW: &str = "fs.new";
 /// The old files during a two-rename swap.
 const FS_OLD: &str = "fs.old";
+/// Room above its usage a sandbox's disk limit leaves while the sandbox's overlay is
+/// mounted and its agent comes up (overlayfs makes its work dir at mount, and mounts
+/// read-only if it cannot).
+pub const START_HEADROOM: u64 = 16 << 20;
 /// Smallest loop image accepted (`mkfs.btrfs` refuses much less than ~110 MiB).
 pub const MIN_LOOP_SIZE: u64 = 128 << 20;
 /// Directory under the data dir holding the loop image and its mount point.
@@ -297,7 +301,11 @@ impl Storage {
 
     /// Make a new sandbox's `fs/`: empty layers and work dirs, or a (writable) copy of
     /// `snapshot` with emptied work dirs. With `disk_bytes`, the sandbox gets a quota group
-    /// of that size (see [`quota`]); a backend without quotas refuses it. On error a partial
+    /// (see [`quota`]), without a limit until the caller sets it
+    /// ([`Storage::tighten_disk_limit`]) once the sandbox is up: preparing the files (moving
+    /// a restored layer into the sandbox's id range rewrites every inode) and mounting its
+    /// overlay (which makes its work dir, and mounts read-only if it cannot) must not fail
+    /// for want of space. A backend without quotas refuses `disk_bytes`. On error a partial
     /// `fs/` may remain: the caller removes the whole sandbox dir
     /// ([`Storage::remove_sandbox_dir`]).
     pub fn create_fs(
@@ -308,9 +316,9 @@ impl Storage {
     ) -> Result<(), RuntimeError> {
         let group = match (disk_bytes, &self.quota) {
             (None, _) => None,
-            (Some(bytes), Some(q)) => {
+            (Some(_), Some(q)) => {
                 self.keep_image_allocated();
-                Some(q.new_group(Some(bytes)).map_err(|e| ctx("disk quota", e))?)
+                Some(q.new_group(None).map_err(|e| ctx("disk quota", e))?)
             }
             (Some(_), None) => {
                 return Err(RuntimeError::Setup(format!(
@@ -559,7 +567,7 @@ impl Storage {
         };
         let r = self.rollback_files(paths, &src, owner, group, id);
         if let Some(l) = &loosened {
-            self.tighten_disk_limit(l, None);
+            self.tighten_or_log(l, None);
         }
         r
     }
@@ -676,12 +684,17 @@ impl Storage {
     }
 
     /// Put a loosened limit back: `limit` (the sandbox's `disk_bytes`), or the one it had.
-    /// A failure is logged: the next start tries again.
-    pub fn tighten_disk_limit(&self, l: &Loosened, limit: Option<u64>) {
+    pub fn tighten_disk_limit(&self, l: &Loosened, limit: Option<u64>) -> Result<(), RuntimeError> {
         let Some(q) = &self.quota else {
-            return;
+            return Ok(());
         };
-        if let Err(e) = q.set_limit(l.group, limit.or(l.limit)) {
+        q.set_limit(l.group, limit.or(l.limit))
+            .map_err(|e| RuntimeError::Io(ctx("setting the disk limit", e)))
+    }
+
+    /// [`Storage::tighten_disk_limit`], a failure logged (the next start tries again).
+    pub fn tighten_or_log(&self, l: &Loosened, limit: Option<u64>) {
+        if let Err(e) = self.tighten_disk_limit(l, limit) {
             tracing::error!(group = %quota::show(l.group), error = %e,
                 "setting a disk limit back (set again at the next start)");
         }
