@@ -196,7 +196,12 @@ fn btrfs_disk_limits_hold_and_leave_nothing_behind() {
         assert_eq!(made.exit_code, 0, "{made:?}");
         let snap_b = snapshot(&c, &b.id).await;
         let m = create_disk(&c, 16, Some(&snap_b)).await;
-        let w = run_sh(&c, &m.id, "ls /workspace/many | wc -l; echo x > /workspace/new").await;
+        let w = run_sh(
+            &c,
+            &m.id,
+            "ls /workspace/many | wc -l; echo x > /workspace/new",
+        )
+        .await;
         assert!(w.stdout.starts_with("60000"), "{w:?}");
         assert!(!w.stderr.contains("Read-only"), "{w:?}");
         assert!(w.exit_code == 0 || quota_error(&w.stderr), "{w:?}");

@@ -314,12 +314,10 @@ impl Storage {
         snapshot: Option<&str>,
         disk_bytes: Option<u64>,
     ) -> Result<(), RuntimeError> {
+        self.keep_image_allocated();
         let group = match (disk_bytes, &self.quota) {
             (None, _) => None,
-            (Some(_), Some(q)) => {
-                self.keep_image_allocated();
-                Some(q.new_group(None).map_err(|e| ctx("disk quota", e))?)
-            }
+            (Some(_), Some(q)) => Some(q.new_group(None).map_err(|e| ctx("disk quota", e))?),
             (Some(_), None) => {
                 return Err(RuntimeError::Setup(format!(
                     "disk limits are not available: {}",
@@ -327,7 +325,19 @@ impl Storage {
                 )))
             }
         };
-        let made = self.make_fs(paths, snapshot, group);
+        let made = self.make_fs(paths, snapshot, group).and_then(|()| {
+            // The kernel drops a group that vanished meanwhile (another daemon on this file
+            // system collecting empty groups) from the inherit list without an error.
+            match (group, &self.quota) {
+                (Some(g), Some(q)) if q.group_of(&paths.fs).ok().flatten() != Some(g) => {
+                    Err(RuntimeError::Setup(format!(
+                        "{} is not in its quota group",
+                        paths.fs.display()
+                    )))
+                }
+                _ => Ok(()),
+            }
+        });
         if made.is_err() {
             if let (Some(g), Some(q)) = (group, &self.quota) {
                 if let Err(e) = q.remove_group(g) {
