@@ -76,11 +76,15 @@ pub(crate) fn io_code(e: &io::Error) -> &'static str {
         Some(libc::EEXIST) => "exists",
         Some(libc::EACCES | libc::EPERM) => "permission_denied",
         Some(libc::EINVAL | libc::ENAMETOOLONG | libc::ELOOP) => "invalid_path",
+        Some(libc::EDQUOT) => "quota_exceeded",
+        Some(libc::ENOSPC) => "no_space",
         Some(_) => "io",
         None => match e.kind() {
             io::ErrorKind::NotFound => "not_found",
             io::ErrorKind::AlreadyExists => "exists",
             io::ErrorKind::PermissionDenied => "permission_denied",
+            io::ErrorKind::QuotaExceeded => "quota_exceeded",
+            io::ErrorKind::StorageFull => "no_space",
             _ => "io",
         },
     }
@@ -727,6 +731,8 @@ mod tests {
         assert_eq!(c(libc::ELOOP), "invalid_path");
         assert_eq!(c(libc::ENAMETOOLONG), "invalid_path");
         assert_eq!(c(libc::EIO), "io");
+        assert_eq!(c(libc::EDQUOT), "quota_exceeded");
+        assert_eq!(c(libc::ENOSPC), "no_space");
     }
 
     #[test]

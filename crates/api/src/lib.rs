@@ -35,6 +35,12 @@ pub struct Resources {
     /// Maximum number of processes and threads in the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+    /// Disk space in MiB for everything the sandbox writes: its files, and what its
+    /// snapshots keep of files it has since changed or deleted. Writes past it fail inside
+    /// with `EDQUOT` ("Disk quota exceeded"). Only where `storage.disk_quota` is true
+    /// (elsewhere 400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
 }
 
 /// Body of `POST /v1/sandboxes`.
@@ -520,6 +526,14 @@ pub struct Limits {
     /// (0 = never).
     #[serde(default)]
     pub min_available_memory_mib: u64,
+    /// Largest `resources.disk_mib` (0: this server has no disk quotas).
+    #[serde(default)]
+    pub max_disk_mib: u64,
+    /// Below this much free space (MiB) on the file system of the store or of the sandboxes'
+    /// files, or below 5 % of its inodes free, creates are 503 `host_under_pressure`
+    /// (0 = never).
+    #[serde(default)]
+    pub min_free_disk_mib: u64,
     /// Largest `size` of a pool.
     #[serde(default)]
     pub max_pool_size: u32,

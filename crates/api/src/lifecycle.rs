@@ -167,6 +167,10 @@ pub struct StorageInfo {
     pub reflink: bool,
     /// Backends this server could be configured with.
     pub available: Vec<String>,
+    /// Whether `resources.disk_mib` is enforced (btrfs simple quotas). False on `dir`,
+    /// where the kernel offers no quota: a sandbox can fill the file system then.
+    #[serde(default)]
+    pub disk_quota: bool,
 }
 
 #[cfg(test)]

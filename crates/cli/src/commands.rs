@@ -343,6 +343,7 @@ fn create_request(opts: &SandboxOpts) -> CreateSandboxRequest {
         cpus: opts.cpus,
         memory_mib: opts.memory,
         pids: opts.pids,
+        disk_mib: opts.disk,
     };
     CreateSandboxRequest {
         image: opts.image.clone(),

@@ -323,6 +323,9 @@ struct SandboxOpts {
     /// Maximum number of processes.
     #[arg(long, value_name = "N")]
     pids: Option<u64>,
+    /// Disk space in MiB for what the sandbox writes (servers with disk quotas only).
+    #[arg(long, value_name = "MIB")]
+    disk: Option<u64>,
     /// Seconds until the sandbox expires.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,

@@ -22,6 +22,9 @@ pub enum PoolCommand {
         /// Maximum number of processes of its sandboxes.
         #[arg(long, value_name = "N")]
         pids: Option<u64>,
+        /// Disk space of its sandboxes in MiB (servers with disk quotas only).
+        #[arg(long, value_name = "MIB")]
+        disk: Option<u64>,
         /// Image (default: host).
         #[arg(long, value_name = "NAME")]
         image: Option<String>,
@@ -53,6 +56,7 @@ pub async fn run(client: &Client, cmd: PoolCommand) -> anyhow::Result<u8> {
             cpus,
             memory,
             pids,
+            disk,
             image,
             env,
         } => {
@@ -60,6 +64,7 @@ pub async fn run(client: &Client, cmd: PoolCommand) -> anyhow::Result<u8> {
                 cpus,
                 memory_mib: memory,
                 pids,
+                disk_mib: disk,
             };
             let spec = PoolSpec {
                 image,
@@ -160,6 +165,7 @@ mod tests {
                 cpus: Some(0.5),
                 memory_mib: Some(512),
                 pids: Some(64),
+                disk_mib: None,
             },
             env_keys: vec![],
             source: Default::default(),

@@ -125,6 +125,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(m) = settings.min_available_memory_mib {
         config.min_available_memory_mib = m;
     }
+    disk_settings(&mut config, &settings, &runtime)?;
     if let Some(s) = settings.max_timeout {
         config.max_timeout_secs = s;
     }
@@ -217,6 +218,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         memory_budget_mib = engine.config().memory_budget_mib,
         pids_budget = engine.config().pids_budget,
         min_available_memory_mib = engine.config().min_available_memory_mib,
+        min_free_disk_mib = engine.config().min_free_disk_mib,
+        default_disk_mib = engine.config().default_resources.disk_mib,
         max_connections = engine.config().max_connections,
         max_streams = engine.config().max_streams,
         "warren serving"
@@ -256,6 +259,51 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Err(_) => info!("connections still open after 10 s; closing them"),
     }
     info!("stopped");
+    Ok(())
+}
+
+/// Disk admission and quota sizes: the file systems of the data dir (the store) and of the
+/// sandboxes' files (the btrfs image, if any) are watched; quota sizes follow the storage
+/// file system's size.
+fn disk_settings(
+    config: &mut EngineConfig,
+    settings: &crate::serve_args::Settings,
+    runtime: &NativeRuntime,
+) -> anyhow::Result<()> {
+    use warren_engine::{disk_floor_mib, DiskProbe};
+    let storage_root = runtime.storage_root();
+    let paths = vec![config.data_dir.clone(), storage_root.clone()];
+    let smallest = paths
+        .iter()
+        .filter_map(|p| warren_runtime::fs_space(p).ok())
+        .map(|s| s.total_bytes)
+        .min();
+    config.disk_probe = DiskProbe::statvfs(paths);
+    config.min_free_disk_mib = match settings.min_free_disk_mib {
+        Some(m) => m,
+        None => smallest.map_or(0, disk_floor_mib),
+    };
+    let quota = warren_runtime::Runtime::info(runtime).disk_quota;
+    if quota {
+        if let Ok(s) = warren_runtime::fs_space(&storage_root) {
+            let total_mib = s.total_bytes >> 20;
+            config.max_disk_mib = total_mib;
+            config.default_resources.disk_mib =
+                Some(warren_engine::DEFAULT_DISK_MIB.min(total_mib / 4));
+        }
+    }
+    match settings.default_disk_mib {
+        Some(0) => config.default_resources.disk_mib = None,
+        Some(_) if !quota => tracing::warn!(
+            "--default-disk-mib is ignored: this storage has no disk quotas (use --storage btrfs)"
+        ),
+        Some(m) if m > config.max_disk_mib => bail!(
+            "--default-disk-mib {m} is more than the storage file system holds ({} MiB)",
+            config.max_disk_mib
+        ),
+        Some(m) => config.default_resources.disk_mib = Some(m),
+        None => {}
+    }
     Ok(())
 }
 

@@ -56,6 +56,17 @@ pub struct ServeArgs {
     /// MiB (0 = never) [default: 5 % of the host's memory, at least 256].
     #[arg(long, value_name = "MIB")]
     pub min_available_memory_mib: Option<u64>,
+    /// Creates get 503 `host_under_pressure` while the file system of the data dir (where
+    /// the store lives) or of the sandboxes' files (the btrfs image) has less free space, in
+    /// MiB, or less than 5 % of its inodes free (0 = never) [default: 5 % of the smaller
+    /// file system, at least 1 GiB but at most a tenth of it].
+    #[arg(long, value_name = "MIB")]
+    pub min_free_disk_mib: Option<u64>,
+    /// `resources.disk_mib` of a sandbox created without one, where the storage has disk
+    /// quotas (btrfs); 0 = no limit unless asked [default: 10240, or a quarter of the
+    /// storage file system if that is less].
+    #[arg(long, value_name = "MIB")]
+    pub default_disk_mib: Option<u64>,
     /// Lifetime of a sandbox created without `timeout_secs`.
     #[arg(long, value_name = "SECS")]
     pub default_timeout: Option<u64>,
@@ -71,15 +82,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "LEVEL", env = "WARREN_LOG")]
     pub log_level: Option<String>,
     /// Storage of sandbox files and snapshots: `dir` (any file system; a snapshot is a
-    /// copy, sharing blocks where the file system can) or `btrfs` (subvolumes; a snapshot
-    /// takes constant time). `btrfs` uses the data dir if it is on btrfs, else needs
-    /// `--btrfs-loop-size` [default: dir].
+    /// copy, sharing blocks where the file system can; no disk quotas), `btrfs`
+    /// (subvolumes: a snapshot takes constant time; disk quotas; uses the data dir if it is
+    /// on btrfs, else needs --btrfs-loop-size) or `auto`: a btrfs image (as `btrfs` with
+    /// --btrfs-loop-size) where mkfs.btrfs exists and the data dir holds no `dir`
+    /// sandboxes, else `dir` [default: auto].
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub storage: Option<StorageKind>,
-    /// With `--storage btrfs` on a data dir that is not on btrfs: size of the image the
-    /// daemon creates once at `<data-dir>/storage/btrfs.img` and mounts as a loop device,
-    /// e.g. `10G` (suffixes K, M, G, T are powers of 1024). Sparse: it takes disk space
-    /// only as it fills.
+    /// Size of the btrfs image the daemon creates once at `<data-dir>/storage/btrfs.img`
+    /// and mounts as a loop device, e.g. `10G` (suffixes K, M, G, T are powers of 1024).
+    /// Allocated in full when created, so that sandboxes can never fill the file system
+    /// the store lives on [default with auto: a quarter of the free space, at most 64G].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub btrfs_loop_size: Option<u64>,
     /// Give each sandbox its own user namespace, so its root is an unprivileged host uid of
@@ -146,6 +159,7 @@ impl From<UsernsKind> for UsernsSetting {
 pub enum StorageKind {
     Dir,
     Btrfs,
+    Auto,
 }
 
 /// The config file.
@@ -160,6 +174,8 @@ pub struct ConfigFile {
     pub memory_budget_mib: Option<u64>,
     pub pids_budget: Option<u64>,
     pub min_available_memory_mib: Option<u64>,
+    pub min_free_disk_mib: Option<u64>,
+    pub default_disk_mib: Option<u64>,
     pub default_timeout: Option<u64>,
     pub max_timeout: Option<u64>,
     pub cgroup_parent: Option<String>,
@@ -216,6 +232,8 @@ pub struct Settings {
     pub memory_budget_mib: Option<u64>,
     pub pids_budget: Option<u64>,
     pub min_available_memory_mib: Option<u64>,
+    pub min_free_disk_mib: Option<u64>,
+    pub default_disk_mib: Option<u64>,
     pub default_timeout: Option<u64>,
     pub max_timeout: Option<u64>,
     pub cgroup_parent: Option<String>,
@@ -250,7 +268,7 @@ impl ServeArgs {
             .transpose()
             .map_err(|e| anyhow::anyhow!("btrfs_loop_size: {e}"))?;
         let storage = storage_config(
-            self.storage.or(file.storage).unwrap_or(StorageKind::Dir),
+            self.storage.or(file.storage).unwrap_or(StorageKind::Auto),
             self.btrfs_loop_size.or(file_loop_size),
         )
         .map_err(anyhow::Error::msg)?;
@@ -278,6 +296,8 @@ impl ServeArgs {
             min_available_memory_mib: self
                 .min_available_memory_mib
                 .or(file.min_available_memory_mib),
+            min_free_disk_mib: self.min_free_disk_mib.or(file.min_free_disk_mib),
+            default_disk_mib: self.default_disk_mib.or(file.default_disk_mib),
             default_timeout: self.default_timeout.or(file.default_timeout),
             max_timeout: self.max_timeout.or(file.max_timeout),
             cgroup_parent: self.cgroup_parent.clone().or(file.cgroup_parent),
@@ -322,6 +342,7 @@ fn storage_config(kind: StorageKind, loop_size: Option<u64>) -> Result<StorageCo
         (StorageKind::Dir, None) => Ok(StorageConfig::Dir),
         (StorageKind::Dir, Some(_)) => Err("--btrfs-loop-size needs --storage btrfs".to_string()),
         (StorageKind::Btrfs, loop_size_bytes) => Ok(StorageConfig::Btrfs { loop_size_bytes }),
+        (StorageKind::Auto, loop_size_bytes) => Ok(StorageConfig::Auto { loop_size_bytes }),
     }
 }
 
@@ -410,7 +431,18 @@ mod tests {
                     .map_err(|e| e.to_string())
             })
         };
-        assert_eq!(parse(&[]).unwrap(), Ok(StorageConfig::Dir));
+        assert_eq!(
+            parse(&[]).unwrap(),
+            Ok(StorageConfig::Auto {
+                loop_size_bytes: None
+            })
+        );
+        assert_eq!(
+            parse(&["--btrfs-loop-size", "10G"]).unwrap(),
+            Ok(StorageConfig::Auto {
+                loop_size_bytes: Some(10 << 30)
+            })
+        );
         assert_eq!(
             parse(&["--storage", "dir"]).unwrap(),
             Ok(StorageConfig::Dir)
@@ -427,7 +459,9 @@ mod tests {
                 loop_size_bytes: Some(10 << 30)
             })
         );
-        assert!(parse(&["--btrfs-loop-size", "10G"]).unwrap().is_err());
+        assert!(parse(&["--storage", "dir", "--btrfs-loop-size", "10G"])
+            .unwrap()
+            .is_err());
         assert!(parse(&["--storage", "zfs"]).is_err());
         assert!(parse(&["--storage", "btrfs", "--btrfs-loop-size", "lots"]).is_err());
     }
@@ -451,6 +485,8 @@ mod tests {
             pids_budget = 5000
             cleanup_on_exit = true
             min_available_memory_mib = 512
+            min_free_disk_mib = 2048
+            default_disk_mib = 4096
             storage = "btrfs"
             btrfs_loop_size = "2G"
             max_connections = 300
@@ -492,6 +528,10 @@ mod tests {
         assert_eq!(s.max_sandboxes, Some(3));
         assert_eq!(s.max_committed_memory_mib, Some(8192));
         assert_eq!(s.min_available_memory_mib, Some(512));
+        assert_eq!(
+            (s.min_free_disk_mib, s.default_disk_mib),
+            (Some(2048), Some(4096))
+        );
         assert_eq!(s.memory_overcommit, Some(2.5));
         assert_eq!(s.memory_budget_mib, Some(4096));
         assert_eq!(s.pids_budget, Some(5000));

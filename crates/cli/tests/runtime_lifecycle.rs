@@ -425,6 +425,7 @@ fn stats_are_plausible() {
             cpus: None,
             memory_bytes: Some(256 << 20),
             pids: Some(128),
+            disk_bytes: None,
         };
         rt.create(&spec).await.expect("create");
         rt.create(&h.spec(&free)).await.expect("create unlimited");

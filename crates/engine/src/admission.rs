@@ -13,7 +13,12 @@
 //!   into swap or the OOM killer;
 //! - `pids_budget`: when the sandboxes' tasks together (their parent cgroup's
 //!   `pids.current`, through a [`PidsProbe`]) leave less than a new sandbox needs to start
-//!   → 503 `host_under_pressure`, instead of a create failing halfway.
+//!   → 503 `host_under_pressure`, instead of a create failing halfway;
+//! - `min_free_disk_mib`: every file system of the [`DiskProbe`] (the data dir's, where the
+//!   store lives, and the sandboxes' files', e.g. the btrfs image) must have at least this
+//!   much free space and 5 % of its inodes free (read at most once a second) → 503
+//!   `host_under_pressure`: a full disk would fail the create halfway, or the store's
+//!   writes.
 //!
 //! The model: a memory limit is a ceiling, not a reservation (most sandboxes use a small
 //! part of theirs), so limits are overcommitted — by default they may add up to
@@ -27,6 +32,7 @@
 //! when refused.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,6 +99,82 @@ impl std::fmt::Debug for PidsProbe {
     }
 }
 
+/// Size and free space of one file system the engine depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// A path on it (for messages).
+    pub path: PathBuf,
+    pub total_bytes: u64,
+    pub avail_bytes: u64,
+    /// 0 when the file system has no fixed inode count (btrfs): not checked.
+    pub total_inodes: u64,
+    pub avail_inodes: u64,
+}
+
+/// Where the engine reads the free space of the file systems it depends on. Injectable.
+#[derive(Clone)]
+pub struct DiskProbe(Arc<dyn Fn() -> Vec<DiskSpace> + Send + Sync>);
+
+impl DiskProbe {
+    /// `statvfs` of each path's file system (each file system once), read at most once a
+    /// second (a `statvfs` is a few microseconds, but creates can come in bursts). A path
+    /// that cannot be read is left out.
+    pub fn statvfs(paths: Vec<PathBuf>) -> DiskProbe {
+        let cache: Mutex<Option<(Instant, Vec<DiskSpace>)>> = Mutex::new(None);
+        DiskProbe(Arc::new(move || {
+            let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, v)) = &*c {
+                if at.elapsed() < Duration::from_secs(1) {
+                    return v.clone();
+                }
+            }
+            let mut seen = Vec::new();
+            let mut v = Vec::new();
+            for p in &paths {
+                let Ok(s) = warren_runtime::fs_space(p) else {
+                    continue;
+                };
+                if seen.contains(&s.fsid) {
+                    continue;
+                }
+                seen.push(s.fsid);
+                v.push(DiskSpace {
+                    path: p.clone(),
+                    total_bytes: s.total_bytes,
+                    avail_bytes: s.avail_bytes,
+                    total_inodes: s.total_inodes,
+                    avail_inodes: s.avail_inodes,
+                });
+            }
+            *c = Some((Instant::now(), v.clone()));
+            v
+        }))
+    }
+
+    /// A probe answering whatever `f` says (tests).
+    pub fn from_fn(f: impl Fn() -> Vec<DiskSpace> + Send + Sync + 'static) -> DiskProbe {
+        DiskProbe(Arc::new(f))
+    }
+
+    pub fn spaces(&self) -> Vec<DiskSpace> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for DiskProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DiskProbe")
+    }
+}
+
+/// The default free-space floor of a file system of `total_bytes`, in MiB: 5 % of it, at
+/// least 1 GiB — but never above a tenth of it, so that a small file system (a test's
+/// image) stays usable.
+pub fn disk_floor_mib(total_bytes: u64) -> u64 {
+    let total_mib = total_bytes >> 20;
+    (total_mib / 20).max(1024.min(total_mib / 10))
+}
+
 /// Tasks a new sandbox needs to come up (its helper, init and agent threads).
 pub const PIDS_TO_START: u64 = 16;
 
@@ -152,6 +234,28 @@ impl Engine {
                         "the sandboxes have {used} of their {} tasks (--pids-budget); try \
                          again when processes end",
                         c.pids_budget
+                    )));
+                }
+            }
+        }
+        if c.min_free_disk_mib > 0 {
+            for d in c.disk_probe.spaces() {
+                let avail_mib = d.avail_bytes >> 20;
+                if avail_mib < c.min_free_disk_mib {
+                    return Err(EngineError::HostUnderPressure(format!(
+                        "the file system of {} has {avail_mib} MiB free, below the floor of {} \
+                         MiB (--min-free-disk-mib); try again when space is freed",
+                        d.path.display(),
+                        c.min_free_disk_mib
+                    )));
+                }
+                if d.total_inodes > 0 && d.avail_inodes < d.total_inodes / 20 {
+                    return Err(EngineError::HostUnderPressure(format!(
+                        "the file system of {} has {} of its {} inodes free, below 5 %; try \
+                         again when files are removed",
+                        d.path.display(),
+                        d.avail_inodes,
+                        d.total_inodes
                     )));
                 }
             }

@@ -48,7 +48,8 @@ pub enum EngineError {
     Spawn { code: &'static str, message: String },
     /// A file operation failed inside the sandbox: `file_not_found` (404),
     /// `not_a_directory`, `is_a_directory`, `invalid_path` (400), `file_exists`,
-    /// `directory_not_empty` (409), `permission_denied` (403), `io_error` (500).
+    /// `directory_not_empty` (409), `permission_denied` (403), `disk_quota_exceeded`,
+    /// `no_space` (507), `io_error` (500).
     #[error("{message}")]
     File { code: &'static str, message: String },
     /// A durable-process operation failed: `process_not_found` (404), `not_a_pty`,
@@ -135,6 +136,7 @@ impl EngineError {
                 "not_a_directory" | "is_a_directory" | "invalid_path" => 400,
                 "file_exists" | "directory_not_empty" => 409,
                 "permission_denied" => 403,
+                "disk_quota_exceeded" | "no_space" => 507,
                 _ => 500,
             },
             EngineError::Process { code, .. } => match *code {
@@ -164,6 +166,8 @@ pub(crate) fn file_code(runtime_code: &str) -> &'static str {
         "exists" => "file_exists",
         "not_empty" => "directory_not_empty",
         "permission_denied" => "permission_denied",
+        "quota_exceeded" => "disk_quota_exceeded",
+        "no_space" => "no_space",
         _ => "io_error",
     }
 }

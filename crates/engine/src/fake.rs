@@ -29,6 +29,10 @@
 //! bounded output log per process, attachments honouring offsets, `Lost` and `Ended`).
 //! [`FakeRuntime::disable_processes`] makes every process call `Unsupported`.
 //!
+//! Disk quotas: a sandbox created with `limits.disk_bytes` refuses an upload larger than
+//! that with `quota_exceeded` (as the agent reports `EDQUOT`);
+//! [`FakeRuntime::disable_disk_quota`] makes the runtime report none.
+//!
 //! Failures and slowness can be injected with [`FakeRuntime::fail_next_create`] and
 //! [`FakeRuntime::set_create_delay`]; [`FakeRuntime::shut_down`] records a runtime shutdown.
 //!
@@ -76,6 +80,9 @@ pub struct FakeRuntime {
     procs: procs::Procs,
     no_processes: Arc<AtomicBool>,
     life: lifecycle::Life,
+    no_disk_quota: Arc<AtomicBool>,
+    /// Disk limits of the sandboxes that have one.
+    disk_limits: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl FakeRuntime {
@@ -101,6 +108,20 @@ impl FakeRuntime {
     /// From now on every process call fails with [`RuntimeError::Unsupported`].
     pub fn disable_processes(&self) {
         self.no_processes.store(true, Ordering::SeqCst);
+    }
+
+    /// Report no disk quotas (as the `dir` storage backend); call before the engine opens.
+    pub fn disable_disk_quota(&self) {
+        self.no_disk_quota.store(true, Ordering::SeqCst);
+    }
+
+    /// The disk limit a sandbox was created with.
+    pub fn disk_limit(&self, id: &str) -> Option<u64> {
+        self.disk_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
     }
 
     fn check_processes(&self, id: &str) -> Result<(), RuntimeError> {
@@ -216,6 +237,7 @@ impl Runtime for FakeRuntime {
             storage: "memory".into(),
             reflink: false,
             storage_available: vec!["memory".into()],
+            disk_quota: !self.no_disk_quota.load(Ordering::SeqCst),
         }
     }
 
@@ -230,6 +252,15 @@ impl Runtime for FakeRuntime {
         }
         if spec.image != warren_api::DEFAULT_IMAGE {
             return Err(RuntimeError::ImageNotFound(spec.image.clone()));
+        }
+        if let Some(bytes) = spec.limits.disk_bytes {
+            if self.no_disk_quota.load(Ordering::SeqCst) {
+                return Err(RuntimeError::Setup("disk limits are not available".into()));
+            }
+            self.disk_limits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(spec.id.clone(), bytes);
         }
         let tree = match &spec.snapshot {
             Some(snap) => self.life.snapshot_tree(snap)?,
@@ -371,6 +402,15 @@ impl Runtime for FakeRuntime {
                 return Err(e);
             }
         };
+        if let Some(limit) = self.disk_limit(id) {
+            if data.len() as u64 > limit {
+                self.aborted_writes.fetch_add(1, Ordering::SeqCst);
+                return Err(RuntimeError::File {
+                    code: "quota_exceeded".into(),
+                    message: format!("write {path}: Disk quota exceeded (os error 122)"),
+                });
+            }
+        }
         self.with_tree(id, |t| t.commit_write(path, opts, data))
     }
 
@@ -479,6 +519,10 @@ impl Runtime for FakeRuntime {
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        self.disk_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.life.forget(id);
         self.lock().remove(id);
         self.procs.remove_sandbox(id);

@@ -34,7 +34,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use admission::{MemoryProbe, PidsProbe};
+pub use admission::{disk_floor_mib, DiskProbe, DiskSpace, MemoryProbe, PidsProbe};
 pub use error::EngineError;
 pub use events::{EventItem, EventStream};
 pub use lifecycle::Deadlines;
@@ -105,6 +105,14 @@ pub struct EngineConfig {
     pub pids_budget: u64,
     /// Creates are refused (503) while the host has less memory available (MiB); 0 = never.
     pub min_available_memory_mib: u64,
+    /// Largest `resources.disk_mib`. The engine sets it (and the default `disk_mib`) to 0 /
+    /// none when the runtime has no disk quotas.
+    pub max_disk_mib: u64,
+    /// Creates are refused (503) while a file system of [`EngineConfig::disk_probe`] has
+    /// less free space (MiB), or less than 5 % of its inodes free; 0 = never.
+    pub min_free_disk_mib: u64,
+    /// Where the free space of the store's and the sandboxes' file systems is read.
+    pub disk_probe: DiskProbe,
     /// Where the host's available memory is read.
     pub memory_probe: MemoryProbe,
     /// Where the tasks of all sandboxes together are read (checked against `pids_budget`).
@@ -131,7 +139,7 @@ impl EngineConfig {
         let pids_budget = host_pids_budget().unwrap_or(MAX_PIDS);
         let max_connections = default_max_connections(open_files_limit());
         EngineConfig {
-            data_dir,
+            data_dir: data_dir.clone(),
             default_timeout_secs: 300,
             max_timeout_secs: 24 * 3600,
             max_sandboxes: 0,
@@ -139,6 +147,7 @@ impl EngineConfig {
                 cpus: Some(1.0_f64.min(host_cpus)),
                 memory_mib: Some(1024.min(host_mem_mib)),
                 pids: Some(1024.min(pids_budget)),
+                disk_mib: Some(DEFAULT_DISK_MIB),
             },
             max_cpus: host_cpus,
             max_memory_mib: host_mem_mib,
@@ -159,6 +168,9 @@ impl EngineConfig {
             memory_budget_mib,
             pids_budget,
             min_available_memory_mib: (host_mem_mib / 20).max(256),
+            max_disk_mib: MAX_DISK_MIB,
+            min_free_disk_mib: crate::fs_floor_of(&data_dir),
+            disk_probe: DiskProbe::statvfs(vec![data_dir.clone()]),
             memory_probe: MemoryProbe::host(),
             pids_probe: PidsProbe::none(),
             max_pool_size: 256,
@@ -175,6 +187,27 @@ fn host_memory_mib() -> Option<u64> {
 
 /// Largest `resources.pids` whatever the host.
 pub const MAX_PIDS: u64 = 65536;
+/// Default `resources.disk_mib` (where the runtime has disk quotas; the daemon lowers it to
+/// a quarter of the storage file system's size when that is less).
+pub const DEFAULT_DISK_MIB: u64 = 10 * 1024;
+/// Default largest `resources.disk_mib` (the daemon sets the storage file system's size).
+pub const MAX_DISK_MIB: u64 = 1 << 20;
+
+/// The default `min_free_disk_mib` for the file system of `path` ([`disk_floor_mib`]; 0 if
+/// it cannot be read).
+fn fs_floor_of(path: &std::path::Path) -> u64 {
+    // The data dir may not exist yet: its nearest existing ancestor tells the file system.
+    let mut p = path;
+    loop {
+        if let Ok(s) = warren_runtime::fs_space(p) {
+            return disk_floor_mib(s.total_bytes);
+        }
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => return 0,
+        }
+    }
+}
 /// Default of `memory_overcommit`.
 pub const MEMORY_OVERCOMMIT: f64 = 4.0;
 
@@ -350,9 +383,14 @@ impl Engine {
     /// Open the store under `config.data_dir` and reconcile it with what runs on this host
     /// (see `recover`): sandboxes that still run are adopted, half-made ones removed.
     pub async fn open(
-        config: EngineConfig,
+        mut config: EngineConfig,
         runtime: Arc<dyn Runtime>,
     ) -> Result<Engine, EngineError> {
+        if !runtime.info().disk_quota {
+            // Nothing would enforce it: `disk_mib` is refused rather than ignored.
+            config.default_resources.disk_mib = None;
+            config.max_disk_mib = 0;
+        }
         let store = Store::open(&config.data_dir)?;
         let id_ranges = if runtime.info().user_namespace {
             let c = &config.id_ranges;
@@ -489,12 +527,15 @@ impl Engine {
                 memory_budget_mib: c.memory_budget_mib,
                 pids_budget: c.pids_budget,
                 min_available_memory_mib: c.min_available_memory_mib,
+                max_disk_mib: c.max_disk_mib,
+                min_free_disk_mib: c.min_free_disk_mib,
                 max_pool_size: c.max_pool_size,
             },
             storage: StorageInfo {
                 backend: info.storage,
                 reflink: info.reflink,
                 available: info.storage_available,
+                disk_quota: info.disk_quota,
             },
         }
     }
@@ -666,6 +707,7 @@ impl Engine {
                 cpus: record.resources.cpus,
                 memory_bytes: record.resources.memory_mib.map(|m| m * 1024 * 1024),
                 pids: record.resources.pids,
+                disk_bytes: record.resources.disk_mib.map(|m| m << 20),
             },
             snapshot,
             idmap: record.host_id.map(warren_runtime::IdMap::new),

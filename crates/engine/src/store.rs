@@ -633,6 +633,7 @@ mod tests {
                 cpus: Some(0.5),
                 memory_mib: Some(256),
                 pids: Some(64),
+                disk_mib: Some(2048),
             },
             failure_reason: None,
             state_changed_at: ms_to_time(1_700_000_000_000),

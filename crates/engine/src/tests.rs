@@ -16,11 +16,13 @@ pub(crate) fn config() -> EngineConfig {
         cpus: Some(1.0),
         memory_mib: Some(512),
         pids: Some(256),
+        disk_mib: None,
     };
     c.reap_interval = Duration::from_millis(20);
     // Deterministic whatever the host: admission is tested with its own settings.
     c.max_committed_memory_mib = 0;
     c.min_available_memory_mib = 0;
+    c.min_free_disk_mib = 0;
     c
 }
 
@@ -544,6 +546,7 @@ mod processes {
     }
 }
 
+mod disk;
 mod hardening;
 mod lifecycle;
 mod pools;

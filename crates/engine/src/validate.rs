@@ -12,6 +12,8 @@ const MAX_MAP_ENTRIES: usize = 128;
 const MAX_KEY_LEN: usize = 256;
 const MAX_VALUE_LEN: usize = 16 * 1024;
 const MIN_MEMORY_MIB: u64 = 16;
+/// Smallest `resources.disk_mib`.
+pub const MIN_DISK_MIB: u64 = 16;
 pub(crate) const MIN_PIDS: u64 = 8;
 /// Longest a single exec may be told to run.
 pub const MAX_EXEC_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
@@ -41,6 +43,7 @@ pub fn resources(req: Option<&Resources>, config: &EngineConfig) -> Result<Resou
         cpus: req.cpus.or(d.cpus),
         memory_mib: req.memory_mib.or(d.memory_mib),
         pids: req.pids.or(d.pids),
+        disk_mib: req.disk_mib.or(d.disk_mib),
     };
     if let Some(c) = out.cpus {
         if !c.is_finite() || c < 0.01 || c > config.max_cpus {
@@ -63,6 +66,21 @@ pub fn resources(req: Option<&Resources>, config: &EngineConfig) -> Result<Resou
             return Err(invalid(format!(
                 "resources.pids must be between {MIN_PIDS} and {}, got {p}",
                 config.max_pids
+            )));
+        }
+    }
+    if let Some(m) = out.disk_mib {
+        if config.max_disk_mib == 0 {
+            return Err(invalid(
+                "resources.disk_mib: this server cannot limit disk use (its storage has no \
+                 quotas, see storage.disk_quota in GET /v1/capabilities; the btrfs backend \
+                 has them)",
+            ));
+        }
+        if m < MIN_DISK_MIB || m > config.max_disk_mib {
+            return Err(invalid(format!(
+                "resources.disk_mib must be between {MIN_DISK_MIB} and {}, got {m}",
+                config.max_disk_mib
             )));
         }
     }

@@ -376,6 +376,7 @@ pub enum Event {
     /// The request failed before or instead of running (e.g. command not found: code
     /// `not_found`, bad cwd: `bad_cwd`, anything else: `spawn_failed`). File requests use
     /// `not_found`, `not_a_directory`, `is_a_directory`, `not_empty`, `exists`,
-    /// `permission_denied`, `invalid_path` and `io`.
+    /// `permission_denied`, `invalid_path`, `quota_exceeded` (`EDQUOT`), `no_space`
+    /// (`ENOSPC`) and `io`.
     Error { code: String, message: String },
 }

@@ -13,6 +13,32 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use warren_proto::client::FileChange;
+
+/// Size and free space of a file system ([`fs_space`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsSpace {
+    pub total_bytes: u64,
+    /// Free for unprivileged users (`f_bavail`).
+    pub avail_bytes: u64,
+    /// 0 when the file system has no fixed inode count (btrfs).
+    pub total_inodes: u64,
+    pub avail_inodes: u64,
+    /// Tells file systems apart (`f_fsid`).
+    pub fsid: u64,
+}
+
+/// `statvfs(2)` of the file system holding `path`.
+pub fn fs_space(path: &std::path::Path) -> std::io::Result<FsSpace> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    let frag = st.fragment_size().max(1) as u64;
+    Ok(FsSpace {
+        total_bytes: (st.blocks() as u64).saturating_mul(frag),
+        avail_bytes: (st.blocks_available() as u64).saturating_mul(frag),
+        total_inodes: st.files() as u64,
+        avail_inodes: st.files_available() as u64,
+        fsid: st.filesystem_id() as u64,
+    })
+}
 pub use warren_proto::{
     ExecSpec, FileEventKind, FileKind, FileOp, FileOpResult, FileStat, ProcessInfo, ProcessOp,
     ProcessSpec, ProcessState, ProtoError, PtySize, ReplaceSpec, ReplacedFile, SearchMatch,
@@ -26,6 +52,10 @@ pub struct Limits {
     pub cpus: Option<f64>,
     pub memory_bytes: Option<u64>,
     pub pids: Option<u64>,
+    /// Bytes the sandbox's writable layer may hold (with what its snapshots keep of it);
+    /// only on backends with `disk_quota`. Applied when the files are made (create), kept
+    /// by stop/start and rollback.
+    pub disk_bytes: Option<u64>,
 }
 
 /// The host ids a sandbox's user namespace maps its ids `0..size` onto: uid and gid
@@ -226,6 +256,8 @@ pub struct RuntimeInfo {
     pub reflink: bool,
     /// Storage backends this runtime can be configured with.
     pub storage_available: Vec<String>,
+    /// Whether [`Limits::disk_bytes`] is enforced (writes past it fail with `EDQUOT`).
+    pub disk_quota: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +274,7 @@ pub enum RuntimeError {
     Spawn { code: String, message: String },
     /// A file operation failed inside the sandbox (`code` as in the agent protocol:
     /// `not_found`, `not_a_directory`, `is_a_directory`, `not_empty`, `exists`,
-    /// `permission_denied`, `invalid_path`, `io`).
+    /// `permission_denied`, `invalid_path`, `quota_exceeded`, `no_space`, `io`).
     #[error("{message}")]
     File { code: String, message: String },
     /// A port inside the sandbox could not be reached (`code`: `connection_refused`).

@@ -143,6 +143,7 @@ pub(crate) async fn read_file(
         (status = 409, description = "`invalid_state`: the sandbox is not running", body = ErrorBody),
         (status = 500, description = "`io_error` or `runtime_error`", body = ErrorBody),
         (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+        (status = 507, description = "`disk_quota_exceeded` (the sandbox's `resources.disk_mib` is used up) or `no_space` (its file system is full)", body = ErrorBody),
     ))]
 pub(crate) async fn write_file(
     State(engine): State<Engine>,
@@ -286,6 +287,7 @@ pub(crate) fn upload_target(dir: &str, name: &str) -> Result<String, ApiError> {
         (status = 409, description = "`invalid_state`: the sandbox is not running", body = ErrorBody),
         (status = 500, description = "`io_error` or `runtime_error`", body = ErrorBody),
         (status = 501, description = "`not_supported` by this runtime", body = ErrorBody),
+        (status = 507, description = "`disk_quota_exceeded` (the sandbox's `resources.disk_mib` is used up) or `no_space` (its file system is full)", body = ErrorBody),
     ))]
 pub(crate) async fn upload(
     State(engine): State<Engine>,
@@ -414,6 +416,7 @@ pub(crate) async fn list(
         (status = 404, description = "`sandbox_not_found`, or `file_not_found` (a parent, without `parents`)", body = ErrorBody),
         (status = 409, description = "`file_exists` or `invalid_state`", body = ErrorBody),
         (status = 501, description = "`not_supported`", body = ErrorBody),
+        (status = 507, description = "`disk_quota_exceeded` (the sandbox's `resources.disk_mib` is used up) or `no_space` (its file system is full)", body = ErrorBody),
     ))]
 pub(crate) async fn mkdir(
     State(engine): State<Engine>,
@@ -466,6 +469,7 @@ pub(crate) async fn remove(
         (status = 404, description = "`sandbox_not_found` or `file_not_found`", body = ErrorBody),
         (status = 409, description = "`file_exists`, `directory_not_empty` or `invalid_state`", body = ErrorBody),
         (status = 501, description = "`not_supported`", body = ErrorBody),
+        (status = 507, description = "`disk_quota_exceeded` (the sandbox's `resources.disk_mib` is used up) or `no_space` (its file system is full)", body = ErrorBody),
     ))]
 pub(crate) async fn move_path(
     State(engine): State<Engine>,

@@ -64,6 +64,7 @@ pub(crate) async fn search(
         (status = 404, description = "`sandbox_not_found` or `file_not_found`", body = ErrorBody),
         (status = 409, description = "`invalid_state`", body = ErrorBody),
         (status = 501, description = "`not_supported`", body = ErrorBody),
+        (status = 507, description = "`disk_quota_exceeded` (the sandbox's `resources.disk_mib` is used up) or `no_space` (its file system is full)", body = ErrorBody),
     ))]
 pub(crate) async fn replace(
     State(engine): State<Engine>,

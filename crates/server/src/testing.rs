@@ -21,6 +21,7 @@ pub fn test_config(data_dir: &Path) -> EngineConfig {
             cpus: Some(1.0),
             memory_mib: Some(512),
             pids: Some(256),
+            disk_mib: None,
         },
         max_cpus: 4.0,
         max_memory_mib: 8192,
@@ -30,6 +31,7 @@ pub fn test_config(data_dir: &Path) -> EngineConfig {
         // Whatever the host has: admission is tested with explicit settings.
         max_committed_memory_mib: 0,
         min_available_memory_mib: 0,
+        min_free_disk_mib: 0,
         ..EngineConfig::with_defaults(data_dir.to_path_buf())
     }
 }

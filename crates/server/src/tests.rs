@@ -1243,6 +1243,38 @@ async fn upload_disconnect_over_tcp_writes_nothing() {
     assert_eq!(engine.stat(&id, "/workspace/full").await.unwrap().size, 3);
 }
 
+#[tokio::test]
+async fn disk_limit_over_http() {
+    let a = app().await;
+    let (status, caps) = a.call(Method::GET, "/v1/capabilities", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(caps["storage"]["disk_quota"], true);
+    assert!(caps["limits"]["max_disk_mib"].as_u64().unwrap() > 0);
+    let sb = a.create(r#"{"resources":{"disk_mib":16}}"#).await;
+    assert_eq!(sb.resources.disk_mib, Some(16));
+    // A write past the limit: 507 with a typed code.
+    let req = Request::put(format!("/v1/sandboxes/{}/files?path=/workspace/big", sb.id))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(vec![0u8; (16 << 20) + 1]))
+        .unwrap();
+    let resp = a.send(req).await;
+    assert_eq!(resp.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["code"], "disk_quota_exceeded", "{v}");
+    // Out of range: 400, nothing made.
+    let (status, v) = a
+        .call(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(r#"{"resources":{"disk_mib":1}}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_request");
+    assert_eq!(a.t.runtime.live().len(), 1);
+}
+
 mod archive;
 mod lifecycle;
 mod limits;

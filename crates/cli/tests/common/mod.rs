@@ -69,6 +69,16 @@ impl Daemon {
     ) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
         customize(&mut cmd);
+        // A daemon that does not choose its storage gets `dir` (the default, `auto`, would
+        // allocate an image of a quarter of the free space for each test daemon), or with
+        // `WARREN_TEST_STORAGE=btrfs` a 4 GiB btrfs image of its own.
+        let storage: &[&str] = if extra.contains(&"--storage") {
+            &[]
+        } else if std::env::var("WARREN_TEST_STORAGE").as_deref() == Ok("btrfs") {
+            &["--storage", "btrfs", "--btrfs-loop-size", "4G"]
+        } else {
+            &["--storage", "dir"]
+        };
         let mut child = cmd
             .arg("serve")
             // Many test daemons run at once; each claims a small window of user-namespace
@@ -82,6 +92,7 @@ impl Daemon {
             .arg("--cgroup-parent")
             .arg(&cgroup_parent)
             .args(extra)
+            .args(storage)
             .arg("--log-level")
             .arg("warn")
             .stdin(Stdio::null())

@@ -771,6 +771,7 @@ mod tests {
                 cpus: Some(1.5),
                 memory_bytes: Some(512 << 20),
                 pids: Some(256),
+                disk_bytes: None,
             },
             true,
         )
@@ -788,6 +789,7 @@ mod tests {
                 cpus: Some(0.001),
                 memory_bytes: Some(1 << 20),
                 pids: None,
+                disk_bytes: None,
             },
             false,
         )

@@ -210,6 +210,7 @@ pub fn prepare_sandbox_dir(
     storage: &Storage,
     snapshot: Option<&str>,
     owner: u32,
+    disk_bytes: Option<u64>,
 ) -> Result<(), RuntimeError> {
     let setup =
         |e: io::Error| RuntimeError::Setup(format!("preparing {}: {e}", paths.dir.display()));
@@ -227,7 +228,7 @@ pub fn prepare_sandbox_dir(
     let made = (|| {
         fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o700)).map_err(setup)?;
         mkdir_mode(&paths.rootfs, 0o755).map_err(setup)?;
-        storage.create_fs(paths, snapshot)?;
+        storage.create_fs(paths, snapshot, disk_bytes)?;
         own_layers(&paths.fs, owner)?;
         match (set_identity(&paths.upper, id, owner), snapshot) {
             (Ok(()), _) => Ok(()),
@@ -552,7 +553,7 @@ pub(crate) mod tests {
         let s = Scratch::new("sbdir");
         let storage = Storage::open(&s.0, &super::super::storage::StorageConfig::Dir).unwrap();
         let paths = SandboxPaths::new(&s.0.join("sandboxes/abc"));
-        prepare_sandbox_dir(&paths, "abc", &storage, None, 0).unwrap();
+        prepare_sandbox_dir(&paths, "abc", &storage, None, 0, None).unwrap();
         for p in [
             &paths.fs,
             &paths.upper,
@@ -571,12 +572,12 @@ pub(crate) mod tests {
             .unwrap()
             .contains("127.0.0.1\tlocalhost abc"));
         // A second sandbox with the same id is refused, and the first one's files stay.
-        assert!(prepare_sandbox_dir(&paths, "abc", &storage, None, 0).is_err());
+        assert!(prepare_sandbox_dir(&paths, "abc", &storage, None, 0, None).is_err());
         assert!(paths.upper.join("etc/hostname").is_file());
         // A missing snapshot: typed error, nothing left behind.
         let other = SandboxPaths::new(&s.0.join("sandboxes/def"));
         assert!(matches!(
-            prepare_sandbox_dir(&other, "def", &storage, Some("nope"), 0),
+            prepare_sandbox_dir(&other, "def", &storage, Some("nope"), 0, None),
             Err(RuntimeError::SnapshotNotFound(_))
         ));
         assert!(!other.dir.exists());

@@ -26,6 +26,7 @@ use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use super::cgroup::{self, Layout};
 use super::spec::{self, SandboxPaths};
+use super::storage;
 use super::{blocking, cg_err, connect, detached, image, Inner, NativeRuntime};
 use crate::{Probe, RuntimeError, SandboxSpec, Stats};
 
@@ -190,8 +191,14 @@ impl Inner {
         let id = spec.id.clone();
         let paths = self.paths(&id);
         let owner = self.owner(&spec);
-        {
-            let (layout, cg, paths, id) = (
+        let disk = spec.limits.disk_bytes;
+        // Preparing the files and mounting the overlay write a little (work dirs): a sandbox
+        // at its disk limit could not start. The limit is lifted while nothing of the
+        // sandbox runs, then only a little headroom is left while its agent comes up, and
+        // the limit is set again before anything else runs in it.
+        let loosened = {
+            let (this, layout, cg, paths, id) = (
+                self.clone(),
                 self.layout,
                 self.cgroup_path(&id),
                 paths.clone(),
@@ -213,18 +220,42 @@ impl Inner {
                         "sandbox {id}: its files are incomplete; only destroy helps"
                     )));
                 }
-                // A cgroup left empty (e.g. by a stop that could not remove it) would make
-                // creating it fail.
-                cgroup::remove_dirs(layout, &cg).map_err(cg_err)?;
-                remove_runtime_files(&paths)?;
-                reset_work_dir(&paths.work)?;
-                reset_work_dir(&paths.usr_work)?;
-                // Files made before its range was known (no user namespace then) move into it.
-                image::own_layers(&paths.fs, owner)
+                let loosened = this.storage.loosen_disk_limit(&paths.fs, None)?;
+                let prepared = (|| {
+                    // A cgroup left empty (e.g. by a stop that could not remove it) would
+                    // make creating it fail.
+                    cgroup::remove_dirs(layout, &cg).map_err(cg_err)?;
+                    remove_runtime_files(&paths)?;
+                    reset_work_dir(&paths.work)?;
+                    reset_work_dir(&paths.usr_work)?;
+                    // Files made before its range was known (no user namespace then) move
+                    // into it.
+                    image::own_layers(&paths.fs, owner)?;
+                    if let Some(l) = &loosened {
+                        this.storage.loosen_to(l, Some(storage::START_HEADROOM))?;
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = prepared {
+                    if let Some(l) = &loosened {
+                        this.storage.tighten_or_log(l, disk);
+                    }
+                    return Err(e);
+                }
+                Ok(loosened)
             })
-            .await?;
+            .await?
+        };
+        let launched = self.clone().launch(&spec, &paths).await;
+        if let Some(l) = loosened {
+            let this = self.clone();
+            let _ = blocking(move || {
+                this.storage.tighten_or_log(&l, disk);
+                Ok(())
+            })
+            .await;
         }
-        match self.clone().launch(&spec, &paths).await {
+        match launched {
             Ok(()) => Ok(()),
             Err(e) => {
                 if let Err(ce) = self.stop_sandbox(&id).await {

@@ -21,6 +21,7 @@ mod lifecycle;
 pub mod net;
 mod ports;
 mod procs;
+pub mod quota;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
@@ -179,6 +180,12 @@ impl NativeRuntime {
     pub fn config(&self) -> &NativeConfig {
         &self.inner.cfg
     }
+
+    /// Where sandbox files and snapshots live: the data dir, or the mounted btrfs image
+    /// (another file system, whose free space admission watches too).
+    pub fn storage_root(&self) -> PathBuf {
+        self.inner.storage.root().to_path_buf()
+    }
 }
 
 /// Run `warren __sandbox-init --probe-userns` on a scratch dir: can this host make a
@@ -299,13 +306,43 @@ impl Inner {
                 spec.snapshot.clone(),
             );
             let owner = self.owner(&spec);
+            let disk = spec.limits.disk_bytes;
             blocking(move || {
-                image::prepare_sandbox_dir(&paths, &id, &this.storage, snapshot.as_deref(), owner)
+                image::prepare_sandbox_dir(
+                    &paths,
+                    &id,
+                    &this.storage,
+                    snapshot.as_deref(),
+                    owner,
+                    disk,
+                )
             })
             .await?;
         }
         // From here on, a failure removes everything this call made.
-        match self.clone().launch(&spec, &paths).await {
+        let disk = spec.limits.disk_bytes;
+        let launched = async {
+            // The new sandbox's quota group has no limit yet (see `Storage::create_fs`):
+            // a little headroom while its overlay is mounted and its agent comes up, then
+            // its limit, before anything else runs in it.
+            let loosened = {
+                let (this, fs) = (self.clone(), paths.fs.clone());
+                blocking(move || {
+                    this.storage
+                        .loosen_disk_limit(&fs, Some(storage::START_HEADROOM))
+                })
+                .await?
+            };
+            self.clone().launch(&spec, &paths).await?;
+            match loosened {
+                Some(l) => {
+                    let this = self.clone();
+                    blocking(move || this.storage.tighten_disk_limit(&l, disk)).await
+                }
+                None => Ok(()),
+            }
+        };
+        match launched.await {
             Ok(()) => Ok(()),
             Err(e) => {
                 if let Err(ce) = self.teardown(&id).await {
@@ -772,6 +809,7 @@ impl Runtime for NativeRuntime {
             storage: self.inner.storage.backend().as_str().into(),
             reflink: self.inner.storage.reflink(),
             storage_available: self.inner.storage.available(),
+            disk_quota: self.inner.storage.disk_quota(),
         }
     }
 

@@ -43,12 +43,12 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags};
 use nix::mount::{umount2, MntFlags};
-use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC};
+use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC, TMPFS_MAGIC};
 
 use super::lifecycle::allocated_bytes;
 use super::spec::{self, SandboxPaths};
 use super::userns;
-use super::{blocking, cg_err, cgroup, image, Inner, NativeRuntime};
+use super::{blocking, cg_err, cgroup, image, quota, Inner, NativeRuntime};
 use crate::{RuntimeError, SnapshotMeta};
 
 /// Storage backend of [`super::NativeConfig`].
@@ -62,6 +62,10 @@ pub enum StorageConfig {
     /// image of that size at `<data_dir>/storage/btrfs.img`, formats it and mounts it at
     /// `<data_dir>/storage/btrfs` (the size only matters when the image is created).
     Btrfs { loop_size_bytes: Option<u64> },
+    /// The daemon's default: a btrfs loop image where that works, else `Dir` (see
+    /// [`auto_loop`]). The image's size is `loop_size_bytes`, or [`default_loop_size`] of
+    /// the data dir's free space.
+    Auto { loop_size_bytes: Option<u64> },
 }
 
 /// The backend in use.
@@ -88,6 +92,10 @@ const TMP_PREFIX: &str = ".tmp-";
 const FS_NEW: &str = "fs.new";
 /// The old files during a two-rename swap.
 const FS_OLD: &str = "fs.old";
+/// Room above its usage a sandbox's disk limit leaves while the sandbox's overlay is
+/// mounted and its agent comes up (overlayfs makes its work dir at mount, and mounts
+/// read-only if it cannot).
+pub const START_HEADROOM: u64 = 16 << 20;
 /// Smallest loop image accepted (`mkfs.btrfs` refuses much less than ~110 MiB).
 pub const MIN_LOOP_SIZE: u64 = 128 << 20;
 /// Directory under the data dir holding the loop image and its mount point.
@@ -101,6 +109,12 @@ pub struct Storage {
     root: PathBuf,
     /// The loop-mounted btrfs image this runtime uses (unmounted by [`Storage::shutdown`]).
     loop_mount: Option<PathBuf>,
+    /// Its image file (kept fully allocated, see [`keep_allocated`]).
+    loop_image: Option<PathBuf>,
+    /// Disk quotas (btrfs simple quotas), when the backend has them.
+    quota: Option<quota::Quota>,
+    /// Why there are no disk quotas (reported once at start).
+    quota_error: Option<String>,
     reflink: bool,
     btrfs_available: bool,
     /// Per-sandbox locks serializing snapshots and rollbacks of one sandbox (a second
@@ -114,6 +128,7 @@ impl std::fmt::Debug for Storage {
             .field("backend", &self.backend)
             .field("root", &self.root)
             .field("loop_mount", &self.loop_mount)
+            .field("quota", &self.quota.is_some())
             .field("reflink", &self.reflink)
             .finish()
     }
@@ -145,6 +160,11 @@ impl Storage {
                 let (mnt, mounted_now) = setup_loop(data_dir, *size)?;
                 (Backend::Btrfs, mnt.clone(), Some(mnt), mounted_now)
             }
+            StorageConfig::Auto { loop_size_bytes } => match auto_loop(data_dir, *loop_size_bytes)?
+            {
+                Some((mnt, mounted_now)) => (Backend::Btrfs, mnt.clone(), Some(mnt), mounted_now),
+                None => (Backend::Dir, data_dir.to_path_buf(), None, false),
+            },
             StorageConfig::Btrfs {
                 loop_size_bytes: None,
             } => {
@@ -170,16 +190,48 @@ impl Storage {
             return Err(setup("storage", e));
         }
         let reflink = probe_reflink(&root.join(SNAPSHOTS_DIR));
+        let loop_image = loop_mount
+            .as_ref()
+            .map(|_| data_dir.join(LOOP_DIR).join(LOOP_IMAGE));
+        if let Some(img) = &loop_image {
+            // An image made sparse (by an older version, or punched by a trim) is filled in.
+            if let Err(e) = keep_allocated(img) {
+                tracing::warn!(image = %img.display(), error = %e,
+                    "the btrfs image cannot be fully allocated: if the host file system fills \
+                     up, writes to the image fail");
+            }
+        }
+        let (quota, quota_error) = match backend {
+            Backend::Dir => (
+                None,
+                Some(
+                    "the dir backend has no disk quotas (this kernel has no ext4/XFS quota \
+                      support); use --storage btrfs"
+                        .to_string(),
+                ),
+            ),
+            Backend::Btrfs => match quota::Quota::open(&root) {
+                Ok(q) => (Some(q), None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no disk quotas: resources.disk_mib is refused");
+                    (None, Some(e))
+                }
+            },
+        };
         tracing::info!(
             backend = backend.as_str(),
             root = %root.display(),
             reflink,
+            disk_quota = quota.is_some(),
             "storage ready"
         );
         Ok(Storage {
             backend,
             root,
             loop_mount,
+            loop_image,
+            quota,
+            quota_error,
             reflink,
             btrfs_available,
             locks: Mutex::new(HashMap::new()),
@@ -193,6 +245,26 @@ impl Storage {
     /// Whether copies share blocks on the storage's file system.
     pub fn reflink(&self) -> bool {
         self.reflink
+    }
+
+    /// Whether sandboxes can get a disk limit ([`Storage::create_fs`]'s `disk_bytes`).
+    pub fn disk_quota(&self) -> bool {
+        self.quota.is_some()
+    }
+
+    /// Why [`Storage::disk_quota`] is false.
+    pub fn quota_error(&self) -> Option<&str> {
+        self.quota_error.as_deref()
+    }
+
+    /// Where `sandboxes/` and `snapshots/` live (the data dir or the mounted image).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The disk quotas, if any.
+    pub fn quota(&self) -> Option<&quota::Quota> {
+        self.quota.as_ref()
     }
 
     /// Backends this host could use (`btrfs`: the data dir is on btrfs or `mkfs.btrfs` is
@@ -228,17 +300,65 @@ impl Storage {
     }
 
     /// Make a new sandbox's `fs/`: empty layers and work dirs, or a (writable) copy of
-    /// `snapshot` with emptied work dirs. On error a partial `fs/` may remain: the caller
-    /// removes the whole sandbox dir ([`Storage::remove_sandbox_dir`]).
+    /// `snapshot` with emptied work dirs. With `disk_bytes`, the sandbox gets a quota group
+    /// (see [`quota`]), without a limit until the caller sets it
+    /// ([`Storage::tighten_disk_limit`]) once the sandbox is up: preparing the files (moving
+    /// a restored layer into the sandbox's id range rewrites every inode) and mounting its
+    /// overlay (which makes its work dir, and mounts read-only if it cannot) must not fail
+    /// for want of space. A backend without quotas refuses `disk_bytes`. On error a partial
+    /// `fs/` may remain: the caller removes the whole sandbox dir
+    /// ([`Storage::remove_sandbox_dir`]).
     pub fn create_fs(
         &self,
         paths: &SandboxPaths,
         snapshot: Option<&str>,
+        disk_bytes: Option<u64>,
+    ) -> Result<(), RuntimeError> {
+        self.keep_image_allocated();
+        let group = match (disk_bytes, &self.quota) {
+            (None, _) => None,
+            (Some(_), Some(q)) => Some(q.new_group(None).map_err(|e| ctx("disk quota", e))?),
+            (Some(_), None) => {
+                return Err(RuntimeError::Setup(format!(
+                    "disk limits are not available: {}",
+                    self.quota_error.as_deref().unwrap_or("no quotas")
+                )))
+            }
+        };
+        let made = self.make_fs(paths, snapshot, group).and_then(|()| {
+            // The kernel drops a group that vanished meanwhile (another daemon on this file
+            // system collecting empty groups) from the inherit list without an error.
+            match (group, &self.quota) {
+                (Some(g), Some(q)) if q.group_of(&paths.fs).ok().flatten() != Some(g) => {
+                    Err(RuntimeError::Setup(format!(
+                        "{} is not in its quota group",
+                        paths.fs.display()
+                    )))
+                }
+                _ => Ok(()),
+            }
+        });
+        if made.is_err() {
+            if let (Some(g), Some(q)) = (group, &self.quota) {
+                if let Err(e) = q.remove_group(g) {
+                    tracing::warn!(group = %quota::show(g), error = %e,
+                        "removing the quota group of a failed create");
+                }
+            }
+        }
+        made
+    }
+
+    fn make_fs(
+        &self,
+        paths: &SandboxPaths,
+        snapshot: Option<&str>,
+        group: Option<u64>,
     ) -> Result<(), RuntimeError> {
         match snapshot {
             None => {
                 match self.backend {
-                    Backend::Btrfs => create_subvolume(&paths.fs),
+                    Backend::Btrfs => create_subvolume(&paths.fs, group),
                     Backend::Dir => mkdir_mode(&paths.fs, 0o755),
                 }
                 .map_err(|e| {
@@ -254,9 +374,20 @@ impl Storage {
             }
             Some(snap) => {
                 let src = self.complete_snapshot(snap)?;
-                self.clone_tree(&src, &paths.fs, false)?;
+                self.clone_tree(&src, &paths.fs, group)?;
                 prepare_restored(&paths.fs)?;
                 Ok(())
+            }
+        }
+    }
+
+    /// Fill in the loop image if something made it sparse (cheap: one `fstat` when it is
+    /// complete).
+    fn keep_image_allocated(&self) {
+        if let Some(img) = &self.loop_image {
+            if let Err(e) = keep_allocated(img) {
+                tracing::warn!(image = %img.display(), error = %e,
+                    "the btrfs image cannot be fully allocated");
             }
         }
     }
@@ -273,7 +404,7 @@ impl Storage {
             )));
         }
         if self.backend == Backend::Btrfs && is_subvolume(fs_dir)? {
-            snapshot_subvolume(fs_dir, &dest, true).map_err(|e| {
+            snapshot_subvolume(fs_dir, &dest, true, None).map_err(|e| {
                 RuntimeError::Io(ctx(format!("btrfs snapshot of {}", fs_dir.display()), e))
             })?;
             return Ok(Staged { tmp: None, dest });
@@ -333,7 +464,21 @@ impl Storage {
         if spec::validate_id(snapshot_id).is_err() {
             return Ok(());
         }
-        remove_tree(&self.snapshots_dir().join(snapshot_id))
+        let p = self.snapshots_dir().join(snapshot_id);
+        let subvolume = is_subvolume(&p)?;
+        remove_tree(&p)?;
+        if subvolume {
+            self.after_deletion();
+        }
+        Ok(())
+    }
+
+    /// After subvolumes were deleted: what they held is freed (and uncharged) soon, stale
+    /// qgroups are collected.
+    fn after_deletion(&self) {
+        if let Some(q) = &self.quota {
+            q.deleted();
+        }
     }
 
     /// Remove every partial snapshot and every complete one not in `keep`; returns the
@@ -383,6 +528,9 @@ impl Storage {
         }
         removed.sort();
         removed.dedup();
+        if !removed.is_empty() {
+            self.after_deletion();
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(removed),
@@ -408,9 +556,44 @@ impl Storage {
         // The sandbox keeps its id range: the snapshot's files move into it if they belong
         // to another (a snapshot of another sandbox).
         let owner = userns::range_of(&paths.upper).map_err(|e| ctx(paths.upper.display(), e))?;
+        // The new files join the sandbox's quota group: a rollback does not reset its budget.
+        let group = match &self.quota {
+            Some(q) if is_subvolume(&paths.fs)? => q
+                .group_of(&paths.fs)
+                .map_err(|e| ctx(format!("quota group of {}", paths.fs.display()), e))?,
+            _ => None,
+        };
+        // While the new files are built the group still holds the old ones: its limit is
+        // lifted (nothing else writes, the sandbox is stopped) and put back after the swap,
+        // when the old files are gone. A crash in between: `start` puts it back.
+        let loosened = match (group, &self.quota) {
+            (Some(g), Some(q)) => {
+                let limit = q.limit(g).map_err(|e| ctx("reading the disk limit", e))?;
+                let l = Loosened { group: g, limit };
+                self.loosen_to(&l, None)?;
+                Some(l)
+            }
+            _ => None,
+        };
+        let r = self.rollback_files(paths, &src, owner, group, id);
+        if let Some(l) = &loosened {
+            self.tighten_or_log(l, None);
+        }
+        r
+    }
+
+    /// The part of [`Storage::rollback`] that builds and swaps in the new files.
+    fn rollback_files(
+        &self,
+        paths: &SandboxPaths,
+        src: &Path,
+        owner: u32,
+        group: Option<u64>,
+        id: &str,
+    ) -> Result<(), RuntimeError> {
         let new = paths.dir.join(FS_NEW);
         let built = (|| {
-            self.clone_tree(&src, &new, false)?;
+            self.clone_tree(src, &new, group)?;
             prepare_restored(&new)?;
             image::own_layers(&new, owner)?;
             if let Err(e) = image::set_identity(&new.join("upper"), id, owner) {
@@ -434,6 +617,7 @@ impl Storage {
                     tracing::warn!(path = %new.display(), error = %e,
                         "rollback done; old files are removed on the next start");
                 }
+                self.after_deletion();
                 return Ok(());
             }
             Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EXDEV) => {}
@@ -459,7 +643,71 @@ impl Storage {
             tracing::warn!(path = %old.display(), error = %e,
                 "rollback done; old files are removed on the next start");
         }
+        self.after_deletion();
         Ok(())
+    }
+
+    /// Lift the disk limit of the sandbox whose files are `fs_dir` (see `restart`): `None`
+    /// when it has no quota group. Give the result to [`Storage::tighten_disk_limit`].
+    pub fn loosen_disk_limit(
+        &self,
+        fs_dir: &Path,
+        headroom: Option<u64>,
+    ) -> Result<Option<Loosened>, RuntimeError> {
+        let Some(q) = &self.quota else {
+            return Ok(None);
+        };
+        if !is_subvolume(fs_dir)? {
+            return Ok(None);
+        }
+        let Some(group) = q
+            .group_of(fs_dir)
+            .map_err(|e| ctx(format!("quota group of {}", fs_dir.display()), e))?
+        else {
+            return Ok(None);
+        };
+        let limit = q
+            .limit(group)
+            .map_err(|e| ctx("reading the disk limit", e))?;
+        let l = Loosened { group, limit };
+        self.loosen_to(&l, headroom)?;
+        Ok(Some(l))
+    }
+
+    /// Set a loosened limit to the group's usage plus `headroom` (`None`: no limit).
+    pub fn loosen_to(&self, l: &Loosened, headroom: Option<u64>) -> Result<(), RuntimeError> {
+        let Some(q) = &self.quota else {
+            return Ok(());
+        };
+        let to = match headroom {
+            None => None,
+            Some(h) => {
+                let used = q
+                    .usage(l.group)
+                    .map_err(|e| ctx("reading the disk usage", e))?
+                    .unwrap_or(0);
+                Some(used.saturating_add(h).max(l.limit.unwrap_or(0)))
+            }
+        };
+        q.set_limit(l.group, to)
+            .map_err(|e| RuntimeError::Io(ctx("loosening the disk limit", e)))
+    }
+
+    /// Put a loosened limit back: `limit` (the sandbox's `disk_bytes`), or the one it had.
+    pub fn tighten_disk_limit(&self, l: &Loosened, limit: Option<u64>) -> Result<(), RuntimeError> {
+        let Some(q) = &self.quota else {
+            return Ok(());
+        };
+        q.set_limit(l.group, limit.or(l.limit))
+            .map_err(|e| RuntimeError::Io(ctx("setting the disk limit", e)))
+    }
+
+    /// [`Storage::tighten_disk_limit`], a failure logged (the next start tries again).
+    pub fn tighten_or_log(&self, l: &Loosened, limit: Option<u64>) {
+        if let Err(e) = self.tighten_disk_limit(l, limit) {
+            tracing::error!(group = %quota::show(l.group), error = %e,
+                "setting a disk limit back (set again at the next start)");
+        }
     }
 
     /// Finish what an interrupted rollback left in the sandbox dir `dir`: with `fs`
@@ -481,9 +729,30 @@ impl Storage {
     }
 
     /// Remove a sandbox dir, deleting btrfs subvolumes in it properly.
+    /// Its quota group goes first: a crash halfway leaves no group without its sandbox.
     pub fn remove_sandbox_dir(&self, dir: &Path) -> Result<(), RuntimeError> {
+        let mut deleted = false;
         for name in ["fs", FS_NEW, FS_OLD] {
-            remove_tree(&dir.join(name))?;
+            let p = dir.join(name);
+            if !is_subvolume(&p)? {
+                remove_tree(&p)?;
+                continue;
+            }
+            if let Some(q) = &self.quota {
+                match q.group_of(&p) {
+                    Ok(Some(g)) => q.remove_group(g).map_err(|e| {
+                        RuntimeError::Io(ctx(format!("removing quota group {}", quota::show(g)), e))
+                    })?,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(path = %p.display(), error = %e,
+                        "looking up a quota group"),
+                }
+            }
+            remove_tree(&p)?;
+            deleted = true;
+        }
+        if deleted {
+            self.after_deletion();
         }
         image::remove_if_exists(dir)
             .map_err(|e| RuntimeError::Setup(format!("removing {}: {e}", dir.display())))
@@ -492,6 +761,9 @@ impl Storage {
     /// Unmount the loop image this runtime uses (the loop device detaches itself:
     /// util-linux's `mount -o loop` sets autoclear). Call when no sandbox is left.
     pub fn shutdown(&self) -> Result<(), RuntimeError> {
+        if let Some(q) = &self.quota {
+            q.shutdown();
+        }
         let Some(mnt) = &self.loop_mount else {
             return Ok(());
         };
@@ -510,14 +782,17 @@ impl Storage {
         self.backend == Backend::Dir
     }
 
-    /// `dst` (which must not exist) becomes a copy of `src`: a btrfs snapshot when both
-    /// are btrfs and `src` is a subvolume, else `cp -a`.
-    fn clone_tree(&self, src: &Path, dst: &Path, readonly: bool) -> Result<(), RuntimeError> {
-        let r = if self.backend == Backend::Btrfs && is_subvolume(src)? {
-            snapshot_subvolume(src, dst, readonly)
-                .map_err(|e| ctx(format!("btrfs snapshot of {}", src.display()), e))
-        } else {
-            copy_tree(src, dst)
+    /// `dst` (which must not exist) becomes a writable copy of `src`, in quota group
+    /// `group`: a btrfs snapshot when `src` is a subvolume; on btrfs otherwise a new
+    /// subvolume that `src` is copied into; elsewhere `cp -a`.
+    fn clone_tree(&self, src: &Path, dst: &Path, group: Option<u64>) -> Result<(), RuntimeError> {
+        let r = match self.backend {
+            Backend::Btrfs if is_subvolume(src)? => snapshot_subvolume(src, dst, false, group)
+                .map_err(|e| ctx(format!("btrfs snapshot of {}", src.display()), e)),
+            Backend::Btrfs => create_subvolume(dst, group)
+                .map_err(|e| ctx(format!("creating {}", dst.display()), e))
+                .and_then(|()| copy_tree(src, dst)),
+            Backend::Dir => copy_tree(src, dst),
         };
         r.map_err(RuntimeError::Io)
     }
@@ -552,6 +827,14 @@ impl Drop for SandboxLock<'_> {
             map.remove(&self.id);
         }
     }
+}
+
+/// A disk limit lifted for a while ([`Storage::loosen_disk_limit`]).
+#[derive(Debug)]
+pub struct Loosened {
+    group: u64,
+    /// The limit it had.
+    limit: Option<u64>,
 }
 
 /// A snapshot taken but not yet committed ([`Storage::stage_snapshot`]).
@@ -771,7 +1054,7 @@ fn is_btrfs(p: &Path) -> io::Result<bool> {
 }
 
 /// Inode number of every btrfs subvolume's root directory.
-const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+pub(super) const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
 
 /// Whether `p` is the root of a btrfs subvolume (false if it does not exist).
 pub fn is_subvolume(p: &Path) -> io::Result<bool> {
@@ -885,6 +1168,104 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
     out
 }
 
+/// Smallest image `auto` makes: below it, it keeps to `dir`.
+const MIN_AUTO_LOOP_SIZE: u64 = 2 << 30;
+/// Largest image `auto` makes unless told otherwise.
+const MAX_AUTO_LOOP_SIZE: u64 = 64 << 30;
+
+/// The image size `auto` picks on a file system with `free_bytes` free: a quarter of it, at
+/// most 64 GiB, in whole GiB; `None` below 2 GiB (too little room: `dir` then).
+pub fn default_loop_size(free_bytes: u64) -> Option<u64> {
+    let size = (free_bytes / 4).min(MAX_AUTO_LOOP_SIZE) & !((1 << 30) - 1);
+    (size >= MIN_AUTO_LOOP_SIZE).then_some(size)
+}
+
+/// Whether the data dir holds sandboxes or snapshots of the `dir` backend (which a switch
+/// to a loop image would hide).
+fn has_dir_state(data_dir: &Path) -> bool {
+    ["sandboxes", SNAPSHOTS_DIR]
+        .iter()
+        .any(|d| fs::read_dir(data_dir.join(d)).is_ok_and(|mut rd| rd.next().is_some()))
+}
+
+/// `auto`: the btrfs loop image if there is one already (an error if it cannot be mounted:
+/// the sandboxes live in it); otherwise `dir` when the data dir holds `dir` sandboxes or
+/// snapshots, when the data dir is on tmpfs, when `mkfs.btrfs` is missing or the file
+/// system has too little free space;
+/// otherwise a new image, and `dir` (with a warning, the partial image removed) if making
+/// or mounting it fails. `None` means `dir`.
+fn auto_loop(
+    data_dir: &Path,
+    loop_size: Option<u64>,
+) -> Result<Option<(PathBuf, bool)>, RuntimeError> {
+    let dir = data_dir.join(LOOP_DIR);
+    let img = dir.join(LOOP_IMAGE);
+    if exists_nofollow(&img).map_err(|e| setup("storage", e))? {
+        let size = fs::metadata(&img).map(|m| m.len()).unwrap_or(MIN_LOOP_SIZE);
+        return setup_loop(data_dir, size.max(MIN_LOOP_SIZE)).map(Some);
+    }
+    if is_mount_point(&dir.join(LOOP_MOUNT)).unwrap_or(false) {
+        return setup_loop(data_dir, MIN_LOOP_SIZE).map(Some);
+    }
+    if has_dir_state(data_dir) {
+        tracing::info!(
+            "storage auto: the data dir holds sandboxes or snapshots of the dir backend; \
+             keeping it (delete them, or use another data dir, for a btrfs image with disk \
+             quotas)"
+        );
+        return Ok(None);
+    }
+    if statfs(data_dir).is_ok_and(|st| st.filesystem_type() == TMPFS_MAGIC) {
+        tracing::info!("storage auto: the data dir is on tmpfs (memory), using dir");
+        return Ok(None);
+    }
+    if let Some(s) = loop_size {
+        if s < MIN_LOOP_SIZE {
+            return Err(RuntimeError::Setup(format!(
+                "btrfs loop image size {s} is below the minimum of {} MiB",
+                MIN_LOOP_SIZE >> 20
+            )));
+        }
+    }
+    if find_tool("mkfs.btrfs").is_none() {
+        tracing::info!(
+            "storage auto: mkfs.btrfs not found, using dir (no disk quotas; install \
+             btrfs-progs for a btrfs image with disk quotas)"
+        );
+        return Ok(None);
+    }
+    let size = match loop_size {
+        Some(s) => s,
+        None => {
+            let free = crate::fs_space(data_dir)
+                .map(|s| s.avail_bytes)
+                .unwrap_or(0);
+            match default_loop_size(free) {
+                Some(s) => s,
+                None => {
+                    tracing::warn!(
+                        free_mib = free >> 20,
+                        "storage auto: too little free space for a btrfs image, using dir \
+                         (no disk quotas)"
+                    );
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    match setup_loop(data_dir, size) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) => {
+            tracing::warn!(error = %e,
+                "storage auto: the btrfs image cannot be used, using dir (no disk quotas)");
+            let _ = fs::remove_file(&img);
+            let _ = fs::remove_dir(dir.join(LOOP_MOUNT));
+            let _ = fs::remove_dir(&dir);
+            Ok(None)
+        }
+    }
+}
+
 /// Create (once) and mount the btrfs loop image under `<data_dir>/storage`; reuse a mount
 /// that is already there. Returns the mount point and whether this call mounted it.
 fn setup_loop(data_dir: &Path, size: u64) -> Result<(PathBuf, bool), RuntimeError> {
@@ -921,7 +1302,24 @@ fn setup_loop(data_dir: &Path, size: u64) -> Result<(PathBuf, bool), RuntimeErro
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
+            if is_btrfs(&dir).unwrap_or(false) {
+                // An image on btrfs: no copy-on-write under a file system of its own.
+                set_nocow(&f);
+            }
             f.set_len(size)?;
+            // Allocated now (instant on ext4 and XFS), not as the sandboxes fill it: a
+            // sparse image could fill the host file system, where the store lives, and a
+            // write the host cannot back makes the image's btrfs fail.
+            allocate(&f, size).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "allocating {} MiB for the image (is there that much free space? \
+                         choose a smaller --btrfs-loop-size): {e}",
+                        size >> 20
+                    ),
+                )
+            })?;
             drop(f);
             run_tool("mkfs.btrfs", &[OsStr::new("-q"), tmp.as_os_str()])?;
             fs::rename(&tmp, &img)
@@ -949,7 +1347,9 @@ fn setup_loop(data_dir: &Path, size: u64) -> Result<(PathBuf, bool), RuntimeErro
             OsStr::new("-t"),
             OsStr::new("btrfs"),
             OsStr::new("-o"),
-            OsStr::new("loop"),
+            // No discards: they would punch holes in the image, which then takes host space
+            // again as it refills (see `allocate`).
+            OsStr::new("loop,nodiscard"),
             img.as_os_str(),
             mnt.as_os_str(),
         ],
@@ -965,6 +1365,46 @@ fn setup_loop(data_dir: &Path, size: u64) -> Result<(PathBuf, bool), RuntimeErro
             )))
         }
     }
+}
+
+/// `chattr +C` on an empty file (best effort: only btrfs has it).
+fn set_nocow(f: &File) {
+    /// `FS_NOCOW_FL`.
+    const NOCOW: libc::c_long = 0x0080_0000;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one `long` through a pointer to a
+    // live local; `f` is an open file.
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) == 0 {
+            flags |= NOCOW;
+            libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags);
+        }
+    }
+}
+
+/// `fallocate(2)` the first `len` bytes of `f` (mode 0: existing data is kept).
+fn allocate(f: &File, len: u64) -> io::Result<()> {
+    let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    nix::fcntl::fallocate(f.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), 0, len)
+        .map_err(io::Error::from)
+}
+
+/// Allocate whatever of the image at `img` is not (holes left by an older, sparse image, or
+/// punched by a discard or a host `fstrim`). One `fstat` when nothing is missing.
+fn keep_allocated(img: &Path) -> io::Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(img)?;
+    let m = f.metadata()?;
+    if m.blocks() * 512 >= m.len() {
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    allocate(&f, m.len())?;
+    tracing::info!(image = %img.display(), missing = m.len() - m.blocks() * 512,
+        ms = t0.elapsed().as_millis() as u64, "btrfs image allocated in full");
+    Ok(())
 }
 
 /// Try a reflink (`FICLONE`) between two scratch files in `dir`.
@@ -1010,6 +1450,8 @@ mod ioctls {
     pub const NAME_LEN: usize = 4040;
     /// `BTRFS_SUBVOL_RDONLY`.
     pub const SUBVOL_RDONLY: u64 = 1 << 1;
+    /// `BTRFS_SUBVOL_QGROUP_INHERIT`.
+    pub const SUBVOL_QGROUP_INHERIT: u64 = 1 << 2;
 
     /// `struct btrfs_ioctl_vol_args_v2` (the unions reduced to the members used here).
     #[repr(C)]
@@ -1017,7 +1459,11 @@ mod ioctls {
         pub fd: i64,
         pub transid: u64,
         pub flags: u64,
-        pub unused: [u64; 4],
+        /// Size of the `btrfs_qgroup_inherit` at `qgroup_inherit`.
+        pub size: u64,
+        /// Address of a `btrfs_qgroup_inherit` (with `SUBVOL_QGROUP_INHERIT`).
+        pub qgroup_inherit: u64,
+        pub unused: [u64; 2],
         pub name: [u8; NAME_LEN],
     }
     const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
@@ -1048,7 +1494,9 @@ fn parent_and_args(p: &Path) -> io::Result<(File, Box<ioctls::VolArgsV2>)> {
         fd: 0,
         transid: 0,
         flags: 0,
-        unused: [0; 4],
+        size: 0,
+        qgroup_inherit: 0,
+        unused: [0; 2],
         name: [0; ioctls::NAME_LEN],
     });
     args.name[..name.len()].copy_from_slice(name);
@@ -1063,25 +1511,53 @@ fn open_dir(p: &Path) -> io::Result<File> {
         .map_err(|e| ctx(format!("opening {}", p.display()), e))
 }
 
-/// `btrfs subvolume create p`.
-fn create_subvolume(p: &Path) -> io::Result<()> {
-    let (parent, args) = parent_and_args(p)?;
+/// Point `args` at `inherit` for a new subvolume that joins qgroup `group`; `inherit` must
+/// outlive the ioctl.
+fn inherit_into(
+    args: &mut ioctls::VolArgsV2,
+    group: Option<u64>,
+    inherit: &mut quota::sys::QgroupInherit1,
+) {
+    if let Some(g) = group {
+        inherit.num_qgroups = 1;
+        inherit.qgroups = [g];
+        args.flags |= ioctls::SUBVOL_QGROUP_INHERIT;
+        args.size = std::mem::size_of::<quota::sys::QgroupInherit1>() as u64;
+        args.qgroup_inherit = inherit as *mut quota::sys::QgroupInherit1 as u64;
+    }
+}
+
+/// `btrfs subvolume create [-i group] p`.
+fn create_subvolume(p: &Path, group: Option<u64>) -> io::Result<()> {
+    let (parent, mut args) = parent_and_args(p)?;
+    let mut inherit = quota::sys::QgroupInherit1::default();
+    inherit_into(&mut args, group, &mut inherit);
     // SAFETY: `parent` is an open directory descriptor and `args` a live, fully initialized
-    // `btrfs_ioctl_vol_args_v2` with a NUL-terminated name; the kernel only reads it.
+    // `btrfs_ioctl_vol_args_v2` with a NUL-terminated name; with a group, `args` points at
+    // `inherit`, a live `btrfs_qgroup_inherit` of the size given. The kernel only reads them.
     unsafe { ioctls::subvol_create_v2(parent.as_raw_fd(), &*args) }?;
     Ok(())
 }
 
-/// `btrfs subvolume snapshot [-r] src dst`.
-fn snapshot_subvolume(src: &Path, dst: &Path, readonly: bool) -> io::Result<()> {
+/// `btrfs subvolume snapshot [-r] [-i group] src dst`.
+fn snapshot_subvolume(
+    src: &Path,
+    dst: &Path,
+    readonly: bool,
+    group: Option<u64>,
+) -> io::Result<()> {
     let source = open_dir(src)?;
     let (parent, mut args) = parent_and_args(dst)?;
     args.fd = i64::from(source.as_raw_fd());
     if readonly {
         args.flags = ioctls::SUBVOL_RDONLY;
     }
+    let mut inherit = quota::sys::QgroupInherit1::default();
+    inherit_into(&mut args, group, &mut inherit);
     // SAFETY: `parent` and `source` are open directory descriptors that outlive the call;
-    // `args` is a live, fully initialized `btrfs_ioctl_vol_args_v2` the kernel only reads.
+    // `args` is a live, fully initialized `btrfs_ioctl_vol_args_v2`; with a group it points
+    // at `inherit`, a live `btrfs_qgroup_inherit` of the size given. The kernel only reads
+    // them.
     unsafe { ioctls::snap_create_v2(parent.as_raw_fd(), &*args) }?;
     Ok(())
 }
@@ -1110,6 +1586,15 @@ mod tests {
     }
 
     #[test]
+    fn auto_image_size() {
+        assert_eq!(default_loop_size(100 << 30), Some(25 << 30));
+        assert_eq!(default_loop_size(1 << 40), Some(64 << 30));
+        assert_eq!(default_loop_size((9 << 30) + 123), Some(2 << 30));
+        assert_eq!(default_loop_size(7 << 30), None);
+        assert_eq!(std::mem::size_of::<ioctls::VolArgsV2>(), 4096);
+    }
+
+    #[test]
     fn vol_args_carry_the_name() {
         let (_, args) = parent_and_args(Path::new("/tmp/some-name")).unwrap();
         assert_eq!(&args.name[..10], b"some-name\0");
@@ -1128,7 +1613,7 @@ mod tests {
         assert!(st.sandboxes_dir().is_dir() && st.snapshots_dir().is_dir());
         let paths = SandboxPaths::new(&st.sandboxes_dir().join("sb"));
         fs::create_dir(&paths.dir).unwrap();
-        st.create_fs(&paths, None).unwrap();
+        st.create_fs(&paths, None, None).unwrap();
         fs::write(paths.upper.join("f"), b"hello").unwrap();
         std::os::unix::fs::symlink("f", paths.upper.join("l")).unwrap();
         fs::hard_link(paths.upper.join("f"), paths.upper.join("h")).unwrap();
@@ -1153,7 +1638,7 @@ mod tests {
 
         let copy = SandboxPaths::new(&st.sandboxes_dir().join("copy"));
         fs::create_dir(&copy.dir).unwrap();
-        st.create_fs(&copy, Some("s1")).unwrap();
+        st.create_fs(&copy, Some("s1"), None).unwrap();
         let u = &copy.upper;
         assert_eq!(fs::read(u.join("f")).unwrap(), b"hello");
         assert_eq!(fs::read_link(u.join("l")).unwrap(), Path::new("f"));
@@ -1171,7 +1656,8 @@ mod tests {
         assert!(matches!(
             st.create_fs(
                 &SandboxPaths::new(&st.sandboxes_dir().join("x")),
-                Some("nope")
+                Some("nope"),
+                None
             ),
             Err(RuntimeError::SnapshotNotFound(_))
         ));
