@@ -151,7 +151,13 @@ pub fn claim_window(
         .create(dir)
         .map_err(io(format!("creating {}", dir.display())))?;
     // One daemon at a time looks and claims.
-    let registry_lock = File::create(dir.join(".lock")).map_err(io("registry lock".into()))?;
+    let registry_lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join(".lock"))
+        .map_err(io("registry lock".into()))?;
     registry_lock
         .lock()
         .map_err(io("locking the registry".into()))?;
