@@ -231,6 +231,66 @@ fn sandbox_root_is_an_unprivileged_host_uid_of_its_own_and_owners_survive() {
         before.iter().all(|(_, r)| *r != rf),
         "a new sandbox took a live range"
     );
+    // The restarted daemon took its own window back (not a new one beside it).
+    let (base, count) = claimed_window(&d);
+    let in_window = |r: u32| r >= base && u64::from(r) < u64::from(base) + u64::from(count) * 65536;
+    assert!(
+        before.iter().all(|(_, r)| in_window(*r)) && in_window(rf),
+        "window {base}-{count} does not hold {before:?} and {rf}"
+    );
+
+    // Under another window (an operator's new --userns-base): a running sandbox keeps its
+    // range (and its old window stays taken while it runs); a stopped one moves into the
+    // new window when it starts, owners and all.
+    let (a, b) = (&before[0].0, &before[1].0);
+    rt().block_on(d.client.stop(a)).unwrap();
+    let mut d = d;
+    d.stop_with(libc::SIGKILL);
+    let new_base: u32 = 3 << 30;
+    let d = Daemon::launch(
+        d.data_dir.clone(),
+        d.cgroup_parent.clone(),
+        &["--userns-base", &new_base.to_string()],
+    );
+    assert_eq!(claimed_window(&d).0, new_base);
+    assert_eq!(
+        range_of(&d, b),
+        before[1].1,
+        "the running sandbox changed range"
+    );
+    rt().block_on(async {
+        d.client.start(a).await.unwrap();
+        assert_eq!(
+            out(&d.client, a, "stat -c %u:%g /workspace/u; id -u").await,
+            "1000:1000\n0"
+        );
+    });
+    let ra = range_of(&d, a);
+    assert!(ra >= new_base, "{a} kept range {ra} outside the new window");
+    assert_eq!(
+        owner(&upper(&d, a).join("workspace/u")),
+        (ra + 1000, ra + 1000)
+    );
+}
+
+/// The window of user-namespace ranges the registry says `d`'s data dir holds.
+fn claimed_window(d: &Daemon) -> (u32, u32) {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/run/warren/userns").unwrap().flatten() {
+        let who = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if who.starts_with(&format!("{} (pid {})", d.data_dir.display(), d.pid())) {
+            let name = e.file_name().to_string_lossy().to_string();
+            let (b, c) = name.split_once('-').unwrap();
+            found.push((b.parse().unwrap(), c.parse().unwrap()));
+        }
+    }
+    assert_eq!(
+        found.len(),
+        1,
+        "claims of {}: {found:?}",
+        d.data_dir.display()
+    );
+    found[0]
 }
 
 #[test]

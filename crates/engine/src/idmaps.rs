@@ -23,6 +23,7 @@ use std::sync::Mutex;
 
 use warren_runtime::IdMap;
 
+use crate::store::Record;
 use crate::{Engine, EngineError, Entry};
 
 /// Where windows are searched from when no base is given: 2^30 (ids below 2^31 first, which
@@ -98,19 +99,88 @@ pub struct Claim {
 
 impl Claim {
     /// At a clean exit: remove the claim file unless a process still runs in the window (the
-    /// sandboxes a daemon leaves running keep it taken; the next claimer checks that too).
+    /// sandboxes a daemon leaves running keep it taken; the next claimer checks that too),
+    /// and any other claim that nothing holds or runs in any more (e.g. the window of an
+    /// earlier run that crashed, whose sandboxes are gone now).
     pub fn release(&self) {
-        let (lo, hi) = (u64::from(self.base), window_end(self.base, self.count));
-        if !running_uids()
-            .iter()
-            .any(|u| (lo..hi).contains(&u64::from(*u)))
-        {
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let Ok(_registry) = lock_registry(dir) else {
+            return;
+        };
+        let uids = running_uids();
+        if !runs_in(&uids, self.base, self.count) {
             let _ = fs::remove_file(&self.path);
         }
+        let _ = scan(dir, &uids);
     }
 }
 
-/// Host uids of every process on the host (real, effective, saved, fs).
+/// Take the registry's lock: one daemon at a time looks and claims.
+fn lock_registry(dir: &Path) -> std::io::Result<File> {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join(".lock"))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
+/// Whether any of `uids` lies in the window of `count` ranges from `base`.
+fn runs_in(uids: &[u32], base: u32, count: u32) -> bool {
+    uids.iter()
+        .any(|u| u64::from(*u) >= u64::from(base) && u64::from(*u) < window_end(base, count))
+}
+
+/// A claim in the registry that is still live.
+struct Live {
+    base: u32,
+    count: u32,
+    /// What the file says: `<data dir> (pid <pid>)`.
+    who: String,
+    /// Its daemon still runs (holds the file's lock).
+    held: bool,
+}
+
+/// The registry's live claims (held by a running daemon, or with a process running in the
+/// window: a crashed daemon's sandboxes outlive it); the others' files are removed. Call
+/// with the registry locked.
+fn scan(dir: &Path, uids: &[u32]) -> std::io::Result<Vec<Live>> {
+    let mut live = Vec::new();
+    for e in fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some((base, count)) = name
+            .split_once('-')
+            .and_then(|(b, c)| Some((b.parse::<u32>().ok()?, c.parse::<u32>().ok()?)))
+        else {
+            continue;
+        };
+        let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(e.path()) else {
+            continue;
+        };
+        let held = f.try_lock().is_err();
+        if held || runs_in(uids, base, count) {
+            let who = fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            live.push(Live {
+                base,
+                count,
+                who,
+                held,
+            });
+        } else {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    Ok(live)
+}
+
+/// Host uids of every live (not zombie) process on the host (real, effective, saved, fs).
 fn running_uids() -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir("/proc") else {
@@ -121,6 +191,14 @@ fn running_uids() -> Vec<u32> {
             continue;
         }
         if let Ok(status) = fs::read_to_string(e.path().join("status")) {
+            // A zombie runs nothing and holds nothing but its pid: a sandbox's PID 1 waits as
+            // one until the host's init reaps it, which need not be at once.
+            if status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+            {
+                continue;
+            }
             if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
                 out.extend(
                     line.split_whitespace()
@@ -150,66 +228,39 @@ pub fn claim_window(
         .mode(0o700)
         .create(dir)
         .map_err(io(format!("creating {}", dir.display())))?;
-    // One daemon at a time looks and claims.
-    let registry_lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(dir.join(".lock"))
-        .map_err(io("registry lock".into()))?;
-    registry_lock
-        .lock()
-        .map_err(io("locking the registry".into()))?;
-
-    let mut live: Vec<(u32, u32, String)> = Vec::new();
-    let mut uids: Option<Vec<u32>> = None;
-    for e in fs::read_dir(dir)
-        .map_err(io(format!("reading {}", dir.display())))?
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some((b, c)) = name
-            .split_once('-')
-            .and_then(|(b, c)| Some((b.parse::<u32>().ok()?, c.parse::<u32>().ok()?)))
-        else {
-            continue;
-        };
-        let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(e.path()) else {
-            continue;
-        };
-        let held = f.try_lock().is_err();
-        let who = fs::read_to_string(e.path())
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        // A claim whose daemon is gone is still live while a process runs in it (a crashed
-        // daemon's sandboxes outlive it).
-        let used = held
-            || uids
-                .get_or_insert_with(running_uids)
-                .iter()
-                .any(|u| u64::from(*u) >= u64::from(b) && u64::from(*u) < window_end(b, c));
-        if used {
-            live.push((b, c, who));
-        } else {
-            let _ = fs::remove_file(e.path());
-        }
-    }
+    let _registry = lock_registry(dir).map_err(io("locking the registry".into()))?;
+    let live = scan(dir, &running_uids()).map_err(io(format!("reading {}", dir.display())))?;
+    // This data dir's own claim from a run that did not exit cleanly (a crash, or sandboxes
+    // left running): its sandboxes are ours to adopt, so is the window.
+    let mine = live
+        .iter()
+        .find(|l| {
+            !l.held
+                && l.count == count
+                && base.is_none_or(|want| want == l.base)
+                && claim_owner(&l.who) == owner.as_os_str()
+        })
+        .map(|l| (l.base, l.count));
     let overlaps = |b: u32| {
-        live.iter().find(|(lb, lc, _)| {
-            u64::from(b) < window_end(*lb, *lc) && u64::from(*lb) < window_end(b, count)
+        live.iter().find(|l| {
+            mine != Some((l.base, l.count))
+                && u64::from(b) < window_end(l.base, l.count)
+                && u64::from(l.base) < window_end(b, count)
         })
     };
+    // Our own earlier window comes first.
+    let preferred = mine.map(|(b, _)| b).or(preferred);
     let chosen = match base {
         Some(b) => {
             check_window(b, count)?;
-            if let Some((lb, lc, who)) = overlaps(b) {
+            if let Some(l) = overlaps(b) {
                 return Err(format!(
-                    "host ids {b}..{} overlap the window {lb}..{} of another warren daemon ({who}); \
+                    "host ids {b}..{} overlap the window {}..{} of another warren daemon ({}); \
                      choose another --userns-base or leave it out",
                     window_end(b, count),
-                    window_end(*lb, *lc)
+                    l.base,
+                    window_end(l.base, l.count),
+                    l.who
                 ));
             }
             b
@@ -230,7 +281,7 @@ pub fn claim_window(
                         "no free window of {count} user-namespace id ranges is left on this host \
                          (other warren daemons hold {}); lower --userns-ranges",
                         live.iter()
-                            .map(|(b, c, _)| format!("{b}-{c}"))
+                            .map(|l| format!("{}-{}", l.base, l.count))
                             .collect::<Vec<_>>()
                             .join(", ")
                     )
@@ -255,6 +306,15 @@ pub fn claim_window(
         path,
         _lock: f,
     })
+}
+
+/// The data dir a claim file names (its content is `<data dir> (pid <pid>)`).
+fn claim_owner(content: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(
+        content
+            .rsplit_once(" (pid ")
+            .map_or(content, |(dir, _)| dir),
+    )
 }
 
 /// The allocator's state: the window, slots that are never used, and where the next search
@@ -303,6 +363,16 @@ impl IdRanges {
         self.claim.release();
     }
 
+    /// Whether `id` is the first host id of a slot of this window that may be handed out
+    /// (a sandbox recorded under an earlier window may hold one outside it).
+    pub(crate) fn holds(&self, id: u32) -> bool {
+        let Some(off) = id.checked_sub(self.claim.base) else {
+            return false;
+        };
+        let slot = off / IdMap::SIZE;
+        off % IdMap::SIZE == 0 && slot < self.claim.count && !self.excluded.contains(&slot)
+    }
+
     fn host_id(&self, slot: u32) -> u32 {
         self.claim.base + slot * IdMap::SIZE
     }
@@ -341,6 +411,34 @@ impl Engine {
                 ranges.claim.count
             ))
         })
+    }
+
+    /// The record a stopped sandbox starts with: one whose range lies outside this run's
+    /// window (recorded under a window this daemon no longer holds, which another daemon
+    /// may now hand out) first gets a range in it; the start then moves its files over.
+    pub(crate) async fn range_for_start(&self, id: &str) -> Result<Record, EngineError> {
+        let moved = {
+            let mut map = self.map();
+            let record = map
+                .get(id)
+                .map(|e| e.record.clone())
+                .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
+            match (&self.inner.id_ranges, record.host_id) {
+                (Some(ranges), Some(old)) if !ranges.holds(old) => {
+                    let new = self.allocate_host_id(&map)?;
+                    let Some(e) = map.get_mut(id) else {
+                        return Err(EngineError::SandboxNotFound(id.to_string()));
+                    };
+                    e.record.host_id = new;
+                    tracing::info!(sandbox = %id, from = old, to = new,
+                        "user namespace range moved into this run's window");
+                    e.record.clone()
+                }
+                _ => return Ok(record),
+            }
+        };
+        self.inner.store.insert(&moved).await?;
+        Ok(moved)
     }
 }
 
@@ -453,9 +551,7 @@ mod tests {
         drop(a);
         let c = claim_window(&dir, None, None, 16, me).unwrap();
         assert_eq!(c.base, AUTO_BASE);
-        // A process running in a released window keeps it taken: this test's own uid 0 is
-        // in no window, so fake one with a window over uid 0 (base must be > 0: the
-        // registry entry is written by hand).
+        // A claim left by a daemon that is gone, with nothing running in it, is taken.
         drop((b, c));
         fs::write(dir.join("65536-1"), "gone\n").unwrap();
         let d = claim_window(&dir, Some(65536), None, 1, me).unwrap();
@@ -463,6 +559,45 @@ mod tests {
         // Released at a clean exit: nothing runs in it, so its file goes.
         d.release();
         assert!(!dir.join("65536-1").exists());
+        // A crashed daemon's window, with its sandboxes still running, stays taken for
+        // others but is taken back by the daemon of the same data dir.
+        let other = Path::new("/var/lib/other");
+        struct Reap(std::process::Child);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        // Something of that daemon's runs as host uid 65536.
+        let _sandbox = Reap({
+            use std::os::unix::process::CommandExt;
+            std::process::Command::new("sleep")
+                .arg("60")
+                .uid(65536)
+                .gid(65536)
+                .spawn()
+                .unwrap()
+        });
+        fs::write(dir.join("65536-1"), format!("{} (pid 1)\n", me.display())).unwrap();
+        let e = claim_window(&dir, Some(65536), None, 1, other).unwrap_err();
+        assert!(e.contains("warren-test"), "{e}");
+        let f = claim_window(&dir, None, None, 1, other).unwrap();
+        assert_ne!(f.base, 65536);
+        let g = claim_window(&dir, None, Some(f.base), 1, me).unwrap();
+        assert_eq!(g.base, 65536, "the window of the last run is taken back");
+        drop((f, g, _sandbox));
+        // A clean exit also sweeps claims nothing holds or runs in any more.
+        fs::write(dir.join("131072-1"), "crashed earlier\n").unwrap();
+        let k = claim_window(&dir, Some(196608), None, 1, me).unwrap();
+        fs::write(dir.join("131072-1"), "crashed earlier\n").unwrap();
+        k.release();
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [".lock"], "{left:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -359,15 +359,13 @@ impl Engine {
                 self.inner.ports.close_sandbox(id);
                 within(left, "stop", rt.stop(id)).await
             }
-            Op::Start => {
-                let record = self
-                    .map()
-                    .get(id)
-                    .map(|e| e.record.clone())
-                    .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
-                let spec = Engine::runtime_spec(&record, None);
-                within(left, "start", rt.start(&spec)).await
-            }
+            Op::Start => match self.range_for_start(id).await {
+                Ok(record) => {
+                    let spec = Engine::runtime_spec(&record, None);
+                    within(left, "start", rt.start(&spec)).await
+                }
+                Err(e) => Err(OpFailure::Failed(format!("start failed: {e}"))),
+            },
         };
         match result {
             Ok(()) => {
