@@ -5,9 +5,9 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -91,38 +91,28 @@ pub fn prepare(spec: &InitSpec, userns: Option<BorrowedFd<'_>>) -> Result<(), In
     let p = spec.paths();
     let root = &p.rootfs;
     let owner = spec.idmap.map(|m| m.host_id);
-    let layer = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
 
-    let (image_lower, usr_lower) = match userns {
-        None => (spec.image_dir.clone(), PathBuf::from("/usr")),
-        Some(ns) => (
-            stage_idmapped(&spec.image_dir, &p.lower.join("image"), ns)?,
-            stage_idmapped(Path::new("/usr"), &p.lower.join("usr"), ns)?,
-        ),
-    };
-    let opts = overlay_options(&image_lower, &p.upper, &p.work);
-    mount(
-        Some("overlay"),
-        root,
-        Some("overlay"),
-        layer,
-        Some(opts.as_str()),
-    )
-    .map_err(sys(format!("mount root overlay ({opts})")))?;
-    let opts = overlay_options(&usr_lower, &p.usr_upper, &p.usr_work);
-    mount(
-        Some("overlay"),
-        &root.join("usr"),
-        Some("overlay"),
-        layer,
-        Some(opts.as_str()),
-    )
-    .map_err(sys(format!("mount /usr overlay ({opts})")))?;
-    if userns.is_some() {
-        // The overlays hold private clones of their layers; the staging mounts can go.
-        for lower in [&image_lower, &usr_lower] {
-            umount2(lower.as_path(), MntFlags::MNT_DETACH)
-                .map_err(sys(format!("detach {}", lower.display())))?;
+    match userns {
+        None => {
+            mount_overlay_at(&spec.image_dir, &p.upper, &p.work, root)?;
+            mount_overlay_at(
+                Path::new("/usr"),
+                &p.usr_upper,
+                &p.usr_work,
+                &root.join("usr"),
+            )?;
+        }
+        Some(ns) => {
+            let image = idmapped_layer(&spec.image_dir, ns)?;
+            mount_overlay_on(&image, &p.lower.join("image"), &p.upper, &p.work, root)?;
+            let usr = idmapped_layer(Path::new("/usr"), ns)?;
+            mount_overlay_on(
+                &usr,
+                &p.lower.join("usr"),
+                &p.usr_upper,
+                &p.usr_work,
+                &root.join("usr"),
+            )?;
         }
     }
 
@@ -154,23 +144,105 @@ pub fn prepare(spec: &InitSpec, userns: Option<BorrowedFd<'_>>) -> Result<(), In
     Ok(())
 }
 
-/// Attach an idmapped, read-only copy of `src` at `dest` (made if missing, root-only).
-fn stage_idmapped(src: &Path, dest: &Path, ns: BorrowedFd<'_>) -> Result<PathBuf, InitError> {
+/// The flags of both overlays (the root and `/usr`).
+const OVERLAY_FLAGS: MsFlags = MsFlags::MS_NODEV.union(MsFlags::MS_NOSUID);
+
+/// Mount an overlay of `lower` (a host path) under `upper` at `dest`.
+fn mount_overlay_at(lower: &Path, upper: &Path, work: &Path, dest: &Path) -> Result<(), InitError> {
+    let opts = overlay_options(lower, upper, work);
+    mount(
+        Some("overlay"),
+        dest,
+        Some("overlay"),
+        OVERLAY_FLAGS,
+        Some(opts.as_str()),
+    )
+    .map_err(sys(format!("mount overlay at {} ({opts})", dest.display())))
+}
+
+/// A detached, idmapped, read-only copy of the mount at `src`, as an overlay's lower layer.
+fn idmapped_layer(src: &Path, ns: BorrowedFd<'_>) -> Result<OwnedFd, InitError> {
+    userns::idmapped_clone(src, ns, userns::LOWER_ATTRS)
+        .map_err(io_ctx(format!("idmap {}", src.display())))
+}
+
+/// Mount an overlay whose lower layer is the detached mount `layer` under `upper` at
+/// `dest`. The layer is handed to overlayfs as a file descriptor (`lowerdir+`, Linux 6.13):
+/// no staging directory, no extra mount in the table. Older kernels refuse that; there the
+/// layer is attached at `staging` (made if missing, root-only) for the mount and detached
+/// again after it (the overlay keeps its own reference).
+fn mount_overlay_on(
+    layer: &OwnedFd,
+    staging: &Path,
+    upper: &Path,
+    work: &Path,
+    dest: &Path,
+) -> Result<(), InitError> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_fd, fsconfig_set_string, fsmount, fsopen, FsMountFlags,
+        FsOpenFlags, MountAttrFlags,
+    };
+    let what = || format!("mount overlay at {}", dest.display());
+    let ctx = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| overlay_error(what(), None, e))?;
+    if let Err(e) = fsconfig_set_fd(&ctx, "lowerdir+", layer) {
+        if e != rustix::io::Errno::INVAL {
+            return Err(overlay_error(what(), Some(&ctx), e));
+        }
+        drop(ctx);
+        return mount_overlay_staged(layer, staging, upper, work, dest);
+    }
+    let mounted = fsconfig_set_string(&ctx, "upperdir", upper)
+        .and_then(|()| fsconfig_set_string(&ctx, "workdir", work))
+        .and_then(|()| fsconfig_create(&ctx))
+        .and_then(|()| {
+            fsmount(
+                &ctx,
+                FsMountFlags::FSMOUNT_CLOEXEC,
+                MountAttrFlags::MOUNT_ATTR_NODEV | MountAttrFlags::MOUNT_ATTR_NOSUID,
+            )
+        })
+        .map_err(|e| overlay_error(what(), Some(&ctx), e))?;
+    userns::attach(&mounted, dest).map_err(io_ctx(what()))
+}
+
+/// An overlay error, with what overlayfs said about it (its fs context's messages).
+fn overlay_error(what: String, ctx: Option<&OwnedFd>, e: rustix::io::Errno) -> InitError {
+    let mut said = Vec::new();
+    if let Some(ctx) = ctx {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = rustix::io::read(ctx, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            said.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        }
+    }
+    let what = if said.is_empty() {
+        what
+    } else {
+        format!("{what} ({})", said.join("; "))
+    };
+    sys(what)(Errno::from_raw(e.raw_os_error()))
+}
+
+/// [`mount_overlay_on`] for kernels before 6.13: the layer attached at `staging` for the
+/// mount, detached after it.
+fn mount_overlay_staged(
+    layer: &OwnedFd,
+    staging: &Path,
+    upper: &Path,
+    work: &Path,
+    dest: &Path,
+) -> Result<(), InitError> {
     let mut dirs = fs::DirBuilder::new();
     dirs.recursive(true).mode(0o700);
-    if let Some(parent) = dest.parent() {
-        dirs.create(parent)
-            .map_err(io_ctx(format!("mkdir {}", parent.display())))?;
-    }
-    match fs::DirBuilder::new().mode(0o700).create(dest) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_ctx(format!("mkdir {}", dest.display()))(e)),
-    }
-    let tree = userns::idmapped_clone(src, ns, userns::LOWER_ATTRS)
-        .map_err(io_ctx(format!("idmap {}", src.display())))?;
-    userns::attach(&tree, dest).map_err(io_ctx(format!("attach {}", dest.display())))?;
-    Ok(dest.to_path_buf())
+    dirs.create(staging)
+        .map_err(io_ctx(format!("mkdir {}", staging.display())))?;
+    userns::attach(layer, staging).map_err(io_ctx(format!("attach {}", staging.display())))?;
+    let mounted = mount_overlay_at(staging, upper, work, dest);
+    umount2(staging, MntFlags::MNT_DETACH).map_err(sys(format!("detach {}", staging.display())))?;
+    mounted
 }
 
 /// What PID 1 mounts itself, in its own (user-namespaced) mount namespace, on the root the
@@ -240,17 +312,9 @@ pub fn probe_overlay(spec: &InitSpec, ns: BorrowedFd<'_>) -> Result<(), InitErro
     }
     std::os::unix::fs::chown(&p.upper, Some(owner), Some(owner))
         .map_err(io_ctx("chown the probe's upper layer"))?;
-    let image = stage_idmapped(&spec.image_dir, &p.lower.join("image"), ns)?;
-    stage_idmapped(Path::new("/usr"), &p.lower.join("usr"), ns)?;
-    let opts = overlay_options(&image, &p.upper, &p.work);
-    mount(
-        Some("overlay"),
-        &p.rootfs,
-        Some("overlay"),
-        MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
-        Some(opts.as_str()),
-    )
-    .map_err(sys("mount an overlay over an idmapped layer"))?;
+    let image = idmapped_layer(&spec.image_dir, ns)?;
+    idmapped_layer(Path::new("/usr"), ns)?;
+    mount_overlay_on(&image, &p.lower.join("image"), &p.upper, &p.work, &p.rootfs)?;
     let etc = fs::symlink_metadata(p.rootfs.join("etc")).map_err(io_ctx("stat /etc"))?;
     if std::os::unix::fs::MetadataExt::uid(&etc) != owner {
         return Err(InitError::Child(format!(
@@ -308,7 +372,9 @@ fn mount_dev(dev: &Path, owner: Option<u32>) -> Result<(), InitError> {
         Some(opts.as_str()),
     )
     .map_err(sys("mount /dev"))?;
-    for (name, major, minor) in DEVICES {
+    // mknod honours the umask: none while the nodes are made, so their mode is exact.
+    let umask = nix::sys::stat::umask(Mode::empty());
+    let made = DEVICES.iter().try_for_each(|(name, major, minor)| {
         let path = dev.join(name);
         mknod(
             &path,
@@ -317,11 +383,10 @@ fn mount_dev(dev: &Path, owner: Option<u32>) -> Result<(), InitError> {
             makedev(*major, *minor),
         )
         .map_err(sys(format!("mknod /dev/{name}")))?;
-        // mknod honours the umask; make the mode exact.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
-            .map_err(io_ctx(format!("chmod /dev/{name}")))?;
-        chown(&path)?;
-    }
+        chown(&path)
+    });
+    nix::sys::stat::umask(umask);
+    made?;
     for dir in ["pts", "shm"] {
         let path = dev.join(dir);
         fs::create_dir(&path).map_err(io_ctx(format!("mkdir /dev/{dir}")))?;
@@ -419,4 +484,105 @@ pub fn harden() -> Result<(), InitError> {
         .map_err(sys(format!("remount {path} read-only")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    const IN_NS: &str = "WARREN_TEST_ROOTFS_DIR";
+
+    /// Both ways of giving overlayfs a detached layer (by fd; attached at a staging dir on
+    /// older kernels) make a working overlay and leave no staging mount behind. Runs again
+    /// in a mount namespace of its own, so nothing it mounts reaches the host.
+    #[test]
+    fn overlays_take_detached_layers() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let Some(dir) = std::env::var_os(IN_NS).map(std::path::PathBuf::from) else {
+            let dir = std::env::temp_dir().join(format!("warren-ovl-{}", std::process::id()));
+            let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+            cmd.args([
+                "--exact",
+                "native::rootfs::tests::overlays_take_detached_layers",
+                "--nocapture",
+            ])
+            .env(IN_NS, &dir);
+            // SAFETY: between fork and exec only unshare(2) runs, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                        .map_err(io::Error::from)
+                });
+            }
+            let out = cmd.output().unwrap();
+            let _ = fs::remove_dir_all(&dir);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        };
+        mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE).unwrap();
+        for d in ["lower", "up1", "work1", "at1", "up2", "work2", "at2"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        fs::write(dir.join("lower/f"), "from below").unwrap();
+        let layer = rustix::mount::open_tree(
+            rustix::fs::CWD,
+            dir.join("lower"),
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .unwrap();
+        let staging = dir.join("staging");
+        let check = |n: &str| {
+            let at = dir.join(format!("at{n}"));
+            assert_eq!(fs::read_to_string(at.join("f")).unwrap(), "from below");
+            fs::write(at.join("g"), "new").unwrap();
+            assert_eq!(
+                fs::read_to_string(dir.join(format!("up{n}/g"))).unwrap(),
+                "new"
+            );
+            // Nothing is mounted at the staging dir any more.
+            if staging.exists() {
+                let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&fs::metadata(p).unwrap());
+                assert_eq!(dev(&staging), dev(&dir));
+            }
+        };
+        mount_overlay_on(
+            &layer,
+            &staging,
+            &dir.join("up1"),
+            &dir.join("work1"),
+            &dir.join("at1"),
+        )
+        .unwrap();
+        check("1");
+        mount_overlay_staged(
+            &layer,
+            &staging,
+            &dir.join("up2"),
+            &dir.join("work2"),
+            &dir.join("at2"),
+        )
+        .unwrap();
+        assert!(staging.is_dir());
+        check("2");
+        // A bad upper layer is a clear error, with what overlayfs said.
+        let e = mount_overlay_on(
+            &layer,
+            &staging,
+            &dir.join("nope"),
+            &dir.join("work1"),
+            &dir.join("at1"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("overlay"), "{e}");
+    }
 }
