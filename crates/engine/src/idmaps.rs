@@ -479,10 +479,24 @@ pub fn host_accounts(root: &Path) -> Vec<(u32, u32)> {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
+    /// A fresh scratch dir, removed when the guard drops (a failing test too).
+    struct Scratch(PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("warren-idmaps-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        dir
+        Scratch(dir)
     }
 
     fn claim(base: u32, count: u32) -> Claim {
@@ -592,13 +606,12 @@ mod tests {
         let k = claim_window(&dir, Some(196608), None, 1, me).unwrap();
         fs::write(dir.join("131072-1"), "crashed earlier\n").unwrap();
         k.release();
-        let left: Vec<_> = fs::read_dir(&dir)
+        let left: Vec<_> = fs::read_dir(&*dir)
             .unwrap()
             .flatten()
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left, [".lock"], "{left:?}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -615,6 +628,5 @@ mod tests {
         let ids = host_accounts(&dir);
         assert!(ids.contains(&(1_073_807_360, 1)) && ids.contains(&(1_073_807_361, 1)));
         assert!(ids.contains(&(42, 1)) && ids.contains(&(100_000, 65_536)));
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
