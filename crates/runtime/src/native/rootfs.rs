@@ -554,35 +554,26 @@ mod tests {
                 assert_eq!(dev(&staging), dev(&dir));
             }
         };
-        mount_overlay_on(
-            &layer,
-            &staging,
-            &dir.join("up1"),
-            &dir.join("work1"),
-            &dir.join("at1"),
-        )
-        .unwrap();
+        type Mount = fn(&OwnedFd, &Path, &Path, &Path, &Path) -> Result<(), InitError>;
+        let overlay = |how: Mount, up: &str, n: &str| {
+            let at = dir.join(format!("at{n}"));
+            how(
+                &layer,
+                &staging,
+                &dir.join(up),
+                &dir.join(format!("work{n}")),
+                &at,
+            )
+        };
+        overlay(mount_overlay_on, "up1", "1").unwrap();
         check("1");
-        mount_overlay_staged(
-            &layer,
-            &staging,
-            &dir.join("up2"),
-            &dir.join("work2"),
-            &dir.join("at2"),
-        )
-        .unwrap();
+        overlay(mount_overlay_staged, "up2", "2").unwrap();
         assert!(staging.is_dir());
         check("2");
         // A bad upper layer is a clear error, with what overlayfs said.
-        let e = mount_overlay_on(
-            &layer,
-            &staging,
-            &dir.join("nope"),
-            &dir.join("work1"),
-            &dir.join("at1"),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = overlay(mount_overlay_on, "nope", "1")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("overlay"), "{e}");
     }
 }
