@@ -51,8 +51,8 @@ pub(crate) fn open(size: PtySize) -> io::Result<Pair> {
     }
     // SAFETY: fcntl on a descriptor we own.
     let flags = unsafe { libc::fcntl(master.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
     if flags < 0
+        // SAFETY: fcntl on a descriptor we own.
         || unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
     {
         return Err(io::Error::last_os_error());

@@ -51,6 +51,7 @@ async fn archive_round_trips_a_tree() {
     std::os::unix::fs::symlink("../a.txt", src.join("sub/rel")).unwrap();
     // A FIFO is skipped, not opened.
     let fifo = std::ffi::CString::new(src.join("fifo").to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: `fifo` is a valid NUL-terminated path for the duration of the call.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
 
     let (stat, bytes) = agent.archive(&src).await.unwrap();

@@ -536,9 +536,11 @@ async fn symlinks_are_never_followed_when_removing() {
 
 #[tokio::test]
 async fn ownership_follows_the_request() {
-    if uid() != 0 {
-        return; // chown to another user needs root
-    }
+    assert_eq!(
+        uid(),
+        0,
+        "this test needs root (chown to another user): run the tests as root, as CI does"
+    );
     let agent = Agent::start();
     let req = Request::WriteFile {
         path: agent.p("p/q/owned"),

@@ -843,10 +843,7 @@ mod tests {
             eprintln!("skipped: no cgroup2 hierarchy");
             return;
         };
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: not root");
-            return;
-        }
+        crate::native::require_root("freezing a cgroup2 cgroup");
         let dir = root.join(format!("warren-freeze-test-{}", std::process::id()));
         fs::create_dir(&dir).unwrap();
         let mut child = std::process::Command::new("sh")

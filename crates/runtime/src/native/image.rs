@@ -465,10 +465,7 @@ pub(crate) mod tests {
 
     #[test]
     fn skeleton_contents() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: chown to 1000 needs root");
-            return;
-        }
+        crate::native::require_root("chown to 1000");
         let s = Scratch::new("skel");
         let host = s.0.join("host");
         fake_host(&host);
@@ -533,10 +530,7 @@ pub(crate) mod tests {
 
     #[test]
     fn sh_when_no_bash() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: chown to 1000 needs root");
-            return;
-        }
+        crate::native::require_root("chown to 1000");
         let s = Scratch::new("nobash");
         fs::create_dir_all(s.0.join("host/etc")).unwrap();
         build_skeleton(&s.0.join("img"), &s.0.join("host")).unwrap();

@@ -1050,6 +1050,16 @@ impl Backoff {
     }
 }
 
+/// Tests that need root fail without it, saying so: the suite runs as root (as CI does),
+/// and a skipped test would pass silently.
+#[cfg(test)]
+pub(crate) fn require_root(what: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root ({what}): run the tests as root, as CI does"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

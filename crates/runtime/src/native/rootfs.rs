@@ -498,10 +498,7 @@ mod tests {
     /// in a mount namespace of its own, so nothing it mounts reaches the host.
     #[test]
     fn overlays_take_detached_layers() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        crate::native::require_root("mounts");
         let Some(dir) = std::env::var_os(IN_NS).map(std::path::PathBuf::from) else {
             let dir = std::env::temp_dir().join(format!("warren-ovl-{}", std::process::id()));
             let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());

@@ -964,10 +964,7 @@ mod tests {
     /// own (the filter and the capability drop are irreversible), and assert on its exit code.
     #[test]
     fn filter_and_caps_enforced_in_child() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: needs root to drop capabilities");
-            return;
-        }
+        crate::native::require_root("dropping capabilities");
         let permitted = ::caps::read(None, ::caps::CapSet::Permitted).expect("read caps");
         let default = crate::native::caps::default_names();
         if !default.iter().all(|name| {

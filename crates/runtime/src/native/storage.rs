@@ -1603,10 +1603,7 @@ mod tests {
 
     #[test]
     fn dir_storage_snapshot_roundtrip() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root (cp -a of owners and xattrs)");
-            return;
-        }
+        crate::native::require_root("cp -a of owners and xattrs");
         let s = image::tests::Scratch::new("storage");
         let st = Storage::open(&s.0, &StorageConfig::Dir).unwrap();
         assert_eq!(st.backend(), Backend::Dir);

@@ -391,10 +391,7 @@ mod tests {
     /// Needs root (chown to arbitrary ids).
     #[test]
     fn shift_tree_moves_owners_and_keeps_setuid() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        crate::native::require_root("chown to other ranges");
         let dir = std::env::temp_dir().join(format!("warren-shift-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let (from, to) = (65536 * 3, 65536 * 7);
