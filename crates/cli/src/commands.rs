@@ -14,6 +14,7 @@ use warren_api::{
 use warren_client::{Client, ExecStreamEvent};
 
 use crate::terminal::Ended;
+use crate::time::human;
 use crate::{Cli, Command, ExecOpts, OnIdle, OnTimeout, SandboxOpts, User};
 
 /// Run one verb; returns the process exit code.
@@ -515,17 +516,6 @@ fn table(list: &[Sandbox], now: DateTime<Utc>) -> String {
     out
 }
 
-/// `42s`, `3m12s`, `5h3m`, `2d4h`.
-pub(crate) fn human(d: chrono::TimeDelta) -> String {
-    let s = d.num_seconds().max(0);
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,14 +558,5 @@ mod tests {
         );
         assert_eq!(lines[1], "sb-1       running  host   1m15s ago  in 3h2m  -");
         assert!(lines[2].ends_with("a=1,b=2"));
-    }
-
-    #[test]
-    fn human_durations() {
-        assert_eq!(human(TimeDelta::seconds(-3)), "0s");
-        assert_eq!(human(TimeDelta::seconds(59)), "59s");
-        assert_eq!(human(TimeDelta::seconds(61)), "1m1s");
-        assert_eq!(human(TimeDelta::seconds(7200)), "2h0m");
-        assert_eq!(human(TimeDelta::seconds(90000)), "1d1h");
     }
 }

@@ -142,7 +142,7 @@ fn snapshot_table(list: &[Snapshot], now: DateTime<Utc>) -> String {
             s.id.clone(),
             s.sandbox_id.clone(),
             bytes(s.size_bytes),
-            format!("{} ago", crate::commands::human(now - s.created_at)),
+            format!("{} ago", crate::time::human(now - s.created_at)),
             s.name.clone().unwrap_or_else(|| "-".into()),
         ]);
     }

@@ -8,6 +8,7 @@ mod pools;
 mod serve;
 mod serve_args;
 mod terminal;
+mod time;
 
 use std::ffi::OsStr;
 use std::process::ExitCode;

@@ -13,10 +13,7 @@ use warren_engine::{Engine, EngineConfig};
 use warren_runtime::native::cgroup::{self, Layout, ParentLimits};
 use warren_runtime::native::{NativeConfig, NativeRuntime};
 
-use crate::serve_args::ServeArgs;
-
-/// Data directory of a daemon started with no flags.
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/warren";
+use crate::serve_args::{ServeArgs, DEFAULT_DATA_DIR};
 
 /// The cgroup parent for a data dir: `warren` for the default one, otherwise `warren-` plus
 /// a short hash of the path, so two daemons with different data dirs never touch each

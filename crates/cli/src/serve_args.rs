@@ -15,6 +15,9 @@ use warren_runtime::native::{StorageConfig, UsernsSetting};
 /// `--listen` when neither the flag nor the file sets it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 
+/// Data directory of a daemon started with no flags.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/warren";
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Config file (TOML): any of these settings as keys (`listen`, `data_dir`,
@@ -285,7 +288,7 @@ impl ServeArgs {
                 .data_dir
                 .clone()
                 .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_DATA_DIR)),
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             max_sandboxes: self.max_sandboxes.or(file.max_sandboxes),
             max_committed_memory_mib: self
                 .max_committed_memory_mib

@@ -34,7 +34,6 @@ use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -48,44 +47,11 @@ use nix::unistd::{
     Gid, Pid, Uid,
 };
 
-use super::cgroup::CgroupError;
+use super::init_error::InitError;
+use super::init_error::{io_ctx, sys};
 use super::spec::{HelperReport, InitSpec, SOCKET_NAME};
 use super::{caps, net, rootfs, seccomp, userns};
 use crate::IdMap;
-
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    #[error("bad init spec: {0}")]
-    Spec(String),
-    #[error("{what}: {source}")]
-    Sys { what: String, source: Errno },
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
-    #[error("join cgroup: {0}")]
-    Cgroup(#[from] CgroupError),
-    #[error("drop capabilities: {0}")]
-    Caps(#[from] caps::CapsError),
-    #[error("seccomp: {0}")]
-    Seccomp(#[from] seccomp::SeccompError),
-    #[error("sandbox init failed: {0}")]
-    Child(String),
-    #[error("cannot report to the daemon: {0}")]
-    Report(io::Error),
-}
-
-fn sys(what: &'static str) -> impl FnOnce(Errno) -> InitError {
-    move |source| InitError::Sys {
-        what: what.to_string(),
-        source,
-    }
-}
-
-fn io_ctx(what: &'static str) -> impl FnOnce(io::Error) -> InitError {
-    move |source| InitError::Io {
-        what: what.to_string(),
-        source,
-    }
-}
 
 /// What PID 1 writes on the verdict pipe when it is ready; anything else is an error message.
 const READY: &[u8] = b"ready";

@@ -17,6 +17,7 @@ pub mod cgroup;
 mod files;
 pub mod image;
 pub mod init;
+mod init_error;
 mod lifecycle;
 pub mod net;
 mod ports;
@@ -51,7 +52,8 @@ use crate::{
 use cgroup::Layout;
 use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
 
-pub use init::{run_helper, InitError};
+pub use init::run_helper;
+pub use init_error::InitError;
 pub use spec::HELPER_ARG as SANDBOX_INIT_ARG;
 pub use storage::StorageConfig;
 

@@ -15,7 +15,7 @@ use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root};
 
 use super::image::HOST_TOP_DIRS;
-use super::init::InitError;
+use super::init_error::{io_ctx, sys, InitError};
 use super::spec::{overlay_options, InitSpec};
 use super::userns;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
@@ -65,16 +65,6 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
-
-fn sys(what: impl Into<String>) -> impl FnOnce(Errno) -> InitError {
-    let what = what.into();
-    move |source| InitError::Sys { what, source }
-}
-
-fn io_ctx(what: impl Into<String>) -> impl FnOnce(io::Error) -> InitError {
-    let what = what.into();
-    move |source| InitError::Io { what, source }
-}
 
 /// What the helper builds at `<sandbox_dir>/rootfs`, as host root in its private mount
 /// namespace (before the sandbox's own namespaces copy it): the root overlay over the image,
