@@ -7,11 +7,11 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use futures::{stream, Stream, StreamExt};
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use warren_api::{ErrorBody, EventKind, EventsLost, SandboxEvent};
 use warren_engine::{Engine, EventItem, EventStream};
 
@@ -19,15 +19,14 @@ use crate::error::{ApiError, ApiQuery, SandboxId};
 use crate::processes::to_json;
 
 /// The routes of this module (merged into [`crate::router`]).
-pub(crate) fn routes() -> Router<Engine> {
-    Router::new()
-        .route("/v1/events", get(all_events))
-        .route("/v1/sandboxes/{id}/events", get(sandbox_events))
+pub(crate) fn routes() -> OpenApiRouter<Engine> {
+    OpenApiRouter::new()
+        .routes(routes!(all_events))
+        .routes(routes!(sandbox_events))
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(all_events, sandbox_events),
     components(schemas(SandboxEvent, EventKind, EventsLost)),
     tags((name = "events", description = "Lifecycle events (Server-Sent Events)"))
 )]

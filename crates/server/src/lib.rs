@@ -27,11 +27,12 @@ use std::collections::BTreeMap;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::path::Operation;
 use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 use warren_api::{
     Capabilities, CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest, ExecResult, ExecUser,
     ExitEvent, Features, FileInfo, FileKind, FileList, Isolation, Limits, MkdirRequest,
@@ -43,45 +44,49 @@ pub use error::ApiError;
 use error::{ApiJson, SandboxId};
 pub use listen::serve;
 
-/// The full HTTP API over `engine`.
-pub fn router(engine: Engine) -> Router {
-    let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
-    let output_budget = output::OutputBudget::new(engine.config().max_exec_output_bytes);
-    let streams = streams::StreamLimit::new(engine.config().max_streams);
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/capabilities", get(capabilities))
-        .route("/v1/openapi.json", get(openapi_json))
-        .route("/v1/sandboxes", post(create_sandbox).get(list_sandboxes))
-        .route(
-            "/v1/sandboxes/{id}",
-            get(get_sandbox).delete(delete_sandbox),
-        )
-        .route("/v1/sandboxes/{id}/timeout", post(set_timeout))
-        .route("/v1/sandboxes/{id}/exec", post(exec::exec))
-        .route(
-            "/v1/sandboxes/{id}/files",
-            get(files::read_file)
-                .delete(files::remove)
-                // Uploads stream to the sandbox: no body limit on this route only.
-                .merge(put(files::write_file).layer(DefaultBodyLimit::disable())),
-        )
-        .route("/v1/sandboxes/{id}/files/archive", get(files::read_archive))
-        .route(
-            "/v1/sandboxes/{id}/files/upload",
-            // Parts stream to the sandbox: no body limit on this route only.
-            post(files::upload).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/v1/sandboxes/{id}/files/stat", get(files::stat))
-        .route("/v1/sandboxes/{id}/files/list", get(files::list))
-        .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
-        .route("/v1/sandboxes/{id}/files/move", post(files::move_path))
+/// Every route of the API, each registered together with its OpenAPI operation, so the
+/// router and the document cannot drift apart (the proxy, whose catch-all path OpenAPI
+/// cannot spell, is the one route added by hand; see `ports`).
+fn api() -> OpenApiRouter<Engine> {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(<processes::ProcessesDoc as OpenApi>::openapi());
+    doc.merge(<ports::PortsDoc as OpenApi>::openapi());
+    doc.merge(<search::SearchDoc as OpenApi>::openapi());
+    doc.merge(<lifecycle::LifecycleDoc as OpenApi>::openapi());
+    doc.merge(<events::EventsDoc as OpenApi>::openapi());
+    doc.merge(<pools::PoolsDoc as OpenApi>::openapi());
+    OpenApiRouter::with_openapi(doc)
+        .routes(routes!(healthz))
+        .routes(routes!(capabilities))
+        .routes(routes!(openapi_json))
+        .routes(routes!(create_sandbox, list_sandboxes))
+        .routes(routes!(get_sandbox, delete_sandbox))
+        .routes(routes!(set_timeout))
+        .routes(routes!(exec::exec))
+        .routes(routes!(files::read_file, files::remove))
+        // Uploads stream to the sandbox: no body limit on these two routes only.
+        .routes(routes!(files::write_file).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(files::upload).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(files::read_archive))
+        .routes(routes!(files::stat))
+        .routes(routes!(files::list))
+        .routes(routes!(files::mkdir))
+        .routes(routes!(files::move_path))
         .merge(processes::routes())
         .merge(lifecycle::routes())
         .merge(pools::routes())
         .merge(events::routes())
         .merge(ports::routes())
         .merge(search::routes())
+}
+
+/// The full HTTP API over `engine`.
+pub fn router(engine: Engine) -> Router {
+    let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
+    let output_budget = output::OutputBudget::new(engine.config().max_exec_output_bytes);
+    let streams = streams::StreamLimit::new(engine.config().max_streams);
+    let (routes, _) = api().split_for_parts();
+    routes
         .route_layer(axum::middleware::from_fn_with_state(
             streams,
             streams::limit_streams,
@@ -96,23 +101,21 @@ pub fn router(engine: Engine) -> Router {
 
 /// The OpenAPI document of [`router`].
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.merge(<processes::ProcessesDoc as OpenApi>::openapi());
-    doc.merge(<ports::PortsDoc as OpenApi>::openapi());
-    doc.merge(<search::SearchDoc as OpenApi>::openapi());
-    doc.merge(<lifecycle::LifecycleDoc as OpenApi>::openapi());
-    doc.merge(<events::EventsDoc as OpenApi>::openapi());
-    doc.merge(<pools::PoolsDoc as OpenApi>::openapi());
-    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    proxy_without_path(&mut doc);
-    unique_operation_ids(&mut doc);
-    doc.servers = Some(vec![utoipa::openapi::ServerBuilder::new()
-        .url("http://127.0.0.1:7400")
-        .description(Some(
-            "The default address of `warren serve` (`--listen` changes it)",
-        ))
-        .build()]);
-    doc
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, mut doc) = api().split_for_parts();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+        proxy_without_path(&mut doc);
+        unique_operation_ids(&mut doc);
+        doc.servers = Some(vec![utoipa::openapi::ServerBuilder::new()
+            .url("http://127.0.0.1:7400")
+            .description(Some(
+                "The default address of `warren serve` (`--listen` changes it)",
+            ))
+            .build()]);
+        doc
+    })
+    .clone()
 }
 
 /// The operations of a path item with their method names.
@@ -188,26 +191,6 @@ fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
             404 `not_found`, wrong methods 405 `method_not_allowed`, malformed bodies 400 \
             `invalid_request`, oversized bodies 413 `payload_too_large`.",
         license(name = "Apache-2.0")
-    ),
-    paths(
-        healthz,
-        capabilities,
-        openapi_json,
-        create_sandbox,
-        list_sandboxes,
-        get_sandbox,
-        delete_sandbox,
-        set_timeout,
-        exec::exec,
-        files::read_file,
-        files::write_file,
-        files::read_archive,
-        files::upload,
-        files::stat,
-        files::list,
-        files::mkdir,
-        files::remove,
-        files::move_path,
     ),
     components(schemas(
         Capabilities,

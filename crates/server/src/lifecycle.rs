@@ -3,10 +3,11 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use warren_api::{
     CreateSnapshotRequest, ErrorBody, ForkRequest, IdleAction, RollbackRequest, Sandbox,
     SandboxStats, Snapshot, StorageInfo, TimeoutAction,
@@ -16,42 +17,22 @@ use warren_engine::Engine;
 use crate::error::{ApiError, ApiJson, ApiQuery, OptionalJson, SandboxId, SnapshotId};
 
 /// The routes of this module (merged into [`crate::router`]).
-pub(crate) fn routes() -> Router<Engine> {
-    Router::new()
-        .route("/v1/sandboxes/{id}/pause", post(pause))
-        .route("/v1/sandboxes/{id}/resume", post(resume))
-        .route("/v1/sandboxes/{id}/stop", post(stop))
-        .route("/v1/sandboxes/{id}/start", post(start))
-        .route("/v1/sandboxes/{id}/stats", get(stats))
-        .route(
-            "/v1/sandboxes/{id}/snapshots",
-            post(create_snapshot).get(list_sandbox_snapshots),
-        )
-        .route("/v1/sandboxes/{id}/rollback", post(rollback))
-        .route("/v1/sandboxes/{id}/fork", post(fork))
-        .route("/v1/snapshots", get(list_snapshots))
-        .route(
-            "/v1/snapshots/{id}",
-            get(get_snapshot).delete(delete_snapshot),
-        )
+pub(crate) fn routes() -> OpenApiRouter<Engine> {
+    OpenApiRouter::new()
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(stop))
+        .routes(routes!(start))
+        .routes(routes!(stats))
+        .routes(routes!(create_snapshot, list_sandbox_snapshots))
+        .routes(routes!(rollback))
+        .routes(routes!(fork))
+        .routes(routes!(list_snapshots))
+        .routes(routes!(get_snapshot, delete_snapshot))
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(
-        pause,
-        resume,
-        stop,
-        start,
-        stats,
-        create_snapshot,
-        list_sandbox_snapshots,
-        rollback,
-        fork,
-        list_snapshots,
-        get_snapshot,
-        delete_snapshot,
-    ),
     components(schemas(
         CreateSnapshotRequest,
         ForkRequest,

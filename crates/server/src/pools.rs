@@ -4,25 +4,24 @@
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use warren_api::{ErrorBody, Pool, PoolSource, PoolSpec};
 use warren_engine::Engine;
 
 use crate::error::{ApiError, ApiJson};
 
 /// The routes of this module (merged into [`crate::router`]).
-pub(crate) fn routes() -> Router<Engine> {
-    Router::new().route("/v1/pools", get(list_pools)).route(
-        "/v1/pools/{name}",
-        get(get_pool).put(put_pool).delete(delete_pool),
-    )
+pub(crate) fn routes() -> OpenApiRouter<Engine> {
+    OpenApiRouter::new()
+        .routes(routes!(list_pools))
+        .routes(routes!(get_pool, put_pool, delete_pool))
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(list_pools, get_pool, put_pool, delete_pool),
     components(schemas(Pool, PoolSource, PoolSpec)),
     tags((name = "pools", description = "Warm pools of ready sandboxes"))
 )]

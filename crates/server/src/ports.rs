@@ -281,11 +281,13 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
 }
 
 /// The routes of this module (merged into [`crate::router`]).
-pub(crate) fn routes() -> axum::Router<Engine> {
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Engine> {
     use axum::extract::DefaultBodyLimit;
-    use axum::routing::{any, get};
-    axum::Router::new()
-        .route("/v1/sandboxes/{id}/ports/{port}", get(port_address))
+    use axum::routing::any;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(port_address))
+        // The proxy takes every method and a catch-all `{*path}`, which an OpenAPI path
+        // cannot spell: routed by hand, documented by `PortsDoc` (and `proxy_without_path`).
         // Proxied bodies stream through: no body limit on these routes.
         .route(
             "/v1/sandboxes/{id}/proxy/{port}",
@@ -304,7 +306,7 @@ pub(crate) fn routes() -> axum::Router<Engine> {
 /// The OpenAPI part of this module (merged into [`crate::openapi`]).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(port_address, proxy),
+    paths(proxy),
     components(schemas(PortAddress)),
     tags((name = "ports", description = "Network ports inside a running sandbox"))
 )]

@@ -13,13 +13,14 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use futures::{stream, SinkExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use utoipa::{IntoParams, OpenApi};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 use warren_api::{
     CreateProcessRequest, ErrorBody, LostEvent, OutputChunk, OutputEncoding, Process, ProcessState,
     PtyMessage, PtySize, ResizeRequest, SignalRequest, SignalValue,
@@ -31,46 +32,23 @@ use warren_runtime::{AttachStream, RuntimeError};
 use crate::encode::ChunkEncoder;
 use crate::error::{ApiError, ApiJson, ApiQuery, SandboxId};
 
-/// The routes of this module (merged into [`crate::router`]).
-pub(crate) fn routes() -> Router<Engine> {
-    Router::new()
-        .route(
-            "/v1/sandboxes/{id}/processes",
-            post(start_process).get(list_processes),
-        )
-        .route("/v1/sandboxes/{id}/processes/{pid}", get(get_process))
-        .route(
-            "/v1/sandboxes/{id}/processes/{pid}/signal",
-            post(signal_process),
-        )
-        .route(
-            "/v1/sandboxes/{id}/processes/{pid}/stdin",
-            // Input streams to the process: no body limit on this route only.
-            post(write_stdin)
-                .layer(DefaultBodyLimit::disable())
-                .delete(close_stdin),
-        )
-        .route(
-            "/v1/sandboxes/{id}/processes/{pid}/resize",
-            post(resize_process),
-        )
-        .route("/v1/sandboxes/{id}/processes/{pid}/output", get(output))
-        .route("/v1/sandboxes/{id}/processes/{pid}/pty", get(pty))
+/// The routes of this module, each registered with its OpenAPI operation (merged into
+/// [`crate::router`]).
+pub(crate) fn routes() -> OpenApiRouter<Engine> {
+    OpenApiRouter::new()
+        .routes(routes!(start_process, list_processes))
+        .routes(routes!(get_process))
+        .routes(routes!(signal_process))
+        // Input streams to the process: no body limit on this route only.
+        .routes(routes!(write_stdin).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(close_stdin))
+        .routes(routes!(resize_process))
+        .routes(routes!(output))
+        .routes(routes!(pty))
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(
-        start_process,
-        list_processes,
-        get_process,
-        signal_process,
-        write_stdin,
-        close_stdin,
-        resize_process,
-        output,
-        pty,
-    ),
     components(schemas(
         CreateProcessRequest,
         Process,

@@ -22,12 +22,12 @@ use crate::error::{ApiError, ApiJson, ApiQuery, SandboxId};
 /// Keep-alive comments on a watch stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub(crate) fn routes() -> axum::Router<Engine> {
-    use axum::routing::{get, post};
-    axum::Router::new()
-        .route("/v1/sandboxes/{id}/files/search", post(search))
-        .route("/v1/sandboxes/{id}/files/replace", post(replace))
-        .route("/v1/sandboxes/{id}/files/watch", get(watch))
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Engine> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(search))
+        .routes(routes!(replace))
+        .routes(routes!(watch))
 }
 
 /// Search file names (`glob`) or file contents (`pattern`, a regular expression) below a
@@ -128,17 +128,14 @@ fn sse_events(events: FileEvents) -> impl Stream<Item = Result<Event, Infallible
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(search, replace, watch),
-    components(schemas(
-        SearchRequest,
-        SearchResult,
-        SearchMatch,
-        ReplaceRequest,
-        ReplaceResult,
-        ReplacedFile,
-        FileEvent,
-        FileEventKind
-    ))
-)]
+#[openapi(components(schemas(
+    SearchRequest,
+    SearchResult,
+    SearchMatch,
+    ReplaceRequest,
+    ReplaceResult,
+    ReplacedFile,
+    FileEvent,
+    FileEventKind
+)))]
 pub(crate) struct SearchDoc;
