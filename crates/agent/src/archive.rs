@@ -16,7 +16,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use warren_proto::{Event, FileKind, Frame};
 
-use crate::conn::ConnError;
+use crate::error::ConnError;
 use crate::files::{self, FileError, READ_CHUNK};
 
 /// What the archive builder hands to the connection.

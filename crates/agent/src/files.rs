@@ -28,7 +28,7 @@ use warren_proto::{
     Event, FileKind, FileOp, FileOpResult, FileStat, Frame, FrameCodec, ProtoError, MAX_FRAME_LEN,
 };
 
-use crate::conn::ConnError;
+use crate::error::ConnError;
 
 /// File content is read and sent in chunks of this size (one data frame each).
 pub(crate) const READ_CHUNK: usize = 256 * 1024;

@@ -29,6 +29,8 @@
 
 mod archive;
 mod conn;
+mod error;
+mod exec;
 mod files;
 mod ports;
 mod procs;

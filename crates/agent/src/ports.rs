@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{Encoder, FramedRead};
 use warren_proto::{Event, Frame, FrameCodec};
 
-use crate::conn::ConnError;
+use crate::error::ConnError;
 
 /// Connects to `port` on the sandbox's loopback and splices the host connection onto it.
 pub(crate) async fn connect(

@@ -26,7 +26,7 @@ use warren_proto::{
     Event, Frame, FrameCodec, ProcessInfo, ProcessOp, ProcessSpec, ProcessState, PtySize,
 };
 
-use crate::conn::ConnError;
+use crate::error::ConnError;
 use crate::pty;
 use crate::reaper::{ExitInfo, SharedReaper};
 use crate::spawn;

@@ -22,7 +22,7 @@ use warren_proto::{
     MAX_FRAME_LEN,
 };
 
-use crate::conn::ConnError;
+use crate::error::ConnError;
 use crate::files::{blocking, check_path, send_error, FileError};
 
 /// Lines longer than this many characters are cut in results.

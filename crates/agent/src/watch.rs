@@ -18,11 +18,13 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::FramedRead;
 use warren_proto::{Event, FileEventKind, FileKind, Frame, FrameCodec};
 
-use crate::conn::ConnError;
+use crate::error::ConnError;
 use crate::files::{blocking, check_path, send, send_error, FileError};
 
 /// Most directories one recursive watch adds.
 const MAX_WATCHES: usize = 8192;
+/// How long the first half of a rename waits for its second half from a later read.
+const MOVE_PAIRING: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The inotify instance, pollable by tokio.
 struct Fd(Inotify);
@@ -99,6 +101,11 @@ struct Watch {
     /// Files written to since their last close.
     dirty: HashSet<PathBuf>,
     root_kind: FileKind,
+    /// `IN_MOVED_FROM`s still waiting for their `IN_MOVED_TO` (cookie, path, kind): the
+    /// kernel queues the two halves of a rename one after the other, so a read can end
+    /// between them. Paired in the next batch, or reported as moved out (deleted) once
+    /// [`MOVE_PAIRING`] passes without one.
+    unpaired: Vec<(u32, PathBuf, FileKind)>,
 }
 
 impl Watch {
@@ -195,6 +202,7 @@ pub(crate) async fn watch(
         } else {
             FileKind::File
         },
+        unpaired: Vec::new(),
     };
     if recursive && root_is_dir {
         let subdirs = blocking({
@@ -219,7 +227,16 @@ pub(crate) async fn watch(
     }
     send(&mut w, Frame::Event(Event::Watching)).await?;
     loop {
+        let pairing = tokio::time::sleep(MOVE_PAIRING);
         let events = tokio::select! {
+            // A rename's second half did not come: the files moved out of the watch.
+            () = pairing, if !watch.unpaired.is_empty() => {
+                let stale = std::mem::take(&mut watch.unpaired);
+                for frame in moved_out(&mut watch, stale) {
+                    send(&mut w, frame).await?;
+                }
+                continue;
+            }
             frame = frames.next() => match frame {
                 // The host closed the connection (or sent something): the watch ends.
                 None | Some(Err(_)) => return Ok(()),
@@ -249,8 +266,11 @@ pub(crate) async fn watch(
 /// Turns one batch of inotify events into protocol events, in order.
 async fn translate(watch: &mut Watch, root: &Path, events: Vec<InotifyEvent>) -> Vec<Frame> {
     let mut out = Vec::new();
-    // IN_MOVED_FROM waiting for its IN_MOVED_TO: cookie → (path, kind).
-    let mut moves: Vec<(u32, PathBuf, FileKind)> = Vec::new();
+    // IN_MOVED_FROM waiting for its IN_MOVED_TO: cookie → (path, kind); those of the last
+    // batch first.
+    let carried = std::mem::take(&mut watch.unpaired);
+    let carried_cookies: Vec<u32> = carried.iter().map(|(c, _, _)| *c).collect();
+    let mut moves = carried;
     for ev in events {
         if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
             watch.dirs.remove(&ev.wd);
@@ -316,8 +336,21 @@ async fn translate(watch: &mut Watch, root: &Path, events: Vec<InotifyEvent>) ->
             }
         }
     }
-    // Moved out of the watch: gone as far as the watcher can tell.
+    // Carried over and still unpaired after a whole batch: moved out of the watch. This
+    // batch's own may still pair in the next one.
+    let (stale, waiting): (Vec<_>, Vec<_>) = moves
+        .into_iter()
+        .partition(|(c, _, _)| carried_cookies.contains(c));
+    out.extend(moved_out(watch, stale));
+    watch.unpaired = waiting;
+    out
+}
+
+/// Files and directories moved out of the watch: gone as far as the watcher can tell.
+fn moved_out(watch: &mut Watch, moves: Vec<(u32, PathBuf, FileKind)>) -> Vec<Frame> {
+    let mut out = Vec::new();
     for (_, from, kind) in moves {
+        watch.dirty.remove(&from);
         out.push(file_event(FileEventKind::Deleted, &from, kind, None));
         let gone: Vec<WatchDescriptor> = watch
             .dirs

@@ -12,10 +12,9 @@
 //! `<sandbox_dir>/agent.pid` holds PID 1's host pid (written when the helper reports
 //! ready); a pid read from it is only trusted while the sandbox's cgroup lists it.
 
-use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +24,7 @@ use warren_proto::client as agent;
 use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use super::cgroup::{self, Layout};
+use super::layers::{self, allocated_bytes};
 use super::spec::{self, SandboxPaths};
 use super::storage;
 use super::{blocking, cg_err, connect, detached, image, Inner, NativeRuntime};
@@ -94,47 +94,9 @@ fn remove_runtime_files(paths: &SandboxPaths) -> Result<(), RuntimeError> {
 /// one holds a root-only `work/` subdirectory).
 fn reset_work_dir(dir: &Path) -> Result<(), RuntimeError> {
     let err = |e: io::Error| RuntimeError::Setup(format!("resetting {}: {e}", dir.display()));
-    image::remove_if_exists(dir).map_err(err)?;
+    layers::remove_if_exists(dir).map_err(err)?;
     fs::DirBuilder::new().mode(0o755).create(dir).map_err(err)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(err)
-}
-
-/// Bytes allocated on disk (`st_blocks * 512`) for the tree at `root`: symlinks are not
-/// followed, other file systems mounted below are not entered, hard-linked files count
-/// once. Entries that vanish or cannot be read while walking are skipped.
-pub(super) fn allocated_bytes(root: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(root) else {
-        return 0;
-    };
-    let dev = meta.dev();
-    let mut total = meta.blocks() * 512;
-    if !meta.is_dir() {
-        return total;
-    }
-    let mut seen_links = HashSet::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            // `DirEntry::metadata` does not follow symlinks.
-            let Ok(m) = entry.metadata() else {
-                continue;
-            };
-            if m.dev() != dev {
-                continue;
-            }
-            if !m.is_dir() && m.nlink() > 1 && !seen_links.insert(m.ino()) {
-                continue;
-            }
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                dirs.push(entry.path());
-            }
-        }
-    }
-    total
 }
 
 /// `(rx_bytes, tx_bytes)` summed over every interface of a `/proc/<pid>/net/dev`.
@@ -230,7 +192,7 @@ impl Inner {
                     reset_work_dir(&paths.usr_work)?;
                     // Files made before its range was known (no user namespace then) move
                     // into it.
-                    image::own_layers(&paths.fs, owner)?;
+                    layers::own_layers(&paths.fs, owner)?;
                     if let Some(l) = &loosened {
                         this.storage.loosen_to(l, Some(storage::START_HEADROOM))?;
                     }

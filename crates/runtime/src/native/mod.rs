@@ -18,6 +18,7 @@ mod files;
 pub mod image;
 pub mod init;
 mod init_error;
+mod layers;
 mod lifecycle;
 pub mod net;
 mod ports;

@@ -56,6 +56,9 @@ pub fn show(qgroupid: u64) -> String {
 /// The top-level subvolume (`BTRFS_FS_TREE_OBJECTID`).
 const FS_TREE: u64 = 5;
 
+/// Inode number of every btrfs subvolume's root directory.
+pub(super) const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+
 pub(super) mod sys {
     //! uapi `linux/btrfs.h` and `linux/btrfs_tree.h`.
 
@@ -206,7 +209,7 @@ pub fn subvol_id(p: &Path) -> io::Result<u64> {
     let f = open_dir(p)?;
     let mut args = Box::new(sys::InoLookupArgs {
         treeid: 0,
-        objectid: super::storage::BTRFS_FIRST_FREE_OBJECTID,
+        objectid: BTRFS_FIRST_FREE_OBJECTID,
         name: [0; 4080],
     });
     // SAFETY: `f` is an open directory; `args` is a live, initialized

@@ -45,10 +45,10 @@ use nix::fcntl::{renameat2, RenameFlags};
 use nix::mount::{umount2, MntFlags};
 use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC, TMPFS_MAGIC};
 
-use super::lifecycle::allocated_bytes;
+use super::layers::{self, allocated_bytes};
 use super::spec::{self, SandboxPaths};
 use super::userns;
-use super::{blocking, cg_err, cgroup, image, quota, Inner, NativeRuntime};
+use super::{blocking, cg_err, cgroup, quota, Inner, NativeRuntime};
 use crate::{RuntimeError, SnapshotMeta};
 
 /// Storage backend of [`super::NativeConfig`].
@@ -177,7 +177,7 @@ impl Storage {
             }
         };
         let made = (|| {
-            image::mkdir_sandboxes(&root).map_err(|e| ctx("creating sandboxes dir", e))?;
+            layers::mkdir_sandboxes(&root).map_err(|e| ctx("creating sandboxes dir", e))?;
             mkdir_mode(&root.join(SNAPSHOTS_DIR), 0o700)
                 .map_err(|e| ctx("creating snapshots dir", e))
         })();
@@ -595,8 +595,8 @@ impl Storage {
         let built = (|| {
             self.clone_tree(src, &new, group)?;
             prepare_restored(&new)?;
-            image::own_layers(&new, owner)?;
-            if let Err(e) = image::set_identity(&new.join("upper"), id, owner) {
+            layers::own_layers(&new, owner)?;
+            if let Err(e) = layers::set_identity(&new.join("upper"), id, owner) {
                 tracing::warn!(sandbox = id, error = %e, "rollback: /etc/hostname not updated");
             }
             if self.tmp_copies() {
@@ -754,7 +754,7 @@ impl Storage {
         if deleted {
             self.after_deletion();
         }
-        image::remove_if_exists(dir)
+        layers::remove_if_exists(dir)
             .map_err(|e| RuntimeError::Setup(format!("removing {}: {e}", dir.display())))
     }
 
@@ -850,7 +850,7 @@ pub struct Staged {
 fn prepare_restored(fs_dir: &Path) -> Result<(), RuntimeError> {
     for name in ["work", "usr-work"] {
         let d = fs_dir.join(name);
-        image::remove_if_exists(&d).map_err(|e| ctx(format!("emptying {}", d.display()), e))?;
+        layers::remove_if_exists(&d).map_err(|e| ctx(format!("emptying {}", d.display()), e))?;
         mkdir_mode(&d, 0o755).map_err(|e| ctx(format!("creating {}", d.display()), e))?;
     }
     for name in ["upper", "usr-upper"] {
@@ -1044,7 +1044,7 @@ pub fn remove_tree(p: &Path) -> Result<(), RuntimeError> {
         return delete_subvolume(p)
             .map_err(|e| RuntimeError::Io(ctx(format!("deleting subvolume {}", p.display()), e)));
     }
-    image::remove_if_exists(p)
+    layers::remove_if_exists(p)
         .map_err(|e| RuntimeError::Io(ctx(format!("removing {}", p.display()), e)))
 }
 
@@ -1053,9 +1053,6 @@ fn is_btrfs(p: &Path) -> io::Result<bool> {
     Ok(st.filesystem_type() == BTRFS_SUPER_MAGIC)
 }
 
-/// Inode number of every btrfs subvolume's root directory.
-pub(super) const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
-
 /// Whether `p` is the root of a btrfs subvolume (false if it does not exist).
 pub fn is_subvolume(p: &Path) -> io::Result<bool> {
     let m = match fs::symlink_metadata(p) {
@@ -1063,7 +1060,7 @@ pub fn is_subvolume(p: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(ctx(p.display(), e)),
     };
-    Ok(m.is_dir() && m.ino() == BTRFS_FIRST_FREE_OBJECTID && is_btrfs(p)?)
+    Ok(m.is_dir() && m.ino() == quota::BTRFS_FIRST_FREE_OBJECTID && is_btrfs(p)?)
 }
 
 fn syncfs(p: &Path) -> io::Result<()> {
@@ -1296,7 +1293,7 @@ fn setup_loop(data_dir: &Path, size: u64) -> Result<(PathBuf, bool), RuntimeErro
         // Made under a temporary name: a crash never leaves an unformatted image behind.
         let tmp = dir.join(format!("{LOOP_IMAGE}.tmp"));
         let made = (|| {
-            image::remove_if_exists(&tmp)?;
+            layers::remove_if_exists(&tmp)?;
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -1604,7 +1601,7 @@ mod tests {
     #[test]
     fn dir_storage_snapshot_roundtrip() {
         crate::native::require_root("cp -a of owners and xattrs");
-        let s = image::tests::Scratch::new("storage");
+        let s = super::super::image::tests::Scratch::new("storage");
         let st = Storage::open(&s.0, &StorageConfig::Dir).unwrap();
         assert_eq!(st.backend(), Backend::Dir);
         assert!(st.sandboxes_dir().is_dir() && st.snapshots_dir().is_dir());
