@@ -197,6 +197,19 @@ pub struct Sandbox {
     pub pool: Option<String>,
 }
 
+/// Where a sandbox's port is reachable from the server's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortAddress {
+    /// The port inside the sandbox.
+    pub port: u16,
+    /// A TCP address on the server's loopback, e.g. `127.0.0.1:40123`; every connection to it
+    /// is a connection to the port inside the sandbox.
+    #[schema(value_type = String)]
+    pub address: std::net::SocketAddr,
+    /// `http://` + `address`.
+    pub url: String,
+}
+
 /// Body of `POST /v1/sandboxes/{id}/timeout`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

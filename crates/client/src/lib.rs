@@ -52,7 +52,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use lifecycle::{LifecycleEvent, LifecycleEvents};
-pub use ports::PortForward;
+pub use warren_api::PortAddress;
+/// The name [`PortAddress`] had in this SDK before it moved to `warren_api`.
+pub type PortForward = PortAddress;
 pub use processes::{OutputEvent, OutputStream, ProcessHandle, PtyEvent, PtySession};
 pub use search::FileWatch;
 pub use warren_api as api;

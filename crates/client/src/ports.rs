@@ -1,30 +1,16 @@
 //! Ports inside a sandbox: a forwarded host address ([`Client::port_address`]) and the URL of
 //! the HTTP reverse proxy ([`Client::proxy_url`]).
 
-use std::net::SocketAddr;
-
 use reqwest::Method;
-use serde::Deserialize;
+use warren_api::PortAddress;
 
 use crate::{Client, Error, SandboxHandle};
-
-/// A port of a sandbox forwarded to an address on the server's host
-/// (`GET /v1/sandboxes/{id}/ports/{port}`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct PortForward {
-    /// The port inside the sandbox.
-    pub port: u16,
-    /// A TCP address on the server's loopback (`127.0.0.1:NNNNN`).
-    pub address: SocketAddr,
-    /// `http://` + `address`.
-    pub url: String,
-}
 
 impl Client {
     /// `GET /v1/sandboxes/{id}/ports/{port}`: the host address where `port` of the sandbox is
     /// reachable (made on first use, the same afterwards, closed when the sandbox is deleted).
     /// Only reachable from the server's host.
-    pub async fn port_address(&self, id: &str, port: u16) -> Result<PortForward, Error> {
+    pub async fn port_address(&self, id: &str, port: u16) -> Result<PortAddress, Error> {
         let port = port.to_string();
         self.call(
             Method::GET,
@@ -47,7 +33,7 @@ impl Client {
 
 impl SandboxHandle {
     /// See [`Client::port_address`].
-    pub async fn port_address(&self, port: u16) -> Result<PortForward, Error> {
+    pub async fn port_address(&self, port: u16) -> Result<PortAddress, Error> {
         self.client.port_address(&self.id, port).await
     }
 

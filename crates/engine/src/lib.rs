@@ -38,7 +38,7 @@ pub use admission::{disk_floor_mib, DiskProbe, DiskSpace, MemoryProbe, PidsProbe
 pub use error::EngineError;
 pub use events::{EventItem, EventStream};
 pub use lifecycle::Deadlines;
-pub use ports::{address_to_url, PortForward};
+pub use ports::address_to_url;
 pub use store::{Lifecycle, Record};
 pub use warren_runtime::{ByteStream, ExecOutput, ExecStream, ExitInfo};
 

@@ -17,18 +17,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 use warren_runtime::{PortStream, Runtime, RuntimeError};
 
-use crate::{Engine, EngineError};
+use warren_api::PortAddress;
 
-/// A port of a sandbox forwarded to an address on the host's loopback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortForward {
-    /// The port inside the sandbox.
-    pub port: u16,
-    /// Where to connect on the host (`127.0.0.1:NNNNN`).
-    pub address: SocketAddr,
-    /// `http://` + `address`.
-    pub url: String,
-}
+use crate::{Engine, EngineError};
 
 /// The URL of a host address: `http://127.0.0.1:8080`, `http://[::1]:8080`.
 pub fn address_to_url(address: SocketAddr) -> String {
@@ -123,7 +114,7 @@ impl Engine {
     /// The host address where `port` of sandbox `id` is reachable; made on the first call,
     /// the same on later ones, closed when the sandbox is deleted. Connecting to it opens a
     /// connection to the port inside (a refused one is closed at once).
-    pub async fn forward_port(&self, id: &str, port: u16) -> Result<PortForward, EngineError> {
+    pub async fn forward_port(&self, id: &str, port: u16) -> Result<PortAddress, EngineError> {
         validate_port(port)?;
         self.check_ports_supported()?;
         self.ready(id).await?;
@@ -168,7 +159,7 @@ impl Engine {
                 return Err(EngineError::SandboxNotFound(id.to_string()));
             }
         }
-        Ok(PortForward {
+        Ok(PortAddress {
             port,
             address,
             url: address_to_url(address),

@@ -12,24 +12,10 @@ use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use axum::Json;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
-use utoipa::ToSchema;
-use warren_api::ErrorBody;
+use warren_api::{ErrorBody, PortAddress};
 use warren_engine::Engine;
 
 use crate::error::ApiError;
-
-/// Where a sandbox's port is reachable from the server's host.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct PortAddress {
-    /// The port inside the sandbox.
-    pub port: u16,
-    /// A TCP address on the server's loopback, e.g. `127.0.0.1:40123`; every connection to it
-    /// is a connection to the port inside the sandbox.
-    pub address: String,
-    /// `http://` + `address`.
-    pub url: String,
-}
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 9] = [
@@ -79,12 +65,7 @@ pub(crate) async fn port_address(
 ) -> Result<Json<PortAddress>, ApiError> {
     let Path((id, port)) = path.map_err(bad_path)?;
     let port = parse_port(&port)?;
-    let f = engine.forward_port(&id, port).await?;
-    Ok(Json(PortAddress {
-        port: f.port,
-        address: f.address.to_string(),
-        url: f.url,
-    }))
+    Ok(Json(engine.forward_port(&id, port).await?))
 }
 
 /// Reverse-proxy an HTTP request to a port inside the sandbox.
