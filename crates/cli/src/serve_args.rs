@@ -18,12 +18,17 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 /// Data directory of a daemon started with no flags.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/warren";
 
-#[derive(Debug, Clone, Args)]
+/// The daemon's settings as given: the flags of `warren serve`, and the same settings as the
+/// keys of its config file (one declaration for both). [`ServeArgs::settings`] puts the
+/// flags over the file over the defaults.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
     /// Config file (TOML): any of these settings as keys (`listen`, `data_dir`,
     /// `max_sandboxes`, `max_committed_memory_mib`, ...), and warm pools as `[[pools]]`
     /// tables. Flags win over the file.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:7400].
     #[arg(long, value_name = "ADDR")]
@@ -96,8 +101,8 @@ pub struct ServeArgs {
     /// and mounts as a loop device, e.g. `10G` (suffixes K, M, G, T are powers of 1024).
     /// Allocated in full when created, so that sandboxes can never fill the file system
     /// the store lives on [default with auto: a quarter of the free space, at most 64G].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub btrfs_loop_size: Option<u64>,
+    #[arg(long, value_name = "SIZE")]
+    pub btrfs_loop_size: Option<Size>,
     /// Give each sandbox its own user namespace, so its root is an unprivileged host uid of
     /// its own: `auto` (yes where the host can, checked at start), `on` (refuse to start
     /// where it cannot) or `off` [default: auto].
@@ -117,6 +122,7 @@ pub struct ServeArgs {
     /// mount) before exiting. Without it sandboxes keep running and the next start adopts
     /// them.
     #[arg(long)]
+    #[serde(default)]
     pub cleanup_on_exit: bool,
     /// HTTP connections served at once; more wait in the listen backlog until one closes
     /// [default: a quarter of the open-files limit, between 64 and 4096].
@@ -133,8 +139,40 @@ pub struct ServeArgs {
     pub header_read_timeout: Option<u64>,
     /// Output kept by all non-streaming execs in flight together, e.g. `256M`; an exec that
     /// finds it used up returns its output truncated [default: 256M].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub max_exec_output: Option<u64>,
+    #[arg(long, value_name = "SIZE")]
+    pub max_exec_output: Option<Size>,
+    /// Warm pools (config file only: `[[pools]]` tables).
+    #[arg(skip)]
+    #[serde(default)]
+    pub pools: Vec<PoolEntry>,
+}
+
+/// A byte size: `512M`, `10G` (see [`parse_size`]); in the config file a string like these
+/// or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Size, String> {
+        parse_size(s).map(Size)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(0) => Err(serde::de::Error::custom("size must be more than 0")),
+            Raw::Bytes(n) => Ok(Size(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// `--user-namespaces` values.
@@ -165,42 +203,8 @@ pub enum StorageKind {
     Auto,
 }
 
-/// The config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    pub listen: Option<SocketAddr>,
-    pub data_dir: Option<PathBuf>,
-    pub max_sandboxes: Option<u64>,
-    pub max_committed_memory_mib: Option<u64>,
-    pub memory_overcommit: Option<f64>,
-    pub memory_budget_mib: Option<u64>,
-    pub pids_budget: Option<u64>,
-    pub min_available_memory_mib: Option<u64>,
-    pub min_free_disk_mib: Option<u64>,
-    pub default_disk_mib: Option<u64>,
-    pub default_timeout: Option<u64>,
-    pub max_timeout: Option<u64>,
-    pub cgroup_parent: Option<String>,
-    pub log_level: Option<String>,
-    pub storage: Option<StorageKind>,
-    /// A size like `10G`.
-    pub btrfs_loop_size: Option<String>,
-    pub user_namespaces: Option<UsernsKind>,
-    pub userns_base: Option<u32>,
-    pub userns_ranges: Option<u32>,
-    pub cleanup_on_exit: Option<bool>,
-    pub max_connections: Option<usize>,
-    pub max_streams: Option<usize>,
-    pub header_read_timeout: Option<u64>,
-    /// A size like `256M`.
-    pub max_exec_output: Option<String>,
-    #[serde(default)]
-    pub pools: Vec<PoolEntry>,
-}
-
 /// One `[[pools]]` table: a name and a [`PoolSpec`].
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolEntry {
     pub name: String,
@@ -209,18 +213,6 @@ pub struct PoolEntry {
     pub resources: Option<Resources>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-}
-
-impl ConfigFile {
-    pub fn parse(text: &str) -> anyhow::Result<ConfigFile> {
-        Ok(toml::from_str(text)?)
-    }
-
-    pub fn load(path: &Path) -> anyhow::Result<ConfigFile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the config file {}", path.display()))?;
-        ConfigFile::parse(&text).with_context(|| format!("config file {}", path.display()))
-    }
 }
 
 /// The daemon's settings: flags over the config file over the defaults. `None` leaves the
@@ -254,75 +246,105 @@ pub struct Settings {
 }
 
 impl ServeArgs {
+    /// A config file's settings.
+    pub fn parse_file(text: &str) -> anyhow::Result<ServeArgs> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// [`ServeArgs::parse_file`] of the file at `path`.
+    pub fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        ServeArgs::parse_file(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
     /// Read `--config` (if any) and merge it under the flags.
     pub fn settings(&self) -> anyhow::Result<Settings> {
         let file = match &self.config {
-            Some(path) => ConfigFile::load(path)?,
-            None => ConfigFile::default(),
+            Some(path) => ServeArgs::load_file(path)?,
+            None => ServeArgs::default(),
         };
-        self.merge(file)
+        self.clone().over(file).resolve()
     }
 
-    fn merge(&self, file: ConfigFile) -> anyhow::Result<Settings> {
-        let file_loop_size = file
-            .btrfs_loop_size
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("btrfs_loop_size: {e}"))?;
+    /// `self` (the flags) over `file`: a setting the flags leave out comes from the file;
+    /// pools come from the file only.
+    fn over(self, file: ServeArgs) -> ServeArgs {
+        macro_rules! flag_or_file {
+            ($($field:ident),* $(,)?) => {
+                ServeArgs {
+                    $($field: self.$field.or(file.$field),)*
+                    config: self.config,
+                    cleanup_on_exit: self.cleanup_on_exit || file.cleanup_on_exit,
+                    pools: file.pools,
+                }
+            };
+        }
+        flag_or_file!(
+            listen,
+            data_dir,
+            max_sandboxes,
+            max_committed_memory_mib,
+            memory_overcommit,
+            memory_budget_mib,
+            pids_budget,
+            min_available_memory_mib,
+            min_free_disk_mib,
+            default_disk_mib,
+            default_timeout,
+            max_timeout,
+            cgroup_parent,
+            log_level,
+            storage,
+            btrfs_loop_size,
+            user_namespaces,
+            userns_base,
+            userns_ranges,
+            max_connections,
+            max_streams,
+            header_read_timeout,
+            max_exec_output,
+        )
+    }
+
+    /// The settings, with the defaults where nothing was given.
+    fn resolve(self) -> anyhow::Result<Settings> {
         let storage = storage_config(
-            self.storage.or(file.storage).unwrap_or(StorageKind::Auto),
-            self.btrfs_loop_size.or(file_loop_size),
+            self.storage.unwrap_or(StorageKind::Auto),
+            self.btrfs_loop_size.map(|s| s.0),
         )
         .map_err(anyhow::Error::msg)?;
-        let file_exec_output = file
-            .max_exec_output
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("max_exec_output: {e}"))?;
         let default_listen: SocketAddr = DEFAULT_LISTEN.parse()?;
         Ok(Settings {
-            listen: self.listen.or(file.listen).unwrap_or(default_listen),
+            listen: self.listen.unwrap_or(default_listen),
             data_dir: self
                 .data_dir
-                .clone()
-                .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            max_sandboxes: self.max_sandboxes.or(file.max_sandboxes),
-            max_committed_memory_mib: self
-                .max_committed_memory_mib
-                .or(file.max_committed_memory_mib),
-            memory_overcommit: self.memory_overcommit.or(file.memory_overcommit),
-            memory_budget_mib: self.memory_budget_mib.or(file.memory_budget_mib),
-            pids_budget: self.pids_budget.or(file.pids_budget),
-            min_available_memory_mib: self
-                .min_available_memory_mib
-                .or(file.min_available_memory_mib),
-            min_free_disk_mib: self.min_free_disk_mib.or(file.min_free_disk_mib),
-            default_disk_mib: self.default_disk_mib.or(file.default_disk_mib),
-            default_timeout: self.default_timeout.or(file.default_timeout),
-            max_timeout: self.max_timeout.or(file.max_timeout),
-            cgroup_parent: self.cgroup_parent.clone().or(file.cgroup_parent),
-            log_level: self
-                .log_level
-                .clone()
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".to_string()),
-            cleanup_on_exit: self.cleanup_on_exit || file.cleanup_on_exit.unwrap_or(false),
+            max_sandboxes: self.max_sandboxes,
+            max_committed_memory_mib: self.max_committed_memory_mib,
+            memory_overcommit: self.memory_overcommit,
+            memory_budget_mib: self.memory_budget_mib,
+            pids_budget: self.pids_budget,
+            min_available_memory_mib: self.min_available_memory_mib,
+            min_free_disk_mib: self.min_free_disk_mib,
+            default_disk_mib: self.default_disk_mib,
+            default_timeout: self.default_timeout,
+            max_timeout: self.max_timeout,
+            cgroup_parent: self.cgroup_parent,
+            log_level: self.log_level.unwrap_or_else(|| "info".to_string()),
+            cleanup_on_exit: self.cleanup_on_exit,
             storage,
             user_namespaces: self
                 .user_namespaces
-                .or(file.user_namespaces)
                 .map(UsernsSetting::from)
                 .unwrap_or_default(),
-            userns_base: self.userns_base.or(file.userns_base),
-            userns_ranges: self.userns_ranges.or(file.userns_ranges),
-            max_connections: self.max_connections.or(file.max_connections),
-            max_streams: self.max_streams.or(file.max_streams),
-            header_read_timeout: self.header_read_timeout.or(file.header_read_timeout),
-            max_exec_output: self.max_exec_output.or(file_exec_output),
-            pools: file
+            userns_base: self.userns_base,
+            userns_ranges: self.userns_ranges,
+            max_connections: self.max_connections,
+            max_streams: self.max_streams,
+            header_read_timeout: self.header_read_timeout,
+            max_exec_output: self.max_exec_output.map(|s| s.0),
+            pools: self
                 .pools
                 .into_iter()
                 .map(|p| {
@@ -429,7 +451,8 @@ mod tests {
         let parse = |args: &[&str]| {
             Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| {
                 c.serve
-                    .merge(ConfigFile::default())
+                    .over(ServeArgs::default())
+                    .resolve()
                     .map(|s| s.storage)
                     .map_err(|e| e.to_string())
             })
@@ -477,7 +500,7 @@ mod tests {
             #[command(flatten)]
             serve: ServeArgs,
         }
-        let file = ConfigFile::parse(
+        let file = ServeArgs::parse_file(
             r#"
             listen = "127.0.0.1:9000"
             data_dir = "/srv/warren"
@@ -522,7 +545,7 @@ mod tests {
             "--max-streams",
             "50",
         ]);
-        let s = cli.serve.merge(file).unwrap();
+        let s = cli.serve.over(file).resolve().unwrap();
         assert_eq!((s.max_connections, s.max_streams), (Some(300), Some(50)));
         assert_eq!(s.header_read_timeout, Some(5));
         assert_eq!(s.max_exec_output, Some(64 << 20));
@@ -557,7 +580,8 @@ mod tests {
         // Defaults without flags or file.
         let s = Cli::parse_from(["serve"])
             .serve
-            .merge(ConfigFile::default())
+            .over(ServeArgs::default())
+            .resolve()
             .unwrap();
         assert_eq!(s.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(s.data_dir, Path::new("/var/lib/warren"));
@@ -565,7 +589,8 @@ mod tests {
         assert!(!s.cleanup_on_exit);
         let s = Cli::parse_from(["serve", "--cleanup-on-exit", "--pids-budget", "100"])
             .serve
-            .merge(ConfigFile::default())
+            .over(ServeArgs::default())
+            .resolve()
             .unwrap();
         assert!(s.cleanup_on_exit);
         assert_eq!(s.pids_budget, Some(100));
@@ -577,9 +602,17 @@ mod tests {
             "[[pools]]\nname = \"a\"\nsize = 1\n[pools.resources]\nram = 1",
             "storage = \"zfs\"",
         ] {
-            assert!(ConfigFile::parse(bad).is_err(), "{bad}");
+            assert!(ServeArgs::parse_file(bad).is_err(), "{bad}");
         }
-        let bad_size = ConfigFile::parse("btrfs_loop_size = \"lots\"").unwrap();
-        assert!(Cli::parse_from(["serve"]).serve.merge(bad_size).is_err());
+        // Sizes are checked as the file is read; a number is bytes.
+        for bad in [
+            "btrfs_loop_size = \"lots\"",
+            "max_exec_output = 0",
+            "config = \"x\"",
+        ] {
+            assert!(ServeArgs::parse_file(bad).is_err(), "{bad}");
+        }
+        let bytes = ServeArgs::parse_file("max_exec_output = 1048576").unwrap();
+        assert_eq!(bytes.max_exec_output, Some(Size(1 << 20)));
     }
 }
