@@ -9,10 +9,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{stream, Stream, StreamExt};
 use serde::Deserialize;
-use utoipa::{IntoParams, OpenApi};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use warren_api::{ErrorBody, EventKind, EventsLost, SandboxEvent};
+use warren_api::{ErrorBody, EventKind, EventsLost};
 use warren_engine::{Engine, EventItem, EventStream};
 
 use crate::error::{ApiError, ApiQuery, SandboxId};
@@ -24,13 +24,6 @@ pub(crate) fn routes() -> OpenApiRouter<Engine> {
         .routes(routes!(all_events))
         .routes(routes!(sandbox_events))
 }
-
-#[derive(OpenApi)]
-#[openapi(
-    components(schemas(SandboxEvent, EventKind, EventsLost)),
-    tags((name = "events", description = "Lifecycle events (Server-Sent Events)"))
-)]
-pub(crate) struct EventsDoc;
 
 /// Query of the event routes.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -158,7 +151,7 @@ fn sse_events(
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-    use warren_api::SandboxState;
+    use warren_api::{SandboxEvent, SandboxState};
 
     #[tokio::test]
     async fn items_become_sse_events() {

@@ -34,9 +34,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 use warren_api::{
-    Capabilities, CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest, ExecResult, ExecUser,
-    ExitEvent, Features, FileInfo, FileKind, FileList, Isolation, Limits, MkdirRequest,
-    MoveRequest, OutputChunk, OutputEncoding, Resources, Sandbox, SandboxState, SetTimeoutRequest,
+    Capabilities, CreateSandboxRequest, ErrorBody, ExitEvent, OutputChunk, Sandbox,
+    SetTimeoutRequest,
 };
 use warren_engine::Engine;
 
@@ -48,14 +47,7 @@ pub use listen::serve;
 /// router and the document cannot drift apart (the proxy, whose catch-all path OpenAPI
 /// cannot spell, is the one route added by hand; see `ports`).
 fn api() -> OpenApiRouter<Engine> {
-    let mut doc = ApiDoc::openapi();
-    doc.merge(<processes::ProcessesDoc as OpenApi>::openapi());
-    doc.merge(<ports::PortsDoc as OpenApi>::openapi());
-    doc.merge(<search::SearchDoc as OpenApi>::openapi());
-    doc.merge(<lifecycle::LifecycleDoc as OpenApi>::openapi());
-    doc.merge(<events::EventsDoc as OpenApi>::openapi());
-    doc.merge(<pools::PoolsDoc as OpenApi>::openapi());
-    OpenApiRouter::with_openapi(doc)
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(capabilities))
         .routes(routes!(openapi_json))
@@ -192,37 +184,29 @@ fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
             `invalid_request`, oversized bodies 413 `payload_too_large`.",
         license(name = "Apache-2.0")
     ),
+    // The port proxy: routed by hand (see `ports::routes`).
+    paths(ports::proxy),
+    // What streams carry (SSE events, WebSocket messages): no operation's body names these,
+    // so they are listed here. Every other schema comes with the operation that uses it.
     components(schemas(
-        Capabilities,
-        CreateSandboxRequest,
-        ErrorBody,
-        ErrorDetail,
-        ExecRequest,
-        ExecResult,
-        ExecUser,
         ExitEvent,
-        Features,
-        files::FileContent,
-        files::TarArchive,
-        files::UploadForm,
-        warren_api::UploadedFiles,
-        FileInfo,
-        FileKind,
-        FileList,
-        Isolation,
-        Limits,
-        MkdirRequest,
-        MoveRequest,
         OutputChunk,
-        OutputEncoding,
-        Resources,
-        Sandbox,
-        SandboxState,
-        SetTimeoutRequest,
+        warren_api::LostEvent,
+        warren_api::PtyMessage,
+        warren_api::SandboxEvent,
+        warren_api::EventKind,
+        warren_api::EventsLost,
+        warren_api::FileEvent,
+        warren_api::FileEventKind,
     )),
     tags((name = "sandboxes", description = "Sandbox lifecycle and commands"),
          (name = "files", description = "Files inside a running sandbox"),
-         (name = "meta", description = "Health, capabilities, this document"))
+         (name = "meta", description = "Health, capabilities, this document"),
+         (name = "processes", description = "Durable processes and terminals in a running sandbox"),
+         (name = "ports", description = "Network ports inside a running sandbox"),
+         (name = "lifecycle", description = "Pause, stop, snapshots, rollback and fork"),
+         (name = "events", description = "Lifecycle events (Server-Sent Events)"),
+         (name = "pools", description = "Warm pools of ready sandboxes"))
 )]
 struct ApiDoc;
 

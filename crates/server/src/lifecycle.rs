@@ -5,12 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warren_api::{
-    CreateSnapshotRequest, ErrorBody, ForkRequest, IdleAction, RollbackRequest, Sandbox,
-    SandboxStats, Snapshot, StorageInfo, TimeoutAction,
+    CreateSnapshotRequest, ErrorBody, ForkRequest, RollbackRequest, Sandbox, SandboxStats, Snapshot,
 };
 use warren_engine::Engine;
 
@@ -30,22 +29,6 @@ pub(crate) fn routes() -> OpenApiRouter<Engine> {
         .routes(routes!(list_snapshots))
         .routes(routes!(get_snapshot, delete_snapshot))
 }
-
-#[derive(OpenApi)]
-#[openapi(
-    components(schemas(
-        CreateSnapshotRequest,
-        ForkRequest,
-        IdleAction,
-        RollbackRequest,
-        SandboxStats,
-        Snapshot,
-        StorageInfo,
-        TimeoutAction,
-    )),
-    tags((name = "lifecycle", description = "Pause, stop, snapshots, rollback and fork"))
-)]
-pub(crate) struct LifecycleDoc;
 
 /// The body of pause, resume, stop and start: nothing, or an empty JSON object.
 #[derive(Debug, Default, Deserialize, ToSchema)]

@@ -5,10 +5,9 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
-use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use warren_api::{ErrorBody, Pool, PoolSource, PoolSpec};
+use warren_api::{ErrorBody, Pool, PoolSpec};
 use warren_engine::Engine;
 
 use crate::error::{ApiError, ApiJson};
@@ -19,13 +18,6 @@ pub(crate) fn routes() -> OpenApiRouter<Engine> {
         .routes(routes!(list_pools))
         .routes(routes!(get_pool, put_pool, delete_pool))
 }
-
-#[derive(OpenApi)]
-#[openapi(
-    components(schemas(Pool, PoolSource, PoolSpec)),
-    tags((name = "pools", description = "Warm pools of ready sandboxes"))
-)]
-pub(crate) struct PoolsDoc;
 
 /// The `{name}` path segment; one that cannot be extracted is not found.
 pub(crate) struct PoolName(pub String);

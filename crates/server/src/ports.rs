@@ -284,15 +284,6 @@ pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Engine> {
         )
 }
 
-/// The OpenAPI part of this module (merged into [`crate::openapi`]).
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(proxy),
-    components(schemas(PortAddress)),
-    tags((name = "ports", description = "Network ports inside a running sandbox"))
-)]
-pub(crate) struct PortsDoc;
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

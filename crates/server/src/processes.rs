@@ -18,12 +18,12 @@ use bytes::Bytes;
 use futures::{stream, SinkExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use utoipa::{IntoParams, OpenApi};
+use utoipa::IntoParams;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 use warren_api::{
     CreateProcessRequest, ErrorBody, LostEvent, OutputChunk, OutputEncoding, Process, ProcessState,
-    PtyMessage, PtySize, ResizeRequest, SignalRequest, SignalValue,
+    PtyMessage, ResizeRequest, SignalRequest,
 };
 use warren_engine::processes::AttachEvent;
 use warren_engine::{ByteStream, Engine, EngineError};
@@ -46,24 +46,6 @@ pub(crate) fn routes() -> OpenApiRouter<Engine> {
         .routes(routes!(output))
         .routes(routes!(pty))
 }
-
-#[derive(OpenApi)]
-#[openapi(
-    components(schemas(
-        CreateProcessRequest,
-        Process,
-        ProcessState,
-        PtySize,
-        SignalRequest,
-        SignalValue,
-        ResizeRequest,
-        LostEvent,
-        PtyMessage,
-        StdinContent,
-    )),
-    tags((name = "processes", description = "Durable processes and terminals in a running sandbox"))
-)]
-pub(crate) struct ProcessesDoc;
 
 /// Raw bytes for a process's stdin (`application/octet-stream`).
 #[derive(utoipa::ToSchema)]

@@ -11,8 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{stream, Stream, StreamExt};
 use warren_api::{
-    ErrorBody, FileEvent, FileEventKind, ReplaceRequest, ReplaceResult, ReplacedFile, SearchMatch,
-    SearchRequest, SearchResult, WatchQuery,
+    ErrorBody, ReplaceRequest, ReplaceResult, SearchRequest, SearchResult, WatchQuery,
 };
 use warren_engine::files::FileEvents;
 use warren_engine::Engine;
@@ -126,16 +125,3 @@ fn sse_events(events: FileEvents) -> impl Stream<Item = Result<Event, Infallible
         }
     })
 }
-
-#[derive(utoipa::OpenApi)]
-#[openapi(components(schemas(
-    SearchRequest,
-    SearchResult,
-    SearchMatch,
-    ReplaceRequest,
-    ReplaceResult,
-    ReplacedFile,
-    FileEvent,
-    FileEventKind
-)))]
-pub(crate) struct SearchDoc;
