@@ -72,7 +72,9 @@ const DB_FILES: [&str; 4] = [
     "warren.db-journal",
 ];
 
-const SCHEMA: &str = "
+/// The first schema (migration 1). `IF NOT EXISTS`: a store made before the schema was
+/// versioned (user_version 0) already has these tables.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sandboxes (
     id             TEXT PRIMARY KEY,
     state          TEXT NOT NULL,
@@ -104,12 +106,67 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
-/// Columns added after the first schema (added to older databases on open).
-const ADDED_COLUMNS: &[(&str, &str)] = &[
-    ("state_changed_at_ms", "INTEGER NOT NULL DEFAULT 0"),
-    ("lifecycle", "TEXT NOT NULL DEFAULT '{}'"),
-    ("host_id", "INTEGER"),
+/// One step of the schema, from the version before it to its own.
+enum Migration {
+    /// Statements to run.
+    Sql(&'static str),
+    /// A column of `sandboxes`. Added only where missing: a store from before the schema
+    /// was versioned may have some of them already.
+    SandboxesColumn(&'static str, &'static str),
+}
+
+/// The schema's history: the store's `PRAGMA user_version` is how many of these it has
+/// had. Append only; never change a step that has shipped.
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(SCHEMA_V1),
+    Migration::SandboxesColumn("state_changed_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    Migration::SandboxesColumn("lifecycle", "TEXT NOT NULL DEFAULT '{}'"),
+    Migration::SandboxesColumn("host_id", "INTEGER"),
 ];
+
+/// Bring the store at `conn` to the newest schema, each step in one transaction with the
+/// version it reaches. A store from a newer Warren (a version past ours) is refused: this
+/// build would not know what its columns mean.
+fn migrate(conn: &mut Connection) -> Result<(), EngineError> {
+    let latest = MIGRATIONS.len();
+    let version: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(store_err)?
+        .try_into()
+        .map_err(store_err)?;
+    if version > latest {
+        return Err(EngineError::Store(format!(
+            "the store has schema version {version}, newer than this warren knows \
+             ({latest}): it was written by a newer warren; run that one, or move the data \
+             dir away"
+        )));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(store_err)?;
+        match step {
+            Migration::Sql(sql) => tx.execute_batch(sql).map_err(store_err)?,
+            Migration::SandboxesColumn(col, def) => {
+                let exists: bool = tx
+                    .query_row(
+                        "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = ?1",
+                        [col],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(store_err)?
+                    > 0;
+                if !exists {
+                    tx.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {col} {def}"))
+                        .map_err(store_err)?;
+                }
+            }
+        }
+        // PRAGMA takes no parameters; `i + 1` is a number we computed.
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+    }
+    Ok(())
+}
 
 fn store_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Store(e.to_string())
@@ -171,25 +228,12 @@ impl Store {
             private_file(&path, name == "warren.db")
                 .map_err(|e| store_err(format!("{}: {e}", path.display())))?;
         }
-        let conn = Connection::open(dir.join("warren.db")).map_err(store_err)?;
+        let mut conn = Connection::open(dir.join("warren.db")).map_err(store_err)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
         )
         .map_err(store_err)?;
-        conn.execute_batch(SCHEMA).map_err(store_err)?;
-        let existing: Vec<String> = conn
-            .prepare("SELECT name FROM pragma_table_info('sandboxes')")
-            .and_then(|mut st| {
-                st.query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(store_err)?;
-        for (col, def) in ADDED_COLUMNS {
-            if !existing.iter().any(|c| c == col) {
-                conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {col} {def}"))
-                    .map_err(store_err)?;
-            }
-        }
+        migrate(&mut conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(Some(conn))),
             #[cfg(test)]
@@ -648,6 +692,55 @@ mod tests {
             },
             host_id: Some(1 << 30),
         }
+    }
+
+    /// A store from before the schema was versioned (user_version 0, some later columns
+    /// already added) is brought to the newest version with its rows; one from a newer
+    /// warren is refused and left as it is.
+    #[tokio::test]
+    async fn schema_versions_migrate_forward_and_refuse_newer() {
+        let dir = std::env::temp_dir().join(format!("warren-store-mig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let c = Connection::open(dir.join("warren.db")).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(
+                "ALTER TABLE sandboxes ADD COLUMN state_changed_at_ms INTEGER NOT NULL DEFAULT 0;
+                 INSERT INTO sandboxes (id, state, image, created_at_ms, expires_at_ms,
+                     timeout_secs, metadata, env, resources)
+                 VALUES ('sb-old', 'running', 'host', 1, 2, 300, '{}', '{}', '{}');",
+            )
+            .unwrap();
+        }
+        let version = |dir: &Path| -> i64 {
+            Connection::open(dir.join("warren.db"))
+                .unwrap()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        let s = Store::open(&dir).unwrap();
+        let all = s.load_all().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].id.as_str(), all[0].host_id), ("sb-old", None));
+        s.insert(&record("sb-new")).await.unwrap();
+        drop(s);
+        assert_eq!(version(&dir), MIGRATIONS.len() as i64);
+        // Opening again changes nothing.
+        assert_eq!(
+            Store::open(&dir).unwrap().load_all().await.unwrap().len(),
+            2
+        );
+        assert_eq!(version(&dir), MIGRATIONS.len() as i64);
+        // A newer warren's store.
+        Connection::open(dir.join("warren.db"))
+            .unwrap()
+            .execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len() + 1))
+            .unwrap();
+        let e = Store::open(&dir).err().expect("a newer schema is refused");
+        assert!(e.to_string().contains("newer"), "{e}");
+        assert_eq!(version(&dir), MIGRATIONS.len() as i64 + 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
