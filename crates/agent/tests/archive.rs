@@ -11,7 +11,7 @@ use std::path::Path;
 use common::Agent;
 use futures::StreamExt;
 use tokio::net::UnixStream;
-use warren_proto::{client, FileKind, ProtoError};
+use warren_proto::{host, FileKind, ProtoError};
 
 impl Agent {
     fn start(name: &str) -> Agent {
@@ -20,7 +20,7 @@ impl Agent {
 
     async fn archive(&self, path: &Path) -> Result<(warren_proto::FileStat, Vec<u8>), ProtoError> {
         let stream = UnixStream::connect(&self.sock).await.unwrap();
-        let (stat, mut data) = client::read_archive(stream, path.to_string_lossy()).await?;
+        let (stat, mut data) = host::read_archive(stream, path.to_string_lossy()).await?;
         let mut out = Vec::new();
         while let Some(chunk) = data.next().await {
             out.extend_from_slice(&chunk?);

@@ -1,5 +1,5 @@
 //! Integration tests: each test runs its own agent process (the test-only
-//! `warren-agent-test` binary) on a unique socket and talks to it with the proto client.
+//! `warren-agent-test` binary) on a unique socket and talks to it with `warren_proto::host`.
 
 mod common;
 
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::Agent;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warren_proto::client::{self, ExecEvent};
+use warren_proto::host::{self, ExecEvent};
 use warren_proto::{ExecSpec, ProtoError, PROTOCOL_VERSION};
 
 impl Agent {
@@ -22,8 +22,8 @@ impl Agent {
         &self,
         spec: ExecSpec,
         stdin: Option<Bytes>,
-    ) -> Result<client::ExecEvents, ProtoError> {
-        client::exec(self.connect().await, spec, stdin).await
+    ) -> Result<host::ExecEvents, ProtoError> {
+        host::exec(self.connect().await, spec, stdin).await
     }
 
     /// Runs to completion and collects everything.
@@ -157,7 +157,7 @@ fn remote_code(err: ProtoError) -> String {
 #[tokio::test]
 async fn ping() {
     let agent = Agent::start();
-    let (protocol, version) = client::ping(agent.connect().await).await.unwrap();
+    let (protocol, version) = host::ping(agent.connect().await).await.unwrap();
     assert_eq!(protocol, PROTOCOL_VERSION);
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
 }
@@ -575,7 +575,7 @@ async fn bad_frames_close_only_that_connection() {
     }
     // Closing before any request.
     drop(agent.connect().await);
-    assert!(client::ping(agent.connect().await).await.is_ok());
+    assert!(host::ping(agent.connect().await).await.is_ok());
     assert_eq!(agent.run(spec(&["true"]), None).await.code(), 0);
 }
 

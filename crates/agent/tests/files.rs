@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::Agent;
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
-use warren_proto::client;
+use warren_proto::host;
 use warren_proto::{
     FileKind, FileOp, FileOpResult, FileStat, Frame, FrameCodec, ProtoError, Request,
 };
@@ -31,7 +31,7 @@ impl Agent {
     }
 
     async fn read(&self, path: &str) -> Result<(FileStat, Vec<u8>), ProtoError> {
-        let (stat, mut data) = client::read_file(self.connect().await, path).await?;
+        let (stat, mut data) = host::read_file(self.connect().await, path).await?;
         let mut out = Vec::new();
         while let Some(chunk) = data.next().await {
             let chunk = chunk?;
@@ -58,7 +58,7 @@ impl Agent {
         let data = futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::copy_from_slice(
             content,
         ))]);
-        client::write_file(self.connect().await, req, data).await
+        host::write_file(self.connect().await, req, data).await
     }
 
     async fn write(&self, path: &str, content: &[u8]) -> Result<FileStat, ProtoError> {
@@ -66,7 +66,7 @@ impl Agent {
     }
 
     async fn op(&self, op: FileOp) -> Result<FileOpResult, ProtoError> {
-        client::file_op(self.connect().await, op).await
+        host::file_op(self.connect().await, op).await
     }
 
     async fn stat(&self, path: &str) -> Result<FileStat, ProtoError> {
@@ -216,13 +216,11 @@ async fn big_file_is_streamed() {
         uid: uid(),
         gid: gid(),
     };
-    let st = client::write_file(agent.connect().await, req, futures::stream::iter(chunks))
+    let st = host::write_file(agent.connect().await, req, futures::stream::iter(chunks))
         .await
         .unwrap();
     assert_eq!(st.size, size as u64);
-    let (stat, mut data) = client::read_file(agent.connect().await, &path)
-        .await
-        .unwrap();
+    let (stat, mut data) = host::read_file(agent.connect().await, &path).await.unwrap();
     assert_eq!(stat.size, size as u64);
     let mut got = Vec::with_capacity(size);
     let mut frames = 0;
@@ -285,7 +283,7 @@ async fn interrupted_write_leaves_the_old_file() {
         Ok(Bytes::from_static(b"new")),
         Err(std::io::Error::other("body failed")),
     ]);
-    let err = client::write_file(agent.connect().await, req, data)
+    let err = host::write_file(agent.connect().await, req, data)
         .await
         .unwrap_err();
     assert!(matches!(err, ProtoError::Io(_)), "{err:?}");
@@ -345,7 +343,7 @@ async fn read_and_write_errors() {
         (0..64).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 1 << 20]))),
     );
     assert_eq!(
-        code(client::write_file(agent.connect().await, req, data).await),
+        code(host::write_file(agent.connect().await, req, data).await),
         "is_a_directory"
     );
     assert!(agent.work().join("dir").is_dir());
@@ -550,7 +548,7 @@ async fn ownership_follows_the_request() {
         gid: 5678,
     };
     let data = futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"x"))]);
-    let st = client::write_file(agent.connect().await, req, data)
+    let st = host::write_file(agent.connect().await, req, data)
         .await
         .unwrap();
     assert_eq!((st.uid, st.gid, st.mode), (1234, 5678, 0o640));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::Agent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use warren_proto::client;
+use warren_proto::host;
 use warren_proto::ProtoError;
 
 impl Agent {
@@ -45,7 +45,7 @@ async fn echo_server() -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
 async fn connect_echo_both_ways_with_half_close() {
     let agent = Agent::start();
     let (port, server) = echo_server().await;
-    let mut stream = client::connect(agent.connect().await, port).await.unwrap();
+    let mut stream = host::connect(agent.connect().await, port).await.unwrap();
 
     stream.write_all(b"hello").await.unwrap();
     let mut buf = [0u8; 5];
@@ -90,7 +90,7 @@ async fn server_speaks_first_and_closes() {
         s.read_to_end(&mut got).await.unwrap();
         got
     });
-    let mut stream = client::connect(agent.connect().await, port).await.unwrap();
+    let mut stream = host::connect(agent.connect().await, port).await.unwrap();
     let mut got = Vec::new();
     stream.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"banner\n");
@@ -107,11 +107,11 @@ async fn refused_port() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    match client::connect(agent.connect().await, port).await {
+    match host::connect(agent.connect().await, port).await {
         Err(ProtoError::Remote { code, .. }) => assert_eq!(code, "connection_refused"),
         other => panic!("expected connection_refused, got {:?}", other.map(|_| ())),
     }
     // The agent still serves.
-    let (proto, _) = client::ping(agent.connect().await).await.unwrap();
+    let (proto, _) = host::ping(agent.connect().await).await.unwrap();
     assert_eq!(proto, warren_proto::PROTOCOL_VERSION);
 }

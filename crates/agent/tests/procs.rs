@@ -1,5 +1,5 @@
 //! Durable processes: each test runs its own agent process (the test-only `warren-agent-test`
-//! binary) on a unique socket and talks to it with the proto client.
+//! binary) on a unique socket and talks to it with `warren_proto::host`.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::Agent;
 use futures::StreamExt;
-use warren_proto::client::{self, AttachItem};
+use warren_proto::host::{self, AttachItem};
 use warren_proto::{
     ExecSpec, ProcessInfo, ProcessOp, ProcessSpec, ProcessState, ProtoError, PtySize,
 };
@@ -19,11 +19,11 @@ impl Agent {
     }
 
     async fn start_proc(&self, spec: ProcessSpec) -> Result<ProcessInfo, ProtoError> {
-        client::start_process(self.connect().await, spec).await
+        host::start_process(self.connect().await, spec).await
     }
 
     async fn op(&self, selector: &str, op: ProcessOp) -> Result<ProcessInfo, ProtoError> {
-        client::process_op(self.connect().await, selector, op).await
+        host::process_op(self.connect().await, selector, op).await
     }
 
     async fn get(&self, selector: &str) -> ProcessInfo {
@@ -31,17 +31,17 @@ impl Agent {
     }
 
     async fn list(&self) -> Vec<ProcessInfo> {
-        client::list_processes(self.connect().await).await.unwrap()
+        host::list_processes(self.connect().await).await.unwrap()
     }
 
     async fn write(&self, selector: &str, data: &[u8]) -> Result<ProcessInfo, ProtoError> {
         let data =
             futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::copy_from_slice(data))]);
-        client::write_stdin(self.connect().await, selector, data).await
+        host::write_stdin(self.connect().await, selector, data).await
     }
 
-    async fn attach(&self, selector: &str, offset: u64, follow: bool) -> client::AttachEvents {
-        client::attach(self.connect().await, selector, offset, follow)
+    async fn attach(&self, selector: &str, offset: u64, follow: bool) -> host::AttachEvents {
+        host::attach(self.connect().await, selector, offset, follow)
             .await
             .unwrap()
     }
@@ -118,7 +118,7 @@ impl Attached {
     }
 }
 
-async fn collect(mut events: client::AttachEvents) -> Attached {
+async fn collect(mut events: host::AttachEvents) -> Attached {
     let mut out = Attached::default();
     let fut = async {
         while let Some(item) = events.next().await {
@@ -242,7 +242,7 @@ async fn start_list_get_and_exit() {
         remote_code(agent.write("a", b"x").await.unwrap_err()),
         "stdin_closed"
     );
-    let err = client::attach(agent.connect().await, "nope", 0, true)
+    let err = host::attach(agent.connect().await, "nope", 0, true)
         .await
         .unwrap_err();
     assert_eq!(remote_code(err), "process_not_found");
@@ -553,7 +553,7 @@ async fn stdin_round_trip_and_close() {
     let chunks = futures::stream::iter(
         (0..100).map(|i| Ok::<_, std::io::Error>(Bytes::from(format!("{i},")))),
     );
-    client::write_stdin(agent.connect().await, "cat", chunks)
+    host::write_stdin(agent.connect().await, "cat", chunks)
         .await
         .unwrap();
     // More than a pipe buffer: backpressure, no loss.

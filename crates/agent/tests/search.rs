@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::Agent;
 use futures::StreamExt;
-use warren_proto::client::{self, FileChange, WatchEvents};
+use warren_proto::host::{self, FileChange, WatchEvents};
 use warren_proto::{FileEventKind, FileKind, ProtoError, ReplaceSpec, SearchSpec};
 
 impl Agent {
@@ -46,7 +46,7 @@ impl Agent {
         &self,
         spec: SearchSpec,
     ) -> Result<(Vec<warren_proto::SearchMatch>, u64, bool), ProtoError> {
-        client::search_files(self.connect().await, spec).await
+        host::search_files(self.connect().await, spec).await
     }
 
     fn rel(&self, path: &str) -> String {
@@ -201,7 +201,7 @@ async fn replace_counts_keeps_mode_and_is_atomic() {
         hidden: false,
         timeout_ms: 10_000,
     };
-    let (files, total, truncated) = client::replace_files(a.connect().await, spec.clone())
+    let (files, total, truncated) = host::replace_files(a.connect().await, spec.clone())
         .await
         .unwrap();
     let got: Vec<(String, u64)> = files
@@ -243,7 +243,7 @@ async fn replace_counts_keeps_mode_and_is_atomic() {
         }
     }
     // max_files.
-    let (files, _, truncated) = client::replace_files(
+    let (files, _, truncated) = host::replace_files(
         a.connect().await,
         ReplaceSpec {
             pattern: "pub".into(),
@@ -257,7 +257,7 @@ async fn replace_counts_keeps_mode_and_is_atomic() {
     assert_eq!(files.len(), 1);
     assert!(truncated);
     // A bad pattern changes nothing.
-    let err = client::replace_files(
+    let err = host::replace_files(
         a.connect().await,
         ReplaceSpec {
             pattern: "[".into(),
@@ -290,7 +290,7 @@ fn ev(event: FileEventKind, path: String, kind: FileKind, to: Option<String>) ->
 async fn watch_reports_changes_in_order() {
     let a = Agent::start();
     a.put("old/keep.txt", b"x");
-    let mut events = client::watch_files(a.connect().await, a.p(""), true)
+    let mut events = host::watch_files(a.connect().await, a.p(""), true)
         .await
         .unwrap();
     use FileEventKind::*;
@@ -350,7 +350,7 @@ async fn watch_reports_changes_in_order() {
     drop(events);
 
     // Non-recursive: subdirectories are not watched.
-    let mut events = client::watch_files(a.connect().await, a.p(""), false)
+    let mut events = host::watch_files(a.connect().await, a.p(""), false)
         .await
         .unwrap();
     fs::write(a.work().join("old/keep.txt"), b"z").unwrap();
@@ -360,7 +360,7 @@ async fn watch_reports_changes_in_order() {
         ev(Created, a.p("top.txt"), FileKind::File, None)
     );
     // A missing path is refused.
-    let err = client::watch_files(a.connect().await, a.p("missing"), true)
+    let err = host::watch_files(a.connect().await, a.p("missing"), true)
         .await
         .unwrap_err();
     assert!(matches!(err, ProtoError::Remote { code, .. } if code == "not_found"));

@@ -14,8 +14,8 @@
 //! [`Frame::StdinEof`] meanwhile. If the host closes the connection before the exit, the agent
 //! kills the command's process group: a one-shot exec never outlives its caller.
 
-pub mod client;
 pub mod codec;
+pub mod host;
 
 use serde::{Deserialize, Serialize};
 

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 
-pub use warren_proto::client::FileChange;
+pub use warren_proto::host::FileChange;
 
 /// Size and free space of a file system ([`fs_space`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

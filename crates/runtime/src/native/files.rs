@@ -5,7 +5,7 @@ use std::io;
 
 use futures::StreamExt;
 use tokio::net::UnixStream;
-use warren_proto::client as agent;
+use warren_proto::host as agent;
 use warren_proto::{ProtoError, Request};
 
 use super::{connect, spec, NativeRuntime};

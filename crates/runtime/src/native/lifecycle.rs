@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::unistd::Pid;
-use warren_proto::client as agent;
+use warren_proto::host as agent;
 use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use super::cgroup::{self, Layout};

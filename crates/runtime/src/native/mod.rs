@@ -42,7 +42,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use warren_proto::client::{self as agent, ExecEvent};
+use warren_proto::host::{self as agent, ExecEvent};
 use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use crate::{

@@ -2,7 +2,7 @@
 //! agent, which owns the processes and their output logs.
 
 use futures::StreamExt;
-use warren_proto::client::{self as agent, AttachItem};
+use warren_proto::host::{self as agent, AttachItem};
 use warren_proto::ProtoError;
 
 use super::files::map_file_error;
