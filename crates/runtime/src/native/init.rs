@@ -268,15 +268,7 @@ fn with_userns(
         ForkResult::Parent { child } => {
             drop((theirs, verdict_wr, listener));
             let mut up = io::BufReader::new(ours);
-            let outcome = expect_line(&mut up, "userns")
-                .and_then(|_| {
-                    userns::write_maps(child.as_raw(), map)
-                        .map_err(io_ctx("map the sandbox's user namespace"))
-                })
-                .and_then(|()| {
-                    fs::File::open(format!("/proc/{child}/ns/user"))
-                        .map_err(io_ctx("open the sandbox's user namespace"))
-                })
+            let outcome = map_userns(&mut up, child, map)
                 .and_then(|ns| rootfs::prepare(spec, Some(ns.as_fd())))
                 .and_then(|()| send_root(up.get_ref(), &spec.paths().rootfs))
                 .and_then(|()| expect_line(&mut up, "pid"))
@@ -413,20 +405,21 @@ fn make_userns(map: &IdMap) -> Result<fs::File, InitError> {
         }
         ForkResult::Parent { child } => {
             drop((up_wr, down_rd));
-            let ns = expect_line(&mut io::BufReader::new(fs::File::from(up_rd)), "userns")
-                .and_then(|_| {
-                    userns::write_maps(child.as_raw(), map)
-                        .map_err(io_ctx("map the sandbox's user namespace"))
-                })
-                .and_then(|()| {
-                    fs::File::open(format!("/proc/{child}/ns/user"))
-                        .map_err(io_ctx("open the sandbox's user namespace"))
-                });
+            let ns = map_userns(&mut io::BufReader::new(fs::File::from(up_rd)), child, map);
             drop(down_wr);
             let _ = waitpid(child, None);
             ns
         }
     }
+}
+
+/// Once `child` says "userns" on `up` (it made its user namespace): write the namespace's id
+/// maps and return a handle on it.
+fn map_userns(up: &mut impl BufRead, child: Pid, map: &IdMap) -> Result<fs::File, InitError> {
+    expect_line(up, "userns")?;
+    userns::write_maps(child.as_raw(), map).map_err(io_ctx("map the sandbox's user namespace"))?;
+    fs::File::open(format!("/proc/{child}/ns/user"))
+        .map_err(io_ctx("open the sandbox's user namespace"))
 }
 
 /// Become the range's first host uid and gid and make a user namespace, which that uid then
