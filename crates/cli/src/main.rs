@@ -408,8 +408,10 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     // The sandbox-init role must run before any thread or async runtime exists.
-    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new("__sandbox-init")) {
-        return sandbox_init();
+    if std::env::args_os().nth(1).as_deref()
+        == Some(OsStr::new(warren_runtime_native::SANDBOX_INIT_ARG))
+    {
+        return warren_runtime_native::init::sandbox_init_main();
     }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -432,25 +434,6 @@ fn main() -> ExitCode {
     // Don't wait for a blocking stdin read that nobody needs any more.
     runtime.shutdown_background();
     ExitCode::from(code)
-}
-
-/// `warren __sandbox-init`: the helper that builds a sandbox, then the sandbox's PID 1 (the
-/// agent). Single-threaded until `warren_agent::serve` builds its own runtime.
-fn sandbox_init() -> ExitCode {
-    let listener = match warren_runtime::native::init::run_helper() {
-        Ok(listener) => listener,
-        Err(e) => {
-            eprintln!("warren __sandbox-init: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match warren_agent::serve(listener) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("warren agent: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 #[cfg(test)]

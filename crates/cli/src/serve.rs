@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use warren_engine::{Engine, EngineConfig};
-use warren_runtime::native::cgroup::{self, Layout, ParentLimits};
-use warren_runtime::native::{NativeConfig, NativeRuntime};
+use warren_runtime_native::cgroup::{self, Layout, ParentLimits};
+use warren_runtime_native::{NativeConfig, NativeRuntime};
 
 use crate::serve_args::{ServeArgs, DEFAULT_DATA_DIR};
 

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use warren_api::{PoolSpec, Resources};
-use warren_runtime::native::{StorageConfig, UsernsSetting};
+use warren_runtime_native::{StorageConfig, UsernsSetting};
 
 /// `--listen` when neither the flag nor the file sets it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";

@@ -1,10 +1,9 @@
-//! How a Warren sandbox is made real on this machine.
+//! The runtime trait: what every Warren sandbox backend implements.
 //!
-//! The engine owns states and bookkeeping; a [`Runtime`] owns the kernel details. Every
+//! The engine owns states and bookkeeping; a [`Runtime`] owns the kernel details. Backends
+//! are sibling crates (`warren-runtime-native` today); this crate links no kernel crate. Every
 //! backend speaks the same agent protocol ([`warren_proto`]) to the agent that runs as PID 1
-//! inside the sandbox, so exec and (later) processes and files work the same on all of them.
-
-pub mod native;
+//! inside the sandbox, so exec, processes and files work the same on all of them.
 
 use std::pin::Pin;
 

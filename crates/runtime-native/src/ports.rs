@@ -8,8 +8,8 @@ use tokio::net::UnixStream;
 use warren_proto::host as agent;
 use warren_proto::ProtoError;
 
-use super::{connect, spec, NativeRuntime};
-use crate::{PortStream, RuntimeError};
+use crate::{connect, spec, NativeRuntime};
+use warren_runtime::{PortStream, RuntimeError};
 
 impl NativeRuntime {
     pub(super) async fn connect_port_impl(

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
-use crate::IdMap;
+use warren_runtime::IdMap;
 
 const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
@@ -391,7 +391,7 @@ mod tests {
     /// Needs root (chown to arbitrary ids).
     #[test]
     fn shift_tree_moves_owners_and_keeps_setuid() {
-        crate::native::require_root("chown to other ranges");
+        crate::require_root("chown to other ranges");
         let dir = std::env::temp_dir().join(format!("warren-shift-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let (from, to) = (65536 * 3, 65536 * 7);

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::IdMap;
+use warren_runtime::IdMap;
 
-/// Argument that makes the `warren` binary run [`super::init::run_helper`].
+/// Argument that makes the `warren` binary run [`crate::init::run_helper`].
 pub const HELPER_ARG: &str = "__sandbox-init";
 
 /// Longest sandbox id (it is also the hostname).
@@ -26,7 +26,7 @@ pub struct InitSpec {
     /// limited by the daemon, which also moves the helper into it before sending this spec.
     pub cgroup_path: PathBuf,
     /// The seccomp program PID 1 loads last, compiled once by the daemon
-    /// ([`super::seccomp::export_default_bpf`]).
+    /// ([`crate::seccomp::export_default_bpf`]).
     pub seccomp_bpf: Vec<u8>,
     /// The sandbox's user namespace mapping; `None` runs it without one.
     #[serde(default)]

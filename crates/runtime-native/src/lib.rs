@@ -45,13 +45,13 @@ use tokio::net::UnixStream;
 use warren_proto::host::{self as agent, ExecEvent};
 use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
-use crate::{
+use cgroup::Layout;
+use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
+use warren_runtime::{
     AttachStream, ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo, FileOp, FileOpResult,
     FileStat, ProcessInfo, ProcessOp, ProcessSpec, Runtime, RuntimeError, RuntimeInfo, SandboxSpec,
     WriteOptions,
 };
-use cgroup::Layout;
-use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
 
 pub use init::run_helper;
 pub use init_error::InitError;
@@ -206,7 +206,7 @@ fn probe_userns(cfg: &NativeConfig, image_dir: &Path) -> Result<(), String> {
         image_dir: image_dir.to_path_buf(),
         cgroup_path: "/".into(),
         seccomp_bpf: Vec::new(),
-        idmap: Some(crate::IdMap::new(PROBE_HOST_ID)),
+        idmap: Some(warren_runtime::IdMap::new(PROBE_HOST_ID)),
     };
     let outcome = (|| {
         let json = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
@@ -925,7 +925,7 @@ impl Runtime for NativeRuntime {
         &self,
         id: &str,
         port: u16,
-    ) -> Result<Box<dyn crate::PortStream>, RuntimeError> {
+    ) -> Result<Box<dyn warren_runtime::PortStream>, RuntimeError> {
         self.connect_port_impl(id, port).await
     }
 
@@ -933,16 +933,16 @@ impl Runtime for NativeRuntime {
     async fn search_files(
         &self,
         id: &str,
-        spec: crate::SearchSpec,
-    ) -> Result<crate::SearchOutcome, RuntimeError> {
+        spec: warren_runtime::SearchSpec,
+    ) -> Result<warren_runtime::SearchOutcome, RuntimeError> {
         self.search_files_impl(id, spec).await
     }
 
     async fn replace_files(
         &self,
         id: &str,
-        spec: crate::ReplaceSpec,
-    ) -> Result<crate::ReplaceOutcome, RuntimeError> {
+        spec: warren_runtime::ReplaceSpec,
+    ) -> Result<warren_runtime::ReplaceOutcome, RuntimeError> {
         self.replace_files_impl(id, spec).await
     }
 
@@ -951,7 +951,7 @@ impl Runtime for NativeRuntime {
         id: &str,
         path: &str,
         recursive: bool,
-    ) -> Result<crate::WatchStream, RuntimeError> {
+    ) -> Result<warren_runtime::WatchStream, RuntimeError> {
         self.watch_files_impl(id, path, recursive).await
     }
 
@@ -972,7 +972,7 @@ impl Runtime for NativeRuntime {
         self.start_impl(spec).await
     }
 
-    async fn stats(&self, id: &str) -> Result<crate::Stats, RuntimeError> {
+    async fn stats(&self, id: &str) -> Result<warren_runtime::Stats, RuntimeError> {
         self.stats_impl(id).await
     }
 
@@ -980,7 +980,7 @@ impl Runtime for NativeRuntime {
         self.cpu_usage_us_impl(id).await
     }
 
-    async fn probe(&self, id: &str) -> Result<crate::Probe, RuntimeError> {
+    async fn probe(&self, id: &str) -> Result<warren_runtime::Probe, RuntimeError> {
         self.probe_impl(id).await
     }
 
@@ -999,7 +999,7 @@ impl Runtime for NativeRuntime {
         &self,
         id: &str,
         snapshot_id: &str,
-    ) -> Result<crate::SnapshotMeta, RuntimeError> {
+    ) -> Result<warren_runtime::SnapshotMeta, RuntimeError> {
         // Detached: a caller that stops waiting must not leave the sandbox frozen.
         detached(
             self.inner

@@ -47,11 +47,11 @@ use nix::unistd::{
     Gid, Pid, Uid,
 };
 
-use super::init_error::InitError;
-use super::init_error::{io_ctx, sys};
-use super::spec::{HelperReport, InitSpec, SOCKET_NAME};
-use super::{caps, net, rootfs, seccomp, userns};
-use crate::IdMap;
+use crate::init_error::InitError;
+use crate::init_error::{io_ctx, sys};
+use crate::spec::{HelperReport, InitSpec, SOCKET_NAME};
+use crate::{caps, net, rootfs, seccomp, userns};
+use warren_runtime::IdMap;
 
 /// What PID 1 writes on the verdict pipe when it is ready; anything else is an error message.
 const READY: &[u8] = b"ready";
@@ -549,4 +549,25 @@ fn bind_agent_socket(dir: &std::path::Path) -> Result<OwnedFd, InitError> {
     bound.map_err(sys("bind agent.sock"))?;
     listen(&sock, Backlog::MAXCONN).map_err(sys("listen on agent.sock"))?;
     Ok(sock)
+}
+
+/// The whole life of `<exe> __sandbox-init` (see [`crate::SANDBOX_INIT_ARG`]): build the
+/// sandbox with [`run_helper`], then serve as its PID 1, the agent. Call it from `main()`
+/// before any thread or async runtime exists; it stays single-threaded until
+/// `warren_agent::serve` builds its own runtime.
+pub fn sandbox_init_main() -> std::process::ExitCode {
+    let listener = match run_helper() {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("warren __sandbox-init: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match warren_agent::serve(listener) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren agent: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -5,20 +5,20 @@
 //! whatever the test made, even when the test fails; `finish` also checks the host is
 //! clean (no cgroup, mount or process left).
 
-mod common;
-
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{cgroups_named, host_mounts_mentioning, processes_in_cgroup};
 use futures::StreamExt;
-use warren_runtime::native::spec::SandboxPaths;
-use warren_runtime::native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
 use warren_runtime::{
     AttachEvent, ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState, Runtime,
     RuntimeError, SandboxSpec,
+};
+use warren_runtime_native::spec::SandboxPaths;
+use warren_runtime_native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
+use warren_testkit::host::{
+    cgroups_named, host_mounts_mentioning, processes_in_cgroup, test_idmap,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -41,7 +41,7 @@ impl Harness {
         let _ = std::fs::remove_dir_all(&data_dir);
         let native = NativeRuntime::new(NativeConfig {
             data_dir: data_dir.clone(),
-            helper_exe: env!("CARGO_BIN_EXE_warren").into(),
+            helper_exe: env!("CARGO_BIN_EXE_warren-sandbox-init").into(),
             cgroup_parent: tag.clone(),
             storage: StorageConfig::Dir,
             user_namespaces: UsernsSetting::On,
@@ -71,7 +71,7 @@ impl Harness {
             image: "host".into(),
             limits: Limits::default(),
             snapshot: None,
-            idmap: Some(common::test_idmap(id)),
+            idmap: Some(test_idmap(id)),
         }
     }
 

@@ -6,19 +6,19 @@
 //! whatever the test made, even when the test fails; `finish` also checks the host is
 //! clean (no cgroup, mount, loop device or process left).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{cgroups_named, host_mounts_mentioning, processes_in_cgroup};
 use futures::StreamExt;
-use warren_runtime::native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
 use warren_runtime::{
     ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState, Runtime, RuntimeError,
     SandboxSpec,
+};
+use warren_runtime_native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
+use warren_testkit::host::{
+    cgroups_named, host_mounts_mentioning, processes_in_cgroup, test_idmap,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -71,7 +71,7 @@ impl Harness {
             image: "host".into(),
             limits: Limits::default(),
             snapshot: snapshot.map(str::to_string),
-            idmap: Some(common::test_idmap(id)),
+            idmap: Some(test_idmap(id)),
         }
     }
 
@@ -150,7 +150,7 @@ impl Drop for Harness {
 fn config(data_dir: &Path, tag: &str, storage: StorageConfig) -> NativeConfig {
     NativeConfig {
         data_dir: data_dir.to_path_buf(),
-        helper_exe: env!("CARGO_BIN_EXE_warren").into(),
+        helper_exe: env!("CARGO_BIN_EXE_warren-sandbox-init").into(),
         cgroup_parent: tag.to_string(),
         storage,
         user_namespaces: UsernsSetting::On,
@@ -631,13 +631,15 @@ fn btrfs_without_a_loop_size_needs_a_btrfs_data_dir() {
 }
 
 /// Not run by default: how long a snapshot of a few hundred MB takes on each backend
-/// (`cargo test -p warren --test runtime_storage -- --ignored --nocapture`).
+/// (`cargo test -p warren-runtime-native --test storage -- --ignored --nocapture`).
 #[test]
 #[ignore]
 fn snapshot_timing() {
     // The runtime logs how long the sandbox stayed frozen (`copy_ms`).
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warren_runtime=info"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "warren_runtime_native=info",
+        ))
         .with_test_writer()
         .try_init();
     for (storage, name) in [

@@ -2,7 +2,7 @@
 //!
 //! The policy follows the shape of Docker's default profile (moby
 //! `profiles/seccomp/default.json`) for a root container that holds only Docker's default
-//! capabilities (see [`super::caps`]):
+//! capabilities (see [`crate::caps`]):
 //!
 //! * default action `ERRNO(EPERM)`; an explicit allowlist ([`ALLOWED`]) of ordinary syscalls;
 //! * `clone` only without namespace flags, `clone3` answers `ENOSYS` (so glibc falls back to
@@ -964,9 +964,9 @@ mod tests {
     /// own (the filter and the capability drop are irreversible), and assert on its exit code.
     #[test]
     fn filter_and_caps_enforced_in_child() {
-        crate::native::require_root("dropping capabilities");
+        crate::require_root("dropping capabilities");
         let permitted = ::caps::read(None, ::caps::CapSet::Permitted).expect("read caps");
-        let default = crate::native::caps::default_names();
+        let default = crate::caps::default_names();
         if !default.iter().all(|name| {
             name.parse::<::caps::Capability>()
                 .is_ok_and(|cap| permitted.contains(&cap))
@@ -981,7 +981,7 @@ mod tests {
         let output = Command::new(exe)
             .args([
                 "--exact",
-                "native::seccomp::tests::child_entry",
+                "seccomp::tests::child_entry",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -1100,7 +1100,7 @@ mod tests {
 
         // The order PID 1 uses.
         nix::sys::prctl::set_no_new_privs().map_err(|e| (3, format!("no_new_privs: {e}")))?;
-        crate::native::caps::apply_default().map_err(|e| (4, format!("caps: {e}")))?;
+        crate::caps::apply_default().map_err(|e| (4, format!("caps: {e}")))?;
         // The path a sandbox takes: the program compiled once, loaded as raw BPF.
         let prog = export_default_bpf().map_err(|e| (5, format!("seccomp export: {e}")))?;
         load_bpf(&prog).map_err(|e| (5, format!("seccomp: {e}")))?;

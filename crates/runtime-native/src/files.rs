@@ -8,8 +8,8 @@ use tokio::net::UnixStream;
 use warren_proto::host as agent;
 use warren_proto::{ProtoError, Request};
 
-use super::{connect, spec, NativeRuntime};
-use crate::{ByteStream, FileOp, FileOpResult, FileStat, RuntimeError, WriteOptions};
+use crate::{connect, spec, NativeRuntime};
+use warren_runtime::{ByteStream, FileOp, FileOpResult, FileStat, RuntimeError, WriteOptions};
 
 impl NativeRuntime {
     /// Connects to the agent of sandbox `id`; an unknown sandbox is [`RuntimeError::NotFound`].
@@ -88,13 +88,13 @@ impl NativeRuntime {
     pub(super) async fn search_files_impl(
         &self,
         id: &str,
-        spec: crate::SearchSpec,
-    ) -> Result<crate::SearchOutcome, RuntimeError> {
+        spec: warren_runtime::SearchSpec,
+    ) -> Result<warren_runtime::SearchOutcome, RuntimeError> {
         let stream = self.agent_stream(id).await?;
         let (matches, files_scanned, truncated) = agent::search_files(stream, spec)
             .await
             .map_err(map_file_error)?;
-        Ok(crate::SearchOutcome {
+        Ok(warren_runtime::SearchOutcome {
             matches,
             files_scanned,
             truncated,
@@ -104,13 +104,13 @@ impl NativeRuntime {
     pub(super) async fn replace_files_impl(
         &self,
         id: &str,
-        spec: crate::ReplaceSpec,
-    ) -> Result<crate::ReplaceOutcome, RuntimeError> {
+        spec: warren_runtime::ReplaceSpec,
+    ) -> Result<warren_runtime::ReplaceOutcome, RuntimeError> {
         let stream = self.agent_stream(id).await?;
         let (files, total_replacements, truncated) = agent::replace_files(stream, spec)
             .await
             .map_err(map_file_error)?;
-        Ok(crate::ReplaceOutcome {
+        Ok(warren_runtime::ReplaceOutcome {
             files,
             total_replacements,
             truncated,
@@ -123,7 +123,7 @@ impl NativeRuntime {
         id: &str,
         path: &str,
         recursive: bool,
-    ) -> Result<crate::WatchStream, RuntimeError> {
+    ) -> Result<warren_runtime::WatchStream, RuntimeError> {
         let stream = self.agent_stream(id).await?;
         let events = agent::watch_files(stream, path, recursive)
             .await

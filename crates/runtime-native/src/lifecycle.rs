@@ -23,12 +23,12 @@ use nix::unistd::Pid;
 use warren_proto::host as agent;
 use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
-use super::cgroup::{self, Layout};
-use super::layers::{self, allocated_bytes};
-use super::spec::{self, SandboxPaths};
-use super::storage;
-use super::{blocking, cg_err, connect, detached, image, Inner, NativeRuntime};
-use crate::{Probe, RuntimeError, SandboxSpec, Stats};
+use crate::cgroup::{self, Layout};
+use crate::layers::{self, allocated_bytes};
+use crate::spec::{self, SandboxPaths};
+use crate::storage;
+use crate::{blocking, cg_err, connect, detached, image, Inner, NativeRuntime};
+use warren_runtime::{Probe, RuntimeError, SandboxSpec, Stats};
 
 /// PID 1's host pid, in the sandbox directory.
 const AGENT_PID_FILE: &str = "agent.pid";

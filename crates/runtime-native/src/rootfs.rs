@@ -14,10 +14,10 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root};
 
-use super::image::HOST_TOP_DIRS;
-use super::init_error::{io_ctx, sys, InitError};
-use super::spec::{overlay_options, InitSpec};
-use super::userns;
+use crate::image::HOST_TOP_DIRS;
+use crate::init_error::{io_ctx, sys, InitError};
+use crate::spec::{overlay_options, InitSpec};
+use crate::userns;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
 const NONE: Option<&str> = None;
@@ -488,13 +488,13 @@ mod tests {
     /// in a mount namespace of its own, so nothing it mounts reaches the host.
     #[test]
     fn overlays_take_detached_layers() {
-        crate::native::require_root("mounts");
+        crate::require_root("mounts");
         let Some(dir) = std::env::var_os(IN_NS).map(std::path::PathBuf::from) else {
             let dir = std::env::temp_dir().join(format!("warren-ovl-{}", std::process::id()));
             let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
             cmd.args([
                 "--exact",
-                "native::rootfs::tests::overlays_take_detached_layers",
+                "rootfs::tests::overlays_take_detached_layers",
                 "--nocapture",
             ])
             .env(IN_NS, &dir);

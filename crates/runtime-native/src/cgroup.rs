@@ -22,7 +22,7 @@ use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 
-use crate::Limits;
+use warren_runtime::Limits;
 
 pub const CPU_PERIOD_US: u64 = 100_000;
 /// The kernel refuses quotas below 1ms.
@@ -843,7 +843,7 @@ mod tests {
             eprintln!("skipped: no cgroup2 hierarchy");
             return;
         };
-        crate::native::require_root("freezing a cgroup2 cgroup");
+        crate::require_root("freezing a cgroup2 cgroup");
         let dir = root.join(format!("warren-freeze-test-{}", std::process::id()));
         fs::create_dir(&dir).unwrap();
         let mut child = std::process::Command::new("sh")

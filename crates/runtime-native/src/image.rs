@@ -9,10 +9,10 @@ use std::io;
 use std::os::unix::fs::{chown, symlink, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::layers::{mkdir_mode, own_layers, remove_if_exists, set_identity};
-use super::spec::{hosts_file, SandboxPaths};
-use super::storage::Storage;
-use crate::RuntimeError;
+use crate::layers::{mkdir_mode, own_layers, remove_if_exists, set_identity};
+use crate::spec::{hosts_file, SandboxPaths};
+use crate::storage::Storage;
+use warren_runtime::RuntimeError;
 
 pub const HOST_IMAGE: &str = "host";
 
@@ -323,7 +323,7 @@ pub(crate) mod tests {
 
     #[test]
     fn skeleton_contents() {
-        crate::native::require_root("chown to 1000");
+        crate::require_root("chown to 1000");
         let s = Scratch::new("skel");
         let host = s.0.join("host");
         fake_host(&host);
@@ -388,7 +388,7 @@ pub(crate) mod tests {
 
     #[test]
     fn sh_when_no_bash() {
-        crate::native::require_root("chown to 1000");
+        crate::require_root("chown to 1000");
         let s = Scratch::new("nobash");
         fs::create_dir_all(s.0.join("host/etc")).unwrap();
         build_skeleton(&s.0.join("img"), &s.0.join("host")).unwrap();
@@ -403,7 +403,7 @@ pub(crate) mod tests {
     #[test]
     fn sandbox_dir_layout() {
         let s = Scratch::new("sbdir");
-        let storage = Storage::open(&s.0, &super::super::storage::StorageConfig::Dir).unwrap();
+        let storage = Storage::open(&s.0, &crate::storage::StorageConfig::Dir).unwrap();
         let paths = SandboxPaths::new(&s.0.join("sandboxes/abc"));
         prepare_sandbox_dir(&paths, "abc", &storage, None, 0, None).unwrap();
         for p in [

@@ -11,9 +11,9 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::spec::hosts_file;
-use super::userns;
-use crate::RuntimeError;
+use crate::spec::hosts_file;
+use crate::userns;
+use warren_runtime::RuntimeError;
 
 /// Make the writable layers under `fs` (`upper`, `usr-upper`) belong to the range whose
 /// root is host id `owner`: a layer that belongs to another range (a snapshot of another

@@ -45,13 +45,13 @@ use nix::fcntl::{renameat2, RenameFlags};
 use nix::mount::{umount2, MntFlags};
 use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC, TMPFS_MAGIC};
 
-use super::layers::{self, allocated_bytes};
-use super::spec::{self, SandboxPaths};
-use super::userns;
-use super::{blocking, cg_err, cgroup, quota, Inner, NativeRuntime};
-use crate::{RuntimeError, SnapshotMeta};
+use crate::layers::{self, allocated_bytes};
+use crate::spec::{self, SandboxPaths};
+use crate::userns;
+use crate::{blocking, cg_err, cgroup, quota, Inner, NativeRuntime};
+use warren_runtime::{RuntimeError, SnapshotMeta};
 
-/// Storage backend of [`super::NativeConfig`].
+/// Storage backend of [`crate::NativeConfig`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum StorageConfig {
     /// Plain directories on the data dir's file system; snapshots are copies.
@@ -1234,7 +1234,7 @@ fn auto_loop(
     let size = match loop_size {
         Some(s) => s,
         None => {
-            let free = crate::fs_space(data_dir)
+            let free = warren_runtime::fs_space(data_dir)
                 .map(|s| s.avail_bytes)
                 .unwrap_or(0);
             match default_loop_size(free) {
@@ -1600,8 +1600,8 @@ mod tests {
 
     #[test]
     fn dir_storage_snapshot_roundtrip() {
-        crate::native::require_root("cp -a of owners and xattrs");
-        let s = super::super::image::tests::Scratch::new("storage");
+        crate::require_root("cp -a of owners and xattrs");
+        let s = crate::image::tests::Scratch::new("storage");
         let st = Storage::open(&s.0, &StorageConfig::Dir).unwrap();
         assert_eq!(st.backend(), Backend::Dir);
         assert!(st.sandboxes_dir().is_dir() && st.snapshots_dir().is_dir());

@@ -5,9 +5,9 @@ use futures::StreamExt;
 use warren_proto::host::{self as agent, AttachItem};
 use warren_proto::ProtoError;
 
-use super::files::map_file_error;
-use super::NativeRuntime;
-use crate::{
+use crate::files::map_file_error;
+use crate::NativeRuntime;
+use warren_runtime::{
     AttachEvent, AttachStream, ByteStream, ProcessInfo, ProcessOp, ProcessSpec, RuntimeError,
 };
 

@@ -2,7 +2,7 @@
 //!
 //! A Warren sandbox runs its agent as uid 0 in fresh mount/pid/net/uts/ipc/cgroup namespaces
 //! but *without* a user namespace, so its root is host root as far as capability checks go.
-//! Capabilities (together with the seccomp filter in [`super::seccomp`]) are what keep it
+//! Capabilities (together with the seccomp filter in [`crate::seccomp`]) are what keep it
 //! from acting as host root. We keep exactly Docker's default set (see
 //! moby `oci/caps/defaults.go`) and drop everything else:
 //!
@@ -304,5 +304,5 @@ mod tests {
     }
 
     // The end-to-end test (apply in a re-exec'd child, then exercise syscalls) lives in
-    // `super::super::seccomp::tests`, which applies caps and seccomp in the documented order.
+    // `crate::seccomp::tests`, which applies caps and seccomp in the documented order.
 }

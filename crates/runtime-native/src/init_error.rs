@@ -4,8 +4,8 @@ use std::io;
 
 use nix::errno::Errno;
 
-use super::cgroup::CgroupError;
-use super::{caps, seccomp};
+use crate::cgroup::CgroupError;
+use crate::{caps, seccomp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
