@@ -10,6 +10,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::net::unix::OwnedWriteHalf;
@@ -18,6 +19,7 @@ use warren_proto::{Event, FileKind, Frame};
 
 use crate::error::ConnError;
 use crate::files::{self, FileError, READ_CHUNK};
+use crate::root::{Root, Tree};
 
 /// What the archive builder hands to the connection.
 enum Msg {
@@ -27,14 +29,23 @@ enum Msg {
     Failed(FileError),
 }
 
-pub(crate) async fn read_archive(mut w: OwnedWriteHalf, path: String) -> Result<(), ConnError> {
-    let root = match files::check_path(&path) {
+pub(crate) async fn read_archive(
+    mut w: OwnedWriteHalf,
+    root: Arc<Root>,
+    path: String,
+) -> Result<(), ConnError> {
+    let dir = match files::check_path(&path) {
         Ok(p) => p,
         Err(e) => return files::send_error(&mut w, e).await,
     };
-    let dir = root.clone();
-    let stat = match files::blocking(move || files::lstat(&dir)).await {
-        Ok(s) if s.kind == FileKind::Dir => s,
+    let opened = files::blocking(move || {
+        let stat = files::lstat(&root, &dir)?;
+        let tree = Tree::open(&root, &dir).map_err(|e| FileError::io("open", &dir, &e))?;
+        Ok((stat, tree))
+    })
+    .await;
+    let (stat, tree) = match opened {
+        Ok((s, tree)) if s.kind == FileKind::Dir => (s, tree),
         Ok(_) => {
             let e = FileError::new("not_a_directory", format!("{path} is not a directory"));
             return files::send_error(&mut w, e).await;
@@ -44,7 +55,7 @@ pub(crate) async fn read_archive(mut w: OwnedWriteHalf, path: String) -> Result<
     files::send(&mut w, Frame::Event(Event::File(stat))).await?;
     let (tx, mut rx) = mpsc::channel::<Msg>(2);
     tokio::task::spawn_blocking(move || {
-        let msg = match build(&root, tx.clone()) {
+        let msg = match build(&tree, tx.clone()) {
             Ok(()) => Msg::Done,
             Err(e) => Msg::Failed(e),
         };
@@ -106,7 +117,9 @@ impl Write for ChunkWriter {
 /// symlink below it into a tar archive, with names relative to `root`. Symlinks are stored
 /// as symlinks and never followed; other kinds (sockets, FIFOs, devices) are skipped, as are
 /// entries that vanish during the walk.
-fn build(root: &Path, tx: mpsc::Sender<Msg>) -> Result<(), FileError> {
+fn build(tree: &Tree, tx: mpsc::Sender<Msg>) -> Result<(), FileError> {
+    let root = tree.host(tree.shown());
+    let shown = |rel: &Path| tree.shown().join(rel);
     let writer = ChunkWriter {
         tx,
         buf: Vec::with_capacity(READ_CHUNK),
@@ -123,7 +136,7 @@ fn build(root: &Path, tx: mpsc::Sender<Msg>) -> Result<(), FileError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound && !rel.as_os_str().is_empty() => {
                 continue
             }
-            Err(e) => return Err(FileError::io("read directory", &dir, &e)),
+            Err(e) => return Err(FileError::io("read directory", &shown(&rel), &e)),
         };
         entries.sort();
         // Reverse so that popping the stack visits subdirectories in name order.
@@ -134,7 +147,7 @@ fn build(root: &Path, tx: mpsc::Sender<Msg>) -> Result<(), FileError> {
             let md = match fs::symlink_metadata(&full) {
                 Ok(md) => md,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(FileError::io("stat", &full, &e)),
+                Err(e) => return Err(FileError::io("stat", &shown(&rel_path), &e)),
             };
             let ft = md.file_type();
             if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
@@ -146,7 +159,7 @@ fn build(root: &Path, tx: mpsc::Sender<Msg>) -> Result<(), FileError> {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                     return Err(FileError::new("io", "the host went away"))
                 }
-                Err(e) => return Err(FileError::io("archive", &full, &e)),
+                Err(e) => return Err(FileError::io("archive", &shown(&rel_path), &e)),
             }
             if ft.is_dir() {
                 subdirs.push(rel_path);

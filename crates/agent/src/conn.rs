@@ -1,6 +1,8 @@
 //! One connection: one request (see the protocol docs in [`warren_proto`]), handed to the
 //! module that serves it.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -12,12 +14,14 @@ use crate::error::ConnError;
 use crate::exec::exec;
 use crate::procs::SharedProcs;
 use crate::reaper::SharedReaper;
+use crate::root::Root;
 use crate::{archive, files, ports, procs, search, watch};
 
 pub(crate) async fn handle(
     stream: UnixStream,
     reaper: SharedReaper,
     procs: SharedProcs,
+    root: Arc<Root>,
 ) -> Result<(), ConnError> {
     let (r, mut w) = stream.into_split();
     let mut frames = FramedRead::new(r, FrameCodec);
@@ -35,9 +39,9 @@ pub(crate) async fn handle(
             w.write_all(&out).await?;
             Ok(())
         }
-        Frame::Request(Request::Exec(spec)) => exec(frames, w, spec, reaper).await,
-        Frame::Request(Request::ReadFile { path }) => files::read_file(w, path).await,
-        Frame::Request(Request::ReadArchive { path }) => archive::read_archive(w, path).await,
+        Frame::Request(Request::Exec(spec)) => exec(frames, w, spec, reaper, &root).await,
+        Frame::Request(Request::ReadFile { path }) => files::read_file(w, root, path).await,
+        Frame::Request(Request::ReadArchive { path }) => archive::read_archive(w, root, path).await,
         Frame::Request(Request::WriteFile {
             path,
             mode,
@@ -52,10 +56,12 @@ pub(crate) async fn handle(
                 uid,
                 gid,
             };
-            files::write_file(frames, w, req).await
+            files::write_file(frames, w, root, req).await
         }
-        Frame::Request(Request::FileOp(op)) => files::file_op(w, op).await,
-        Frame::Request(Request::StartProcess(spec)) => procs::start(w, procs, reaper, spec).await,
+        Frame::Request(Request::FileOp(op)) => files::file_op(w, root, op).await,
+        Frame::Request(Request::StartProcess(spec)) => {
+            procs::start(w, procs, reaper, &root, spec).await
+        }
         Frame::Request(Request::ListProcesses) => procs::list(w, procs).await,
         Frame::Request(Request::ProcessOp { selector, op }) => {
             procs::op(w, procs, selector, op).await
@@ -69,10 +75,10 @@ pub(crate) async fn handle(
             follow,
         }) => procs::attach(frames, w, procs, selector, offset, follow).await,
         Frame::Request(Request::Connect { port }) => ports::connect(frames, w, port).await,
-        Frame::Request(Request::SearchFiles(spec)) => search::search(w, spec).await,
-        Frame::Request(Request::ReplaceFiles(spec)) => search::replace(w, spec).await,
+        Frame::Request(Request::SearchFiles(spec)) => search::search(w, root, spec).await,
+        Frame::Request(Request::ReplaceFiles(spec)) => search::replace(w, root, spec).await,
         Frame::Request(Request::WatchFiles { path, recursive }) => {
-            watch::watch(frames, w, path, recursive).await
+            watch::watch(frames, w, root, path, recursive).await
         }
         _ => Err(ConnError::NotARequest),
     }

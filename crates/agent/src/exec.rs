@@ -15,6 +15,7 @@ use warren_proto::{Event, ExecSpec, Frame, FrameCodec};
 
 use crate::error::ConnError;
 use crate::reaper::{ExitInfo, SharedReaper};
+use crate::root::Root;
 use crate::spawn;
 
 /// Output is read from the pipes in chunks of this size, each sent as one frame at once.
@@ -72,11 +73,12 @@ pub(crate) async fn exec(
     mut w: OwnedWriteHalf,
     spec: ExecSpec,
     reaper: SharedReaper,
+    root: &Root,
 ) -> Result<(), ConnError> {
     // Small at first (a quiet command never needs more); grows by reads to ~HIGH_WATER.
     let mut out = BytesMut::with_capacity(256);
     let start = Instant::now();
-    let child = match spawn::spawn(&spec) {
+    let child = match spawn::spawn(&spec, root) {
         Ok(child) => child,
         Err(e) => {
             FrameCodec.encode(

@@ -1,7 +1,7 @@
 //! File requests: [`Request::ReadFile`], [`Request::WriteFile`] and [`Request::FileOp`].
 //!
-//! The agent's root is the sandbox's root (after pivot_root), so every path resolves inside
-//! the sandbox, `..` and absolute symlinks included. All file-system work runs on tokio's
+//! Every path resolves inside the sandbox's [`Root`], `..` and absolute symlinks included.
+//! All file-system work runs on tokio's
 //! blocking pool: the agent's single thread only moves frames, so a big file or a slow disk
 //! never stalls other connections.
 //!
@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use futures::StreamExt;
+use rustix::fs::OFlags;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{Encoder, FramedRead};
@@ -29,6 +30,7 @@ use warren_proto::{
 };
 
 use crate::error::ConnError;
+use crate::root::{At, Root, Tree};
 
 /// File content is read and sent in chunks of this size (one data frame each).
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
@@ -139,11 +141,11 @@ fn kind_of(md: &Metadata) -> FileKind {
     }
 }
 
-/// Builds the protocol's metadata of `path` from its (lstat) metadata.
-fn file_stat(path: &Path, md: &Metadata) -> FileStat {
+/// Builds the protocol's metadata of `path` (found at `host`) from its (lstat) metadata.
+fn file_stat(path: &Path, host: &Path, md: &Metadata) -> FileStat {
     let kind = kind_of(md);
     let link_target = if kind == FileKind::Symlink {
-        fs::read_link(path)
+        fs::read_link(host)
             .ok()
             .map(|t| t.to_string_lossy().into_owned())
     } else {
@@ -161,9 +163,11 @@ fn file_stat(path: &Path, md: &Metadata) -> FileStat {
     }
 }
 
-pub(crate) fn lstat(path: &Path) -> Result<FileStat, FileError> {
-    let md = fs::symlink_metadata(path).map_err(|e| FileError::io("stat", path, &e))?;
-    Ok(file_stat(path, &md))
+pub(crate) fn lstat(root: &Root, path: &Path) -> Result<FileStat, FileError> {
+    let err = |e| FileError::io("stat", path, &e);
+    let at = root.entry(path).map_err(err)?;
+    let md = fs::symlink_metadata(&*at).map_err(err)?;
+    Ok(file_stat(path, &at, &md))
 }
 
 /// Runs blocking file-system work on tokio's blocking pool.
@@ -196,8 +200,12 @@ pub(crate) async fn send_error(w: &mut OwnedWriteHalf, e: FileError) -> Result<(
 // ---------------------------------------------------------------------------------------
 // ReadFile
 
-pub(crate) async fn read_file(mut w: OwnedWriteHalf, path: String) -> Result<(), ConnError> {
-    let opened = blocking(move || open_for_read(&path)).await;
+pub(crate) async fn read_file(
+    mut w: OwnedWriteHalf,
+    root: Arc<Root>,
+    path: String,
+) -> Result<(), ConnError> {
+    let opened = blocking(move || open_for_read(&root, &path)).await;
     let (file, stat) = match opened {
         Ok(v) => v,
         Err(e) => return send_error(&mut w, e).await,
@@ -217,19 +225,20 @@ pub(crate) async fn read_file(mut w: OwnedWriteHalf, path: String) -> Result<(),
     }
 }
 
-fn open_for_read(path: &str) -> Result<(File, FileStat), FileError> {
+fn open_for_read(root: &Root, path: &str) -> Result<(File, FileStat), FileError> {
     let path = check_path(path)?;
     // O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore it).
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| FileError::io("open", &path, &e))?;
+    let flags = OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let file = File::from(
+        root.open_in(&path, flags)
+            .map_err(|e| FileError::io("open", &path, &e))?,
+    );
     let md = file
         .metadata()
         .map_err(|e| FileError::io("stat", &path, &e))?;
     match kind_of(&md) {
-        FileKind::File => Ok((file, file_stat(&path, &md))),
+        // Not a symlink (opened): no link target to read.
+        FileKind::File => Ok((file, file_stat(&path, &path, &md))),
         FileKind::Dir => Err(FileError::new(
             "is_a_directory",
             format!("{} is a directory", path.to_string_lossy()),
@@ -281,6 +290,8 @@ pub(crate) struct WriteReq {
 /// error, an early end of the connection, or cancellation.
 struct TempFile {
     path: Option<PathBuf>,
+    /// The directory `path` names through (it must stay open as long as `path` is used).
+    _dir: Arc<At>,
 }
 
 impl Drop for TempFile {
@@ -295,6 +306,7 @@ impl Drop for TempFile {
 pub(crate) async fn write_file(
     mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
     mut w: OwnedWriteHalf,
+    root: Arc<Root>,
     req: WriteReq,
 ) -> Result<(), ConnError> {
     let mode = req.mode.unwrap_or(FILE_MODE) & 0o7777;
@@ -304,13 +316,15 @@ pub(crate) async fn write_file(
         Err(e) => return send_error(&mut w, e).await,
     };
     let t = target.clone();
-    let prepared = blocking(move || prepare_write(&t, req.parents, uid, gid)).await;
-    let (file, tmp_path) = match prepared {
+    let prepared = blocking(move || prepare_write(&root, &t, req.parents, uid, gid)).await;
+    let (file, tmp_path, dir) = match prepared {
         Ok(v) => v,
         Err(e) => return send_error(&mut w, e).await,
     };
+    let dir = Arc::new(dir);
     let mut tmp = TempFile {
         path: Some(tmp_path.clone()),
+        _dir: dir.clone(),
     };
     let file = Arc::new(file);
     loop {
@@ -337,7 +351,7 @@ pub(crate) async fn write_file(
         }
     }
     let t = target.clone();
-    let res = blocking(move || finish_write(&file, &tmp_path, &t, mode, uid, gid)).await;
+    let res = blocking(move || finish_write(&file, &tmp_path, &dir, &t, mode, uid, gid)).await;
     match res {
         Ok(stat) => {
             tmp.path = None; // renamed into place
@@ -347,15 +361,17 @@ pub(crate) async fn write_file(
     }
 }
 
-/// Creates missing parents (when asked) and an exclusive temporary file next to `target`.
+/// Creates missing parents (when asked) and an exclusive temporary file next to `target`:
+/// the file, its path, and the directory it is in.
 fn prepare_write(
+    root: &Root,
     target: &Path,
     parents: bool,
     uid: u32,
     gid: u32,
-) -> Result<(File, PathBuf), FileError> {
+) -> Result<(File, PathBuf, At), FileError> {
     let (dir, name) = split_path(target)?;
-    match fs::symlink_metadata(target) {
+    match root.entry(target).and_then(|at| fs::symlink_metadata(&*at)) {
         Ok(md) if md.is_dir() => {
             return Err(FileError::new(
                 "is_a_directory",
@@ -365,14 +381,17 @@ fn prepare_write(
         _ => {}
     }
     if parents {
-        create_dirs(&dir, DIR_MODE, uid, gid)?;
+        create_dirs(root, &dir, DIR_MODE, uid, gid)?;
     }
+    let dir_at = root
+        .follow(&dir)
+        .map_err(|e| FileError::io("create a temporary file for", target, &e))?;
     let mut last = None;
     for _ in 0..TEMP_ATTEMPTS {
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(name);
         tmp_name.push(format!(".warren-{:016x}", random()));
-        let tmp = dir.join(tmp_name);
+        let tmp = dir_at.join(tmp_name);
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -380,7 +399,7 @@ fn prepare_write(
             .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
             .open(&tmp)
         {
-            Ok(f) => return Ok((f, tmp)),
+            Ok(f) => return Ok((f, tmp, dir_at)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(FileError::io("create a temporary file for", target, &e)),
         }
@@ -392,6 +411,7 @@ fn prepare_write(
 fn finish_write(
     file: &File,
     tmp: &Path,
+    dir: &At,
     target: &Path,
     mode: u32,
     uid: u32,
@@ -403,15 +423,20 @@ fn finish_write(
     // After chown, which may clear set-id bits.
     file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| err("chmod", e))?;
-    fs::rename(tmp, target).map_err(|e| err("rename into place", e))?;
+    let name = target.file_name().ok_or_else(|| {
+        err(
+            "rename into place",
+            io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })?;
+    fs::rename(tmp, dir.join(name)).map_err(|e| err("rename into place", e))?;
     // Make the rename durable too (best effort: some file systems refuse to sync dirs).
-    if let Some(dir) = target.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Ok(d) = File::open(&**dir) {
+        let _ = d.sync_all();
     }
     let md = file.metadata().map_err(|e| err("stat", e))?;
-    Ok(file_stat(target, &md))
+    // A regular file: no link target to read.
+    Ok(file_stat(target, target, &md))
 }
 
 /// A random 64-bit number (std's hasher keys come from the OS's random source).
@@ -423,11 +448,11 @@ fn random() -> u64 {
 
 /// `mkdir -p`: creates the missing directories of `dir` with `mode`, owned by `uid`/`gid`.
 /// Existing ancestors are left alone.
-fn create_dirs(dir: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), FileError> {
+fn create_dirs(root: &Root, dir: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), FileError> {
     let mut missing = Vec::new();
     let mut cur = Some(dir);
     while let Some(d) = cur {
-        match fs::metadata(d) {
+        match root.follow(d).and_then(|at| fs::metadata(&*at)) {
             Ok(md) if md.is_dir() => break,
             Ok(_) => {
                 return Err(FileError::new(
@@ -443,33 +468,47 @@ fn create_dirs(dir: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), FileErro
         }
     }
     for d in missing.into_iter().rev() {
-        match make_dir(d, mode, uid, gid) {
+        match make_dir(root, d, mode, uid, gid) {
             Ok(()) => {}
             // Raced with another creator: fine if it is a directory.
-            Err(e) if e.code == "exists" && fs::metadata(d).is_ok_and(|m| m.is_dir()) => {}
+            Err(e) if e.code == "exists" && is_dir(root, d) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
+/// Whether `path` is (or leads by symlinks to) a directory inside the root.
+fn is_dir(root: &Root, path: &Path) -> bool {
+    root.follow(path)
+        .and_then(|at| fs::metadata(&*at))
+        .is_ok_and(|m| m.is_dir())
+}
+
 /// One `mkdir` with exactly `mode` (not masked by the umask) and owner `uid`/`gid`.
-fn make_dir(dir: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), FileError> {
+fn make_dir(root: &Root, dir: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), FileError> {
+    let at = root
+        .entry(dir)
+        .map_err(|e| FileError::io("mkdir", dir, &e))?;
     fs::DirBuilder::new()
         .mode(0o700)
-        .create(dir)
+        .create(&*at)
         .map_err(|e| FileError::io("mkdir", dir, &e))?;
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+    std::os::unix::fs::lchown(&*at, Some(uid), Some(gid))
         .map_err(|e| FileError::io("chown", dir, &e))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o7777))
+    fs::set_permissions(&*at, fs::Permissions::from_mode(mode & 0o7777))
         .map_err(|e| FileError::io("chmod", dir, &e))
 }
 
 // ---------------------------------------------------------------------------------------
 // FileOp
 
-pub(crate) async fn file_op(mut w: OwnedWriteHalf, op: FileOp) -> Result<(), ConnError> {
-    match blocking(move || run_op(op)).await {
+pub(crate) async fn file_op(
+    mut w: OwnedWriteHalf,
+    root: Arc<Root>,
+    op: FileOp,
+) -> Result<(), ConnError> {
+    match blocking(move || run_op(&root, op)).await {
         Ok(res) => {
             let out = encode_result(res)?;
             w.write_all(&out).await?;
@@ -502,10 +541,10 @@ fn encode_result(mut res: FileOpResult) -> Result<BytesMut, ConnError> {
     }
 }
 
-fn run_op(op: FileOp) -> Result<FileOpResult, FileError> {
+fn run_op(root: &Root, op: FileOp) -> Result<FileOpResult, FileError> {
     match op {
-        FileOp::Stat { path } => Ok(FileOpResult::Stat(lstat(&check_path(&path)?)?)),
-        FileOp::List { path, depth, limit } => list(&check_path(&path)?, depth, limit),
+        FileOp::Stat { path } => Ok(FileOpResult::Stat(lstat(root, &check_path(&path)?)?)),
+        FileOp::List { path, depth, limit } => list(root, &check_path(&path)?, depth, limit),
         FileOp::Mkdir {
             path,
             parents,
@@ -514,11 +553,11 @@ fn run_op(op: FileOp) -> Result<FileOpResult, FileError> {
             gid,
         } => {
             let path = check_path(&path)?;
-            mkdir(&path, parents, mode.unwrap_or(DIR_MODE), uid, gid)?;
+            mkdir(root, &path, parents, mode.unwrap_or(DIR_MODE), uid, gid)?;
             Ok(FileOpResult::Done)
         }
         FileOp::Remove { path, recursive } => {
-            remove(&check_path(&path)?, recursive)?;
+            remove(root, &check_path(&path)?, recursive)?;
             Ok(FileOpResult::Done)
         }
         FileOp::Rename {
@@ -526,7 +565,7 @@ fn run_op(op: FileOp) -> Result<FileOpResult, FileError> {
             to,
             overwrite,
         } => {
-            rename(&check_path(&from)?, &check_path(&to)?, overwrite)?;
+            rename(root, &check_path(&from)?, &check_path(&to)?, overwrite)?;
             Ok(FileOpResult::Done)
         }
     }
@@ -535,12 +574,13 @@ fn run_op(op: FileOp) -> Result<FileOpResult, FileError> {
 /// Entries below `root` (which may itself be a symlink to a directory), depth-first with
 /// each directory's entries sorted by name, i.e. sorted by path component-wise. Symlinks
 /// below `root` are reported, never followed.
-fn list(root: &Path, depth: u32, limit: u32) -> Result<FileOpResult, FileError> {
-    let md = fs::metadata(root).map_err(|e| FileError::io("stat", root, &e))?;
+fn list(root: &Root, path: &Path, depth: u32, limit: u32) -> Result<FileOpResult, FileError> {
+    let tree = Tree::open(root, path).map_err(|e| FileError::io("stat", path, &e))?;
+    let md = fs::metadata(tree.host(path)).map_err(|e| FileError::io("stat", path, &e))?;
     if !md.is_dir() {
         return Err(FileError::new(
             "not_a_directory",
-            format!("{} is not a directory", root.to_string_lossy()),
+            format!("{} is not a directory", path.to_string_lossy()),
         ));
     }
     let limit = limit as usize;
@@ -548,27 +588,33 @@ fn list(root: &Path, depth: u32, limit: u32) -> Result<FileOpResult, FileError> 
     let mut truncated = false;
     // Stack of sorted entries still to visit, each with its depth; reversed for popping.
     let mut stack: Vec<(PathBuf, u32)> = Vec::new();
-    push_children(root, 1, &mut stack).map_err(|e| FileError::io("list", root, &e))?;
+    push_children(&tree, path, 1, &mut stack).map_err(|e| FileError::io("list", path, &e))?;
     while let Some((path, level)) = stack.pop() {
-        let Ok(md) = fs::symlink_metadata(&path) else {
+        let host = tree.host(&path);
+        let Ok(md) = fs::symlink_metadata(&host) else {
             continue; // vanished meanwhile
         };
         if entries.len() == limit {
             truncated = true;
             break;
         }
-        entries.push(file_stat(&path, &md));
+        entries.push(file_stat(&path, &host, &md));
         if level < depth && md.is_dir() {
             // An unreadable subdirectory is listed but not descended into.
-            let _ = push_children(&path, level + 1, &mut stack);
+            let _ = push_children(&tree, &path, level + 1, &mut stack);
         }
     }
     Ok(FileOpResult::List { entries, truncated })
 }
 
-fn push_children(dir: &Path, level: u32, stack: &mut Vec<(PathBuf, u32)>) -> io::Result<()> {
+fn push_children(
+    tree: &Tree,
+    dir: &Path,
+    level: u32,
+    stack: &mut Vec<(PathBuf, u32)>,
+) -> io::Result<()> {
     let mut names = Vec::new();
-    for entry in fs::read_dir(dir)? {
+    for entry in fs::read_dir(tree.host(dir))? {
         names.push(entry?.file_name());
     }
     names.sort();
@@ -576,11 +622,18 @@ fn push_children(dir: &Path, level: u32, stack: &mut Vec<(PathBuf, u32)>) -> io:
     Ok(())
 }
 
-fn mkdir(path: &Path, parents: bool, mode: u32, uid: u32, gid: u32) -> Result<(), FileError> {
+fn mkdir(
+    root: &Root,
+    path: &Path,
+    parents: bool,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<(), FileError> {
     let (parent, _) = split_path(path)?;
     if parents {
-        create_dirs(&parent, DIR_MODE, uid, gid)?;
-        match fs::symlink_metadata(path) {
+        create_dirs(root, &parent, DIR_MODE, uid, gid)?;
+        match root.entry(path).and_then(|at| fs::symlink_metadata(&*at)) {
             Ok(md) if md.is_dir() => return Ok(()),
             Ok(_) => {
                 return Err(FileError::new(
@@ -591,32 +644,32 @@ fn mkdir(path: &Path, parents: bool, mode: u32, uid: u32, gid: u32) -> Result<()
             Err(_) => {}
         }
     }
-    match make_dir(path, mode, uid, gid) {
+    match make_dir(root, path, mode, uid, gid) {
         // Created concurrently: `mkdir -p` semantics.
-        Err(e) if parents && e.code == "exists" && fs::metadata(path).is_ok_and(|m| m.is_dir()) => {
-            Ok(())
-        }
+        Err(e) if parents && e.code == "exists" && is_dir(root, path) => Ok(()),
         r => r,
     }
 }
 
-fn remove(path: &Path, recursive: bool) -> Result<(), FileError> {
+fn remove(root: &Root, path: &Path, recursive: bool) -> Result<(), FileError> {
     let (_, _) = split_path(path)?; // refuses `/`
-    let md = fs::symlink_metadata(path).map_err(|e| FileError::io("remove", path, &e))?;
+    let err = |e| FileError::io("remove", path, &e);
+    let at = root.entry(path).map_err(err)?;
+    let md = fs::symlink_metadata(&*at).map_err(err)?;
     let res = if md.is_dir() {
         if recursive {
             // Never follows symlinks: a link to a directory is unlinked, not descended into.
-            fs::remove_dir_all(path)
+            fs::remove_dir_all(&*at)
         } else {
-            fs::remove_dir(path)
+            fs::remove_dir(&*at)
         }
     } else {
-        fs::remove_file(path)
+        fs::remove_file(&*at)
     };
     res.map_err(|e| FileError::io("remove", path, &e))
 }
 
-fn rename(from: &Path, to: &Path, overwrite: bool) -> Result<(), FileError> {
+fn rename(root: &Root, from: &Path, to: &Path, overwrite: bool) -> Result<(), FileError> {
     split_path(from)?;
     split_path(to)?;
     let err = |e: io::Error| {
@@ -629,6 +682,8 @@ fn rename(from: &Path, to: &Path, overwrite: bool) -> Result<(), FileError> {
             ),
         )
     };
+    let (from_at, to_at) = (root.entry(from).map_err(err)?, root.entry(to).map_err(err)?);
+    let (from, to) = (&*from_at, &*to_at);
     if overwrite {
         return fs::rename(from, to).map_err(err);
     }

@@ -26,6 +26,12 @@
 //! when their starter disconnects, their output goes to a bounded log that attachments replay
 //! by offset, and they may run in a pseudo-terminal (`pty`). They die on timeout, on a signal
 //! the host sends, and with the agent.
+//!
+//! Every path a request names resolves inside the agent's root (`root.rs`: `openat2` with
+//! `RESOLVE_IN_ROOT`): as PID 1 that is `/`, a second line behind pivot_root. [`Hosted`] runs
+//! the same agent inside another program over a directory of the host, for tests of the
+//! layers above (engine, server, SDKs) that need a real agent but no kernel sandbox: the same
+//! file, process, search and watch code answers them.
 
 mod archive;
 mod conn;
@@ -36,17 +42,24 @@ mod ports;
 mod procs;
 mod pty;
 mod reaper;
+mod root;
 mod search;
 mod spawn;
 mod watch;
 
+use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::UnixStream;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::LocalSet;
 
-use crate::reaper::SharedReaper;
+use crate::reaper::{Reaper, SharedReaper};
+use crate::root::Root;
 
 /// Errors that stop the agent (errors of one connection only close that connection).
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +70,8 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error("bad listening socket: {0}")]
     Listener(std::io::Error),
+    #[error("cannot open the root {0}")]
+    Root(std::io::Error),
 }
 
 /// Serves the agent protocol on `listener` (a bound, listening `AF_UNIX` stream socket) until
@@ -76,50 +91,88 @@ pub fn serve(listener: OwnedFd) -> Result<(), AgentError> {
     if unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return Err(AgentError::Listener(std::io::Error::last_os_error()));
     }
+    let root = Arc::new(Root::open(Path::new("/")).map_err(AgentError::Root)?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    LocalSet::new().block_on(&rt, serve_async(listener))
+    LocalSet::new().block_on(&rt, async move {
+        let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+        let listener = std::os::unix::net::UnixListener::from(listener);
+        listener
+            .set_nonblocking(true)
+            .map_err(AgentError::Listener)?;
+        let listener =
+            tokio::net::UnixListener::from_std(listener).map_err(AgentError::Listener)?;
+        let stop = async move {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = sigint.recv() => {}
+            }
+        };
+        serve_conns(root, SharedReaper::default(), listener, stop).await
+    })
 }
 
-async fn serve_async(listener: OwnedFd) -> Result<(), AgentError> {
+/// Where connections come from.
+trait Incoming {
+    /// The next connection; `None`: none this time, ask again.
+    async fn next(&mut self) -> Option<UnixStream>;
+}
+
+impl Incoming for tokio::net::UnixListener {
+    async fn next(&mut self) -> Option<UnixStream> {
+        match self.accept().await {
+            Ok((stream, _)) => Some(stream),
+            Err(e) => {
+                // E.g. EMFILE: back off instead of spinning.
+                tracing::warn!("agent accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                None
+            }
+        }
+    }
+}
+
+impl Incoming for mpsc::UnboundedReceiver<std::os::unix::net::UnixStream> {
+    async fn next(&mut self) -> Option<UnixStream> {
+        match self.recv().await {
+            Some(s) => UnixStream::from_std(s).ok(),
+            // Every handle is gone: nothing will come any more.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Answers the connections `incoming` yields until `stop` resolves, then kills every command
+/// still running.
+async fn serve_conns(
+    root: Arc<Root>,
+    reaper: SharedReaper,
+    mut incoming: impl Incoming,
+    stop: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     // The SIGCHLD handler goes in before any child exists.
     let sigchld = signal(SignalKind::child()).map_err(AgentError::Signals)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
-    let reaper = SharedReaper::default();
     // Durable processes belong to the agent, not to a connection. Their leaders are
-    // registered with the reaper like every command's, so the SIGTERM kill below covers them.
+    // registered with the reaper like every command's, so the kill below covers them.
     let procs = procs::SharedProcs::default();
     tokio::task::spawn_local(reaper::run(reaper.clone(), sigchld));
-
-    let listener = std::os::unix::net::UnixListener::from(listener);
-    listener
-        .set_nonblocking(true)
-        .map_err(AgentError::Listener)?;
-    let listener = tokio::net::UnixListener::from_std(listener).map_err(AgentError::Listener)?;
-
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            res = listener.accept() => match res {
-                Ok((stream, _)) => {
-                    let reaper = reaper.clone();
-                    let procs = procs.clone();
-                    tokio::task::spawn_local(async move {
-                        if let Err(e) = conn::handle(stream, reaper, procs).await {
-                            tracing::debug!("agent connection: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // E.g. EMFILE: back off instead of spinning.
-                    tracing::warn!("agent accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+            () = &mut stop => break,
+            conn = incoming.next() => if let Some(stream) = conn {
+                let reaper = reaper.clone();
+                let procs = procs.clone();
+                let root = root.clone();
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = conn::handle(stream, reaper, procs, root).await {
+                        tracing::debug!("agent connection: {e}");
+                    }
+                });
             },
         }
     }
@@ -130,5 +183,76 @@ async fn serve_async(listener: OwnedFd) -> Result<(), AgentError> {
         // SAFETY: kill has no memory-safety preconditions; these leaders are not reaped yet.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
     }
+    // A hosted agent reaps what it killed (PID 1's exit takes its namespace down instead).
+    let mut reaper = reaper.borrow_mut();
+    if reaper.own_only() {
+        reaper.reap_all_blocking();
+    }
     Ok(())
+}
+
+/// The agent inside another program, serving a directory of the host as the sandbox's root:
+/// the same protocol, files, processes, search and watch as PID 1, on its own thread (with
+/// its own current_thread runtime). Commands run as this program's user, on the host, in
+/// their cwd inside the directory; they are killed when this value is dropped.
+///
+/// Only for tests: nothing but the path checks keeps commands inside the directory.
+pub struct Hosted {
+    conns: mpsc::UnboundedSender<std::os::unix::net::UnixStream>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hosted {
+    /// Starts an agent whose `/` is `root` (an existing directory).
+    pub fn start(root: &Path) -> Result<Hosted, AgentError> {
+        let root = Arc::new(Root::open(root).map_err(AgentError::Root)?);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(AgentError::Runtime)?;
+        let (conns, incoming) = mpsc::unbounded_channel::<std::os::unix::net::UnixStream>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("warren-agent".into())
+            .spawn(move || {
+                let reaper = SharedReaper::new(std::cell::RefCell::new(Reaper::own_children()));
+                let stop = async move {
+                    let _ = stopped.await;
+                };
+                if let Err(e) =
+                    LocalSet::new().block_on(&rt, serve_conns(root, reaper, incoming, stop))
+                {
+                    tracing::warn!("hosted agent: {e}");
+                }
+            })
+            .map_err(AgentError::Runtime)?;
+        Ok(Hosted {
+            conns,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// A new connection to the agent (one request each, as over its socket).
+    pub fn connect(&self) -> std::io::Result<std::os::unix::net::UnixStream> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        theirs.set_nonblocking(true)?;
+        self.conns
+            .send(theirs)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::NotConnected))?;
+        Ok(ours)
+    }
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            // The agent kills its commands and returns at once.
+            let _ = t.join();
+        }
+    }
 }

@@ -29,6 +29,7 @@ use warren_proto::{
 use crate::error::ConnError;
 use crate::pty;
 use crate::reaper::{ExitInfo, SharedReaper};
+use crate::root::Root;
 use crate::spawn;
 
 /// Output is read in chunks of at most this size (also the largest chunk in the log).
@@ -290,6 +291,7 @@ pub(crate) async fn start(
     mut w: OwnedWriteHalf,
     procs: SharedProcs,
     reaper: SharedReaper,
+    root: &Root,
     mut spec: ProcessSpec,
 ) -> Result<(), ConnError> {
     if let Some(tag) = &spec.tag {
@@ -308,8 +310,8 @@ pub(crate) async fn start(
         n => n.clamp(MIN_LOG_BYTES, MAX_LOG_BYTES),
     };
     let started = match spec.pty {
-        Some(size) => start_pty(&mut spec, size),
-        None => spawn::spawn(&spec.exec).map(|child| {
+        Some(size) => start_pty(&mut spec, root, size),
+        None => spawn::spawn(&spec.exec, root).map(|child| {
             (
                 child.pid,
                 child.stdin.map(|s| Input::Pipe(Rc::new(s))),
@@ -385,7 +387,11 @@ pub(crate) async fn start(
 
 type Started = (i32, Option<Input>, Output, Option<Rc<pty::Master>>);
 
-fn start_pty(spec: &mut ProcessSpec, size: PtySize) -> Result<Started, spawn::SpawnError> {
+fn start_pty(
+    spec: &mut ProcessSpec,
+    root: &Root,
+    size: PtySize,
+) -> Result<Started, spawn::SpawnError> {
     if !spec.exec.env.iter().any(|(k, _)| k == "TERM") {
         spec.exec
             .env
@@ -396,7 +402,7 @@ fn start_pty(spec: &mut ProcessSpec, size: PtySize) -> Result<Started, spawn::Sp
         message: format!("cannot open a pty: {e}"),
     };
     let pair = pty::open(size).map_err(failed)?;
-    let pid = spawn::spawn_pty(&spec.exec, &pair.slave)?;
+    let pid = spawn::spawn_pty(&spec.exec, root, &pair.slave)?;
     // Only the child holds the slave now: its exit (and its children's) ends the output.
     drop(pair.slave);
     // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for

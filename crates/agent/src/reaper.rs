@@ -1,4 +1,5 @@
-//! The one place that waits for children: PID 1 reaps everything, including orphans.
+//! The one place that waits for children: PID 1 reaps everything, including orphans. A
+//! hosted agent (inside another program) waits only for the commands it started.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,11 +34,22 @@ const EARLY_CAP: usize = 64;
 pub(crate) struct Reaper {
     waiting: HashMap<i32, oneshot::Sender<ExitInfo>>,
     early: Vec<(i32, ExitInfo)>,
+    /// Wait only for registered pids (`waitpid(pid)`), never `waitpid(-1)`: the agent
+    /// shares its process with others' children.
+    own_only: bool,
 }
 
 pub(crate) type SharedReaper = Rc<RefCell<Reaper>>;
 
 impl Reaper {
+    /// A reaper that waits only for the pids registered with it.
+    pub fn own_children() -> Reaper {
+        Reaper {
+            own_only: true,
+            ..Reaper::default()
+        }
+    }
+
     /// Returns a receiver for the exit of `pid`.
     pub fn register(&mut self, pid: i32) -> oneshot::Receiver<ExitInfo> {
         let (tx, rx) = oneshot::channel();
@@ -58,39 +70,50 @@ impl Reaper {
         self.waiting.keys().copied()
     }
 
-    /// Collects every exited child without blocking.
+    /// Collects every exited child (or, [`Reaper::own_children`], every exited registered
+    /// one) without blocking.
     pub fn reap(&mut self) {
+        if self.own_only {
+            let pids: Vec<i32> = self.waiting.keys().copied().collect();
+            for pid in pids {
+                if let Ok(Some((pid, Some(info)))) = wait(pid) {
+                    self.dispatch(pid, info);
+                }
+            }
+            return;
+        }
         loop {
-            let mut status: libc::c_int = 0;
-            // SAFETY: waitpid only writes the status through the valid pointer to a local.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid > 0 {
-                let info = if libc::WIFEXITED(status) {
-                    ExitInfo {
-                        exit_code: libc::WEXITSTATUS(status),
-                        signal: None,
-                        at: Instant::now(),
+            match wait(-1) {
+                // Stopped/continued (`None`): not asked for (no WUNTRACED), ignore.
+                Ok(Some((pid, info))) => {
+                    if let Some(info) = info {
+                        self.dispatch(pid, info);
                     }
-                } else if libc::WIFSIGNALED(status) {
-                    let sig = libc::WTERMSIG(status);
-                    ExitInfo {
-                        exit_code: 128 + sig,
-                        signal: Some(sig),
-                        at: Instant::now(),
-                    }
-                } else {
-                    // Stopped/continued: not asked for (no WUNTRACED), ignore.
-                    continue;
-                };
-                self.dispatch(pid, info);
-            } else if pid == 0 {
-                return; // children left, none exited
-            } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            } else {
-                return; // ECHILD: no children at all
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // None exited, or ECHILD: no children at all.
+                Ok(None) | Err(_) => return,
             }
         }
+    }
+
+    /// Waits (blocking) for every registered pid; for a hosted agent that just killed them
+    /// all, so none is left a zombie in the program that hosts it.
+    pub fn reap_all_blocking(&mut self) {
+        let pids: Vec<i32> = self.waiting.keys().copied().collect();
+        for pid in pids {
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid only writes the status through the valid pointer to a local.
+            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+            self.waiting.remove(&pid);
+        }
+    }
+
+    /// Whether this reaper waits only for its own pids.
+    pub fn own_only(&self) -> bool {
+        self.own_only
     }
 
     fn dispatch(&mut self, pid: i32, info: ExitInfo) {
@@ -107,6 +130,37 @@ impl Reaper {
             }
         }
     }
+}
+
+/// `waitpid(pid, WNOHANG)`: the pid that changed and how it ended (`None` if it only
+/// stopped or continued); `Ok(None)` when none changed.
+fn wait(pid: i32) -> std::io::Result<Option<(i32, Option<ExitInfo>)>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid only writes the status through the valid pointer to a local.
+    let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if got < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if got == 0 {
+        return Ok(None);
+    }
+    let info = if libc::WIFEXITED(status) {
+        Some(ExitInfo {
+            exit_code: libc::WEXITSTATUS(status),
+            signal: None,
+            at: Instant::now(),
+        })
+    } else if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        Some(ExitInfo {
+            exit_code: 128 + sig,
+            signal: Some(sig),
+            at: Instant::now(),
+        })
+    } else {
+        None
+    };
+    Ok(Some((got, info)))
 }
 
 /// Reaps on every SIGCHLD (signals coalesce, so each round collects all exited children).

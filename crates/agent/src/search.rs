@@ -10,6 +10,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -24,6 +25,7 @@ use warren_proto::{
 
 use crate::error::ConnError;
 use crate::files::{blocking, check_path, send_error, FileError};
+use crate::root::{Root, Tree};
 
 /// Lines longer than this many characters are cut in results.
 const MAX_LINE_CHARS: usize = 1000;
@@ -32,15 +34,23 @@ const BINARY_PROBE: usize = 8192;
 /// Results are kept below this many (estimated) encoded bytes so the answer fits a frame.
 const ANSWER_BUDGET: usize = MAX_FRAME_LEN / 8 * 7;
 
-pub(crate) async fn search(mut w: OwnedWriteHalf, spec: SearchSpec) -> Result<(), ConnError> {
-    match blocking(move || run_search(&spec)).await {
+pub(crate) async fn search(
+    mut w: OwnedWriteHalf,
+    root: Arc<Root>,
+    spec: SearchSpec,
+) -> Result<(), ConnError> {
+    match blocking(move || run_search(&root, &spec)).await {
         Ok(event) => send_fitting(&mut w, event).await,
         Err(e) => send_error(&mut w, e).await,
     }
 }
 
-pub(crate) async fn replace(mut w: OwnedWriteHalf, spec: ReplaceSpec) -> Result<(), ConnError> {
-    match blocking(move || run_replace(&spec)).await {
+pub(crate) async fn replace(
+    mut w: OwnedWriteHalf,
+    root: Arc<Root>,
+    spec: ReplaceSpec,
+) -> Result<(), ConnError> {
+    match blocking(move || run_replace(&root, &spec)).await {
         Ok(event) => send_fitting(&mut w, event).await,
         Err(e) => send_error(&mut w, e).await,
     }
@@ -77,7 +87,9 @@ async fn send_fitting(w: &mut OwnedWriteHalf, mut event: Event) -> Result<(), Co
 
 /// Which files a walk visits.
 struct Walk {
+    /// The start, as the host named it (results are named below it).
     root: PathBuf,
+    tree: Tree,
     glob: Option<GlobMatcher>,
     /// The glob has no `/`: it is matched against file names only.
     glob_on_name: bool,
@@ -87,12 +99,14 @@ struct Walk {
 
 impl Walk {
     fn new(
+        sandbox: &Root,
         path: &str,
         glob: Option<&str>,
         hidden: bool,
         timeout_ms: u64,
     ) -> Result<Walk, FileError> {
         let root = check_path(path)?;
+        let tree = Tree::open(sandbox, &root).map_err(|e| FileError::io("stat", &root, &e))?;
         let glob_on_name = glob.is_some_and(|g| !g.contains('/'));
         let glob = match glob {
             Some(g) => Some(
@@ -107,6 +121,7 @@ impl Walk {
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         Ok(Walk {
             root,
+            tree,
             glob,
             glob_on_name,
             hidden,
@@ -126,12 +141,14 @@ impl Walk {
         }
     }
 
-    /// Calls `visit` with every selected regular file (sorted, depth-first) until it returns
-    /// false. Returns false when the time ran out.
-    fn run(&self, mut visit: impl FnMut(&Path, &fs::Metadata) -> bool) -> Result<bool, FileError> {
-        let md = fs::metadata(&self.root).map_err(|e| FileError::io("stat", &self.root, &e))?;
+    /// Calls `visit` with every selected regular file (sorted, depth-first; its path as the
+    /// host sees it, and as the agent reaches it) until it returns false. Returns false when
+    /// the time ran out.
+    fn run(&self, mut visit: impl FnMut(&Path, &Path) -> bool) -> Result<bool, FileError> {
+        let host = self.tree.host(&self.root);
+        let md = fs::metadata(&host).map_err(|e| FileError::io("stat", &self.root, &e))?;
         if md.is_file() {
-            visit(&self.root, &md);
+            visit(&self.root, &host);
             return Ok(true);
         }
         if !md.is_dir() {
@@ -141,37 +158,38 @@ impl Walk {
             ));
         }
         let mut stack = Vec::new();
-        push_children(&self.root, self.hidden, &mut stack)
+        self.push_children(&self.root, &mut stack)
             .map_err(|e| FileError::io("list", &self.root, &e))?;
         while let Some(path) = stack.pop() {
             if Instant::now() >= self.deadline {
                 return Ok(false);
             }
-            let Ok(md) = fs::symlink_metadata(&path) else {
+            let host = self.tree.host(&path);
+            let Ok(md) = fs::symlink_metadata(&host) else {
                 continue; // vanished meanwhile
             };
             if md.is_dir() {
                 // Unreadable directories are skipped.
-                let _ = push_children(&path, self.hidden, &mut stack);
-            } else if md.is_file() && self.selects(&path) && !visit(&path, &md) {
+                let _ = self.push_children(&path, &mut stack);
+            } else if md.is_file() && self.selects(&path) && !visit(&path, &host) {
                 break;
             }
         }
         Ok(true)
     }
-}
 
-fn push_children(dir: &Path, hidden: bool, stack: &mut Vec<PathBuf>) -> io::Result<()> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        if hidden || !name.as_encoded_bytes().starts_with(b".") {
-            names.push(name);
+    fn push_children(&self, dir: &Path, stack: &mut Vec<PathBuf>) -> io::Result<()> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(self.tree.host(dir))? {
+            let name = entry?.file_name();
+            if self.hidden || !name.as_encoded_bytes().starts_with(b".") {
+                names.push(name);
+            }
         }
+        names.sort();
+        stack.extend(names.into_iter().rev().map(|n| dir.join(n)));
+        Ok(())
     }
-    names.sort();
-    stack.extend(names.into_iter().rev().map(|n| dir.join(n)));
-    Ok(())
 }
 
 /// Reads a regular file without following a symlink; `None` if it is binary, too big or
@@ -208,8 +226,9 @@ fn line_text(line: &[u8]) -> String {
     }
 }
 
-fn run_search(spec: &SearchSpec) -> Result<Event, FileError> {
+fn run_search(root: &Root, spec: &SearchSpec) -> Result<Event, FileError> {
     let walk = Walk::new(
+        root,
         &spec.path,
         spec.glob.as_deref(),
         spec.hidden,
@@ -230,7 +249,7 @@ fn run_search(spec: &SearchSpec) -> Result<Event, FileError> {
         matches.push(m);
         true
     };
-    let finished = walk.run(|path, _md| {
+    let finished = walk.run(|path, host| {
         let name = path.to_string_lossy().into_owned();
         let Some(regex) = &regex else {
             files_scanned += 1;
@@ -247,7 +266,7 @@ fn run_search(spec: &SearchSpec) -> Result<Event, FileError> {
             }
             return true;
         };
-        let Some((_, content)) = read_text(path, spec.max_file_bytes) else {
+        let Some((_, content)) = read_text(host, spec.max_file_bytes) else {
             return true;
         };
         files_scanned += 1;
@@ -278,8 +297,9 @@ fn run_search(spec: &SearchSpec) -> Result<Event, FileError> {
     })
 }
 
-fn run_replace(spec: &ReplaceSpec) -> Result<Event, FileError> {
+fn run_replace(root: &Root, spec: &ReplaceSpec) -> Result<Event, FileError> {
     let walk = Walk::new(
+        root,
         &spec.path,
         spec.glob.as_deref(),
         spec.hidden,
@@ -290,8 +310,8 @@ fn run_replace(spec: &ReplaceSpec) -> Result<Event, FileError> {
     let mut total = 0u64;
     let mut truncated = false;
     let mut failure = None;
-    let finished = walk.run(|path, _md| {
-        let Some((file, content)) = read_text(path, spec.max_file_bytes) else {
+    let finished = walk.run(|path, host| {
+        let Some((file, content)) = read_text(host, spec.max_file_bytes) else {
             return true;
         };
         let count = regex.find_iter(&content).count() as u64;
@@ -303,7 +323,7 @@ fn run_replace(spec: &ReplaceSpec) -> Result<Event, FileError> {
             return false;
         }
         let new = regex.replace_all(&content, spec.replacement.as_bytes());
-        if let Err(e) = rewrite(path, &file, &new) {
+        if let Err(e) = rewrite(path, host, &file, &new) {
             failure = Some(e);
             return false;
         }
@@ -331,12 +351,12 @@ fn random() -> u64 {
     h.finish()
 }
 
-/// Replaces `path` (opened as `old`) with `data` atomically: a temporary file in the same
-/// directory with the old file's mode and owner, renamed over it.
-fn rewrite(path: &Path, old: &File, data: &[u8]) -> Result<(), FileError> {
+/// Replaces `path` (reached at `host`, opened as `old`) with `data` atomically: a temporary
+/// file in the same directory with the old file's mode and owner, renamed over it.
+fn rewrite(path: &Path, host: &Path, old: &File, data: &[u8]) -> Result<(), FileError> {
     let err = |what: &str, e: io::Error| FileError::io(what, path, &e);
     let md = old.metadata().map_err(|e| err("stat", e))?;
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let (Some(dir), Some(name)) = (host.parent(), host.file_name()) else {
         return Err(FileError::new("invalid_path", "no parent directory"));
     };
     let mut tmp_name = std::ffi::OsString::from(".");
@@ -357,7 +377,7 @@ fn rewrite(path: &Path, old: &File, data: &[u8]) -> Result<(), FileError> {
             .map_err(|e| err("chown", e))?;
         file.set_permissions(fs::Permissions::from_mode(md.mode() & 0o7777))
             .map_err(|e| err("chmod", e))?;
-        fs::rename(&tmp, path).map_err(|e| err("rename into place", e))
+        fs::rename(&tmp, host).map_err(|e| err("rename into place", e))
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -18,8 +18,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use rustix::fs::OFlags;
 use tokio::net::unix::pipe;
 use warren_proto::ExecSpec;
+
+use crate::root::Root;
 
 /// `PATH` used when the command's environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -53,8 +56,8 @@ pub(crate) struct Spawned {
 /// Starts `spec`. Must run inside the tokio runtime (the pipes register with its reactor).
 ///
 /// The checks (cwd, PATH lookup) are a few `stat`s on local files: not worth a thread.
-pub(crate) fn spawn(spec: &ExecSpec) -> Result<Spawned, SpawnError> {
-    let (pid, parents) = start(spec, None)?;
+pub(crate) fn spawn(spec: &ExecSpec, root: &Root) -> Result<Spawned, SpawnError> {
+    let (pid, parents) = start(spec, root, None)?;
     let Some((stdin_parent, stdout_parent, stderr_parent)) = parents else {
         // Unreachable: without a terminal, `start` always makes pipes.
         // SAFETY: kill has no memory-safety preconditions; the group exists (its leader is
@@ -83,23 +86,27 @@ pub(crate) fn spawn(spec: &ExecSpec) -> Result<Spawned, SpawnError> {
 /// Starts `spec` in the terminal whose slave side is `slave`: it becomes the command's stdin,
 /// stdout, stderr and (after `setsid`) its controlling terminal. Returns the pid; the caller
 /// keeps the master. `spec.stdin` is ignored (a terminal always has input).
-pub(crate) fn spawn_pty(spec: &ExecSpec, slave: &OwnedFd) -> Result<i32, SpawnError> {
-    start(spec, Some(slave)).map(|(pid, _)| pid)
+pub(crate) fn spawn_pty(spec: &ExecSpec, root: &Root, slave: &OwnedFd) -> Result<i32, SpawnError> {
+    start(spec, root, Some(slave)).map(|(pid, _)| pid)
 }
 
 /// The parent ends of the pipes: (stdin if any, stdout, stderr).
 type ParentEnds = (Option<OwnedFd>, OwnedFd, OwnedFd);
 
-/// Checks and starts `spec`, with pipes (returned) or on the terminal `pty`.
-fn start(spec: &ExecSpec, pty: Option<&OwnedFd>) -> Result<(i32, Option<ParentEnds>), SpawnError> {
+/// Checks and starts `spec` (its cwd inside `root`), with pipes (returned) or on the terminal
+/// `pty`.
+fn start(
+    spec: &ExecSpec,
+    root: &Root,
+    pty: Option<&OwnedFd>,
+) -> Result<(i32, Option<ParentEnds>), SpawnError> {
     let Some(arg0) = spec.argv.first() else {
         return Err(SpawnError::new("spawn_failed", "empty argv"));
     };
     let cwd: &str = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
-    check_cwd(cwd)?;
+    // Open until the child has exec'd (it is close-on-exec).
+    let cwd_fd = open_cwd(root, cwd)?;
     let program = resolve(arg0, spec, cwd)?;
-    let cwd_c =
-        CString::new(cwd).map_err(|_| SpawnError::new("bad_cwd", "cwd contains a NUL byte"))?;
     let failed = |e: io::Error| SpawnError::new("spawn_failed", format!("cannot run {arg0}: {e}"));
     let nul = || failed(io::Error::new(io::ErrorKind::InvalidInput, NUL_MESSAGE));
 
@@ -166,7 +173,7 @@ fn start(spec: &ExecSpec, pty: Option<&OwnedFd>) -> Result<(i32, Option<ParentEn
         program: program_c.as_ptr(),
         argv: argv_p.as_mut_ptr(),
         envp: envp.as_ptr(),
-        cwd: cwd_c.as_ptr(),
+        cwd: cwd_fd.as_raw_fd(),
         stdio: [
             stdin_child.as_raw_fd(),
             stdout_child.as_raw_fd(),
@@ -214,7 +221,8 @@ struct ChildArgs {
     /// `[slot, argv..., NULL]`; the child may overwrite `argv[1]` for the `/bin/sh` fallback.
     argv: *mut *const libc::c_char,
     envp: *const *const libc::c_char,
-    cwd: *const libc::c_char,
+    /// The cwd, opened (`O_PATH`) inside the sandbox's root.
+    cwd: RawFd,
     /// Descriptors (all >= 3, CLOEXEC) to install as 0, 1, 2.
     stdio: [RawFd; 3],
     /// Make stdin (a terminal's slave) the controlling terminal of the new session.
@@ -390,7 +398,7 @@ unsafe fn child_setup_and_exec(args: &ChildArgs) -> libc::c_int {
         }
     }
     // After setuid, so the command's own permissions decide.
-    sys!(libc::SYS_chdir, args.cwd);
+    sys!(libc::SYS_fchdir, args.cwd);
     // Last: the command starts with an empty signal mask.
     let empty: u64 = 0;
     sys!(
@@ -470,16 +478,20 @@ fn high_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-fn check_cwd(cwd: &str) -> Result<(), SpawnError> {
+/// Opens the command's cwd inside `root` (symlinks followed, inside).
+fn open_cwd(root: &Root, cwd: &str) -> Result<OwnedFd, SpawnError> {
     if !cwd.starts_with('/') {
         return Err(SpawnError::new(
             "bad_cwd",
             format!("cwd {cwd} is not an absolute path"),
         ));
     }
-    match std::fs::metadata(cwd) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(SpawnError::new(
+    if cwd.contains('\0') {
+        return Err(SpawnError::new("bad_cwd", "cwd contains a NUL byte"));
+    }
+    match root.open_in(Path::new(cwd), OFlags::PATH | OFlags::DIRECTORY) {
+        Ok(fd) => Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(SpawnError::new(
             "bad_cwd",
             format!("cwd {cwd} is not a directory"),
         )),

@@ -20,6 +20,7 @@ use warren_proto::{Event, FileEventKind, FileKind, Frame, FrameCodec};
 
 use crate::error::ConnError;
 use crate::files::{blocking, check_path, send, send_error, FileError};
+use crate::root::{Root, Tree};
 
 /// Most directories one recursive watch adds.
 const MAX_WATCHES: usize = 8192;
@@ -53,6 +54,7 @@ type Found = (PathBuf, FileKind);
 /// `created` events when `dir` is new).
 fn add_tree(
     fd: &Fd,
+    tree: &Tree,
     dir: &Path,
     recursive: bool,
     budget: usize,
@@ -65,18 +67,18 @@ fn add_tree(
         if watched.len() >= budget {
             break;
         }
-        let Ok(wd) = fd.0.add_watch(&d, flags) else {
+        let Ok(wd) = fd.0.add_watch(&tree.host(&d), flags) else {
             continue;
         };
         watched.push((wd, d.clone()));
         if !recursive {
             continue;
         }
-        let Ok(entries) = fs::read_dir(&d) else {
+        let Ok(entries) = fs::read_dir(tree.host(&d)) else {
             continue;
         };
         for entry in entries.flatten() {
-            let path = entry.path();
+            let path = d.join(entry.file_name());
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             found.push((
                 path.clone(),
@@ -96,6 +98,8 @@ fn add_tree(
 
 struct Watch {
     fd: Arc<AsyncFd<Fd>>,
+    /// Where the watched paths are (the `dirs` paths are as the host names them).
+    tree: Arc<Tree>,
     recursive: bool,
     dirs: HashMap<WatchDescriptor, PathBuf>,
     /// Files written to since their last close.
@@ -111,9 +115,11 @@ struct Watch {
 impl Watch {
     async fn add(&mut self, dir: PathBuf) -> Vec<Found> {
         let fd = self.fd.clone();
+        let tree = self.tree.clone();
         let recursive = self.recursive;
         let budget = MAX_WATCHES.saturating_sub(self.dirs.len());
-        let res = blocking(move || Ok(add_tree(fd.get_ref(), &dir, recursive, budget))).await;
+        let res =
+            blocking(move || Ok(add_tree(fd.get_ref(), &tree, &dir, recursive, budget))).await;
         let Ok((watched, found)) = res else {
             return Vec::new();
         };
@@ -151,11 +157,19 @@ fn kind_of(ev: &InotifyEvent) -> FileKind {
 pub(crate) async fn watch(
     mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
     mut w: OwnedWriteHalf,
+    sandbox: Arc<Root>,
     path: String,
     recursive: bool,
 ) -> Result<(), ConnError> {
     let root = match check_path(&path) {
         Ok(p) => p,
+        Err(e) => return send_error(&mut w, e).await,
+    };
+    let r = root.clone();
+    let opened =
+        blocking(move || Tree::open(&sandbox, &r).map_err(|e| FileError::io("stat", &r, &e)));
+    let tree = match opened.await {
+        Ok(t) => Arc::new(t),
         Err(e) => return send_error(&mut w, e).await,
     };
     let init = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
@@ -173,8 +187,10 @@ pub(crate) async fn watch(
     // The root itself: a directory (a file is watched directly).
     let r = root.clone();
     let f = fd.clone();
+    let t = tree.clone();
     let root_wd = blocking(move || {
-        let md = fs::metadata(&r).map_err(|e| FileError::io("stat", &r, &e))?;
+        let host = t.host(&r);
+        let md = fs::metadata(&host).map_err(|e| FileError::io("stat", &r, &e))?;
         let flags = if md.is_dir() {
             mask() | AddWatchFlags::IN_ONLYDIR
         } else {
@@ -183,7 +199,7 @@ pub(crate) async fn watch(
         let wd = f
             .get_ref()
             .0
-            .add_watch(&r, flags)
+            .add_watch(&host, flags)
             .map_err(|e| FileError::io("watch", &r, &std::io::Error::from(e)))?;
         Ok((wd, md.is_dir()))
     })
@@ -194,6 +210,7 @@ pub(crate) async fn watch(
     };
     let mut watch = Watch {
         fd: fd.clone(),
+        tree: tree.clone(),
         recursive,
         dirs: HashMap::from([(root_wd, root.clone())]),
         dirty: HashSet::new(),
@@ -207,12 +224,13 @@ pub(crate) async fn watch(
     if recursive && root_is_dir {
         let subdirs = blocking({
             let r = root.clone();
+            let t = tree.clone();
             move || {
                 let mut dirs = Vec::new();
-                if let Ok(entries) = fs::read_dir(&r) {
+                if let Ok(entries) = fs::read_dir(t.host(&r)) {
                     for e in entries.flatten() {
                         if e.file_type().is_ok_and(|t| t.is_dir()) {
-                            dirs.push(e.path());
+                            dirs.push(r.join(e.file_name()));
                         }
                     }
                 }

@@ -1,0 +1,218 @@
+//! Where the paths a host names resolve: the sandbox's root.
+//!
+//! As PID 1 the agent's `/` already is the sandbox's root (pivot_root), and a hosted agent
+//! (see [`crate::hosted`]) serves a plain directory of the host. Either way every path of a
+//! request is resolved by `openat2(2)` with `RESOLVE_IN_ROOT` below an `O_PATH` descriptor of
+//! that root: `..`, absolute symlinks and symlinks pointing up all stay inside it, as if it were
+//! `/`, and magic links (`/proc/self/root`, `/proc/<pid>/cwd`) are refused. Inside a sandbox
+//! this is a second line behind pivot_root; in a hosted agent it is the only one.
+//!
+//! The file-system work itself then names what was resolved through the descriptor
+//! (`/proc/self/fd/N`, or `/proc/self/fd/N/NAME` for an entry that must not be followed), so
+//! `std::fs` keeps doing it. Walks (listings, search, archives, watches) resolve their start
+//! once and descend by the names they read, never following a symlink.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+/// `openat2` answers `EAGAIN` when a rename raced with a `..` walk; it is retried this often.
+const EAGAIN_RETRIES: usize = 8;
+
+/// The sandbox's root, held open.
+#[derive(Debug)]
+pub(crate) struct Root {
+    fd: OwnedFd,
+}
+
+/// A path resolved inside the root: a name of the same object in the agent's file system,
+/// valid while this value lives.
+#[derive(Debug)]
+pub(crate) struct At {
+    _fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for At {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for At {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Root {
+    /// Opens `dir` as the root every request path resolves in.
+    pub(crate) fn open(dir: &Path) -> io::Result<Root> {
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root { fd })
+    }
+
+    /// Opens `path` (absolute, as the sandbox sees it) with `flags`, following symlinks,
+    /// inside the root.
+    pub(crate) fn open_in(&self, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+        let rel = relative(path);
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(
+                self.fd.as_fd(),
+                rel,
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Err(rustix::io::Errno::AGAIN) if tries < EAGAIN_RETRIES => tries += 1,
+                r => return r.map_err(io::Error::from),
+            }
+        }
+    }
+
+    /// `path` with every symlink followed (what `open` or `stat` would reach).
+    pub(crate) fn follow(&self, path: &Path) -> io::Result<At> {
+        let fd = self.open_in(path, OFlags::PATH)?;
+        let path = fd_path(&fd);
+        Ok(At { _fd: fd, path })
+    }
+
+    /// The entry `path` names, itself (what `lstat`, `unlink`, `rename` or `mkdir` act on):
+    /// its parent is resolved, its last component is not followed. A path without a last
+    /// name (`/`, ending in `..`) is followed.
+    pub(crate) fn entry(&self, path: &Path) -> io::Result<At> {
+        match split(path) {
+            Some((parent, name)) => {
+                let fd = self.open_in(parent, OFlags::PATH | OFlags::DIRECTORY)?;
+                let path = fd_path(&fd).join(name);
+                Ok(At { _fd: fd, path })
+            }
+            None => self.follow(path),
+        }
+    }
+}
+
+/// Parent and last name of `path`, if its last component is a name.
+fn split(path: &Path) -> Option<(&Path, &OsStr)> {
+    match path.components().next_back() {
+        Some(Component::Normal(name)) => Some((path.parent().unwrap_or(Path::new("/")), name)),
+        _ => None,
+    }
+}
+
+/// `path` relative to the root (`openat2` takes an absolute one relative to the root too
+/// under `RESOLVE_IN_ROOT`; a relative one reads better in errors). `/` is `.`.
+fn relative(path: &Path) -> &Path {
+    match path.strip_prefix("/") {
+        Ok(p) if p.as_os_str().is_empty() => Path::new("."),
+        Ok(p) => p,
+        Err(_) => path,
+    }
+}
+
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// A walk's start: the path the host named and where it resolved. Paths below it map to
+/// the agent's file system by [`Tree::host`] (descending by names read from the directories,
+/// so no symlink is followed on the way down).
+#[derive(Debug)]
+pub(crate) struct Tree {
+    shown: PathBuf,
+    at: At,
+}
+
+impl Tree {
+    /// Resolves `path` (following symlinks: a walk may start at a link to a directory).
+    pub(crate) fn open(root: &Root, path: &Path) -> io::Result<Tree> {
+        Ok(Tree {
+            shown: path.to_path_buf(),
+            at: root.follow(path)?,
+        })
+    }
+
+    /// The start as the host named it.
+    pub(crate) fn shown(&self) -> &Path {
+        &self.shown
+    }
+
+    /// Where a path at or below the start (as the host sees it) is for the agent.
+    pub(crate) fn host(&self, shown: &Path) -> PathBuf {
+        match shown.strip_prefix(&self.shown) {
+            Ok(rel) if rel.as_os_str().is_empty() => self.at.to_path_buf(),
+            Ok(rel) => self.at.join(rel),
+            // Not below the start: nothing the walks produce; resolve nothing.
+            Err(_) => PathBuf::from("/nonexistent-outside-of-the-walk"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("warren-root-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(d.join("root/a")).unwrap();
+        fs::write(d.join("outside"), b"secret").unwrap();
+        fs::write(d.join("root/a/f"), b"inside").unwrap();
+        d
+    }
+
+    #[test]
+    fn everything_resolves_inside() {
+        let d = scratch("inside");
+        let root = Root::open(&d.join("root")).unwrap();
+        // Escapes by `..`, an absolute symlink and a relative one pointing up all land inside.
+        symlink("/a/f", d.join("root/abs")).unwrap();
+        symlink("../../../../outside", d.join("root/up")).unwrap();
+        symlink("/proc/self/root/etc/passwd", d.join("root/magic")).unwrap();
+        let read = |p: &str| fs::read(&*root.follow(Path::new(p)).unwrap()).unwrap();
+        assert_eq!(read("/../../a/f"), b"inside");
+        assert_eq!(read("/abs"), b"inside");
+        assert!(
+            root.follow(Path::new("/up")).is_err(),
+            "resolves to /outside"
+        );
+        assert!(root.follow(Path::new("/magic")).is_err());
+        // `entry` does not follow the last component: the link itself.
+        let link = root.entry(Path::new("/abs")).unwrap();
+        assert!(fs::symlink_metadata(&*link).unwrap().is_symlink());
+        assert_eq!(fs::read_link(&*link).unwrap(), Path::new("/a/f"));
+        // A parent that is a symlink is followed, inside.
+        symlink("/a", d.join("root/dir")).unwrap();
+        assert_eq!(
+            fs::read(&*root.entry(Path::new("/dir/f")).unwrap()).unwrap(),
+            b"inside"
+        );
+        // `/` is the root itself.
+        assert!(fs::metadata(&*root.entry(Path::new("/")).unwrap())
+            .unwrap()
+            .is_dir());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn trees_map_below_their_start() {
+        let d = scratch("tree");
+        let root = Root::open(&d.join("root")).unwrap();
+        let t = Tree::open(&root, Path::new("/a")).unwrap();
+        assert_eq!(fs::read(t.host(Path::new("/a/f"))).unwrap(), b"inside");
+        assert!(fs::metadata(t.host(Path::new("/a"))).unwrap().is_dir());
+        assert!(fs::metadata(t.host(Path::new("/b"))).is_err());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,201 @@
+//! The hosted agent: the real agent inside this test process, serving a temporary directory
+//! as its root. Paths stay inside that directory; commands start in it and die with it.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::net::UnixStream;
+use warren_agent::Hosted;
+use warren_proto::host::{self as agent, ExecEvent};
+use warren_proto::{ExecSpec, FileOp, FileOpResult, ProtoError, Request, SearchSpec};
+
+fn conn(h: &Hosted) -> UnixStream {
+    let s = h.connect().unwrap();
+    s.set_nonblocking(true).unwrap();
+    UnixStream::from_std(s).unwrap()
+}
+
+fn spec(argv: &[&str], cwd: &str) -> ExecSpec {
+    ExecSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: cwd.into(),
+        uid: euid(),
+        gid: egid(),
+        timeout_ms: None,
+        stdin: false,
+    }
+}
+
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+fn egid() -> u32 {
+    nix::unistd::getegid().as_raw()
+}
+
+/// The error of a request that must fail.
+fn refused<T>(r: Result<T, ProtoError>, why: &str) -> ProtoError {
+    match r {
+        Ok(_) => panic!("not refused: {why}"),
+        Err(e) => e,
+    }
+}
+
+async fn run(h: &Hosted, s: ExecSpec) -> (String, i32) {
+    let mut events = agent::exec(conn(h), s, None).await.unwrap();
+    let mut out = Vec::new();
+    let mut code = None;
+    while let Some(ev) = events.next().await {
+        match ev.unwrap() {
+            ExecEvent::Stdout(b) => out.extend_from_slice(&b),
+            ExecEvent::Stderr(_) | ExecEvent::Started { .. } => {}
+            ExecEvent::Exit { exit_code, .. } => code = Some(exit_code),
+        }
+    }
+    (String::from_utf8(out).unwrap(), code.unwrap())
+}
+
+async fn write(h: &Hosted, path: &str, data: &'static [u8]) -> Result<(), ProtoError> {
+    let req = Request::WriteFile {
+        path: path.into(),
+        mode: None,
+        parents: true,
+        uid: euid(),
+        gid: egid(),
+    };
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(data))]);
+    agent::write_file(conn(h), req, body).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn files_and_commands_live_in_the_directory() {
+    let dir = common::unique_dir("hosted");
+    std::fs::create_dir_all(dir.join("outside-sibling")).unwrap();
+    let root = dir.join("root");
+    // Same name inside: where a link pointing up out of the root lands.
+    std::fs::create_dir_all(root.join("outside-sibling")).unwrap();
+    let h = Hosted::start(&root).unwrap();
+
+    write(&h, "/workspace/a.txt", b"hello\n").await.unwrap();
+    assert_eq!(
+        std::fs::read(root.join("workspace/a.txt")).unwrap(),
+        b"hello\n"
+    );
+    // A command starts in its cwd inside the directory.
+    let (out, code) = run(&h, spec(&["cat", "a.txt"], "/workspace")).await;
+    assert_eq!((out.as_str(), code), ("hello\n", 0));
+    let (out, _) = run(&h, spec(&["pwd"], "/workspace")).await;
+    assert_eq!(Path::new(out.trim()), root.join("workspace"));
+
+    // Escapes resolve inside: `..`, and symlinks (absolute or pointing up).
+    std::os::unix::fs::symlink("/etc", root.join("workspace/etc")).unwrap();
+    std::os::unix::fs::symlink("../../outside-sibling", root.join("up")).unwrap();
+    let err = refused(
+        agent::read_file(conn(&h), "/workspace/etc/hostname").await,
+        "the host's /etc is out of reach",
+    );
+    assert!(
+        matches!(&err, ProtoError::Remote { code, .. } if code == "not_found"),
+        "{err:?}"
+    );
+    write(&h, "/../../escaped", b"x").await.unwrap();
+    assert!(root.join("escaped").exists() && !dir.join("escaped").exists());
+    write(&h, "/up/through-link", b"x").await.unwrap();
+    assert!(!dir.join("outside-sibling/through-link").exists());
+    assert!(root.join("outside-sibling/through-link").exists());
+    let err = refused(
+        agent::file_op(
+            conn(&h),
+            FileOp::Stat {
+                path: "/proc/self/root/etc".into(),
+            },
+        )
+        .await,
+        "no /proc inside the directory",
+    );
+    assert!(matches!(err, ProtoError::Remote { .. }), "{err:?}");
+    // A cwd outside is refused the same way.
+    let err = refused(
+        agent::exec(conn(&h), spec(&["true"], "/workspace/etc"), None).await,
+        "bad cwd",
+    );
+    assert!(
+        matches!(&err, ProtoError::Remote { code, .. } if code == "bad_cwd"),
+        "{err:?}"
+    );
+
+    // Listings and search name paths as the sandbox sees them.
+    match agent::file_op(
+        conn(&h),
+        FileOp::List {
+            path: "/workspace".into(),
+            depth: 1,
+            limit: 100,
+        },
+    )
+    .await
+    .unwrap()
+    {
+        FileOpResult::List { entries, .. } => {
+            let names: Vec<_> = entries.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(names, ["/workspace/a.txt", "/workspace/etc"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let (matches, _, _) = agent::search_files(
+        conn(&h),
+        SearchSpec {
+            path: "/".into(),
+            pattern: Some("hel+o".into()),
+            glob: None,
+            hidden: false,
+            max_results: 10,
+            max_file_bytes: 1 << 20,
+            timeout_ms: 5000,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(matches.len(), 1);
+    assert_eq!(matches[0].path, "/workspace/a.txt");
+
+    drop(h);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn dropping_the_agent_kills_its_commands() {
+    let dir = common::unique_dir("hosted-kill");
+    std::fs::create_dir_all(&dir).unwrap();
+    let h = Hosted::start(&dir).unwrap();
+    let events = agent::exec(conn(&h), spec(&["sleep", "1000"], "/"), None)
+        .await
+        .unwrap();
+    let pid = events.pid();
+    // Only this agent's children are waited for: an unrelated child of this process keeps
+    // its status for its own parent.
+    let mut other = std::process::Command::new("true").spawn().unwrap();
+    let started = Instant::now();
+    drop(h);
+    // Killed and reaped by the time the drop returns: no process, no zombie.
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "command {pid} survived its agent"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // The connection ended without an exit.
+    let rest: Vec<_> = events.collect().await;
+    assert!(
+        rest.iter()
+            .all(|e| !matches!(e, Ok(ExecEvent::Exit { .. }))),
+        "{rest:?}"
+    );
+    assert!(other.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
