@@ -74,7 +74,7 @@ pub(crate) async fn handle(
             offset,
             follow,
         }) => procs::attach(frames, w, procs, selector, offset, follow).await,
-        Frame::Request(Request::Connect { port }) => ports::connect(frames, w, port).await,
+        Frame::Request(Request::Connect { port }) => ports::connect(frames, w, &root, port).await,
         Frame::Request(Request::SearchFiles(spec)) => search::search(w, root, spec).await,
         Frame::Request(Request::ReplaceFiles(spec)) => search::replace(w, root, spec).await,
         Frame::Request(Request::WatchFiles { path, recursive }) => {

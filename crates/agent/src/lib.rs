@@ -191,6 +191,17 @@ async fn serve_conns(
     Ok(())
 }
 
+/// What a hosted agent's sandbox has besides its files.
+#[derive(Debug, Clone, Default)]
+pub struct HostedOptions {
+    /// A host directory searched first for commands named without a slash (then the
+    /// command's `PATH`, on the host).
+    pub programs: Option<std::path::PathBuf>,
+    /// The sandbox's ports and the host addresses they are at; a port not listed refuses
+    /// connections (a hosted agent has no loopback of its own).
+    pub ports: std::collections::HashMap<u16, std::net::SocketAddr>,
+}
+
 /// The agent inside another program, serving a directory of the host as the sandbox's root:
 /// the same protocol, files, processes, search and watch as PID 1, on its own thread (with
 /// its own current_thread runtime). Commands run as this program's user, on the host, in
@@ -205,8 +216,9 @@ pub struct Hosted {
 
 impl Hosted {
     /// Starts an agent whose `/` is `root` (an existing directory).
-    pub fn start(root: &Path) -> Result<Hosted, AgentError> {
-        let root = Arc::new(Root::open(root).map_err(AgentError::Root)?);
+    pub fn start(root: &Path, opts: HostedOptions) -> Result<Hosted, AgentError> {
+        let root = Root::hosted(root, opts.programs, opts.ports).map_err(AgentError::Root)?;
+        let root = Arc::new(root);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

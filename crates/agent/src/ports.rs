@@ -17,14 +17,22 @@ use tokio_util::codec::{Encoder, FramedRead};
 use warren_proto::{Event, Frame, FrameCodec};
 
 use crate::error::ConnError;
+use crate::root::Root;
 
 /// Connects to `port` on the sandbox's loopback and splices the host connection onto it.
 pub(crate) async fn connect(
     frames: FramedRead<OwnedReadHalf, FrameCodec>,
     mut w: OwnedWriteHalf,
+    root: &Root,
     port: u16,
 ) -> Result<(), ConnError> {
-    let mut tcp = match dial(port).await {
+    let target = root.port(port);
+    let dialed = match target {
+        Ok(None) => dial(port).await,
+        Ok(Some(addr)) => TcpStream::connect(addr).await,
+        Err(e) => Err(e),
+    };
+    let mut tcp = match dialed {
         Ok(s) => s,
         Err(e) => {
             let mut out = BytesMut::new();

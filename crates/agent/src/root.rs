@@ -12,8 +12,10 @@
 //! `std::fs` keeps doing it. Walks (listings, search, archives, watches) resolve their start
 //! once and descend by the names they read, never following a symlink.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
@@ -22,10 +24,15 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 /// `openat2` answers `EAGAIN` when a rename raced with a `..` walk; it is retried this often.
 const EAGAIN_RETRIES: usize = 8;
 
-/// The sandbox's root, held open.
+/// The sandbox's root, held open; for a hosted agent also where its commands and ports are.
 #[derive(Debug)]
 pub(crate) struct Root {
     fd: OwnedFd,
+    /// Hosted: a host directory searched first for commands named without a slash.
+    programs: Option<PathBuf>,
+    /// Hosted: the host addresses of the sandbox's ports (none other is reachable). `None`
+    /// (PID 1): ports are on the sandbox's own loopback.
+    ports: Option<HashMap<u16, SocketAddr>>,
 }
 
 /// A path resolved inside the root: a name of the same object in the agent's file system,
@@ -57,7 +64,43 @@ impl Root {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Root { fd })
+        Ok(Root {
+            fd,
+            programs: None,
+            ports: None,
+        })
+    }
+
+    /// A hosted agent's root: commands are looked up in `programs` first, and only the
+    /// ports in `ports` can be reached (at the host addresses given).
+    pub(crate) fn hosted(
+        dir: &Path,
+        programs: Option<PathBuf>,
+        ports: HashMap<u16, SocketAddr>,
+    ) -> io::Result<Root> {
+        Ok(Root {
+            programs,
+            ports: Some(ports),
+            ..Root::open(dir)?
+        })
+    }
+
+    pub(crate) fn programs(&self) -> Option<&Path> {
+        self.programs.as_deref()
+    }
+
+    /// Where port `port` of the sandbox is: `Ok(None)` on its own loopback, `Ok(Some(addr))`
+    /// at a host address (hosted), `Err` if it cannot be reached at all.
+    pub(crate) fn port(&self, port: u16) -> io::Result<Option<SocketAddr>> {
+        match &self.ports {
+            None => Ok(None),
+            Some(map) => map.get(&port).copied().map(Some).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "no such port in this sandbox",
+                )
+            }),
+        }
     }
 
     /// Opens `path` (absolute, as the sandbox sees it) with `flags`, following symlinks,

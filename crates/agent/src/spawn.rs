@@ -106,7 +106,7 @@ fn start(
     let cwd: &str = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     // Open until the child has exec'd (it is close-on-exec).
     let cwd_fd = open_cwd(root, cwd)?;
-    let program = resolve(arg0, spec, cwd)?;
+    let program = resolve(arg0, spec, cwd, root.programs())?;
     let failed = |e: io::Error| SpawnError::new("spawn_failed", format!("cannot run {arg0}: {e}"));
     let nul = || failed(io::Error::new(io::ErrorKind::InvalidInput, NUL_MESSAGE));
 
@@ -503,14 +503,25 @@ fn open_cwd(root: &Root, cwd: &str) -> Result<OwnedFd, SpawnError> {
     }
 }
 
-/// Finds `arg0` like execvp would, but in the `PATH` of the command's environment.
-fn resolve<'a>(arg0: &'a str, spec: &ExecSpec, cwd: &str) -> Result<Cow<'a, Path>, SpawnError> {
+/// Finds `arg0` like execvp would, but in the `PATH` of the command's environment (after
+/// `programs`, a hosted agent's own directory of commands).
+fn resolve<'a>(
+    arg0: &'a str,
+    spec: &ExecSpec,
+    cwd: &str,
+    programs: Option<&Path>,
+) -> Result<Cow<'a, Path>, SpawnError> {
     if arg0.is_empty() {
         return Err(SpawnError::new("not_found", "empty command name"));
     }
     if arg0.contains('/') {
         // Relative paths are resolved by exec, against the new cwd.
         return Ok(Cow::Borrowed(Path::new(arg0)));
+    }
+    if let Some(candidate) = programs.map(|dir| dir.join(arg0)) {
+        if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file()) {
+            return Ok(Cow::Owned(candidate));
+        }
     }
     let path = spec
         .env

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::net::UnixStream;
-use warren_agent::Hosted;
+use warren_agent::{Hosted, HostedOptions};
 use warren_proto::host::{self as agent, ExecEvent};
 use warren_proto::{ExecSpec, FileOp, FileOpResult, ProtoError, Request, SearchSpec};
 
@@ -80,7 +80,7 @@ async fn files_and_commands_live_in_the_directory() {
     let root = dir.join("root");
     // Same name inside: where a link pointing up out of the root lands.
     std::fs::create_dir_all(root.join("outside-sibling")).unwrap();
-    let h = Hosted::start(&root).unwrap();
+    let h = Hosted::start(&root, HostedOptions::default()).unwrap();
 
     write(&h, "/workspace/a.txt", b"hello\n").await.unwrap();
     assert_eq!(
@@ -173,7 +173,7 @@ async fn files_and_commands_live_in_the_directory() {
 async fn dropping_the_agent_kills_its_commands() {
     let dir = common::unique_dir("hosted-kill");
     std::fs::create_dir_all(&dir).unwrap();
-    let h = Hosted::start(&dir).unwrap();
+    let h = Hosted::start(&dir, HostedOptions::default()).unwrap();
     let events = agent::exec(conn(&h), spec(&["sleep", "1000"], "/"), None)
         .await
         .unwrap();
@@ -197,5 +197,62 @@ async fn dropping_the_agent_kills_its_commands() {
         "{rest:?}"
     );
     assert!(other.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn commands_and_ports_are_those_given() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = common::unique_dir("hosted-given");
+    let programs = dir.join("bin");
+    std::fs::create_dir_all(&programs).unwrap();
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    // Shadows the host's `echo`.
+    std::fs::write(
+        programs.join("echo"),
+        "#!/bin/sh\nprintf 'given %s\\n' \"$*\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        programs.join("echo"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+    });
+    let h = Hosted::start(
+        &dir.join("root"),
+        HostedOptions {
+            programs: Some(programs),
+            ports: [(7, addr)].into(),
+        },
+    )
+    .unwrap();
+    let (out, code) = run(&h, spec(&["echo", "a", "b"], "/")).await;
+    assert_eq!((out.as_str(), code), ("given a b\n", 0));
+    // Not in the directory: the host's, through PATH.
+    let (out, _) = run(&h, spec(&["printf", "x"], "/")).await;
+    assert_eq!(out, "x");
+
+    let mut tcp = agent::connect(conn(&h), 7).await.unwrap();
+    tcp.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tcp.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    // The host's own ports are not the sandbox's.
+    let err = refused(agent::connect(conn(&h), addr.port()).await, "unmapped port");
+    assert!(
+        matches!(&err, ProtoError::Remote { code, .. } if code == "connection_refused"),
+        "{err:?}"
+    );
+    drop(h);
     std::fs::remove_dir_all(&dir).unwrap();
 }

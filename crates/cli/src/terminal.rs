@@ -188,6 +188,9 @@ pub async fn session(
     let mut stdout = tokio::io::stdout();
     let mut buf = vec![0u8; 4096];
     let mut input_open = interactive;
+    // Whether the remote terminal's current input line is empty (nothing typed since the
+    // last line end): there one `^D` is end-of-file, elsewhere it only hands over the line.
+    let mut line_empty = true;
     let outcome: anyhow::Result<Ended> = loop {
         tokio::select! {
             ev = pty.next() => match ev {
@@ -213,9 +216,11 @@ pub async fn session(
                 Ok(0) | Err(_) => {
                     input_open = false;
                     // End of our input: the remote terminal gets end-of-file (`^D` through
-                    // the session, so it arrives after everything typed before it).
+                    // the session, so it arrives after everything typed before it; a second
+                    // one if a partial line is pending, which the first only hands over).
                     if has_pty {
-                        pty.send(bytes::Bytes::from_static(b"\x04")).await?;
+                        let eof: &'static [u8] = if line_empty { b"\x04" } else { b"\x04\x04" };
+                        pty.send(bytes::Bytes::from_static(eof)).await?;
                     } else {
                         let _ = client.close_stdin(id, pid).await;
                     }
@@ -229,6 +234,7 @@ pub async fn session(
                         drop(raw);
                         return Ok(Ended::Detached);
                     }
+                    line_empty = matches!(data.last(), Some(b'\n' | b'\r'));
                     pty.send(bytes::Bytes::copy_from_slice(data)).await?;
                 }
             },

@@ -30,7 +30,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn live(server: &TestServer) -> usize {
-    server.engine.runtime.sandboxes.lock().unwrap().len()
+    server.engine.runtime.live().len()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -117,7 +117,12 @@ async fn exec_streams_and_exits_with_the_code() {
     let out = warren(&server, &["exec", "-n", &id, "--", "cat"], Some(b"ignored")).await;
     assert_eq!(text(&out.stdout), "");
 
-    let out = warren(&server, &["exec", &id, "--", "killed"], None).await;
+    let out = warren(
+        &server,
+        &["exec", "--timeout", "1", &id, "--", "sleep"],
+        None,
+    )
+    .await;
     assert_eq!(out.status.code(), Some(137));
     assert!(text(&out.stderr).contains("timed out"));
 
@@ -156,13 +161,7 @@ async fn run_with_and_without_rm() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out.stdout), "kept\n");
     let id = text(&out.stderr).trim().to_string();
-    assert!(server
-        .engine
-        .runtime
-        .sandboxes
-        .lock()
-        .unwrap()
-        .contains(&id));
+    assert!(server.engine.runtime.live().contains(&id));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -491,12 +490,14 @@ async fn exec_tty_ps_and_attach() {
     // -it with a piped stdin: forwarded to the terminal, end of input is ^D.
     let out = warren(&server, &["exec", "-it", &id, "--", "cat"], Some(b"hello")).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "hello");
+    // The terminal echoes what is typed, then cat writes it.
+    assert_eq!(text(&out.stdout), "hellohello");
 
     // -t alone: output and the exit code.
     let out = warren(&server, &["exec", "-t", &id, "--", "fail", "3"], None).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "failing\n");
+    // (A terminal ends lines with CR LF.)
+    assert_eq!(text(&out.stdout), "failing\r\n");
 
     let out = warren(&server, &["ps", &id], None).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -553,7 +554,8 @@ async fn exec_it_on_a_real_terminal() {
     let mut stdin = child.stdin.take().unwrap();
     // Let the CLI put its terminal in raw mode first.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    stdin.write_all(b"typed\x04").await.unwrap();
+    // As on any terminal: the first ^D hands over the line, the second is end of input.
+    stdin.write_all(b"typed\x04\x04").await.unwrap();
     stdin.flush().await.unwrap();
     let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
         .await

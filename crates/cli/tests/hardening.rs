@@ -329,8 +329,8 @@ fn pid1_is_out_of_reach_and_holds_no_host_fd() {
         assert!(c.read_file_bytes(&sb, "/proc/self/fd/1").await.is_err());
         assert!(c.read_file_bytes(&sb, "/proc/1/environ").await.is_err());
     });
-    // From the host: PID 1's fds are sockets, pipes, anon inodes and the sandbox's own
-    // /dev/null; not the daemon's inherited fd 77, not a host file.
+    // From the host: PID 1's fds are sockets, pipes, anon inodes, the sandbox's own
+    // /dev/null and its own root; not the daemon's inherited fd 77, not a host file.
     let pid1: u32 =
         std::fs::read_to_string(d.data_dir.join("sandboxes").join(&sb).join("agent.pid"))
             .unwrap()
@@ -340,6 +340,7 @@ fn pid1_is_out_of_reach_and_holds_no_host_fd() {
     let own_dev = std::fs::metadata(format!("/proc/{pid1}/root/dev/null"))
         .unwrap()
         .dev();
+    let own_root = std::fs::metadata(format!("/proc/{pid1}/root")).unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid1}/status")).unwrap();
     assert!(
         status
@@ -359,8 +360,10 @@ fn pid1_is_out_of_reach_and_holds_no_host_fd() {
             continue;
         }
         let m = std::fs::metadata(e.path()).unwrap();
+        // The agent holds its root open (every request path resolves below it).
+        let is_own_root = t == "/" && (m.dev(), m.ino()) == (own_root.dev(), own_root.ino());
         assert!(
-            t == "/dev/null" && m.dev() == own_dev,
+            (t == "/dev/null" && m.dev() == own_dev) || is_own_root,
             "PID 1 holds a host file: {t} (dev {} vs the sandbox's /dev {own_dev})",
             m.dev()
         );

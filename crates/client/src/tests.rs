@@ -274,10 +274,12 @@ async fn files() {
     sb.move_path("/home/user/x", "/workspace/d/x", false)
         .await
         .unwrap();
+    // Onto itself without overwrite: the target exists.
     let err = sb
         .move_path("/workspace/d/x", "/workspace/d/x", false)
-        .await;
-    assert!(err.is_ok());
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("file_exists"));
     let err = sb.remove_path("/workspace/d", false).await.unwrap_err();
     assert_eq!(err.code(), Some("directory_not_empty"));
     sb.remove_path("/workspace/d", true).await.unwrap();

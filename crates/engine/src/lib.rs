@@ -9,7 +9,6 @@
 mod admission;
 mod error;
 pub mod events;
-pub mod fake;
 pub mod files;
 pub mod idmaps;
 mod lifecycle;
@@ -46,7 +45,7 @@ use warren_api::{
     Capabilities, CreateSandboxRequest, EventKind, ExecRequest, ExecUser, Features, Isolation,
     Limits, PoolSpec, Resources, Sandbox, SandboxState, Snapshot, StorageInfo, DEFAULT_IMAGE,
 };
-use warren_runtime::{ExecSpec, Runtime, RuntimeError, SandboxSpec};
+use warren_runtime::{AgentClient, ExecSpec, Runtime, RuntimeError, SandboxSpec};
 
 use store::Store;
 
@@ -479,6 +478,11 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The agent of sandbox `id` (any backend: the runtime only says how to reach it).
+    fn agent<'a>(&'a self, id: &'a str) -> AgentClient<'a> {
+        AgentClient::new(&*self.inner.runtime, id)
+    }
+
     pub fn capabilities(&self) -> Capabilities {
         let info = self.inner.runtime.info();
         let c = &self.inner.config;
@@ -501,9 +505,10 @@ impl Engine {
                 snapshots: info.snapshots,
                 rollback: info.snapshots && info.stop,
                 fork: info.snapshots,
-                processes: info.processes,
-                files: info.files,
-                ports: info.ports,
+                // Every backend reaches its agent, which does these.
+                processes: true,
+                files: true,
+                ports: true,
                 stop: info.stop,
                 stats: info.stats,
                 events: true,
@@ -1174,7 +1179,7 @@ impl Engine {
                 stdin: stdin.is_some(),
             },
         )?;
-        match self.inner.runtime.exec(id, spec, stdin).await {
+        match self.agent(id).exec(spec, stdin).await {
             Ok(stream) => Ok(self.attached(id, stream)),
             Err(e) => Err(self.spawn_error(id, e).await),
         }

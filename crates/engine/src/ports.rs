@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
-use warren_runtime::{PortStream, Runtime, RuntimeError};
+use warren_runtime::{AgentClient, PortStream, Runtime, RuntimeError};
 
 use warren_api::PortAddress;
 
@@ -79,13 +79,6 @@ fn validate_port(port: u16) -> Result<(), EngineError> {
 }
 
 impl Engine {
-    fn check_ports_supported(&self) -> Result<(), EngineError> {
-        if !self.inner.runtime.info().ports {
-            return Err(EngineError::NotSupported("ports"));
-        }
-        Ok(())
-    }
-
     /// One TCP connection to `127.0.0.1:port` inside the sandbox. Nothing listening there is
     /// `port_unreachable`.
     pub async fn connect_port(
@@ -95,7 +88,7 @@ impl Engine {
     ) -> Result<Box<dyn PortStream>, EngineError> {
         validate_port(port)?;
         self.ready(id).await?;
-        match self.inner.runtime.connect_port(id, port).await {
+        match self.agent(id).connect_port(port).await {
             Ok(s) => Ok(Box::new(crate::lifecycle::AttachedPort::new(
                 s,
                 self.attach_counter(id),
@@ -116,7 +109,6 @@ impl Engine {
     /// connection to the port inside (a refused one is closed at once).
     pub async fn forward_port(&self, id: &str, port: u16) -> Result<PortAddress, EngineError> {
         validate_port(port)?;
-        self.check_ports_supported()?;
         self.ready(id).await?;
         let address = {
             let mut all = self.inner.ports.lock();
@@ -219,7 +211,7 @@ async fn forward_one(
     let _ = client.set_nodelay(true);
     // An open forwarded connection keeps the sandbox from idling out.
     let _attached = attached.map(crate::lifecycle::Attached::new);
-    let mut inside = match runtime.connect_port(&id, port).await {
+    let mut inside = match AgentClient::new(&*runtime, &id).connect_port(port).await {
         Ok(s) => s,
         Err(e) => {
             // Nothing listens there (or the sandbox is going away): close the connection.
@@ -241,9 +233,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use warren_api::CreateSandboxRequest;
 
-    use crate::fake::ports::{ECHO_PORT, HTTP_PORT};
-    use crate::fake::FakeRuntime;
     use crate::{Engine, EngineError};
+    use warren_testkit::fake::ports::{ECHO_PORT, HTTP_PORT};
+    use warren_testkit::FakeRuntime;
 
     async fn engine() -> (Engine, tempdir::Dir) {
         let dir = tempdir::Dir::new();

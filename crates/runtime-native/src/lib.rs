@@ -14,15 +14,12 @@
 
 pub mod caps;
 pub mod cgroup;
-mod files;
 pub mod image;
 pub mod init;
 mod init_error;
 mod layers;
 mod lifecycle;
 pub mod net;
-mod ports;
-mod procs;
 pub mod quota;
 pub mod rootfs;
 pub mod seccomp;
@@ -38,20 +35,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use warren_proto::host::{self as agent, ExecEvent};
+use warren_proto::host as agent;
 use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use cgroup::Layout;
 use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
-use warren_runtime::{
-    AttachStream, ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo, FileOp, FileOpResult,
-    FileStat, ProcessInfo, ProcessOp, ProcessSpec, Runtime, RuntimeError, RuntimeInfo, SandboxSpec,
-    WriteOptions,
-};
+use warren_runtime::{Runtime, RuntimeError, RuntimeInfo, SandboxSpec};
 
 pub use init::run_helper;
 pub use init_error::InitError;
@@ -750,33 +741,6 @@ async fn connect(socket: &Path) -> io::Result<UnixStream> {
     r
 }
 
-fn map_event(ev: Result<ExecEvent, ProtoError>) -> Option<Result<ExecOutput, RuntimeError>> {
-    match ev {
-        Ok(ExecEvent::Started { .. }) => None,
-        Ok(ExecEvent::Stdout(b)) => Some(Ok(ExecOutput::Stdout(b))),
-        Ok(ExecEvent::Stderr(b)) => Some(Ok(ExecOutput::Stderr(b))),
-        Ok(ExecEvent::Exit {
-            exit_code,
-            signal,
-            timed_out,
-            duration_us,
-        }) => Some(Ok(ExecOutput::Exit(ExitInfo {
-            exit_code,
-            signal,
-            timed_out,
-            duration_us,
-        }))),
-        Err(e) => Some(Err(RuntimeError::Agent(e))),
-    }
-}
-
-fn map_exec_error(e: ProtoError) -> RuntimeError {
-    match e {
-        ProtoError::Remote { code, message } => RuntimeError::Spawn { code, message },
-        e => RuntimeError::Agent(e),
-    }
-}
-
 /// Run a task to completion even if the caller stops waiting (so a cancelled create still
 /// cleans up after itself, and a cancelled destroy still finishes).
 async fn detached<T: Send + 'static>(
@@ -802,9 +766,6 @@ impl Runtime for NativeRuntime {
             seccomp: true,
             capabilities: caps::default_names(),
             images: vec![image::HOST_IMAGE.into()],
-            files: true,
-            processes: true,
-            ports: true,
             pause: true,
             stop: true,
             snapshots: true,
@@ -820,12 +781,7 @@ impl Runtime for NativeRuntime {
         detached(self.inner.clone().create(spec.clone())).await
     }
 
-    async fn exec(
-        &self,
-        id: &str,
-        spec: ExecSpec,
-        stdin: Option<Bytes>,
-    ) -> Result<ExecStream, RuntimeError> {
+    async fn agent(&self, id: &str) -> Result<Box<dyn warren_runtime::PortStream>, RuntimeError> {
         if spec::validate_id(id).is_err() {
             return Err(RuntimeError::NotFound(id.to_string()));
         }
@@ -833,126 +789,13 @@ impl Runtime for NativeRuntime {
         if !tokio::fs::try_exists(&paths.dir).await.unwrap_or(false) {
             return Err(RuntimeError::NotFound(id.to_string()));
         }
-        let stream = match connect(&paths.socket).await {
-            Ok(s) => s,
+        match connect(&paths.socket).await {
+            Ok(s) => Ok(Box::new(s)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RuntimeError::NotFound(id.to_string()))
+                Err(RuntimeError::NotFound(id.to_string()))
             }
-            Err(e) => return Err(RuntimeError::Agent(ProtoError::Io(e))),
-        };
-        let events = agent::exec(stream, spec, stdin)
-            .await
-            .map_err(map_exec_error)?;
-        Ok(Box::pin(
-            events.filter_map(|ev| futures::future::ready(map_event(ev))),
-        ))
-    }
-
-    // Files: see `files.rs`.
-    async fn read_file(
-        &self,
-        id: &str,
-        path: &str,
-    ) -> Result<(FileStat, ByteStream), RuntimeError> {
-        self.read_file_impl(id, path).await
-    }
-
-    async fn read_archive(
-        &self,
-        id: &str,
-        path: &str,
-    ) -> Result<(FileStat, ByteStream), RuntimeError> {
-        self.read_archive_impl(id, path).await
-    }
-
-    async fn write_file(
-        &self,
-        id: &str,
-        path: &str,
-        opts: WriteOptions,
-        data: ByteStream,
-    ) -> Result<FileStat, RuntimeError> {
-        self.write_file_impl(id, path, opts, data).await
-    }
-
-    async fn file_op(&self, id: &str, op: FileOp) -> Result<FileOpResult, RuntimeError> {
-        self.file_op_impl(id, op).await
-    }
-
-    // Durable processes: see `procs.rs`.
-    async fn start_process(
-        &self,
-        id: &str,
-        spec: ProcessSpec,
-    ) -> Result<ProcessInfo, RuntimeError> {
-        self.start_process_impl(id, spec).await
-    }
-
-    async fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, RuntimeError> {
-        self.list_processes_impl(id).await
-    }
-
-    async fn process_op(
-        &self,
-        id: &str,
-        selector: &str,
-        op: ProcessOp,
-    ) -> Result<ProcessInfo, RuntimeError> {
-        self.process_op_impl(id, selector, op).await
-    }
-
-    async fn write_stdin(
-        &self,
-        id: &str,
-        selector: &str,
-        data: ByteStream,
-    ) -> Result<ProcessInfo, RuntimeError> {
-        self.write_stdin_impl(id, selector, data).await
-    }
-
-    async fn attach(
-        &self,
-        id: &str,
-        selector: &str,
-        offset: u64,
-        follow: bool,
-    ) -> Result<AttachStream, RuntimeError> {
-        self.attach_impl(id, selector, offset, follow).await
-    }
-
-    // Ports: see `ports.rs`.
-    async fn connect_port(
-        &self,
-        id: &str,
-        port: u16,
-    ) -> Result<Box<dyn warren_runtime::PortStream>, RuntimeError> {
-        self.connect_port_impl(id, port).await
-    }
-
-    // Search, replace and watch: see `files.rs`.
-    async fn search_files(
-        &self,
-        id: &str,
-        spec: warren_runtime::SearchSpec,
-    ) -> Result<warren_runtime::SearchOutcome, RuntimeError> {
-        self.search_files_impl(id, spec).await
-    }
-
-    async fn replace_files(
-        &self,
-        id: &str,
-        spec: warren_runtime::ReplaceSpec,
-    ) -> Result<warren_runtime::ReplaceOutcome, RuntimeError> {
-        self.replace_files_impl(id, spec).await
-    }
-
-    async fn watch_files(
-        &self,
-        id: &str,
-        path: &str,
-        recursive: bool,
-    ) -> Result<warren_runtime::WatchStream, RuntimeError> {
-        self.watch_files_impl(id, path, recursive).await
+            Err(e) => Err(RuntimeError::Agent(ProtoError::Io(e))),
+        }
     }
 
     // Pause, stop, start, stats, probe: see `lifecycle.rs`.
@@ -1082,39 +925,6 @@ mod tests {
         for bad in ["", "/", "a/../b", "a//b", "a b", "..", "x,y"] {
             assert!(check_cgroup_parent(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn events_map() {
-        assert!(map_event(Ok(ExecEvent::Started { pid: 1 })).is_none());
-        assert!(matches!(
-            map_event(Ok(ExecEvent::Stdout(Bytes::from_static(b"x")))),
-            Some(Ok(ExecOutput::Stdout(b))) if b == "x"
-        ));
-        assert!(matches!(
-            map_event(Ok(ExecEvent::Exit {
-                exit_code: 137,
-                signal: Some(9),
-                timed_out: false,
-                duration_us: 5
-            })),
-            Some(Ok(ExecOutput::Exit(ExitInfo {
-                exit_code: 137,
-                signal: Some(9),
-                ..
-            })))
-        ));
-        assert!(matches!(
-            map_event(Err(ProtoError::Closed)),
-            Some(Err(RuntimeError::Agent(ProtoError::Closed)))
-        ));
-        assert!(matches!(
-            map_exec_error(ProtoError::Remote {
-                code: "not_found".into(),
-                message: "nope".into()
-            }),
-            RuntimeError::Spawn { code, .. } if code == "not_found"
-        ));
     }
 
     #[test]

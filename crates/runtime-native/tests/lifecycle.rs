@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use warren_runtime::{
-    AttachEvent, ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState, Runtime,
-    RuntimeError, SandboxSpec,
+    AgentClient, AttachEvent, ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState,
+    Runtime, RuntimeError, SandboxSpec,
 };
 use warren_runtime_native::spec::SandboxPaths;
 use warren_runtime_native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
@@ -145,7 +145,10 @@ fn sh(script: &str) -> ExecSpec {
 
 /// Run a shell script to completion; (exit code, stdout).
 async fn run(rt: &NativeRuntime, id: &str, script: &str) -> (i32, String) {
-    let mut stream = rt.exec(id, sh(script), None).await.expect("exec");
+    let mut stream = AgentClient::new(rt, id)
+        .exec(sh(script), None)
+        .await
+        .expect("exec");
     let mut out = Vec::new();
     while let Some(item) = stream.next().await {
         match item.expect("exec stream") {
@@ -158,16 +161,13 @@ async fn run(rt: &NativeRuntime, id: &str, script: &str) -> (i32, String) {
 }
 
 async fn start_process(rt: &NativeRuntime, id: &str, tag: &str, script: &str) {
-    let info = rt
-        .start_process(
-            id,
-            ProcessSpec {
-                exec: sh(script),
-                tag: Some(tag.into()),
-                pty: None,
-                log_bytes: 1 << 20,
-            },
-        )
+    let info = AgentClient::new(rt, id)
+        .start_process(ProcessSpec {
+            exec: sh(script),
+            tag: Some(tag.into()),
+            pty: None,
+            log_bytes: 1 << 20,
+        })
         .await
         .expect("start process");
     assert_eq!(info.state, ProcessState::Running);
@@ -175,7 +175,10 @@ async fn start_process(rt: &NativeRuntime, id: &str, tag: &str, script: &str) {
 
 /// A process's whole output, following it until it exits.
 async fn output_until_exit(rt: &NativeRuntime, id: &str, tag: &str) -> Vec<u8> {
-    let mut stream = rt.attach(id, tag, 0, true).await.expect("attach");
+    let mut stream = AgentClient::new(rt, id)
+        .attach(tag, 0, true)
+        .await
+        .expect("attach");
     let mut out = Vec::new();
     while let Some(ev) = stream.next().await {
         match ev.expect("attach stream") {
@@ -190,7 +193,10 @@ async fn output_until_exit(rt: &NativeRuntime, id: &str, tag: &str) -> Vec<u8> {
 
 /// The output a process produced so far (no follow).
 async fn output_so_far(rt: &NativeRuntime, id: &str, tag: &str) -> Vec<u8> {
-    let mut stream = rt.attach(id, tag, 0, false).await.expect("attach");
+    let mut stream = AgentClient::new(rt, id)
+        .attach(tag, 0, false)
+        .await
+        .expect("attach");
     let mut out = Vec::new();
     while let Some(ev) = stream.next().await {
         match ev.expect("attach stream") {
@@ -339,7 +345,10 @@ fn stop_keeps_files_and_start_brings_a_fresh_agent() {
                 run(&rt, &id, "cat /workspace/f /usr/local/g").await,
                 (0, "x\ny\n".to_string())
             );
-            let procs = rt.list_processes(&id).await.expect("list processes");
+            let procs = AgentClient::new(&rt, &id)
+                .list_processes()
+                .await
+                .expect("list processes");
             assert!(procs.is_empty(), "processes survived the stop: {procs:?}");
             let new_agent = agent_pid(&dir);
             let old_alive_here = std::fs::read_to_string(format!("/proc/{old_agent}/cgroup"))
@@ -447,7 +456,7 @@ fn stats_are_plausible() {
         .await;
         assert_eq!(code, 0);
         // A refused connection on the sandbox's own loopback: a SYN and a RST on `lo`.
-        let _ = rt.connect_port(&id, 1).await;
+        let _ = AgentClient::new(&rt, &id).connect_port(1).await;
         let s1 = rt.stats(&id).await.expect("stats");
         assert!(s1.cpu_usage_us > s0.cpu_usage_us, "{s0:?} -> {s1:?}");
         assert!(

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use warren_runtime::{
-    ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState, Runtime, RuntimeError,
-    SandboxSpec,
+    AgentClient, ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState, Runtime,
+    RuntimeError, SandboxSpec,
 };
 use warren_runtime_native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
 use warren_testkit::host::{
@@ -181,7 +181,10 @@ fn sh(script: &str) -> ExecSpec {
 
 /// Run a shell script to completion; (exit code, stdout).
 async fn run(rt: &NativeRuntime, id: &str, script: &str) -> (i32, String) {
-    let mut stream = rt.exec(id, sh(script), None).await.expect("exec");
+    let mut stream = AgentClient::new(rt, id)
+        .exec(sh(script), None)
+        .await
+        .expect("exec");
     let mut out = Vec::new();
     let mut err = Vec::new();
     while let Some(item) = stream.next().await {
@@ -254,16 +257,13 @@ async fn state(rt: &NativeRuntime, id: &str) -> String {
 }
 
 async fn start_process(rt: &NativeRuntime, id: &str, tag: &str, script: &str) {
-    let info = rt
-        .start_process(
-            id,
-            ProcessSpec {
-                exec: sh(script),
-                tag: Some(tag.into()),
-                pty: None,
-                log_bytes: 1 << 16,
-            },
-        )
+    let info = AgentClient::new(rt, id)
+        .start_process(ProcessSpec {
+            exec: sh(script),
+            tag: Some(tag.into()),
+            pty: None,
+            log_bytes: 1 << 16,
+        })
         .await
         .expect("start process");
     assert_eq!(info.state, ProcessState::Running);

@@ -7,6 +7,10 @@
 
 use std::pin::Pin;
 
+pub mod agent;
+
+pub use agent::AgentClient;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
@@ -166,10 +170,10 @@ pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, RuntimeError>
 /// File content, streamed in chunks (never held whole in memory).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, RuntimeError>> + Send>>;
 
-/// Changes reported by [`Runtime::watch_files`]; dropping it ends the watch.
+/// Changes reported by [`AgentClient::watch_files`]; dropping it ends the watch.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<FileChange, RuntimeError>> + Send>>;
 
-/// Answer of [`Runtime::search_files`].
+/// Answer of [`AgentClient::search_files`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchOutcome {
     pub matches: Vec<SearchMatch>,
@@ -177,7 +181,7 @@ pub struct SearchOutcome {
     pub truncated: bool,
 }
 
-/// Answer of [`Runtime::replace_files`].
+/// Answer of [`AgentClient::replace_files`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplaceOutcome {
     pub files: Vec<ReplacedFile>,
@@ -209,7 +213,7 @@ pub enum AttachEvent {
 /// A process's output, replayed and followed. Dropping it detaches (the process goes on).
 pub type AttachStream = Pin<Box<dyn Stream<Item = Result<AttachEvent, RuntimeError>> + Send>>;
 
-/// A TCP connection to a port inside a sandbox.
+/// A byte stream to a sandbox: a connection to its agent, or to a port inside it.
 pub trait PortStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PortStream for T {}
 
@@ -234,12 +238,6 @@ pub struct RuntimeInfo {
     /// Capabilities a sandbox's root keeps (e.g. `CAP_CHOWN`).
     pub capabilities: Vec<String>,
     pub images: Vec<String>,
-    /// Implements [`Runtime::read_file`], [`Runtime::write_file`] and [`Runtime::file_op`].
-    pub files: bool,
-    /// Implements the durable-process methods (and PTYs).
-    pub processes: bool,
-    /// Implements [`Runtime::connect_port`].
-    pub ports: bool,
     /// Implements [`Runtime::pause`] and [`Runtime::resume`].
     pub pause: bool,
     /// Implements [`Runtime::stop`] and [`Runtime::start`].
@@ -304,143 +302,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Make the sandbox and return once its agent answers. On error nothing is left behind.
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
 
-    /// Run a command through the sandbox's agent.
-    async fn exec(
-        &self,
-        id: &str,
-        spec: ExecSpec,
-        stdin: Option<Bytes>,
-    ) -> Result<ExecStream, RuntimeError>;
-
-    /// Stream a regular file out of the sandbox: its metadata, then its content.
-    /// Backends without file access keep the default: a typed "unsupported" error.
-    async fn read_file(
-        &self,
-        id: &str,
-        path: &str,
-    ) -> Result<(FileStat, ByteStream), RuntimeError> {
-        let _ = (id, path);
-        Err(RuntimeError::Unsupported("files"))
-    }
-
-    /// Stream the directory tree at `path` as a tar archive (names relative to `path`,
-    /// modes and mtimes kept, symlinks stored as symlinks): the directory's metadata, then
-    /// the archive's bytes. An error item ends a failed stream.
-    async fn read_archive(
-        &self,
-        id: &str,
-        path: &str,
-    ) -> Result<(FileStat, ByteStream), RuntimeError> {
-        let _ = (id, path);
-        Err(RuntimeError::Unsupported("archives"))
-    }
-
-    /// Write a regular file atomically (temporary file + rename) from a stream; nothing
-    /// changes unless the whole stream arrived.
-    async fn write_file(
-        &self,
-        id: &str,
-        path: &str,
-        opts: WriteOptions,
-        data: ByteStream,
-    ) -> Result<FileStat, RuntimeError> {
-        let _ = (id, path, opts, data);
-        Err(RuntimeError::Unsupported("files"))
-    }
-
-    /// Stat, list, mkdir, remove, rename.
-    async fn file_op(&self, id: &str, op: FileOp) -> Result<FileOpResult, RuntimeError> {
-        let _ = (id, op);
-        Err(RuntimeError::Unsupported("files"))
-    }
-
-    /// Start a durable process (owned by the agent, output kept in a bounded log).
-    async fn start_process(
-        &self,
-        id: &str,
-        spec: ProcessSpec,
-    ) -> Result<ProcessInfo, RuntimeError> {
-        let _ = (id, spec);
-        Err(RuntimeError::Unsupported("processes"))
-    }
-
-    /// Running and recently exited processes.
-    async fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, RuntimeError> {
-        let _ = id;
-        Err(RuntimeError::Unsupported("processes"))
-    }
-
-    /// Get, signal, close stdin, resize — `selector` is a pid or a tag.
-    async fn process_op(
-        &self,
-        id: &str,
-        selector: &str,
-        op: ProcessOp,
-    ) -> Result<ProcessInfo, RuntimeError> {
-        let _ = (id, selector, op);
-        Err(RuntimeError::Unsupported("processes"))
-    }
-
-    /// Feed `data` to the process's stdin (or PTY) as it arrives; stdin stays open.
-    async fn write_stdin(
-        &self,
-        id: &str,
-        selector: &str,
-        data: ByteStream,
-    ) -> Result<ProcessInfo, RuntimeError> {
-        let _ = (id, selector, data);
-        Err(RuntimeError::Unsupported("processes"))
-    }
-
-    /// Replay a process's output from `offset` and (with `follow`) follow it until exit.
-    async fn attach(
-        &self,
-        id: &str,
-        selector: &str,
-        offset: u64,
-        follow: bool,
-    ) -> Result<AttachStream, RuntimeError> {
-        let _ = (id, selector, offset, follow);
-        Err(RuntimeError::Unsupported("processes"))
-    }
-
-    /// Open a TCP connection to `127.0.0.1:port` inside the sandbox.
-    async fn connect_port(&self, id: &str, port: u16) -> Result<Box<dyn PortStream>, RuntimeError> {
-        let _ = (id, port);
-        Err(RuntimeError::Unsupported("ports"))
-    }
-
-    /// Search file names (glob) or contents (regex) below a path, bounded in results and
-    /// time; symlinks are not followed.
-    async fn search_files(
-        &self,
-        id: &str,
-        spec: SearchSpec,
-    ) -> Result<SearchOutcome, RuntimeError> {
-        let _ = (id, spec);
-        Err(RuntimeError::Unsupported("file search"))
-    }
-
-    /// Replace regex matches in the files below a path, each file rewritten atomically.
-    async fn replace_files(
-        &self,
-        id: &str,
-        spec: ReplaceSpec,
-    ) -> Result<ReplaceOutcome, RuntimeError> {
-        let _ = (id, spec);
-        Err(RuntimeError::Unsupported("file replace"))
-    }
-
-    /// Watch a path for changes; returns once the watch is active.
-    async fn watch_files(
-        &self,
-        id: &str,
-        path: &str,
-        recursive: bool,
-    ) -> Result<WatchStream, RuntimeError> {
-        let _ = (id, path, recursive);
-        Err(RuntimeError::Unsupported("file watch"))
-    }
+    /// A new connection to the sandbox's agent (one request each; [`AgentClient`] speaks
+    /// the protocol over it). An unknown sandbox, or one whose agent is not running, is
+    /// [`RuntimeError::NotFound`].
+    async fn agent(&self, id: &str) -> Result<Box<dyn PortStream>, RuntimeError>;
 
     /// Freeze every process of the sandbox (agent included) and return once all are
     /// frozen. Pausing a paused sandbox is `Ok`.

@@ -292,7 +292,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     use warren_api::CreateSandboxRequest;
-    use warren_engine::fake::ports::{ECHO_PORT, HTTP_PORT};
+    use warren_testkit::fake::ports::{ECHO_PORT, HTTP_PORT};
 
     use crate::testing::TestServer;
 

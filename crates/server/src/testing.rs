@@ -1,6 +1,7 @@
 //! Test support (feature `testing`): an engine over the fake runtime
-//! ([`warren_engine::fake::FakeRuntime`], re-exported here; its module docs list the fake
-//! commands) in a temporary directory, and an in-process HTTP server.
+//! ([`warren_testkit::FakeRuntime`], re-exported here: host directories served by the real
+//! agent; its module docs list the fake's commands and ports) in a temporary directory, and
+//! an in-process HTTP server.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use warren_api::Resources;
 use warren_engine::{Engine, EngineConfig};
 
-pub use warren_engine::fake::FakeRuntime;
+pub use warren_testkit::FakeRuntime;
 
 /// Small limits, so tests can hit them: 64 KiB bodies, 1 KiB of captured output per stream.
 pub fn test_config(data_dir: &Path) -> EngineConfig {

@@ -299,7 +299,7 @@ async fn sandbox_lifecycle() {
         .call(Method::DELETE, &format!("/v1/sandboxes/{}", sb.id), None)
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "sandbox_not_found");
-    assert!(a.t.runtime.sandboxes.lock().unwrap().is_empty());
+    assert!(a.t.runtime.live().is_empty());
 }
 
 #[tokio::test]
@@ -410,7 +410,7 @@ async fn malformed_bodies_are_invalid_request() {
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_error(status, &v, StatusCode::BAD_REQUEST, "invalid_request");
     }
-    assert!(a.t.runtime.sandboxes.lock().unwrap().is_empty());
+    assert!(a.t.runtime.live().is_empty());
 }
 
 #[tokio::test]
@@ -434,7 +434,7 @@ async fn absurd_limits_are_refused() {
         .call(Method::POST, "/v1/sandboxes", Some(r#"{"image":"ubuntu"}"#))
         .await;
     assert_error(status, &v, StatusCode::BAD_REQUEST, "image_not_found");
-    assert!(a.t.runtime.sandboxes.lock().unwrap().is_empty());
+    assert!(a.t.runtime.live().is_empty());
 }
 
 #[tokio::test]
@@ -590,16 +590,19 @@ async fn exec_collects_output() {
     let a = app().await;
     let sb = a.create("{}").await;
 
+    let t = std::time::Instant::now();
     let (status, v) = a
         .exec(&sb.id, json!({"cmd": ["echo", "hello", "world"]}))
         .await;
+    let took = t.elapsed();
     assert_eq!(status, StatusCode::OK, "{v}");
     let r: ExecResult = serde_json::from_value(v).unwrap();
     assert_eq!(r.stdout, "hello world\n");
     assert_eq!(r.stderr, "");
     assert_eq!(r.exit_code, 0);
     assert!(!r.truncated);
-    assert_eq!(r.duration_ms, 1);
+    // The agent's measure of the command, within the request's.
+    assert!(u128::from(r.duration_ms) <= took.as_millis(), "{r:?}");
 
     let (_, v) = a.exec(&sb.id, json!({"cmd": ["fail", "3"]})).await;
     let r: ExecResult = serde_json::from_value(v).unwrap();
@@ -637,12 +640,14 @@ async fn exec_collects_output() {
     );
     assert_eq!((r.stderr_bytes, r.stderr_truncated_bytes), (0, 0));
 
-    let (_, v) = a.exec(&sb.id, json!({"cmd": ["killed"]})).await;
+    let (_, v) = a
+        .exec(&sb.id, json!({"cmd": ["sleep"], "timeout_secs": 1}))
+        .await;
     let r: ExecResult = serde_json::from_value(v).unwrap();
     assert_eq!(r.exit_code, 137);
     assert_eq!(r.signal.as_deref(), Some("SIGKILL"));
     assert!(r.timed_out);
-    assert_eq!(r.duration_ms, 2000);
+    assert!(r.duration_ms >= 1000, "{r:?}");
 
     let (_, v) = a
         .exec(&sb.id, json!({"cmd": ["env"], "env": {"FOO": "bar"}}))
@@ -1013,6 +1018,10 @@ mod files {
         put(&app, &id, "path=/workspace/f", Body::from("x")).await;
         put(&app, &id, "path=/workspace/d/inner", Body::from("x")).await;
         app.t.runtime.symlink(&id, "/workspace/link", "f").unwrap();
+        app.t
+            .runtime
+            .symlink(&id, "/workspace/loop", "loop")
+            .unwrap();
 
         let cases: Vec<(Method, String, Option<&str>, StatusCode, &str)> = vec![
             (
@@ -1122,7 +1131,7 @@ mod files {
             ),
             (
                 Method::GET,
-                format!("{base}?path=/workspace/link"),
+                format!("{base}?path=/workspace/loop"),
                 None,
                 StatusCode::BAD_REQUEST,
                 "invalid_path",
@@ -1224,15 +1233,6 @@ mod files {
             (status, code(&v)),
             (StatusCode::CONFLICT, "invalid_state"),
             "{v}"
-        );
-
-        app.t.runtime.disable_files();
-        let (status, v) = app
-            .call(Method::GET, &format!("{base}/stat?path=/"), None)
-            .await;
-        assert_eq!(
-            (status, code(&v)),
-            (StatusCode::NOT_IMPLEMENTED, "not_supported")
         );
     }
 }

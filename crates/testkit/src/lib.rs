@@ -1,4 +1,11 @@
 //! Test support shared by Warren's crates. A dev-dependency only: nothing here is linked
 //! into a production build.
+//!
+//! - [`fake`]: a [`warren_runtime::Runtime`] whose sandboxes are host directories served by
+//!   the real agent in this process, for tests of the engine, the server, the SDK and the CLI.
+//! - [`host`]: what a test on the real kernel left behind (mounts, cgroups, processes).
 
+pub mod fake;
 pub mod host;
+
+pub use fake::FakeRuntime;

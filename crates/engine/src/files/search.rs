@@ -106,7 +106,7 @@ impl Engine {
             hidden: req.hidden,
             timeout_ms: SEARCH_TIME_LIMIT.as_millis() as u64,
         };
-        match self.inner.runtime.search_files(id, spec).await {
+        match self.agent(id).search_files(spec).await {
             Ok(out) => Ok(SearchResult {
                 matches: out
                     .matches
@@ -154,7 +154,7 @@ impl Engine {
             hidden: false,
             timeout_ms: SEARCH_TIME_LIMIT.as_millis() as u64,
         };
-        match self.inner.runtime.replace_files(id, spec).await {
+        match self.agent(id).replace_files(spec).await {
             Ok(out) => Ok(ReplaceResult {
                 files: out
                     .files
@@ -181,7 +181,7 @@ impl Engine {
     ) -> Result<FileEvents, EngineError> {
         validate_path("path", path)?;
         self.ready(id).await?;
-        match self.inner.runtime.watch_files(id, path, recursive).await {
+        match self.agent(id).watch_files(path, recursive).await {
             Ok(stream) => Ok(self.attached(
                 id,
                 stream.map(|r| match r {

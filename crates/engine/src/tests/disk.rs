@@ -11,8 +11,8 @@ use bytes::Bytes;
 use warren_api::{CreateSandboxRequest, ExecUser, PoolSpec, Resources};
 
 use super::{config, engine_with, TestDir};
-use crate::fake::FakeRuntime;
 use crate::{disk_floor_mib, DiskProbe, DiskSpace, Engine, EngineConfig};
+use warren_testkit::FakeRuntime;
 
 fn disk(mib: u64) -> CreateSandboxRequest {
     CreateSandboxRequest {

@@ -8,11 +8,11 @@ use std::time::Duration;
 use warren_api::{CreateSandboxRequest, Resources, SandboxState};
 
 use super::{config, engine, engine_with, exec, TestDir};
-use crate::fake::{FakeRuntime, FakeState};
 use crate::{
     committed_memory_mib, host_pids_budget, pids_budget_of, Engine, EngineConfig, EngineError,
     MemoryProbe, MEMORY_OVERCOMMIT,
 };
+use warren_testkit::fake::{FakeRuntime, FakeState};
 
 fn sized(memory_mib: u64) -> CreateSandboxRequest {
     CreateSandboxRequest {

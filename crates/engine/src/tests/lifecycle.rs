@@ -11,8 +11,8 @@ use warren_api::{
 };
 
 use super::{body, config, engine, engine_with, exec, read_all, TestDir};
-use crate::fake::{FakeRuntime, FakeState};
 use crate::{Engine, EngineError, EventItem};
+use warren_testkit::fake::{FakeRuntime, FakeState};
 
 async fn put(e: &Engine, id: &str, path: &str, data: &'static str) {
     e.write_file(
@@ -317,7 +317,7 @@ async fn idle_means_no_cpu_no_stream_no_call() {
     let stream = e.exec(&attached, exec(&["sleep"])).await.unwrap();
     // An open connection to a port inside (a dev server in use through the proxy).
     let conn = e
-        .connect_port(&proxied, crate::fake::ports::ECHO_PORT)
+        .connect_port(&proxied, warren_testkit::fake::ports::ECHO_PORT)
         .await
         .unwrap();
     let _reaper = e.spawn_reaper();

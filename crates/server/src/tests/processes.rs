@@ -1,4 +1,4 @@
-//! `/v1/sandboxes/{id}/processes` over the fake runtime's process model.
+//! `/v1/sandboxes/{id}/processes` over the fake runtime (the real agent's processes).
 
 use super::*;
 use futures::{SinkExt, StreamExt};
@@ -21,6 +21,40 @@ async fn start(a: &App, id: &str, body: Value) -> (StatusCode, Value) {
 async fn started(a: &App, id: &str, body: Value) -> Process {
     let (status, v) = start(a, id, body).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
+    serde_json::from_value(v).unwrap()
+}
+
+/// Waits until the process has exited (it runs for real, in the fake's agent).
+async fn ended(a: &App, id: &str, sel: &str) -> Process {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, v) = a
+            .call(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/processes/{sel}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let p: Process = serde_json::from_value(v).unwrap();
+        if p.state != ProcessState::Running {
+            return p;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{sel} never ended");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The process as it is now.
+async fn process(a: &App, id: &str, pid: i32) -> Process {
+    let (status, v) = a
+        .call(
+            Method::GET,
+            &format!("/v1/sandboxes/{id}/processes/{pid}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
     serde_json::from_value(v).unwrap()
 }
 
@@ -60,6 +94,7 @@ async fn start_list_get_and_errors() {
     assert_eq!(p.cmd, vec!["echo", "hi"]);
     assert_eq!(p.tag.as_deref(), Some("greet"));
     assert!(!p.stdin_open);
+    ended(&a, &id, "greet").await;
 
     let (status, v) = a
         .call(
@@ -83,7 +118,7 @@ async fn start_list_get_and_errors() {
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
 
-    started(&a, &id, json!({"cmd": ["sleep"]})).await;
+    started(&a, &id, json!({"cmd": ["sleep"], "tag": "busy"})).await;
     let (status, v) = a
         .call(Method::GET, &format!("/v1/sandboxes/{id}/processes"), None)
         .await;
@@ -92,8 +127,8 @@ async fn start_list_get_and_errors() {
     assert_eq!(list.len(), 2);
     assert_eq!(list[1].state, ProcessState::Running);
 
-    // Errors.
-    let (s, v) = start(&a, &id, json!({"cmd": ["echo"], "tag": "greet"})).await;
+    // Errors. (An exited process gives its tag up; a running one holds it.)
+    let (s, v) = start(&a, &id, json!({"cmd": ["echo"], "tag": "busy"})).await;
     assert_error(s, &v, StatusCode::CONFLICT, "tag_in_use");
     let (s, v) = start(&a, &id, json!({"cmd": ["nope"]})).await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "command_not_found");
@@ -166,9 +201,10 @@ async fn signal_stdin_resize() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["state"], "exited");
-    assert_eq!(v["signal"], "SIGTERM");
-    assert_eq!(v["exit_code"], 143);
+    let p = ended(&a, &id, "s").await;
+    assert_eq!(p.state, ProcessState::Exited);
+    assert_eq!(p.signal.as_deref(), Some("SIGTERM"));
+    assert_eq!(p.exit_code, Some(143));
 
     // stdin: a cat echoes it, closing stdin ends it.
     let cat = started(&a, &id, json!({"cmd": ["cat"], "stdin": true})).await;
@@ -186,12 +222,14 @@ async fn signal_stdin_resize() {
         .call(Method::DELETE, &format!("{base}/{}/stdin", cat.pid), None)
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["state"], "exited");
-    assert_eq!(v["output_end"], 100_000);
+    let p = ended(&a, &id, &cat.pid.to_string()).await;
+    assert_eq!(p.state, ProcessState::Exited);
+    assert_eq!(p.output_end, 100_000);
+    // Closing it again changes nothing; writing to it is refused.
     let (s, v) = a
         .call(Method::DELETE, &format!("{base}/{}/stdin", cat.pid), None)
         .await;
-    assert_error(s, &v, StatusCode::CONFLICT, "stdin_closed");
+    assert_eq!(s, StatusCode::OK, "{v}");
     let req = Request::post(format!("{base}/{}/stdin", cat.pid))
         .body(Body::from("more"))
         .unwrap();
@@ -238,7 +276,8 @@ async fn sse_output_and_exactly_once_reconnect() {
     let a = app().await;
     let id = sandbox(&a).await;
     let p = started(&a, &id, json!({"cmd": ["ticks", "5"]})).await;
-    let uri = format!("/v1/sandboxes/{id}/processes/{}/output?follow=true", p.pid);
+    let base_uri = format!("/v1/sandboxes/{id}/processes/{}/output", p.pid);
+    let uri = format!("{base_uri}?follow=true");
     let events = sse(&a, &uri, None).await;
     let all = "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n";
     assert_eq!(text_of(&events), all);
@@ -265,8 +304,10 @@ async fn sse_output_and_exactly_once_reconnect() {
     }
 
     // UTF-8 split across chunks: held back, ids stay on raw offsets.
-    let p = started(&a, &id, json!({"cmd": ["split-utf8"]})).await;
-    let uri = format!("/v1/sandboxes/{id}/processes/{}/output", p.pid);
+    // Followed live: the two halves arrive as two chunks.
+    let p = started(&a, &id, json!({"cmd": ["split-utf8-then-warn"]})).await;
+    let base_uri = format!("/v1/sandboxes/{id}/processes/{}/output", p.pid);
+    let uri = format!("{base_uri}?follow=true");
     let events = sse(&a, &uri, None).await;
     let got: Vec<(&str, String, u64, &str)> = events
         .iter()
@@ -286,7 +327,7 @@ async fn sse_output_and_exactly_once_reconnect() {
     );
     let rest = sse(&a, &uri, Some("3")).await;
     assert_eq!(text_of(&rest), "é\nwarn\n");
-    let b64 = sse(&a, &format!("{uri}?encoding=base64&offset=4"), None).await;
+    let b64 = sse(&a, &format!("{base_uri}?encoding=base64&offset=4"), None).await;
     let raw = base64::engine::general_purpose::STANDARD
         .decode(chunk(&b64[0]).data)
         .unwrap();
@@ -294,6 +335,9 @@ async fn sse_output_and_exactly_once_reconnect() {
 
     // Not following: a running process's stream ends with `end`.
     let p = started(&a, &id, json!({"cmd": ["sleep"]})).await;
+    while process(&a, &id, p.pid).await.output_end < 8 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let events = sse(
         &a,
         &format!("/v1/sandboxes/{id}/processes/{}/output", p.pid),
@@ -336,6 +380,8 @@ async fn dropped_output_is_reported_as_lost() {
         json!({"cmd": ["yes", n.to_string()], "log_bytes": 1024 * 1024}),
     )
     .await;
+    // Once it has written everything, the start of its output is gone.
+    let p = ended(&a, &id, &p.pid.to_string()).await;
     assert!(p.output_start > 0);
     let events = sse(
         &a,
@@ -366,20 +412,11 @@ async fn dropped_output_is_reported_as_lost() {
 }
 
 #[tokio::test]
-async fn unsupported_runtime_and_capabilities() {
+async fn capabilities_and_a_terminal_without_upgrade() {
     let a = app().await;
     let (_, caps) = a.call(Method::GET, "/v1/capabilities", None).await;
     assert_eq!(caps["features"]["processes"], true);
     let id = sandbox(&a).await;
-    a.t.runtime.disable_processes();
-    let (s, v) = start(&a, &id, json!({"cmd": ["echo"]})).await;
-    assert_error(s, &v, StatusCode::NOT_IMPLEMENTED, "not_supported");
-    let (s, v) = a
-        .call(Method::GET, &format!("/v1/sandboxes/{id}/processes"), None)
-        .await;
-    assert_error(s, &v, StatusCode::NOT_IMPLEMENTED, "not_supported");
-    let (_, caps) = a.call(Method::GET, "/v1/capabilities", None).await;
-    assert_eq!(caps["features"]["processes"], false);
     // The terminal route without an upgrade.
     let (s, v) = a
         .call(
@@ -396,7 +433,7 @@ async fn sandbox_must_be_running() {
     let a = app().await;
     let id = sandbox(&a).await;
     // The runtime loses the sandbox: the next call marks it failed.
-    a.t.runtime.sandboxes.lock().unwrap().remove(&id);
+    a.t.runtime.lose(&id);
     let (s, v) = start(&a, &id, json!({"cmd": ["echo"]})).await;
     assert_error(s, &v, StatusCode::CONFLICT, "invalid_state");
     let (s, v) = a

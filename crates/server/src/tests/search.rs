@@ -1,5 +1,5 @@
 //! `POST .../files/search`, `POST .../files/replace` and `GET .../files/watch` over the fake
-//! runtime (which has no watch: `not_supported`).
+//! runtime (the real agent, on a host directory).
 
 use super::*;
 
@@ -172,16 +172,31 @@ async fn replace_rewrites_matching_files() {
 }
 
 #[tokio::test]
-async fn watch_is_not_supported_by_the_fake() {
+async fn watch_streams_changes_as_sse() {
     let (a, id) = setup().await;
-    let (status, v) = a
-        .call(
-            Method::GET,
-            &format!("/v1/sandboxes/{id}/files/watch?path=/workspace&recursive=true"),
-            None,
-        )
-        .await;
-    assert_error(status, &v, StatusCode::NOT_IMPLEMENTED, "not_supported");
+    let req = Request::get(format!(
+        "/v1/sandboxes/{id}/files/watch?path=/workspace&recursive=true"
+    ))
+    .body(Body::empty())
+    .unwrap();
+    let resp = a.send(req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    // The watch is active when the response starts: a change made now is reported.
+    put(&a, &id, "/workspace/src/new.rs", "fn new() {}\n").await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.contains("/workspace/src/new.rs") {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("no event for the new file")
+            .unwrap()
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(seen.contains("event: created"), "{seen}");
     let (status, v) = a
         .call(
             Method::GET,

@@ -1,4 +1,6 @@
-//! Fake ports: in-memory servers behind [`Runtime::connect_port`](warren_runtime::Runtime).
+//! The fake sandboxes' ports: two servers on ephemeral loopback ports of the host, shared
+//! by every fake sandbox of this process, which a hosted agent reaches as its ports 7 and
+//! 8080 (no other port of a fake sandbox accepts connections).
 //!
 //! - port [`ECHO_PORT`] (7): echoes every byte; after the client half-closes it writes
 //!   `bye` and closes.
@@ -9,36 +11,56 @@
 //!   `/status/CODE` answers with that status; `/sse` streams three `data: N` events, 50 ms
 //!   apart; a request with an `Upgrade` header is answered `101` and the connection then
 //!   echoes raw bytes.
-//! - any other port: `connection_refused`.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use warren_runtime::{PortStream, RuntimeError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 pub const ECHO_PORT: u16 = 7;
 pub const HTTP_PORT: u16 = 8080;
 
-pub(super) fn connect(port: u16) -> Result<Box<dyn PortStream>, RuntimeError> {
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    match port {
-        ECHO_PORT => {
-            tokio::spawn(echo(theirs, true));
-        }
-        HTTP_PORT => {
-            tokio::spawn(http(theirs));
-        }
-        _ => {
-            return Err(RuntimeError::Port {
-                code: "connection_refused".into(),
-                message: format!("connection to 127.0.0.1:{port} refused"),
+/// The sandbox ports and where the servers behind them listen (started on first use, on a
+/// thread of their own, for the life of the process).
+pub(crate) fn ports() -> &'static HashMap<u16, SocketAddr> {
+    static PORTS: OnceLock<HashMap<u16, SocketAddr>> = OnceLock::new();
+    PORTS.get_or_init(|| {
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let (echo_l, http_l) = (bind(), bind());
+        let map = HashMap::from([
+            (ECHO_PORT, echo_l.local_addr().expect("local addr")),
+            (HTTP_PORT, http_l.local_addr().expect("local addr")),
+        ]);
+        std::thread::Builder::new()
+            .name("fake-ports".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("fake ports runtime");
+                rt.block_on(async move {
+                    let listen = |l: std::net::TcpListener| {
+                        l.set_nonblocking(true).expect("nonblocking");
+                        TcpListener::from_std(l).expect("listener")
+                    };
+                    let (echo_l, http_l) = (listen(echo_l), listen(http_l));
+                    loop {
+                        tokio::select! {
+                            Ok((s, _)) = echo_l.accept() => { tokio::spawn(echo(s, true)); }
+                            Ok((s, _)) = http_l.accept() => { tokio::spawn(http(s)); }
+                        }
+                    }
+                });
             })
-        }
-    }
-    Ok(Box::new(ours))
+            .expect("fake ports thread");
+        map
+    })
 }
 
-async fn echo(mut s: DuplexStream, bye: bool) {
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bye: bool) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match s.read(&mut buf).await {
@@ -56,7 +78,7 @@ async fn echo(mut s: DuplexStream, bye: bool) {
     let _ = s.shutdown().await;
 }
 
-async fn http(mut s: DuplexStream) {
+async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     let mut data = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let head_end = loop {
