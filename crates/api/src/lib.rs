@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod error;
+pub use error::ErrorCode;
 mod processes;
 pub use processes::*;
 mod search;

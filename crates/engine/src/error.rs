@@ -1,7 +1,8 @@
+use warren_api::ErrorCode;
 use warren_runtime::RuntimeError;
 
-/// Everything the engine can refuse or fail with. `code()` is the API's snake_case error
-/// code and `http_status()` its status; the server maps nothing else.
+/// Everything the engine can refuse or fail with. [`EngineError::code`] is its API error
+/// code; what that means in HTTP (or another API's terms) is each API surface's choice.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("sandbox {0} not found")]
@@ -45,17 +46,17 @@ pub enum EngineError {
     /// The command could not be started: `command_not_found` (404-ish, but reported 400),
     /// `invalid_cwd`, `spawn_failed`.
     #[error("{message}")]
-    Spawn { code: &'static str, message: String },
+    Spawn { code: ErrorCode, message: String },
     /// A file operation failed inside the sandbox: `file_not_found` (404),
     /// `not_a_directory`, `is_a_directory`, `invalid_path` (400), `file_exists`,
     /// `directory_not_empty` (409), `permission_denied` (403), `disk_quota_exceeded`,
     /// `no_space` (507), `io_error` (500).
     #[error("{message}")]
-    File { code: &'static str, message: String },
+    File { code: ErrorCode, message: String },
     /// A durable-process operation failed: `process_not_found` (404), `not_a_pty`,
     /// `stdin_closed`, `tag_in_use` (409), `invalid_signal` (400).
     #[error("{message}")]
-    Process { code: &'static str, message: String },
+    Process { code: ErrorCode, message: String },
     /// The runtime does not support the operation (501 `not_supported`).
     #[error("this server's runtime does not support {0}")]
     NotSupported(&'static str),
@@ -87,87 +88,50 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
+        use ErrorCode as C;
         match self {
-            EngineError::SandboxNotFound(_) => "sandbox_not_found",
-            EngineError::InvalidRequest(_) => "invalid_request",
-            EngineError::PayloadTooLarge(_) => "payload_too_large",
-            EngineError::ImageNotFound(_) => "image_not_found",
-            EngineError::InvalidState { .. } => "invalid_state",
-            EngineError::InvalidTransition { .. } => "invalid_transition",
-            EngineError::Paused(_) => "sandbox_paused",
-            EngineError::Stopped(_) => "sandbox_stopped",
-            EngineError::SnapshotNotFound(_) => "snapshot_not_found",
-            EngineError::DeadlineExceeded(_) => "deadline_exceeded",
-            EngineError::SnapshotInUse(_) => "snapshot_in_use",
-            EngineError::Spawn { code, .. } => code,
-            EngineError::File { code, .. } => code,
-            EngineError::Process { code, .. } => code,
-            EngineError::NotSupported(_) => "not_supported",
-            EngineError::PortUnreachable { .. } => "port_unreachable",
-            EngineError::LimitReached(_) => "limit_reached",
-            EngineError::CapacityExhausted(_) => "capacity_exhausted",
-            EngineError::HostUnderPressure(_) => "host_under_pressure",
-            EngineError::PoolNotFound(_) => "pool_not_found",
-            EngineError::PoolFromConfig(_) => "pool_from_config",
-            EngineError::Runtime(_) => "runtime_error",
-            EngineError::Store(_) => "store_error",
-            EngineError::ShuttingDown => "shutting_down",
-            EngineError::Config(_) => "invalid_config",
-        }
-    }
-
-    pub fn http_status(&self) -> u16 {
-        match self {
-            EngineError::SandboxNotFound(_) => 404,
-            EngineError::InvalidRequest(_) => 400,
-            EngineError::PayloadTooLarge(_) => 413,
-            EngineError::ImageNotFound(_) => 400,
-            EngineError::InvalidState { .. }
-            | EngineError::InvalidTransition { .. }
-            | EngineError::Paused(_)
-            | EngineError::Stopped(_)
-            | EngineError::SnapshotInUse(_) => 409,
-            EngineError::SnapshotNotFound(_) => 404,
-            EngineError::DeadlineExceeded(_) => 504,
-            EngineError::Spawn { .. } => 400,
-            EngineError::File { code, .. } => match *code {
-                "file_not_found" => 404,
-                "not_a_directory" | "is_a_directory" | "invalid_path" => 400,
-                "file_exists" | "directory_not_empty" => 409,
-                "permission_denied" => 403,
-                "disk_quota_exceeded" | "no_space" => 507,
-                _ => 500,
-            },
-            EngineError::Process { code, .. } => match *code {
-                "process_not_found" => 404,
-                "invalid_signal" => 400,
-                _ => 409,
-            },
-            EngineError::NotSupported(_) => 501,
-            EngineError::PortUnreachable { .. } => 502,
-            EngineError::LimitReached(_) | EngineError::CapacityExhausted(_) => 429,
-            EngineError::HostUnderPressure(_) => 503,
-            EngineError::PoolNotFound(_) => 404,
-            EngineError::PoolFromConfig(_) => 409,
-            EngineError::Runtime(_) | EngineError::Store(_) | EngineError::Config(_) => 500,
-            EngineError::ShuttingDown => 503,
+            EngineError::SandboxNotFound(_) => C::SandboxNotFound,
+            EngineError::InvalidRequest(_) => C::InvalidRequest,
+            EngineError::PayloadTooLarge(_) => C::PayloadTooLarge,
+            EngineError::ImageNotFound(_) => C::ImageNotFound,
+            EngineError::InvalidState { .. } => C::InvalidState,
+            EngineError::InvalidTransition { .. } => C::InvalidTransition,
+            EngineError::Paused(_) => C::SandboxPaused,
+            EngineError::Stopped(_) => C::SandboxStopped,
+            EngineError::SnapshotNotFound(_) => C::SnapshotNotFound,
+            EngineError::DeadlineExceeded(_) => C::DeadlineExceeded,
+            EngineError::SnapshotInUse(_) => C::SnapshotInUse,
+            EngineError::Spawn { code, .. }
+            | EngineError::File { code, .. }
+            | EngineError::Process { code, .. } => *code,
+            EngineError::NotSupported(_) => C::NotSupported,
+            EngineError::PortUnreachable { .. } => C::PortUnreachable,
+            EngineError::LimitReached(_) => C::LimitReached,
+            EngineError::CapacityExhausted(_) => C::CapacityExhausted,
+            EngineError::HostUnderPressure(_) => C::HostUnderPressure,
+            EngineError::PoolNotFound(_) => C::PoolNotFound,
+            EngineError::PoolFromConfig(_) => C::PoolFromConfig,
+            EngineError::Runtime(_) => C::RuntimeError,
+            EngineError::Store(_) => C::StoreError,
+            EngineError::ShuttingDown => C::ShuttingDown,
+            EngineError::Config(_) => C::InvalidConfig,
         }
     }
 }
 
 /// The API code of a runtime file error code (`RuntimeError::File`).
-pub(crate) fn file_code(runtime_code: &str) -> &'static str {
+pub(crate) fn file_code(runtime_code: &str) -> ErrorCode {
     match runtime_code {
-        "not_found" => "file_not_found",
-        "not_a_directory" => "not_a_directory",
-        "is_a_directory" => "is_a_directory",
-        "invalid_path" => "invalid_path",
-        "exists" => "file_exists",
-        "not_empty" => "directory_not_empty",
-        "permission_denied" => "permission_denied",
-        "quota_exceeded" => "disk_quota_exceeded",
-        "no_space" => "no_space",
-        _ => "io_error",
+        "not_found" => ErrorCode::FileNotFound,
+        "not_a_directory" => ErrorCode::NotADirectory,
+        "is_a_directory" => ErrorCode::IsADirectory,
+        "invalid_path" => ErrorCode::InvalidPath,
+        "exists" => ErrorCode::FileExists,
+        "not_empty" => ErrorCode::DirectoryNotEmpty,
+        "permission_denied" => ErrorCode::PermissionDenied,
+        "quota_exceeded" => ErrorCode::DiskQuotaExceeded,
+        "no_space" => ErrorCode::NoSpace,
+        _ => ErrorCode::IoError,
     }
 }

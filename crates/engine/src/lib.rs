@@ -1247,9 +1247,9 @@ impl Engine {
         match err {
             RuntimeError::Spawn { code, message } => EngineError::Spawn {
                 code: match code.as_str() {
-                    "not_found" => "command_not_found",
-                    "bad_cwd" => "invalid_cwd",
-                    _ => "spawn_failed",
+                    "not_found" => warren_api::ErrorCode::CommandNotFound,
+                    "bad_cwd" => warren_api::ErrorCode::InvalidCwd,
+                    _ => warren_api::ErrorCode::SpawnFailed,
                 },
                 message,
             },

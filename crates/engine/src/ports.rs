@@ -333,9 +333,12 @@ mod tests {
         ));
         let sb = e.create(CreateSandboxRequest::default()).await.unwrap();
         let err = e.forward_port(&sb.id, 0).await.unwrap_err();
-        assert_eq!(err.http_status(), 400);
+        assert_eq!(err.code(), "invalid_request");
         assert_eq!(
-            e.connect_port(&sb.id, 1).await.err().map(|e| e.code()),
+            e.connect_port(&sb.id, 1)
+                .await
+                .err()
+                .map(|e| e.code().as_str()),
             Some("port_unreachable")
         );
         // Shutdown closes every forwarded address.

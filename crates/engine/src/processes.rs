@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use warren_api::{
-    signal_name, CreateProcessRequest, Process, ProcessState, PtySize, SignalValue, MAX_LOG_BYTES,
-    MAX_PTY_DIM, MIN_LOG_BYTES,
+    signal_name, CreateProcessRequest, ErrorCode, Process, ProcessState, PtySize, SignalValue,
+    MAX_LOG_BYTES, MAX_PTY_DIM, MIN_LOG_BYTES,
 };
 use warren_runtime::{AttachStream, ByteStream, ProcessInfo, ProcessOp, ProcessSpec, RuntimeError};
 
@@ -25,11 +25,11 @@ fn invalid(msg: impl Into<String>) -> EngineError {
 /// is a runtime error.
 fn process_engine_error(code: &str, message: String) -> EngineError {
     let code = match code {
-        "process_not_found" => "process_not_found",
-        "not_a_pty" => "not_a_pty",
-        "stdin_closed" => "stdin_closed",
-        "tag_in_use" => "tag_in_use",
-        "invalid_signal" => "invalid_signal",
+        "process_not_found" => ErrorCode::ProcessNotFound,
+        "not_a_pty" => ErrorCode::NotAPty,
+        "stdin_closed" => ErrorCode::StdinClosed,
+        "tag_in_use" => ErrorCode::TagInUse,
+        "invalid_signal" => ErrorCode::InvalidSignal,
         other => {
             return EngineError::Runtime(RuntimeError::Process {
                 code: other.to_string(),
@@ -220,7 +220,7 @@ impl Engine {
         signal: &SignalValue,
     ) -> Result<Process, EngineError> {
         let signal = signal.number().ok_or_else(|| EngineError::Process {
-            code: "invalid_signal",
+            code: ErrorCode::InvalidSignal,
             message: format!("unknown signal {signal:?}"),
         })?;
         self.process_op(id, selector, ProcessOp::Signal { signal })

@@ -145,7 +145,7 @@ async fn delete_during_create() {
     };
     e.delete(&id).await.unwrap();
     let res = create.await.unwrap();
-    assert_eq!(res.unwrap_err().http_status(), 409);
+    assert_eq!(res.unwrap_err().code(), "invalid_state");
     assert!(rt.live().is_empty());
     assert!(e.get(&id).await.is_err());
 }
@@ -204,7 +204,6 @@ async fn admission_limit() {
     e.create(CreateSandboxRequest::default()).await.unwrap();
     let err = e.create(CreateSandboxRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), "limit_reached");
-    assert_eq!(err.http_status(), 429);
 }
 
 #[tokio::test]
@@ -228,16 +227,16 @@ async fn exec_env_and_errors() {
     assert_eq!(out.exit.unwrap().exit_code, 0);
 
     assert_eq!(
-        e.exec(&s.id, exec(&[])).await.err().unwrap().http_status(),
-        400
+        e.exec(&s.id, exec(&[])).await.err().unwrap().code(),
+        "invalid_request"
     );
     assert_eq!(
         e.exec("sb-nope", exec(&["echo"]))
             .await
             .err()
             .unwrap()
-            .http_status(),
-        404
+            .code(),
+        "sandbox_not_found"
     );
     let err = e.exec(&s.id, exec(&["nonexistent"])).await.err().unwrap();
     assert_eq!(err.code(), "command_not_found");
@@ -282,7 +281,7 @@ async fn restart_marks_old_sandboxes_failed() {
     assert_eq!(got.state, SandboxState::Failed);
     assert!(got.failure_reason.is_some());
     let err = e.exec(&s.id, exec(&["echo"])).await.err().unwrap();
-    assert_eq!(err.http_status(), 409);
+    assert_eq!(err.code(), "invalid_state");
     e.delete(&s.id).await.unwrap();
     assert!(e.get(&s.id).await.is_err());
 }
@@ -390,36 +389,33 @@ async fn files_round_trip_and_errors() {
 
     let code = |r: Result<(), EngineError>| {
         let err = r.unwrap_err();
-        (err.code(), err.http_status())
+        err.code()
     };
     assert_eq!(
         code(e.remove(id, "/workspace/a", false).await),
-        ("directory_not_empty", 409)
+        "directory_not_empty"
     );
     e.remove(id, "/workspace/a", true).await.unwrap();
     assert_eq!(
         code(e.stat(id, "/workspace/a").await.map(drop)),
-        ("file_not_found", 404)
+        "file_not_found"
     );
     assert_eq!(
         code(e.stat(id, "relative").await.map(drop)),
-        ("invalid_request", 400)
+        "invalid_request"
     );
     assert_eq!(
         code(e.list_files(id, "/", 11).await.map(drop)),
-        ("invalid_request", 400)
+        "invalid_request"
     );
-    assert_eq!(
-        code(e.remove(id, "/", true).await),
-        ("invalid_request", 400)
-    );
+    assert_eq!(code(e.remove(id, "/", true).await), "invalid_request");
     assert_eq!(
         code(e.stat("sb-nope", "/").await.map(drop)),
-        ("sandbox_not_found", 404)
+        "sandbox_not_found"
     );
     assert_eq!(
         code(read_all(&e, id, "/io-error").await.map(drop)),
-        ("io_error", 500)
+        "io_error"
     );
     assert_eq!(
         code(
@@ -427,7 +423,7 @@ async fn files_round_trip_and_errors() {
                 .await
                 .map(drop)
         ),
-        ("permission_denied", 403)
+        "permission_denied"
     );
 }
 
@@ -513,7 +509,7 @@ mod processes {
         let (e, _rt, _d) = engine().await;
         let id = e.create(CreateSandboxRequest::default()).await.unwrap().id;
         let err = e.get_process(&id, "77").await.unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("process_not_found", 404));
+        assert_eq!(err.code(), "process_not_found");
         e.start_process(
             &id,
             CreateProcessRequest {
@@ -533,20 +529,20 @@ mod processes {
             )
             .await
             .unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("tag_in_use", 409));
+        assert_eq!(err.code(), "tag_in_use");
         let err = e.resize_process(&id, "t", 5, 5).await.unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("not_a_pty", 409));
+        assert_eq!(err.code(), "not_a_pty");
         // Closing a closed stdin is a no-op (the agent's answer); writing to it is refused.
         e.close_stdin(&id, "t").await.unwrap();
         let data: crate::ByteStream =
             Box::pin(futures::stream::iter([Ok(bytes::Bytes::from_static(b"x"))]));
         let err = e.write_stdin(&id, "t", data).await.unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("stdin_closed", 409));
+        assert_eq!(err.code(), "stdin_closed");
         let err = e
             .signal_process(&id, "t", &SignalValue::Number(0))
             .await
             .unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("invalid_signal", 400));
+        assert_eq!(err.code(), "invalid_signal");
         let err = e.start_process(&id, req(&["missing"])).await.unwrap_err();
         assert_eq!(err.code(), "command_not_found");
         let err = e.list_processes("sb-nope").await.unwrap_err();

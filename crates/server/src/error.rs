@@ -9,34 +9,81 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
-use warren_api::{ErrorBody, ErrorDetail};
+use warren_api::{ErrorBody, ErrorCode, ErrorDetail};
 use warren_engine::EngineError;
 
 /// An error response: `{"error":{"code":"...","message":"..."}}` with its status.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
+/// The HTTP status of each error code on the native API (the one place that decides it;
+/// another API surface maps the same codes to its own statuses).
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    use ErrorCode as C;
+    match code {
+        C::InvalidRequest
+        | C::ImageNotFound
+        | C::CommandNotFound
+        | C::InvalidCwd
+        | C::SpawnFailed
+        | C::NotADirectory
+        | C::IsADirectory
+        | C::InvalidPath
+        | C::InvalidSignal => StatusCode::BAD_REQUEST,
+        C::PermissionDenied => StatusCode::FORBIDDEN,
+        C::SandboxNotFound
+        | C::SnapshotNotFound
+        | C::FileNotFound
+        | C::ProcessNotFound
+        | C::PoolNotFound
+        | C::NotFound => StatusCode::NOT_FOUND,
+        C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        C::InvalidState
+        | C::InvalidTransition
+        | C::SandboxPaused
+        | C::SandboxStopped
+        | C::SnapshotInUse
+        | C::FileExists
+        | C::DirectoryNotEmpty
+        | C::NotAPty
+        | C::StdinClosed
+        | C::TagInUse
+        | C::PoolFromConfig => StatusCode::CONFLICT,
+        C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::LimitReached | C::CapacityExhausted | C::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
+        C::IoError | C::RuntimeError | C::StoreError | C::InvalidConfig => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        C::NotSupported => StatusCode::NOT_IMPLEMENTED,
+        C::PortUnreachable | C::ProxyError => StatusCode::BAD_GATEWAY,
+        C::HostUnderPressure | C::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        C::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        C::DiskQuotaExceeded | C::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+    }
+}
+
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with `code`'s status ([`status_of`]).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
+            status: status_of(code),
             code,
             message: message.into(),
         }
     }
 
     pub fn invalid_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(ErrorCode::InvalidRequest, message)
     }
 
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_string(),
+                code: self.code.as_str().to_string(),
                 message: self.message.clone(),
             },
         }
@@ -45,12 +92,11 @@ impl ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
-        let status =
-            StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
-            tracing::error!(code = err.code(), "request failed: {err}");
+        let e = ApiError::new(err.code(), err.to_string());
+        if e.status.is_server_error() {
+            tracing::error!(code = e.code.as_str(), "request failed: {err}");
         }
-        ApiError::new(status, err.code(), err.to_string())
+        e
     }
 }
 
@@ -150,8 +196,7 @@ fn json_content_type(headers: &HeaderMap) -> bool {
 fn bytes_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             "request body is larger than the server accepts",
         )
     } else {
@@ -176,8 +221,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SandboxId {
 
 fn path_rejection(rejection: PathRejection) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "sandbox_not_found",
+        ErrorCode::SandboxNotFound,
         format!("no such sandbox ({})", rejection.body_text()),
     )
 }
@@ -219,10 +263,23 @@ impl<S: Send + Sync> FromRequestParts<S> for SnapshotId {
         match axum::extract::Path::<String>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(id)) => Ok(SnapshotId(id)),
             Err(rejection) => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "snapshot_not_found",
+                ErrorCode::SnapshotNotFound,
                 format!("no such snapshot ({})", rejection.body_text()),
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_an_error_status() {
+        for &code in ErrorCode::ALL {
+            let s = status_of(code);
+            assert!(s.is_client_error() || s.is_server_error(), "{code}: {s}");
+            assert_eq!(ApiError::new(code, "m").body().error.code, code.as_str());
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -17,6 +17,7 @@ use warren_engine::{Engine, EngineError, ExecOutput, ExecStream, ExitInfo};
 use crate::encode::ChunkEncoder;
 use crate::error::{ApiError, ApiJson, SandboxId};
 use crate::output::{Capture, OutputBudget, Reservation, ResultBody};
+use warren_api::ErrorCode;
 
 /// Run a command in a sandbox.
 ///
@@ -122,8 +123,7 @@ async fn collect(
 
 fn ended_without_exit() -> ApiError {
     ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "runtime_error",
+        ErrorCode::RuntimeError,
         "the command's output ended without an exit status",
     )
 }

@@ -353,13 +353,12 @@ async fn set_timeout(
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::new(warren_api::ErrorCode::NotFound, "no such route")
 }
 
 async fn method_not_allowed() -> impl IntoResponse {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        warren_api::ErrorCode::MethodNotAllowed,
         "method not allowed on this route",
     )
 }

@@ -11,6 +11,7 @@ use warren_api::{ErrorBody, Pool, PoolSpec};
 use warren_engine::Engine;
 
 use crate::error::{ApiError, ApiJson};
+use warren_api::ErrorCode;
 
 /// The routes of this module (merged into [`crate::router`]).
 pub(crate) fn routes() -> OpenApiRouter<Engine> {
@@ -29,8 +30,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PoolName {
         match axum::extract::Path::<String>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(name)) => Ok(PoolName(name)),
             Err(rejection) => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "pool_not_found",
+                ErrorCode::PoolNotFound,
                 format!("no such pool ({})", rejection.body_text()),
             )),
         }

@@ -16,6 +16,7 @@ use warren_api::{ErrorBody, PortAddress};
 use warren_engine::Engine;
 
 use crate::error::ApiError;
+use warren_api::ErrorCode;
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 9] = [
@@ -175,8 +176,7 @@ pub(crate) async fn proxy(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "proxy_error",
+                ErrorCode::ProxyError,
                 "the service switched protocols without being asked to",
             ));
         };
@@ -210,7 +210,7 @@ pub(crate) async fn proxy(
         });
         return answer
             .body(Body::empty())
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "proxy_error", e.to_string()));
+            .map_err(|e| ApiError::new(ErrorCode::ProxyError, e.to_string()));
     }
 
     let (parts, body) = resp.into_parts();
@@ -220,13 +220,12 @@ pub(crate) async fn proxy(
     }
     answer
         .body(Body::new(body))
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "proxy_error", e.to_string()))
+        .map_err(|e| ApiError::new(ErrorCode::ProxyError, e.to_string()))
 }
 
 fn proxy_error(e: hyper::Error) -> ApiError {
     ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "proxy_error",
+        ErrorCode::ProxyError,
         format!("the service in the sandbox did not answer HTTP/1.1: {e}"),
     )
 }

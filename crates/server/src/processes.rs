@@ -31,6 +31,7 @@ use warren_runtime::{AttachStream, RuntimeError};
 
 use crate::encode::ChunkEncoder;
 use crate::error::{ApiError, ApiJson, ApiQuery, SandboxId};
+use warren_api::ErrorCode;
 
 /// The routes of this module, each registered with its OpenAPI operation (merged into
 /// [`crate::router`]).
@@ -65,8 +66,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ProcPath {
         match axum::extract::Path::<(String, String)>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path((id, pid))) => Ok(ProcPath { id, pid }),
             Err(rejection) => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "process_not_found",
+                ErrorCode::ProcessNotFound,
                 format!("no such process ({})", rejection.body_text()),
             )),
         }
@@ -470,8 +470,7 @@ fn sse_events(state: SseState) -> impl Stream<Item = Result<Event, Infallible>> 
                 st.done = true;
                 push_items(&mut events, items);
                 let err = ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "runtime_error",
+                    ErrorCode::RuntimeError,
                     "the output stream ended before the process did",
                 );
                 events.push(json_event("error", st.out.delivered(), &err.body()));

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::ApiError;
 use crate::exec::wants_event_stream;
 use crate::output::Held;
+use warren_api::ErrorCode;
 
 /// Shared count of open streams.
 #[derive(Clone, Debug)]
@@ -74,8 +75,7 @@ pub(crate) async fn limit_streams(
     }
     let Ok(permit) = limit.sem.clone().try_acquire_owned() else {
         return ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_streams",
+            ErrorCode::TooManyStreams,
             format!(
                 "the server already serves {} streams (SSE, WebSocket), its maximum; close one \
                  or use the non-streaming form",

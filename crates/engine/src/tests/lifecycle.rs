@@ -33,7 +33,7 @@ async fn get(e: &Engine, id: &str, path: &str) -> String {
 fn code<T>(r: Result<T, EngineError>) -> &'static str {
     match r {
         Ok(_) => panic!("expected an error"),
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     }
 }
 

@@ -23,7 +23,7 @@ fn spec(size: u32) -> PoolSpec {
 fn code<T>(r: Result<T, EngineError>) -> &'static str {
     match r {
         Ok(_) => panic!("expected an error"),
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     }
 }
 
@@ -583,7 +583,7 @@ async fn committed_memory_is_admitted_and_pools_make_room() {
     until("evicted again", || rt.live().len() == 2).await;
     // Nothing left to evict: refused at once, nothing made.
     let err = e.create(mem(512)).await.unwrap_err();
-    assert_eq!((err.code(), err.http_status()), ("capacity_exhausted", 429));
+    assert_eq!(err.code(), "capacity_exhausted");
     assert!(err.to_string().contains("1024"), "{err}");
     assert_eq!(rt.live().len(), 2);
     assert_eq!(e.committed_memory_mib(), 768);
@@ -603,10 +603,7 @@ async fn a_host_under_memory_pressure_refuses_creates_at_once() {
     c.memory_probe = MemoryProbe::from_fn(move || Some(probe.load(Ordering::SeqCst)));
     let (e, rt, _d) = engine_with(c).await;
     let err = e.create(CreateSandboxRequest::default()).await.unwrap_err();
-    assert_eq!(
-        (err.code(), err.http_status()),
-        ("host_under_pressure", 503)
-    );
+    assert_eq!(err.code(), "host_under_pressure");
     // Pools stop filling instead of failing over and over.
     e.put_pool("p", spec(1)).await.unwrap();
     let p = e.get_pool("p").unwrap();
