@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection};
-use serde::{Deserialize, Serialize};
 use warren_api::{IdleAction, PoolSpec, Resources, SandboxState, Snapshot, TimeoutAction};
 
 use crate::EngineError;
+
+mod rows;
+use rows::{LifecycleRow, PoolSpecRow, ResourcesRow};
 
 /// A sandbox as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,9 +36,8 @@ pub struct Record {
     pub host_id: Option<u32>,
 }
 
-/// A sandbox's lifecycle options (stored as one JSON column).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+/// A sandbox's lifecycle options (stored as one JSON column, see `rows::LifecycleRow`).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Lifecycle {
     /// The snapshot its files came from.
     pub snapshot: Option<String>,
@@ -45,10 +46,8 @@ pub struct Lifecycle {
     pub on_idle: IdleAction,
     pub auto_resume: bool,
     /// The pool the sandbox was made for (see `pools`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
     /// An unclaimed pool sandbox: not a user's, hidden from the API, never expires.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub pool_member: bool,
 }
 
@@ -347,8 +346,10 @@ impl Store {
         let r = r.clone();
         let metadata = serde_json::to_string(&r.metadata).map_err(store_err)?;
         let env = serde_json::to_string(&r.env).map_err(store_err)?;
-        let resources = serde_json::to_string(&r.resources).map_err(store_err)?;
-        let lifecycle = serde_json::to_string(&r.lifecycle).map_err(store_err)?;
+        let resources =
+            serde_json::to_string(&ResourcesRow::from(&r.resources)).map_err(store_err)?;
+        let lifecycle =
+            serde_json::to_string(&LifecycleRow::from(&r.lifecycle)).map_err(store_err)?;
         self.write(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO sandboxes (id, state, image, created_at_ms, expires_at_ms,
@@ -422,7 +423,8 @@ impl Store {
         let r = r.clone();
         let metadata = serde_json::to_string(&r.metadata).map_err(store_err)?;
         let env = serde_json::to_string(&r.env).map_err(store_err)?;
-        let lifecycle = serde_json::to_string(&r.lifecycle).map_err(store_err)?;
+        let lifecycle =
+            serde_json::to_string(&LifecycleRow::from(&r.lifecycle)).map_err(store_err)?;
         self.write(move |c| {
             c.execute(
                 "UPDATE sandboxes SET created_at_ms = ?2, expires_at_ms = ?3, timeout_secs = ?4,
@@ -495,11 +497,15 @@ impl Store {
                         timeout_secs: t.max(0) as u64,
                         metadata: serde_json::from_str(&m).map_err(store_err)?,
                         env: serde_json::from_str(&env).map_err(store_err)?,
-                        resources: serde_json::from_str(&res).map_err(store_err)?,
+                        resources: serde_json::from_str::<ResourcesRow>(&res)
+                            .map_err(store_err)?
+                            .into(),
                         failure_reason: reason,
                         state_changed_at: ms_to_time(changed),
                         // An unreadable options column must not lose the sandbox.
-                        lifecycle: serde_json::from_str(&lc).unwrap_or_default(),
+                        lifecycle: serde_json::from_str::<LifecycleRow>(&lc)
+                            .unwrap_or_default()
+                            .into(),
                         host_id: host.and_then(|h| u32::try_from(h).ok()),
                     })
                 },
@@ -567,7 +573,7 @@ impl Store {
         created_at: DateTime<Utc>,
     ) -> Result<(), EngineError> {
         let name = name.to_string();
-        let spec = serde_json::to_string(spec).map_err(store_err)?;
+        let spec = serde_json::to_string(&PoolSpecRow::from(spec)).map_err(store_err)?;
         self.write(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO pools (name, spec, created_at_ms) VALUES (?1, ?2, ?3)",
@@ -611,7 +617,9 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|(name, spec, at)| {
-                let spec = serde_json::from_str(&spec).map_err(|e| e.to_string());
+                let spec = serde_json::from_str::<PoolSpecRow>(&spec)
+                    .map(PoolSpec::from)
+                    .map_err(|e| e.to_string());
                 (name, spec, ms_to_time(at))
             })
             .collect())

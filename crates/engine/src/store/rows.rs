@@ -1,0 +1,190 @@
+//! The store's own record types: what its JSON columns hold. They are versioned with the
+//! schema (`MIGRATIONS`), not with the API: an API type may gain, rename or drop a field
+//! without changing what is on disk, and a row written by an older Warren still reads
+//! (unknown fields are ignored, missing ones take their defaults). Converted to and from the
+//! engine's and the API's types only at the store's edge.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use warren_api::{IdleAction, PoolSpec, Resources, TimeoutAction};
+
+use super::Lifecycle;
+
+/// `sandboxes.resources`, and a pool spec's resources.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct ResourcesRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpus: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pids: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk_mib: Option<u64>,
+}
+
+impl From<&Resources> for ResourcesRow {
+    fn from(r: &Resources) -> ResourcesRow {
+        ResourcesRow {
+            cpus: r.cpus,
+            memory_mib: r.memory_mib,
+            pids: r.pids,
+            disk_mib: r.disk_mib,
+        }
+    }
+}
+
+impl From<ResourcesRow> for Resources {
+    fn from(r: ResourcesRow) -> Resources {
+        Resources {
+            cpus: r.cpus,
+            memory_mib: r.memory_mib,
+            pids: r.pids,
+            disk_mib: r.disk_mib,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OnTimeoutRow {
+    #[default]
+    Delete,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OnIdleRow {
+    #[default]
+    Pause,
+    Stop,
+    Delete,
+}
+
+/// `sandboxes.lifecycle`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct LifecycleRow {
+    snapshot: Option<String>,
+    on_timeout: OnTimeoutRow,
+    idle_timeout_secs: Option<u64>,
+    on_idle: OnIdleRow,
+    auto_resume: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pool_member: bool,
+}
+
+impl From<&Lifecycle> for LifecycleRow {
+    fn from(l: &Lifecycle) -> LifecycleRow {
+        LifecycleRow {
+            snapshot: l.snapshot.clone(),
+            on_timeout: match l.on_timeout {
+                TimeoutAction::Delete => OnTimeoutRow::Delete,
+                TimeoutAction::Pause => OnTimeoutRow::Pause,
+                TimeoutAction::Stop => OnTimeoutRow::Stop,
+            },
+            idle_timeout_secs: l.idle_timeout_secs,
+            on_idle: match l.on_idle {
+                IdleAction::Pause => OnIdleRow::Pause,
+                IdleAction::Stop => OnIdleRow::Stop,
+                IdleAction::Delete => OnIdleRow::Delete,
+            },
+            auto_resume: l.auto_resume,
+            pool: l.pool.clone(),
+            pool_member: l.pool_member,
+        }
+    }
+}
+
+impl From<LifecycleRow> for Lifecycle {
+    fn from(l: LifecycleRow) -> Lifecycle {
+        Lifecycle {
+            snapshot: l.snapshot,
+            on_timeout: match l.on_timeout {
+                OnTimeoutRow::Delete => TimeoutAction::Delete,
+                OnTimeoutRow::Pause => TimeoutAction::Pause,
+                OnTimeoutRow::Stop => TimeoutAction::Stop,
+            },
+            idle_timeout_secs: l.idle_timeout_secs,
+            on_idle: match l.on_idle {
+                OnIdleRow::Pause => IdleAction::Pause,
+                OnIdleRow::Stop => IdleAction::Stop,
+                OnIdleRow::Delete => IdleAction::Delete,
+            },
+            auto_resume: l.auto_resume,
+            pool: l.pool,
+            pool_member: l.pool_member,
+        }
+    }
+}
+
+/// `pools.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct PoolSpecRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+    size: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resources: Option<ResourcesRow>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    env: BTreeMap<String, String>,
+}
+
+impl From<&PoolSpec> for PoolSpecRow {
+    fn from(p: &PoolSpec) -> PoolSpecRow {
+        PoolSpecRow {
+            image: p.image.clone(),
+            size: p.size,
+            resources: p.resources.as_ref().map(ResourcesRow::from),
+            env: p.env.clone(),
+        }
+    }
+}
+
+impl From<PoolSpecRow> for PoolSpec {
+    fn from(p: PoolSpecRow) -> PoolSpec {
+        PoolSpec {
+            image: p.image,
+            size: p.size,
+            resources: p.resources.map(Resources::from),
+            env: p.env,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows written before these types existed (the API's JSON then) read the same, and
+    /// fields this Warren does not know are ignored.
+    #[test]
+    fn rows_read_what_earlier_versions_wrote() {
+        let r: ResourcesRow =
+            serde_json::from_str(r#"{"cpus":1.5,"memory_mib":512,"future":true}"#).unwrap();
+        let r = Resources::from(r);
+        assert_eq!((r.cpus, r.memory_mib, r.pids), (Some(1.5), Some(512), None));
+        let l: LifecycleRow = serde_json::from_str(
+            r#"{"snapshot":null,"on_timeout":"pause","idle_timeout_secs":60,"on_idle":"stop","auto_resume":true,"pool":"py","pool_member":true}"#,
+        )
+        .unwrap();
+        let l = Lifecycle::from(l);
+        assert_eq!(l.on_timeout, TimeoutAction::Pause);
+        assert_eq!((l.on_idle, l.pool_member), (IdleAction::Stop, true));
+        let back = serde_json::to_string(&LifecycleRow::from(&l)).unwrap();
+        assert_eq!(
+            back,
+            r#"{"snapshot":null,"on_timeout":"pause","idle_timeout_secs":60,"on_idle":"stop","auto_resume":true,"pool":"py","pool_member":true}"#
+        );
+        let p: PoolSpecRow = serde_json::from_str(r#"{"size":2,"env":{"A":"b"}}"#).unwrap();
+        let p = PoolSpec::from(p);
+        assert_eq!((p.size, p.env["A"].as_str(), p.image), (2, "b", None));
+    }
+}
