@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
+use warren_proto::AgentCode;
 use warren_proto::{Event, FileKind, Frame};
 
 use crate::error::ConnError;
@@ -47,7 +48,10 @@ pub(crate) async fn read_archive(
     let (stat, tree) = match opened {
         Ok((s, tree)) if s.kind == FileKind::Dir => (s, tree),
         Ok(_) => {
-            let e = FileError::new("not_a_directory", format!("{path} is not a directory"));
+            let e = FileError::new(
+                AgentCode::NotADirectory,
+                format!("{path} is not a directory"),
+            );
             return files::send_error(&mut w, e).await;
         }
         Err(e) => return files::send_error(&mut w, e).await,
@@ -69,7 +73,7 @@ pub(crate) async fn read_archive(
             Some(Msg::Failed(e)) => return files::send_error(&mut w, e).await,
             // The builder ended without a verdict (it panicked): never claim completeness.
             None => {
-                let e = FileError::new("io", "the archive task ended unexpectedly");
+                let e = FileError::new(AgentCode::Io, "the archive task ended unexpectedly");
                 return files::send_error(&mut w, e).await;
             }
         }
@@ -157,7 +161,7 @@ fn build(tree: &Tree, tx: mpsc::Sender<Msg>) -> Result<(), FileError> {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    return Err(FileError::new("io", "the host went away"))
+                    return Err(FileError::new(AgentCode::Io, "the host went away"))
                 }
                 Err(e) => return Err(FileError::io("archive", &shown(&rel_path), &e)),
             }
@@ -169,8 +173,8 @@ fn build(tree: &Tree, tx: mpsc::Sender<Msg>) -> Result<(), FileError> {
     }
     let mut writer = tar
         .into_inner()
-        .map_err(|e| FileError::new("io", format!("finish archive: {e}")))?;
+        .map_err(|e| FileError::new(AgentCode::Io, format!("finish archive: {e}")))?;
     writer
         .flush()
-        .map_err(|e| FileError::new("io", format!("finish archive: {e}")))
+        .map_err(|e| FileError::new(AgentCode::Io, format!("finish archive: {e}")))
 }

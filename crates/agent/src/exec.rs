@@ -83,7 +83,7 @@ pub(crate) async fn exec(
         Err(e) => {
             FrameCodec.encode(
                 Frame::Event(Event::Error {
-                    code: e.code.to_owned(),
+                    code: e.code.as_str().to_owned(),
                     message: e.message,
                 }),
                 &mut out,

@@ -25,6 +25,7 @@ use rustix::fs::OFlags;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{Encoder, FramedRead};
+use warren_proto::AgentCode;
 use warren_proto::{
     Event, FileKind, FileOp, FileOpResult, FileStat, Frame, FrameCodec, ProtoError, MAX_FRAME_LEN,
 };
@@ -47,12 +48,12 @@ const TEMP_ATTEMPTS: u32 = 16;
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {message}")]
 pub(crate) struct FileError {
-    pub code: &'static str,
+    pub code: AgentCode,
     pub message: String,
 }
 
 impl FileError {
-    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> FileError {
+    pub(crate) fn new(code: AgentCode, message: impl Into<String>) -> FileError {
         FileError {
             code,
             message: message.into(),
@@ -69,25 +70,25 @@ impl FileError {
 }
 
 /// The protocol's error code for an I/O error.
-pub(crate) fn io_code(e: &io::Error) -> &'static str {
+pub(crate) fn io_code(e: &io::Error) -> AgentCode {
     match e.raw_os_error() {
-        Some(libc::ENOENT) => "not_found",
-        Some(libc::ENOTDIR) => "not_a_directory",
-        Some(libc::EISDIR) => "is_a_directory",
-        Some(libc::ENOTEMPTY) => "not_empty",
-        Some(libc::EEXIST) => "exists",
-        Some(libc::EACCES | libc::EPERM) => "permission_denied",
-        Some(libc::EINVAL | libc::ENAMETOOLONG | libc::ELOOP) => "invalid_path",
-        Some(libc::EDQUOT) => "quota_exceeded",
-        Some(libc::ENOSPC) => "no_space",
-        Some(_) => "io",
+        Some(libc::ENOENT) => AgentCode::NotFound,
+        Some(libc::ENOTDIR) => AgentCode::NotADirectory,
+        Some(libc::EISDIR) => AgentCode::IsADirectory,
+        Some(libc::ENOTEMPTY) => AgentCode::NotEmpty,
+        Some(libc::EEXIST) => AgentCode::Exists,
+        Some(libc::EACCES | libc::EPERM) => AgentCode::PermissionDenied,
+        Some(libc::EINVAL | libc::ENAMETOOLONG | libc::ELOOP) => AgentCode::InvalidPath,
+        Some(libc::EDQUOT) => AgentCode::QuotaExceeded,
+        Some(libc::ENOSPC) => AgentCode::NoSpace,
+        Some(_) => AgentCode::Io,
         None => match e.kind() {
-            io::ErrorKind::NotFound => "not_found",
-            io::ErrorKind::AlreadyExists => "exists",
-            io::ErrorKind::PermissionDenied => "permission_denied",
-            io::ErrorKind::QuotaExceeded => "quota_exceeded",
-            io::ErrorKind::StorageFull => "no_space",
-            _ => "io",
+            io::ErrorKind::NotFound => AgentCode::NotFound,
+            io::ErrorKind::AlreadyExists => AgentCode::Exists,
+            io::ErrorKind::PermissionDenied => AgentCode::PermissionDenied,
+            io::ErrorKind::QuotaExceeded => AgentCode::QuotaExceeded,
+            io::ErrorKind::StorageFull => AgentCode::NoSpace,
+            _ => AgentCode::Io,
         },
     }
 }
@@ -96,13 +97,13 @@ pub(crate) fn io_code(e: &io::Error) -> &'static str {
 pub(crate) fn check_path(path: &str) -> Result<PathBuf, FileError> {
     if !path.starts_with('/') {
         return Err(FileError::new(
-            "invalid_path",
+            AgentCode::InvalidPath,
             format!("{path:?} is not an absolute path"),
         ));
     }
     if path.contains('\0') {
         return Err(FileError::new(
-            "invalid_path",
+            AgentCode::InvalidPath,
             format!("{path:?} contains a NUL byte"),
         ));
     }
@@ -115,7 +116,7 @@ fn split_path(path: &Path) -> Result<(PathBuf, &std::ffi::OsStr), FileError> {
     let bytes = path.as_os_str().as_bytes();
     let bad = || {
         FileError::new(
-            "invalid_path",
+            AgentCode::InvalidPath,
             format!("{} does not name a file", path.to_string_lossy()),
         )
     };
@@ -176,7 +177,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, FileError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| FileError::new("io", format!("file task failed: {e}")))?
+        .map_err(|e| FileError::new(AgentCode::Io, format!("file task failed: {e}")))?
 }
 
 pub(crate) async fn send(w: &mut OwnedWriteHalf, frame: Frame) -> Result<(), ConnError> {
@@ -190,7 +191,7 @@ pub(crate) async fn send_error(w: &mut OwnedWriteHalf, e: FileError) -> Result<(
     send(
         w,
         Frame::Event(Event::Error {
-            code: e.code.to_owned(),
+            code: e.code.as_str().to_owned(),
             message: e.message,
         }),
     )
@@ -240,11 +241,11 @@ fn open_for_read(root: &Root, path: &str) -> Result<(File, FileStat), FileError>
         // Not a symlink (opened): no link target to read.
         FileKind::File => Ok((file, file_stat(&path, &path, &md))),
         FileKind::Dir => Err(FileError::new(
-            "is_a_directory",
+            AgentCode::IsADirectory,
             format!("{} is a directory", path.to_string_lossy()),
         )),
         _ => Err(FileError::new(
-            "invalid_path",
+            AgentCode::InvalidPath,
             format!("{} is not a regular file", path.to_string_lossy()),
         )),
     }
@@ -259,7 +260,7 @@ fn read_chunk(file: &File) -> Result<Option<BytesMut>, FileError> {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                return Err(FileError::new("io", format!("read: {e}")));
+                return Err(FileError::new(AgentCode::Io, format!("read: {e}")));
             }
         }
     };
@@ -374,7 +375,7 @@ fn prepare_write(
     match root.entry(target).and_then(|at| fs::symlink_metadata(&*at)) {
         Ok(md) if md.is_dir() => {
             return Err(FileError::new(
-                "is_a_directory",
+                AgentCode::IsADirectory,
                 format!("{} is a directory", target.to_string_lossy()),
             ))
         }
@@ -456,7 +457,7 @@ fn create_dirs(root: &Root, dir: &Path, mode: u32, uid: u32, gid: u32) -> Result
             Ok(md) if md.is_dir() => break,
             Ok(_) => {
                 return Err(FileError::new(
-                    "not_a_directory",
+                    AgentCode::NotADirectory,
                     format!("{} is not a directory", d.to_string_lossy()),
                 ))
             }
@@ -471,7 +472,7 @@ fn create_dirs(root: &Root, dir: &Path, mode: u32, uid: u32, gid: u32) -> Result
         match make_dir(root, d, mode, uid, gid) {
             Ok(()) => {}
             // Raced with another creator: fine if it is a directory.
-            Err(e) if e.code == "exists" && is_dir(root, d) => {}
+            Err(e) if e.code == AgentCode::Exists && is_dir(root, d) => {}
             Err(e) => return Err(e),
         }
     }
@@ -579,7 +580,7 @@ fn list(root: &Root, path: &Path, depth: u32, limit: u32) -> Result<FileOpResult
     let md = fs::metadata(tree.host(path)).map_err(|e| FileError::io("stat", path, &e))?;
     if !md.is_dir() {
         return Err(FileError::new(
-            "not_a_directory",
+            AgentCode::NotADirectory,
             format!("{} is not a directory", path.to_string_lossy()),
         ));
     }
@@ -637,7 +638,7 @@ fn mkdir(
             Ok(md) if md.is_dir() => return Ok(()),
             Ok(_) => {
                 return Err(FileError::new(
-                    "exists",
+                    AgentCode::Exists,
                     format!("{} exists and is not a directory", path.to_string_lossy()),
                 ))
             }
@@ -646,7 +647,7 @@ fn mkdir(
     }
     match make_dir(root, path, mode, uid, gid) {
         // Created concurrently: `mkdir -p` semantics.
-        Err(e) if parents && e.code == "exists" && is_dir(root, path) => Ok(()),
+        Err(e) if parents && e.code == AgentCode::Exists && is_dir(root, path) => Ok(()),
         r => r,
     }
 }
@@ -776,18 +777,18 @@ mod tests {
     #[test]
     fn codes() {
         let c = |n| io_code(&io::Error::from_raw_os_error(n));
-        assert_eq!(c(libc::ENOENT), "not_found");
-        assert_eq!(c(libc::ENOTDIR), "not_a_directory");
-        assert_eq!(c(libc::EISDIR), "is_a_directory");
-        assert_eq!(c(libc::ENOTEMPTY), "not_empty");
-        assert_eq!(c(libc::EEXIST), "exists");
-        assert_eq!(c(libc::EPERM), "permission_denied");
-        assert_eq!(c(libc::EACCES), "permission_denied");
-        assert_eq!(c(libc::ELOOP), "invalid_path");
-        assert_eq!(c(libc::ENAMETOOLONG), "invalid_path");
-        assert_eq!(c(libc::EIO), "io");
-        assert_eq!(c(libc::EDQUOT), "quota_exceeded");
-        assert_eq!(c(libc::ENOSPC), "no_space");
+        assert_eq!(c(libc::ENOENT).as_str(), "not_found");
+        assert_eq!(c(libc::ENOTDIR).as_str(), "not_a_directory");
+        assert_eq!(c(libc::EISDIR).as_str(), "is_a_directory");
+        assert_eq!(c(libc::ENOTEMPTY).as_str(), "not_empty");
+        assert_eq!(c(libc::EEXIST).as_str(), "exists");
+        assert_eq!(c(libc::EPERM).as_str(), "permission_denied");
+        assert_eq!(c(libc::EACCES).as_str(), "permission_denied");
+        assert_eq!(c(libc::ELOOP).as_str(), "invalid_path");
+        assert_eq!(c(libc::ENAMETOOLONG).as_str(), "invalid_path");
+        assert_eq!(c(libc::EIO).as_str(), "io");
+        assert_eq!(c(libc::EDQUOT).as_str(), "quota_exceeded");
+        assert_eq!(c(libc::ENOSPC).as_str(), "no_space");
     }
 
     #[test]

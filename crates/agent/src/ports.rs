@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Encoder, FramedRead};
+use warren_proto::AgentCode;
 use warren_proto::{Event, Frame, FrameCodec};
 
 use crate::error::ConnError;
@@ -38,7 +39,7 @@ pub(crate) async fn connect(
             let mut out = BytesMut::new();
             FrameCodec.encode(
                 Frame::Event(Event::Error {
-                    code: "connection_refused".into(),
+                    code: AgentCode::ConnectionRefused.as_str().into(),
                     message: format!("cannot connect to port {port} in the sandbox: {e}"),
                 }),
                 &mut out,

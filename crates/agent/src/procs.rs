@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{pipe, OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::codec::{Encoder, FramedRead};
+use warren_proto::AgentCode;
 use warren_proto::{
     Event, Frame, FrameCodec, ProcessInfo, ProcessOp, ProcessSpec, ProcessState, PtySize,
 };
@@ -265,13 +266,13 @@ async fn send(w: &mut OwnedWriteHalf, event: Event) -> Result<(), ConnError> {
 
 async fn send_error(
     w: &mut OwnedWriteHalf,
-    code: &str,
+    code: AgentCode,
     message: impl Into<String>,
 ) -> Result<(), ConnError> {
     send(
         w,
         Event::Error {
-            code: code.to_owned(),
+            code: code.as_str().to_owned(),
             message: message.into(),
         },
     )
@@ -298,7 +299,8 @@ pub(crate) async fn start(
         let holder = procs.borrow().find(tag);
         if let Some(p) = holder {
             if p.running() {
-                return send_error(&mut w, "tag_in_use", format!("tag {tag} is in use")).await;
+                return send_error(&mut w, AgentCode::TagInUse, format!("tag {tag} is in use"))
+                    .await;
             }
             // An exited holder gives its tag up (the selector must stay unambiguous).
             let pid = p.state.borrow().info.pid;
@@ -398,7 +400,7 @@ fn start_pty(
             .push(("TERM".to_owned(), DEFAULT_TERM.to_owned()));
     }
     let failed = |e: io::Error| spawn::SpawnError {
-        code: "spawn_failed",
+        code: AgentCode::SpawnFailed,
         message: format!("cannot open a pty: {e}"),
     };
     let pair = pty::open(size).map_err(failed)?;
@@ -545,8 +547,12 @@ pub(crate) async fn op(
         ProcessOp::Get => {}
         ProcessOp::Signal { signal } => {
             if !(1..=64).contains(&signal) {
-                return send_error(&mut w, "invalid_signal", format!("invalid signal {signal}"))
-                    .await;
+                return send_error(
+                    &mut w,
+                    AgentCode::InvalidSignal,
+                    format!("invalid signal {signal}"),
+                )
+                .await;
             }
             if proc.running() {
                 let pid = proc.state.borrow().info.pid;
@@ -561,7 +567,12 @@ pub(crate) async fn op(
                 Some(Input::Pipe(_)) => proc.state.borrow_mut().stdin = None,
                 Some(Input::Pty(master)) => {
                     if let Err(e) = pty::write_all(&master, b"\x04").await {
-                        return send_error(&mut w, "io", format!("writing to the pty: {e}")).await;
+                        return send_error(
+                            &mut w,
+                            AgentCode::Io,
+                            format!("writing to the pty: {e}"),
+                        )
+                        .await;
                     }
                 }
                 None => {}
@@ -574,14 +585,16 @@ pub(crate) async fn op(
                 Some(m) => {
                     let size = PtySize { rows, cols };
                     if let Err(e) = pty::resize(&m, size) {
-                        return send_error(&mut w, "io", format!("resizing the pty: {e}")).await;
+                        return send_error(&mut w, AgentCode::Io, format!("resizing the pty: {e}"))
+                            .await;
                     }
                     proc.state.borrow_mut().info.pty = Some(size);
                 }
                 // An exited PTY process: nothing to resize.
                 None if is_pty => {}
                 None => {
-                    return send_error(&mut w, "not_a_pty", format!("{selector} has no pty")).await
+                    return send_error(&mut w, AgentCode::NotAPty, format!("{selector} has no pty"))
+                        .await
                 }
             }
         }
@@ -590,7 +603,12 @@ pub(crate) async fn op(
 }
 
 async fn not_found(w: &mut OwnedWriteHalf, selector: &str) -> Result<(), ConnError> {
-    send_error(w, "process_not_found", format!("no process {selector}")).await
+    send_error(
+        w,
+        AgentCode::ProcessNotFound,
+        format!("no process {selector}"),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -635,7 +653,12 @@ pub(crate) async fn write_stdin(
 }
 
 async fn stdin_closed(w: &mut OwnedWriteHalf, selector: &str) -> Result<(), ConnError> {
-    send_error(w, "stdin_closed", format!("stdin of {selector} is closed")).await
+    send_error(
+        w,
+        AgentCode::StdinClosed,
+        format!("stdin of {selector} is closed"),
+    )
+    .await
 }
 
 async fn write_pipe(s: &pipe::Sender, mut buf: &[u8]) -> io::Result<()> {

@@ -18,6 +18,7 @@ use globset::{GlobBuilder, GlobMatcher};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio_util::codec::Encoder;
+use warren_proto::AgentCode;
 use warren_proto::{
     Event, Frame, FrameCodec, ProtoError, ReplaceSpec, ReplacedFile, SearchMatch, SearchSpec,
     MAX_FRAME_LEN,
@@ -113,7 +114,9 @@ impl Walk {
                 GlobBuilder::new(g)
                     .literal_separator(true)
                     .build()
-                    .map_err(|e| FileError::new("invalid_request", format!("bad glob: {e}")))?
+                    .map_err(|e| {
+                        FileError::new(AgentCode::InvalidRequest, format!("bad glob: {e}"))
+                    })?
                     .compile_matcher(),
             ),
             None => None,
@@ -153,7 +156,7 @@ impl Walk {
         }
         if !md.is_dir() {
             return Err(FileError::new(
-                "invalid_path",
+                AgentCode::InvalidPath,
                 format!("{} is neither a file nor a directory", self.root.display()),
             ));
         }
@@ -214,7 +217,7 @@ fn read_text(path: &Path, max_bytes: u64) -> Option<(File, Vec<u8>)> {
 
 fn compile(pattern: &str) -> Result<regex::bytes::Regex, FileError> {
     regex::bytes::Regex::new(pattern)
-        .map_err(|e| FileError::new("invalid_request", format!("bad pattern: {e}")))
+        .map_err(|e| FileError::new(AgentCode::InvalidRequest, format!("bad pattern: {e}")))
 }
 
 fn line_text(line: &[u8]) -> String {
@@ -357,7 +360,10 @@ fn rewrite(path: &Path, host: &Path, old: &File, data: &[u8]) -> Result<(), File
     let err = |what: &str, e: io::Error| FileError::io(what, path, &e);
     let md = old.metadata().map_err(|e| err("stat", e))?;
     let (Some(dir), Some(name)) = (host.parent(), host.file_name()) else {
-        return Err(FileError::new("invalid_path", "no parent directory"));
+        return Err(FileError::new(
+            AgentCode::InvalidPath,
+            "no parent directory",
+        ));
     };
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);

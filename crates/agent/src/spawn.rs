@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use rustix::fs::OFlags;
 use tokio::net::unix::pipe;
-use warren_proto::ExecSpec;
+use warren_proto::{AgentCode, ExecSpec};
 
 use crate::root::Root;
 
@@ -31,12 +31,12 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {message}")]
 pub(crate) struct SpawnError {
-    pub code: &'static str,
+    pub code: AgentCode,
     pub message: String,
 }
 
 impl SpawnError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: AgentCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -63,7 +63,7 @@ pub(crate) fn spawn(spec: &ExecSpec, root: &Root) -> Result<Spawned, SpawnError>
         // SAFETY: kill has no memory-safety preconditions; the group exists (its leader is
         // our unreaped child).
         unsafe { libc::kill(-pid, libc::SIGKILL) };
-        return Err(SpawnError::new("spawn_failed", "no pipes"));
+        return Err(SpawnError::new(AgentCode::SpawnFailed, "no pipes"));
     };
     // The child is never waited for here: the reaper collects every child with waitpid(-1).
     let pipes = (|| -> io::Result<Spawned> {
@@ -79,7 +79,7 @@ pub(crate) fn spawn(spec: &ExecSpec, root: &Root) -> Result<Spawned, SpawnError>
         // SAFETY: kill has no memory-safety preconditions; the group exists (its leader is
         // our unreaped child).
         unsafe { libc::kill(-pid, libc::SIGKILL) };
-        SpawnError::new("spawn_failed", format!("cannot set up pipes: {e}"))
+        SpawnError::new(AgentCode::SpawnFailed, format!("cannot set up pipes: {e}"))
     })
 }
 
@@ -101,13 +101,14 @@ fn start(
     pty: Option<&OwnedFd>,
 ) -> Result<(i32, Option<ParentEnds>), SpawnError> {
     let Some(arg0) = spec.argv.first() else {
-        return Err(SpawnError::new("spawn_failed", "empty argv"));
+        return Err(SpawnError::new(AgentCode::SpawnFailed, "empty argv"));
     };
     let cwd: &str = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     // Open until the child has exec'd (it is close-on-exec).
     let cwd_fd = open_cwd(root, cwd)?;
     let program = resolve(arg0, spec, cwd, root.programs())?;
-    let failed = |e: io::Error| SpawnError::new("spawn_failed", format!("cannot run {arg0}: {e}"));
+    let failed =
+        |e: io::Error| SpawnError::new(AgentCode::SpawnFailed, format!("cannot run {arg0}: {e}"));
     let nul = || failed(io::Error::new(io::ErrorKind::InvalidInput, NUL_MESSAGE));
 
     let program_c = CString::new(program.as_os_str().as_bytes()).map_err(|_| nul())?;
@@ -199,7 +200,7 @@ fn start(
         {}
         let e = io::Error::from_raw_os_error(err);
         return Err(match e.kind() {
-            io::ErrorKind::NotFound => SpawnError::new("not_found", format!("{arg0}: {e}")),
+            io::ErrorKind::NotFound => SpawnError::new(AgentCode::NotFound, format!("{arg0}: {e}")),
             _ => failed(e),
         });
     }
@@ -482,24 +483,30 @@ fn high_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
 fn open_cwd(root: &Root, cwd: &str) -> Result<OwnedFd, SpawnError> {
     if !cwd.starts_with('/') {
         return Err(SpawnError::new(
-            "bad_cwd",
+            AgentCode::BadCwd,
             format!("cwd {cwd} is not an absolute path"),
         ));
     }
     if cwd.contains('\0') {
-        return Err(SpawnError::new("bad_cwd", "cwd contains a NUL byte"));
+        return Err(SpawnError::new(
+            AgentCode::BadCwd,
+            "cwd contains a NUL byte",
+        ));
     }
     match root.open_in(Path::new(cwd), OFlags::PATH | OFlags::DIRECTORY) {
         Ok(fd) => Ok(fd),
         Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(SpawnError::new(
-            "bad_cwd",
+            AgentCode::BadCwd,
             format!("cwd {cwd} is not a directory"),
         )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpawnError::new(
-            "bad_cwd",
+            AgentCode::BadCwd,
             format!("cwd {cwd} does not exist"),
         )),
-        Err(e) => Err(SpawnError::new("bad_cwd", format!("cwd {cwd}: {e}"))),
+        Err(e) => Err(SpawnError::new(
+            AgentCode::BadCwd,
+            format!("cwd {cwd}: {e}"),
+        )),
     }
 }
 
@@ -512,7 +519,7 @@ fn resolve<'a>(
     programs: Option<&Path>,
 ) -> Result<Cow<'a, Path>, SpawnError> {
     if arg0.is_empty() {
-        return Err(SpawnError::new("not_found", "empty command name"));
+        return Err(SpawnError::new(AgentCode::NotFound, "empty command name"));
     }
     if arg0.contains('/') {
         // Relative paths are resolved by exec, against the new cwd.
@@ -541,7 +548,7 @@ fn resolve<'a>(
         }
     }
     Err(SpawnError::new(
-        "not_found",
+        AgentCode::NotFound,
         format!("{arg0}: command not found in PATH={path}"),
     ))
 }

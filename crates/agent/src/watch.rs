@@ -16,6 +16,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDe
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::FramedRead;
+use warren_proto::AgentCode;
 use warren_proto::{Event, FileEventKind, FileKind, Frame, FrameCodec};
 
 use crate::error::ConnError;
@@ -173,12 +174,12 @@ pub(crate) async fn watch(
         Err(e) => return send_error(&mut w, e).await,
     };
     let init = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-        .map_err(|e| FileError::new("io", format!("inotify_init: {e}")))
+        .map_err(|e| FileError::new(AgentCode::Io, format!("inotify_init: {e}")))
         .and_then(|i| {
             // SAFETY: `Fd` owns the inotify descriptor (an `OwnedFd` inside `Inotify`) and
             // always returns that same descriptor; it stays open until the `AsyncFd` drops it.
             unsafe { AsyncFd::register(Fd(i)) }
-                .map_err(|e| FileError::new("io", format!("inotify: {e}")))
+                .map_err(|e| FileError::new(AgentCode::Io, format!("inotify: {e}")))
         });
     let fd = match init {
         Ok(fd) => Arc::new(fd),

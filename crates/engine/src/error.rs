@@ -1,5 +1,5 @@
 use warren_api::ErrorCode;
-use warren_runtime::RuntimeError;
+use warren_runtime::{AgentCode, RuntimeError};
 
 /// Everything the engine can refuse or fail with. [`EngineError::code`] is its API error
 /// code; what that means in HTTP (or another API's terms) is each API surface's choice.
@@ -120,18 +120,28 @@ impl EngineError {
     }
 }
 
-/// The API code of a runtime file error code (`RuntimeError::File`).
-pub(crate) fn file_code(runtime_code: &str) -> ErrorCode {
-    match runtime_code {
-        "not_found" => ErrorCode::FileNotFound,
-        "not_a_directory" => ErrorCode::NotADirectory,
-        "is_a_directory" => ErrorCode::IsADirectory,
-        "invalid_path" => ErrorCode::InvalidPath,
-        "exists" => ErrorCode::FileExists,
-        "not_empty" => ErrorCode::DirectoryNotEmpty,
-        "permission_denied" => ErrorCode::PermissionDenied,
-        "quota_exceeded" => ErrorCode::DiskQuotaExceeded,
-        "no_space" => ErrorCode::NoSpace,
-        _ => ErrorCode::IoError,
+/// The API code of an agent's file error (`RuntimeError::File`).
+pub(crate) fn file_code(code: AgentCode) -> ErrorCode {
+    match code {
+        AgentCode::NotFound => ErrorCode::FileNotFound,
+        AgentCode::NotADirectory => ErrorCode::NotADirectory,
+        AgentCode::IsADirectory => ErrorCode::IsADirectory,
+        AgentCode::InvalidPath => ErrorCode::InvalidPath,
+        AgentCode::Exists => ErrorCode::FileExists,
+        AgentCode::NotEmpty => ErrorCode::DirectoryNotEmpty,
+        AgentCode::PermissionDenied => ErrorCode::PermissionDenied,
+        AgentCode::QuotaExceeded => ErrorCode::DiskQuotaExceeded,
+        AgentCode::NoSpace => ErrorCode::NoSpace,
+        AgentCode::InvalidRequest => ErrorCode::InvalidRequest,
+        AgentCode::Io
+        | AgentCode::BadCwd
+        | AgentCode::SpawnFailed
+        | AgentCode::ProcessNotFound
+        | AgentCode::NotAPty
+        | AgentCode::StdinClosed
+        | AgentCode::TagInUse
+        | AgentCode::InvalidSignal
+        | AgentCode::ConnectionRefused
+        | AgentCode::Other => ErrorCode::IoError,
     }
 }

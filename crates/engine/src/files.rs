@@ -92,7 +92,7 @@ impl Engine {
     async fn file_error(&self, id: &str, err: RuntimeError) -> EngineError {
         match err {
             RuntimeError::File { code, message } => EngineError::File {
-                code: file_code(&code),
+                code: file_code(code),
                 message,
             },
             RuntimeError::Unsupported(what) => EngineError::NotSupported(what),

@@ -1246,9 +1246,9 @@ impl Engine {
     pub(crate) async fn spawn_error(&self, id: &str, err: RuntimeError) -> EngineError {
         match err {
             RuntimeError::Spawn { code, message } => EngineError::Spawn {
-                code: match code.as_str() {
-                    "not_found" => warren_api::ErrorCode::CommandNotFound,
-                    "bad_cwd" => warren_api::ErrorCode::InvalidCwd,
+                code: match code {
+                    warren_runtime::AgentCode::NotFound => warren_api::ErrorCode::CommandNotFound,
+                    warren_runtime::AgentCode::BadCwd => warren_api::ErrorCode::InvalidCwd,
                     _ => warren_api::ErrorCode::SpawnFailed,
                 },
                 message,

@@ -8,6 +8,7 @@ use warren_api::{
     signal_name, CreateProcessRequest, ErrorCode, Process, ProcessState, PtySize, SignalValue,
     MAX_LOG_BYTES, MAX_PTY_DIM, MIN_LOG_BYTES,
 };
+use warren_runtime::AgentCode;
 use warren_runtime::{AttachStream, ByteStream, ProcessInfo, ProcessOp, ProcessSpec, RuntimeError};
 
 use crate::{CommandParts, Engine, EngineError};
@@ -21,18 +22,18 @@ fn invalid(msg: impl Into<String>) -> EngineError {
     EngineError::InvalidRequest(msg.into())
 }
 
-/// The engine error of an agent process error (`RuntimeError::Process`); an unknown code
-/// is a runtime error.
-fn process_engine_error(code: &str, message: String) -> EngineError {
+/// The engine error of an agent process error (`RuntimeError::Process`); another code is a
+/// runtime error.
+fn process_engine_error(code: AgentCode, message: String) -> EngineError {
     let code = match code {
-        "process_not_found" => ErrorCode::ProcessNotFound,
-        "not_a_pty" => ErrorCode::NotAPty,
-        "stdin_closed" => ErrorCode::StdinClosed,
-        "tag_in_use" => ErrorCode::TagInUse,
-        "invalid_signal" => ErrorCode::InvalidSignal,
+        AgentCode::ProcessNotFound => ErrorCode::ProcessNotFound,
+        AgentCode::NotAPty => ErrorCode::NotAPty,
+        AgentCode::StdinClosed => ErrorCode::StdinClosed,
+        AgentCode::TagInUse => ErrorCode::TagInUse,
+        AgentCode::InvalidSignal => ErrorCode::InvalidSignal,
         other => {
             return EngineError::Runtime(RuntimeError::Process {
-                code: other.to_string(),
+                code: other,
                 message,
             })
         }
@@ -114,7 +115,7 @@ impl Engine {
         agent_down_fails: bool,
     ) -> EngineError {
         match err {
-            RuntimeError::Process { code, message } => process_engine_error(&code, message),
+            RuntimeError::Process { code, message } => process_engine_error(code, message),
             e @ (RuntimeError::Io(_) | RuntimeError::Agent(_)) if !agent_down_fails => {
                 EngineError::Runtime(e)
             }
@@ -279,7 +280,7 @@ impl Engine {
     /// Map an error that arrives in the middle of an attachment stream.
     pub fn attach_error(&self, err: RuntimeError) -> EngineError {
         match err {
-            RuntimeError::Process { code, message } => process_engine_error(&code, message),
+            RuntimeError::Process { code, message } => process_engine_error(code, message),
             RuntimeError::Unsupported(what) => EngineError::NotSupported(what),
             other => EngineError::Runtime(other),
         }

@@ -14,11 +14,13 @@
 //! [`Frame::StdinEof`] meanwhile. If the host closes the connection before the exit, the agent
 //! kills the command's process group: a one-shot exec never outlives its caller.
 
+mod code;
 pub mod codec;
 pub mod host;
 
 use serde::{Deserialize, Serialize};
 
+pub use code::AgentCode;
 pub use codec::{Frame, FrameCodec, ProtoError, MAX_FRAME_LEN};
 
 /// Version of this protocol; the agent reports it in [`Event::Pong`].

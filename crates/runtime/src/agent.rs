@@ -13,13 +13,18 @@ use warren_proto::host::{self as proto, AttachItem, ExecEvent};
 use warren_proto::{ProtoError, Request};
 
 use crate::{
-    AttachEvent, AttachStream, ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo, FileOp,
-    FileOpResult, FileStat, PortStream, ProcessInfo, ProcessOp, ProcessSpec, ReplaceOutcome,
-    ReplaceSpec, Runtime, RuntimeError, SearchOutcome, SearchSpec, WatchStream, WriteOptions,
+    AgentCode, AttachEvent, AttachStream, ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo,
+    FileOp, FileOpResult, FileStat, PortStream, ProcessInfo, ProcessOp, ProcessSpec,
+    ReplaceOutcome, ReplaceSpec, Runtime, RuntimeError, SearchOutcome, SearchSpec, WatchStream,
+    WriteOptions,
 };
 
 /// Codes with which the agent refuses to start a command.
-const SPAWN_CODES: [&str; 3] = ["not_found", "bad_cwd", "spawn_failed"];
+const SPAWN_CODES: [AgentCode; 3] = [
+    AgentCode::NotFound,
+    AgentCode::BadCwd,
+    AgentCode::SpawnFailed,
+];
 
 /// The agent of sandbox `id`, reached through its backend. Cheap: it holds two references
 /// and opens a connection per call.
@@ -200,7 +205,10 @@ impl<'a> AgentClient<'a> {
     pub async fn connect_port(&self, port: u16) -> Result<Box<dyn PortStream>, RuntimeError> {
         match proto::connect(self.conn().await?, port).await {
             Ok(raw) => Ok(Box::new(raw)),
-            Err(ProtoError::Remote { code, message }) => Err(RuntimeError::Port { code, message }),
+            Err(ProtoError::Remote { code, message }) => Err(RuntimeError::Port {
+                code: AgentCode::parse(&code),
+                message,
+            }),
             Err(e) => Err(RuntimeError::Agent(e)),
         }
     }
@@ -230,7 +238,10 @@ fn exec_event(ev: Result<ExecEvent, ProtoError>) -> Option<Result<ExecOutput, Ru
 /// A command the agent refused to start is [`RuntimeError::Spawn`].
 fn exec_error(e: ProtoError) -> RuntimeError {
     match e {
-        ProtoError::Remote { code, message } => RuntimeError::Spawn { code, message },
+        ProtoError::Remote { code, message } => RuntimeError::Spawn {
+            code: AgentCode::parse(&code),
+            message,
+        },
         e => RuntimeError::Agent(e),
     }
 }
@@ -239,7 +250,10 @@ fn exec_error(e: ProtoError) -> RuntimeError {
 /// stream (which the proto client wraps in an I/O error) comes back as it was.
 fn file_error(e: ProtoError) -> RuntimeError {
     match e {
-        ProtoError::Remote { code, message } => RuntimeError::File { code, message },
+        ProtoError::Remote { code, message } => RuntimeError::File {
+            code: AgentCode::parse(&code),
+            message,
+        },
         ProtoError::Io(io) => match io.get_ref().is_some_and(|inner| inner.is::<RuntimeError>()) {
             true => match io
                 .into_inner()
@@ -260,10 +274,10 @@ fn file_error(e: ProtoError) -> RuntimeError {
 /// error of the caller's own stdin stream comes back as it was.
 fn process_error(e: ProtoError) -> RuntimeError {
     match e {
-        ProtoError::Remote { code, message } if SPAWN_CODES.contains(&code.as_str()) => {
-            RuntimeError::Spawn { code, message }
-        }
-        ProtoError::Remote { code, message } => RuntimeError::Process { code, message },
+        ProtoError::Remote { code, message } => match AgentCode::parse(&code) {
+            code if SPAWN_CODES.contains(&code) => RuntimeError::Spawn { code, message },
+            code => RuntimeError::Process { code, message },
+        },
         e => file_error(e),
     }
 }
@@ -305,7 +319,10 @@ mod tests {
         ));
         assert!(matches!(
             exec_error(remote("not_found")),
-            RuntimeError::Spawn { code, .. } if code == "not_found"
+            RuntimeError::Spawn {
+                code: AgentCode::NotFound,
+                ..
+            }
         ));
     }
 
@@ -313,7 +330,7 @@ mod tests {
     fn file_errors_map() {
         assert!(matches!(
             file_error(remote("not_found")),
-            RuntimeError::File { code, message } if code == "not_found" && message == "m"
+            RuntimeError::File { code: AgentCode::NotFound, message } if message == "m"
         ));
         let wrapped = ProtoError::Io(io::Error::other(RuntimeError::Setup("body".into())));
         assert!(matches!(
@@ -334,7 +351,7 @@ mod tests {
     fn process_errors_map() {
         for code in SPAWN_CODES {
             assert!(matches!(
-                process_error(remote(code)),
+                process_error(remote(code.as_str())),
                 RuntimeError::Spawn { code: c, .. } if c == code
             ));
         }
@@ -347,7 +364,7 @@ mod tests {
         ] {
             assert!(matches!(
                 process_error(remote(code)),
-                RuntimeError::Process { code: c, message } if c == code && message == "m"
+                RuntimeError::Process { code: c, message } if c.as_str() == code && message == "m"
             ));
         }
         let wrapped = ProtoError::Io(io::Error::other(RuntimeError::Setup("body".into())));

@@ -43,9 +43,9 @@ pub fn fs_space(path: &std::path::Path) -> std::io::Result<FsSpace> {
     })
 }
 pub use warren_proto::{
-    ExecSpec, FileEventKind, FileKind, FileOp, FileOpResult, FileStat, ProcessInfo, ProcessOp,
-    ProcessSpec, ProcessState, ProtoError, PtySize, ReplaceSpec, ReplacedFile, SearchMatch,
-    SearchSpec, MAX_FRAME_LEN,
+    AgentCode, ExecSpec, FileEventKind, FileKind, FileOp, FileOpResult, FileStat, ProcessInfo,
+    ProcessOp, ProcessSpec, ProcessState, ProtoError, PtySize, ReplaceSpec, ReplacedFile,
+    SearchMatch, SearchSpec, MAX_FRAME_LEN,
 };
 
 /// Resource limits applied to a sandbox's own cgroup.
@@ -265,22 +265,21 @@ pub enum RuntimeError {
     ImageNotFound(String),
     #[error("snapshot {0} not found")]
     SnapshotNotFound(String),
-    /// The command could not be started (`code` as in the agent protocol: `not_found`,
-    /// `bad_cwd`, `spawn_failed`).
+    /// The command could not be started (`NotFound`, `BadCwd`, `SpawnFailed`).
     #[error("{message}")]
-    Spawn { code: String, message: String },
-    /// A file operation failed inside the sandbox (`code` as in the agent protocol:
-    /// `not_found`, `not_a_directory`, `is_a_directory`, `not_empty`, `exists`,
-    /// `permission_denied`, `invalid_path`, `quota_exceeded`, `no_space`, `io`).
+    Spawn { code: AgentCode, message: String },
+    /// A file operation failed inside the sandbox (`NotFound`, `NotADirectory`,
+    /// `IsADirectory`, `NotEmpty`, `Exists`, `PermissionDenied`, `InvalidPath`,
+    /// `QuotaExceeded`, `NoSpace`, `Io`, `InvalidRequest`).
     #[error("{message}")]
-    File { code: String, message: String },
-    /// A port inside the sandbox could not be reached (`code`: `connection_refused`).
+    File { code: AgentCode, message: String },
+    /// A port inside the sandbox could not be reached (`ConnectionRefused`).
     #[error("{message}")]
-    Port { code: String, message: String },
-    /// A durable-process request was refused (`code` as in the agent protocol:
-    /// `process_not_found`, `not_a_pty`, `stdin_closed`, `tag_in_use`, `invalid_signal`).
+    Port { code: AgentCode, message: String },
+    /// A durable-process request was refused (`ProcessNotFound`, `NotAPty`,
+    /// `StdinClosed`, `TagInUse`, `InvalidSignal`).
     #[error("{message}")]
-    Process { code: String, message: String },
+    Process { code: AgentCode, message: String },
     /// The backend does not support this feature (reported in its capabilities).
     #[error("this runtime does not support {0}")]
     Unsupported(&'static str),

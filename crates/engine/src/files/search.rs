@@ -8,6 +8,7 @@ use warren_api::{
     SearchRequest, SearchResult, DEFAULT_SEARCH_FILE_BYTES, DEFAULT_SEARCH_RESULTS,
     MAX_SEARCH_RESULTS,
 };
+use warren_runtime::AgentCode;
 use warren_runtime::{ReplaceSpec, RuntimeError, SearchSpec};
 
 use super::{invalid, validate_path};
@@ -202,9 +203,10 @@ impl Engine {
     /// stays a client error.
     async fn search_error(&self, id: &str, e: RuntimeError) -> EngineError {
         match e {
-            RuntimeError::File { code, message } if code == "invalid_request" => {
-                EngineError::InvalidRequest(message)
-            }
+            RuntimeError::File {
+                code: AgentCode::InvalidRequest,
+                message,
+            } => EngineError::InvalidRequest(message),
             e => self.file_error(id, e).await,
         }
     }
