@@ -106,7 +106,7 @@ impl Engine {
 
     async fn op(&self, id: &str, op: FileOp) -> Result<FileOpResult, EngineError> {
         self.ready(id).await?;
-        match self.agent(id).file_op(op).await {
+        match self.agent(&crate::sandbox_id(id)?).file_op(op).await {
             Ok(r) => Ok(r),
             Err(e) => Err(self.file_error(id, e).await),
         }
@@ -120,7 +120,7 @@ impl Engine {
     ) -> Result<(FileInfo, ByteStream), EngineError> {
         validate_path("path", path)?;
         self.ready(id).await?;
-        match self.agent(id).read_file(path).await {
+        match self.agent(&crate::sandbox_id(id)?).read_file(path).await {
             Ok((stat, body)) => Ok((file_info(stat), body)),
             Err(e) => Err(self.file_error(id, e).await),
         }
@@ -135,7 +135,7 @@ impl Engine {
     ) -> Result<(FileInfo, ByteStream), EngineError> {
         validate_path("path", path)?;
         self.ready(id).await?;
-        match self.agent(id).read_archive(path).await {
+        match self.agent(&crate::sandbox_id(id)?).read_archive(path).await {
             Ok((stat, body)) => Ok((file_info(stat), body)),
             Err(e) => Err(self.file_error(id, e).await),
         }
@@ -166,7 +166,11 @@ impl Engine {
             uid,
             gid,
         };
-        match self.agent(id).write_file(path, opts, body).await {
+        match self
+            .agent(&crate::sandbox_id(id)?)
+            .write_file(path, opts, body)
+            .await
+        {
             Ok(stat) => Ok(file_info(stat)),
             Err(e) => Err(self.file_error(id, e).await),
         }

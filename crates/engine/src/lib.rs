@@ -45,7 +45,7 @@ use warren_api::{
     Capabilities, CreateSandboxRequest, EventKind, ExecRequest, ExecUser, Features, Isolation,
     Limits, PoolSpec, Resources, Sandbox, SandboxState, Snapshot, StorageInfo, DEFAULT_IMAGE,
 };
-use warren_runtime::{AgentClient, ExecSpec, Runtime, RuntimeError, SandboxSpec};
+use warren_runtime::{AgentClient, ExecSpec, Runtime, RuntimeError, SandboxId, SandboxSpec};
 
 use store::Store;
 
@@ -355,6 +355,12 @@ fn agent_unreachable(e: &RuntimeError) -> bool {
     )
 }
 
+/// A sandbox id as the runtime takes it. Every id the engine holds was made by [`new_id`]
+/// (or read back from its store), so a string that does not parse names no sandbox.
+pub(crate) fn sandbox_id(id: &str) -> Result<SandboxId, EngineError> {
+    SandboxId::parse(id).map_err(|_| EngineError::SandboxNotFound(id.to_string()))
+}
+
 fn new_id(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
@@ -479,7 +485,7 @@ impl Engine {
     }
 
     /// The agent of sandbox `id` (any backend: the runtime only says how to reach it).
-    fn agent<'a>(&'a self, id: &'a str) -> AgentClient<'a> {
+    fn agent<'a>(&'a self, id: &'a SandboxId) -> AgentClient<'a> {
         AgentClient::new(&*self.inner.runtime, id)
     }
 
@@ -704,9 +710,9 @@ impl Engine {
         Ok(guard)
     }
 
-    fn runtime_spec(record: &Record, snapshot: Option<String>) -> SandboxSpec {
-        SandboxSpec {
-            id: record.id.clone(),
+    fn runtime_spec(record: &Record, snapshot: Option<String>) -> Result<SandboxSpec, EngineError> {
+        Ok(SandboxSpec {
+            id: sandbox_id(&record.id)?,
             image: record.image.clone(),
             limits: warren_runtime::Limits {
                 cpus: record.resources.cpus,
@@ -716,7 +722,7 @@ impl Engine {
             },
             snapshot,
             idmap: record.host_id.map(warren_runtime::IdMap::new),
-        }
+        })
     }
 
     async fn finish_create(
@@ -729,7 +735,7 @@ impl Engine {
             self.undo_create(&id, &e.to_string()).await;
             return Err(e);
         }
-        let spec = Engine::runtime_spec(&record, snapshot);
+        let spec = Engine::runtime_spec(&record, snapshot)?;
         let deadline = self.inner.config.create_deadline;
         let result = match tokio::time::timeout(deadline, self.inner.runtime.create(&spec)).await {
             Ok(r) => r.map_err(|e| match e {
@@ -771,8 +777,10 @@ impl Engine {
     /// Remove every trace of a sandbox whose creation failed.
     async fn undo_create(&self, id: &str, why: &str) {
         self.inner.ports.close_sandbox(id);
-        if let Err(e) = self.inner.runtime.destroy(id).await {
-            warn!(%id, error = %e, "cleanup after a failed create");
+        if let Ok(sid) = SandboxId::parse(id) {
+            if let Err(e) = self.inner.runtime.destroy(&sid).await {
+                warn!(%id, error = %e, "cleanup after a failed create");
+            }
         }
         self.remove_record(id).await;
         if let Some(e) = self.map().remove(id) {
@@ -1097,7 +1105,10 @@ impl Engine {
             warn!(%id, error = %e, "recording deletion");
         }
         let deadline = self.inner.config.deadlines.delete;
-        let result = match tokio::time::timeout(deadline, self.inner.runtime.destroy(id)).await {
+        let Ok(sid) = SandboxId::parse(id) else {
+            return;
+        };
+        let result = match tokio::time::timeout(deadline, self.inner.runtime.destroy(&sid)).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("not done within {deadline:?}")),
         };
@@ -1179,7 +1190,7 @@ impl Engine {
                 stdin: stdin.is_some(),
             },
         )?;
-        match self.agent(id).exec(spec, stdin).await {
+        match self.agent(&crate::sandbox_id(id)?).exec(spec, stdin).await {
             Ok(stream) => Ok(self.attached(id, stream)),
             Err(e) => Err(self.spawn_error(id, e).await),
         }

@@ -351,6 +351,8 @@ impl Engine {
             }
         }
         let rt = &self.inner.runtime;
+        let sid = crate::sandbox_id(id)?;
+        let id = &sid;
         let left = until.saturating_duration_since(tokio::time::Instant::now());
         let result = match op {
             Op::Pause => within(left, "pause", rt.pause(id)).await,
@@ -361,7 +363,7 @@ impl Engine {
             }
             Op::Start => match self.range_for_start(id).await {
                 Ok(record) => {
-                    let spec = Engine::runtime_spec(&record, None);
+                    let spec = Engine::runtime_spec(&record, None)?;
                     within(left, "start", rt.start(&spec)).await
                 }
                 Err(e) => Err(OpFailure::Failed(format!("start failed: {e}"))),
@@ -526,10 +528,15 @@ impl Engine {
                 message: "stats exist for running, paused and stopped sandboxes".into(),
             });
         }
-        let s = self.inner.runtime.stats(id).await.map_err(|e| match e {
-            RuntimeError::Unsupported(w) => EngineError::NotSupported(w),
-            e => EngineError::Runtime(e),
-        })?;
+        let s = self
+            .inner
+            .runtime
+            .stats(&crate::sandbox_id(id)?)
+            .await
+            .map_err(|e| match e {
+                RuntimeError::Unsupported(w) => EngineError::NotSupported(w),
+                e => EngineError::Runtime(e),
+            })?;
         Ok(SandboxStats {
             state: Some(state),
             cpu_usage_us: s.cpu_usage_us,

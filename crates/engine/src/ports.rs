@@ -88,7 +88,7 @@ impl Engine {
     ) -> Result<Box<dyn PortStream>, EngineError> {
         validate_port(port)?;
         self.ready(id).await?;
-        match self.agent(id).connect_port(port).await {
+        match self.agent(&crate::sandbox_id(id)?).connect_port(port).await {
             Ok(s) => Ok(Box::new(crate::lifecycle::AttachedPort::new(
                 s,
                 self.attach_counter(id),
@@ -211,7 +211,10 @@ async fn forward_one(
     let _ = client.set_nodelay(true);
     // An open forwarded connection keeps the sandbox from idling out.
     let _attached = attached.map(crate::lifecycle::Attached::new);
-    let mut inside = match AgentClient::new(&*runtime, &id).connect_port(port).await {
+    let Ok(sid) = warren_runtime::SandboxId::parse(&id) else {
+        return;
+    };
+    let mut inside = match AgentClient::new(&*runtime, &sid).connect_port(port).await {
         Ok(s) => s,
         Err(e) => {
             // Nothing listens there (or the sandbox is going away): close the connection.

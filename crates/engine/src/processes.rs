@@ -169,7 +169,11 @@ impl Engine {
             }),
             log_bytes,
         };
-        match self.agent(id).start_process(spec).await {
+        match self
+            .agent(&crate::sandbox_id(id)?)
+            .start_process(spec)
+            .await
+        {
             Ok(info) => {
                 let mut p = process_info(info);
                 if let Some(f) = forward {
@@ -185,7 +189,7 @@ impl Engine {
     /// Running and recently exited processes, by pid.
     pub async fn list_processes(&self, id: &str) -> Result<Vec<Process>, EngineError> {
         self.ready(id).await?;
-        match self.agent(id).list_processes().await {
+        match self.agent(&crate::sandbox_id(id)?).list_processes().await {
             Ok(mut list) => {
                 list.sort_by_key(|p| p.pid);
                 Ok(list.into_iter().map(process_info).collect())
@@ -202,7 +206,11 @@ impl Engine {
     ) -> Result<Process, EngineError> {
         validate_selector(selector)?;
         self.ready(id).await?;
-        match self.agent(id).process_op(selector, op).await {
+        match self
+            .agent(&crate::sandbox_id(id)?)
+            .process_op(selector, op)
+            .await
+        {
             Ok(info) => Ok(process_info(info)),
             Err(e) => Err(self.process_error(id, e, true).await),
         }
@@ -255,7 +263,11 @@ impl Engine {
     ) -> Result<Process, EngineError> {
         validate_selector(selector)?;
         self.ready(id).await?;
-        match self.agent(id).write_stdin(selector, data).await {
+        match self
+            .agent(&crate::sandbox_id(id)?)
+            .write_stdin(selector, data)
+            .await
+        {
             Ok(info) => Ok(process_info(info)),
             Err(e) => Err(self.process_error(id, e, false).await),
         }
@@ -271,7 +283,11 @@ impl Engine {
     ) -> Result<AttachStream, EngineError> {
         validate_selector(selector)?;
         self.ready(id).await?;
-        match self.agent(id).attach(selector, offset, follow).await {
+        match self
+            .agent(&crate::sandbox_id(id)?)
+            .attach(selector, offset, follow)
+            .await
+        {
             Ok(s) => Ok(self.attached(id, s)),
             Err(e) => Err(self.process_error(id, e, true).await),
         }

@@ -137,7 +137,10 @@ impl Engine {
         let threshold = self.inner.config.idle_cpu_threshold;
         let mut idle_ids = Vec::new();
         for (id, prev, deadline_passed) in sample {
-            let Ok(cpu) = self.inner.runtime.cpu_usage_us(&id).await else {
+            let Ok(sid) = warren_runtime::SandboxId::parse(&id) else {
+                continue;
+            };
+            let Ok(cpu) = self.inner.runtime.cpu_usage_us(&sid).await else {
                 continue;
             };
             let at = tokio::time::Instant::now();

@@ -29,10 +29,14 @@ impl Engine {
         let mut adopted = 0usize;
         for mut r in store.load_all().await? {
             let id = r.id.clone();
+            let Ok(sid) = warren_runtime::SandboxId::parse(&id) else {
+                warn!(%id, "not a sandbox id; left alone");
+                continue;
+            };
             match r.state {
                 SandboxState::Creating | SandboxState::Deleting => {
                     // Never acknowledged (creating) or already acknowledged as going away.
-                    if let Err(e) = runtime.destroy(&id).await {
+                    if let Err(e) = runtime.destroy(&sid).await {
                         warn!(%id, error = %e, "removing a half-made sandbox; it stays failed");
                         r.state = SandboxState::Failed;
                         r.failure_reason = Some(format!("cleanup after a restart failed: {e}"));
@@ -55,7 +59,7 @@ impl Engine {
                 _ => {}
             }
             let recorded = r.state;
-            let mut probe = match runtime.probe(&id).await {
+            let mut probe = match runtime.probe(&sid).await {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(%id, error = %e, "probing");
@@ -66,9 +70,9 @@ impl Engine {
             if probe == Probe::Broken {
                 // Processes without an answering agent: an interrupted stop whose processes
                 // are still exiting, or an agent that died. Ending them keeps the files.
-                match runtime.stop(&id).await {
+                match runtime.stop(&sid).await {
                     Ok(()) => {
-                        probe = runtime.probe(&id).await.unwrap_or(Probe::Broken);
+                        probe = runtime.probe(&sid).await.unwrap_or(Probe::Broken);
                         note =
                             Some("its agent did not answer after the restart: stopped, files kept");
                     }

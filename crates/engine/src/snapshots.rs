@@ -141,7 +141,14 @@ impl Engine {
         }
         let snap_id = new_id("snap");
         let deadline = self.inner.config.deadlines.snapshot;
-        match tokio::time::timeout(deadline, self.inner.runtime.snapshot(id, &snap_id)).await {
+        match tokio::time::timeout(
+            deadline,
+            self.inner
+                .runtime
+                .snapshot(&crate::sandbox_id(id)?, &snap_id),
+        )
+        .await
+        {
             Ok(Ok(meta)) => Ok((snap_id, (meta.size_bytes, meta.backend))),
             Ok(Err(e)) => Err(snapshot_error(e)),
             Err(_) => {
@@ -277,7 +284,9 @@ impl Engine {
         let result = within(
             d,
             "rollback",
-            self.inner.runtime.rollback(id, &req.snapshot),
+            self.inner
+                .runtime
+                .rollback(&crate::sandbox_id(id)?, &req.snapshot),
         )
         .await;
         match result {

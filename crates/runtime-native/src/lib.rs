@@ -42,7 +42,7 @@ use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use cgroup::Layout;
 use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
-use warren_runtime::{Runtime, RuntimeError, RuntimeInfo, SandboxSpec};
+use warren_runtime::{Runtime, RuntimeError, RuntimeInfo, SandboxId, SandboxSpec};
 
 pub use init::run_helper;
 pub use init_error::InitError;
@@ -286,11 +286,10 @@ impl Inner {
     }
 
     async fn create(self: Arc<Self>, spec: SandboxSpec) -> Result<(), RuntimeError> {
-        spec::validate_id(&spec.id).map_err(RuntimeError::Setup)?;
         if spec.image != image::HOST_IMAGE {
             return Err(RuntimeError::ImageNotFound(spec.image.clone()));
         }
-        let id = spec.id.clone();
+        let id = spec.id.to_string();
         let paths = self.paths(&id);
         {
             let (this, paths, id, snapshot) = (
@@ -356,7 +355,7 @@ impl Inner {
         spec: &SandboxSpec,
         paths: &SandboxPaths,
     ) -> Result<(), RuntimeError> {
-        let id = spec.id.clone();
+        let id = spec.id.to_string();
         let cgroup_path = self.cgroup_path(&id);
         let t0 = Instant::now();
         {
@@ -781,10 +780,10 @@ impl Runtime for NativeRuntime {
         detached(self.inner.clone().create(spec.clone())).await
     }
 
-    async fn agent(&self, id: &str) -> Result<Box<dyn warren_runtime::PortStream>, RuntimeError> {
-        if spec::validate_id(id).is_err() {
-            return Err(RuntimeError::NotFound(id.to_string()));
-        }
+    async fn agent(
+        &self,
+        id: &SandboxId,
+    ) -> Result<Box<dyn warren_runtime::PortStream>, RuntimeError> {
         let paths = self.inner.paths(id);
         if !tokio::fs::try_exists(&paths.dir).await.unwrap_or(false) {
             return Err(RuntimeError::NotFound(id.to_string()));
@@ -799,15 +798,15 @@ impl Runtime for NativeRuntime {
     }
 
     // Pause, stop, start, stats, probe: see `lifecycle.rs`.
-    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.pause_impl(id).await
     }
 
-    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn resume(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.resume_impl(id).await
     }
 
-    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn stop(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.stop_impl(id).await
     }
 
@@ -815,19 +814,19 @@ impl Runtime for NativeRuntime {
         self.start_impl(spec).await
     }
 
-    async fn stats(&self, id: &str) -> Result<warren_runtime::Stats, RuntimeError> {
+    async fn stats(&self, id: &SandboxId) -> Result<warren_runtime::Stats, RuntimeError> {
         self.stats_impl(id).await
     }
 
-    async fn cpu_usage_us(&self, id: &str) -> Result<u64, RuntimeError> {
+    async fn cpu_usage_us(&self, id: &SandboxId) -> Result<u64, RuntimeError> {
         self.cpu_usage_us_impl(id).await
     }
 
-    async fn probe(&self, id: &str) -> Result<warren_runtime::Probe, RuntimeError> {
+    async fn probe(&self, id: &SandboxId) -> Result<warren_runtime::Probe, RuntimeError> {
         self.probe_impl(id).await
     }
 
-    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         let inner = self.inner.clone();
         let id = id.to_string();
         detached(async move { inner.teardown(&id).await }).await
@@ -840,7 +839,7 @@ impl Runtime for NativeRuntime {
     // Snapshots: see `storage.rs`.
     async fn snapshot(
         &self,
-        id: &str,
+        id: &SandboxId,
         snapshot_id: &str,
     ) -> Result<warren_runtime::SnapshotMeta, RuntimeError> {
         // Detached: a caller that stops waiting must not leave the sandbox frozen.
@@ -856,7 +855,7 @@ impl Runtime for NativeRuntime {
         self.delete_snapshot_impl(snapshot_id).await
     }
 
-    async fn rollback(&self, id: &str, snapshot_id: &str) -> Result<(), RuntimeError> {
+    async fn rollback(&self, id: &SandboxId, snapshot_id: &str) -> Result<(), RuntimeError> {
         detached(
             self.inner
                 .clone()

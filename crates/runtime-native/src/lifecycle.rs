@@ -25,7 +25,7 @@ use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use crate::cgroup::{self, Layout};
 use crate::layers::{self, allocated_bytes};
-use crate::spec::{self, SandboxPaths};
+use crate::spec::SandboxPaths;
 use crate::storage;
 use crate::{blocking, cg_err, connect, detached, image, Inner, NativeRuntime};
 use warren_runtime::{Probe, RuntimeError, SandboxSpec, Stats};
@@ -150,7 +150,7 @@ impl Inner {
     /// Bring a stopped sandbox back on its files. On error whatever this started is
     /// stopped again; the files stay.
     async fn restart(self: Arc<Self>, spec: SandboxSpec) -> Result<(), RuntimeError> {
-        let id = spec.id.clone();
+        let id = spec.id.to_string();
         let paths = self.paths(&id);
         let owner = self.owner(&spec);
         let disk = spec.limits.disk_bytes;
@@ -246,9 +246,6 @@ impl NativeRuntime {
     }
 
     async fn set_paused(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
-        if spec::validate_id(id).is_err() {
-            return Err(RuntimeError::NotFound(id.to_string()));
-        }
         let (layout, cg, dir, id) = (
             self.inner.layout,
             self.inner.cgroup_path(id),
@@ -269,9 +266,6 @@ impl NativeRuntime {
     }
 
     pub(super) async fn stop_impl(&self, id: &str) -> Result<(), RuntimeError> {
-        if spec::validate_id(id).is_err() {
-            return Err(RuntimeError::NotFound(id.to_string()));
-        }
         let inner = self.inner.clone();
         let id = id.to_string();
         // Detached: a caller that stops waiting does not leave a half-stopped sandbox.
@@ -287,9 +281,6 @@ impl NativeRuntime {
     }
 
     pub(super) async fn start_impl(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
-        if spec::validate_id(&spec.id).is_err() {
-            return Err(RuntimeError::NotFound(spec.id.clone()));
-        }
         if spec.image != image::HOST_IMAGE {
             return Err(RuntimeError::ImageNotFound(spec.image.clone()));
         }
@@ -297,9 +288,6 @@ impl NativeRuntime {
     }
 
     pub(super) async fn cpu_usage_us_impl(&self, id: &str) -> Result<u64, RuntimeError> {
-        if spec::validate_id(id).is_err() {
-            return Err(RuntimeError::NotFound(id.to_string()));
-        }
         let (layout, cg, dir, id) = (
             self.inner.layout,
             self.inner.cgroup_path(id),
@@ -317,9 +305,6 @@ impl NativeRuntime {
     }
 
     pub(super) async fn stats_impl(&self, id: &str) -> Result<Stats, RuntimeError> {
-        if spec::validate_id(id).is_err() {
-            return Err(RuntimeError::NotFound(id.to_string()));
-        }
         let (layout, cg, paths, id) = (
             self.inner.layout,
             self.inner.cgroup_path(id),
@@ -359,9 +344,6 @@ impl NativeRuntime {
     }
 
     pub(super) async fn probe_impl(&self, id: &str) -> Result<Probe, RuntimeError> {
-        if spec::validate_id(id).is_err() {
-            return Ok(Probe::Gone);
-        }
         let (layout, cg, paths) = (
             self.inner.layout,
             self.inner.cgroup_path(id),

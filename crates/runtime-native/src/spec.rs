@@ -11,7 +11,7 @@ use warren_runtime::IdMap;
 pub const HELPER_ARG: &str = "__sandbox-init";
 
 /// Longest sandbox id (it is also the hostname).
-pub const MAX_ID_LEN: usize = 63;
+pub use warren_runtime::id::MAX_ID_LEN;
 
 /// The helper's input, one JSON document on its stdin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,21 +98,10 @@ impl HelperReport {
     }
 }
 
-/// `[a-z0-9-]`, 1..=63 bytes, not starting with `-` (it is a hostname and a path component).
+/// The rule of a sandbox id ([`warren_runtime::SandboxId`]) for names that arrive untyped:
+/// snapshot ids and directory names found on disk.
 pub fn validate_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(format!("sandbox id must be 1..={MAX_ID_LEN} bytes"));
-    }
-    if id.starts_with('-') {
-        return Err("sandbox id must not start with '-'".into());
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(format!("sandbox id {id:?} may only contain [a-z0-9-]"));
-    }
-    Ok(())
+    warren_runtime::id::check(id).map_err(|why| format!("id {id:?} {why}"))
 }
 
 /// Overlayfs mount options are a comma-separated list with `:` between lower dirs; refuse

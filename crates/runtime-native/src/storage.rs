@@ -878,9 +878,6 @@ impl Inner {
         id: String,
         snapshot_id: String,
     ) -> Result<SnapshotMeta, RuntimeError> {
-        if spec::validate_id(&id).is_err() {
-            return Err(RuntimeError::NotFound(id));
-        }
         spec::validate_id(&snapshot_id)
             .map_err(|e| RuntimeError::Setup(format!("invalid snapshot id: {e}")))?;
         let _lock = self.storage.lock(&id).await;
@@ -958,9 +955,6 @@ impl Inner {
         id: String,
         snapshot_id: String,
     ) -> Result<(), RuntimeError> {
-        if spec::validate_id(&id).is_err() {
-            return Err(RuntimeError::NotFound(id));
-        }
         if spec::validate_id(&snapshot_id).is_err() {
             return Err(RuntimeError::SnapshotNotFound(snapshot_id));
         }

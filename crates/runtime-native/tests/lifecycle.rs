@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use warren_runtime::{
     AgentClient, AttachEvent, ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState,
-    Runtime, RuntimeError, SandboxSpec,
+    Runtime, RuntimeError, SandboxId, SandboxSpec,
 };
 use warren_runtime_native::spec::SandboxPaths;
 use warren_runtime_native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
@@ -61,13 +61,13 @@ impl Harness {
         }
     }
 
-    fn id(&self, name: &str) -> String {
-        format!("{}-{name}", self.tag)
+    fn id(&self, name: &str) -> SandboxId {
+        SandboxId::parse(&format!("{}-{name}", self.tag)).expect("sandbox id")
     }
 
     fn spec(&self, id: &str) -> SandboxSpec {
         SandboxSpec {
-            id: id.to_string(),
+            id: SandboxId::parse(id).expect("sandbox id"),
             image: "host".into(),
             limits: Limits::default(),
             snapshot: None,
@@ -144,7 +144,7 @@ fn sh(script: &str) -> ExecSpec {
 }
 
 /// Run a shell script to completion; (exit code, stdout).
-async fn run(rt: &NativeRuntime, id: &str, script: &str) -> (i32, String) {
+async fn run(rt: &NativeRuntime, id: &SandboxId, script: &str) -> (i32, String) {
     let mut stream = AgentClient::new(rt, id)
         .exec(sh(script), None)
         .await
@@ -160,7 +160,7 @@ async fn run(rt: &NativeRuntime, id: &str, script: &str) -> (i32, String) {
     panic!("exec stream ended without an exit");
 }
 
-async fn start_process(rt: &NativeRuntime, id: &str, tag: &str, script: &str) {
+async fn start_process(rt: &NativeRuntime, id: &SandboxId, tag: &str, script: &str) {
     let info = AgentClient::new(rt, id)
         .start_process(ProcessSpec {
             exec: sh(script),
@@ -174,7 +174,7 @@ async fn start_process(rt: &NativeRuntime, id: &str, tag: &str, script: &str) {
 }
 
 /// A process's whole output, following it until it exits.
-async fn output_until_exit(rt: &NativeRuntime, id: &str, tag: &str) -> Vec<u8> {
+async fn output_until_exit(rt: &NativeRuntime, id: &SandboxId, tag: &str) -> Vec<u8> {
     let mut stream = AgentClient::new(rt, id)
         .attach(tag, 0, true)
         .await
@@ -192,7 +192,7 @@ async fn output_until_exit(rt: &NativeRuntime, id: &str, tag: &str) -> Vec<u8> {
 }
 
 /// The output a process produced so far (no follow).
-async fn output_so_far(rt: &NativeRuntime, id: &str, tag: &str) -> Vec<u8> {
+async fn output_so_far(rt: &NativeRuntime, id: &SandboxId, tag: &str) -> Vec<u8> {
     let mut stream = AgentClient::new(rt, id)
         .attach(tag, 0, false)
         .await
@@ -217,7 +217,7 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-async fn probe(rt: &NativeRuntime, id: &str) -> Probe {
+async fn probe(rt: &NativeRuntime, id: &SandboxId) -> Probe {
     rt.probe(id).await.expect("probe")
 }
 
@@ -385,7 +385,7 @@ fn probe_tells_states_and_reconcile_keeps_only_the_kept() {
     let rt = h.native.clone();
     h.block_on(async {
         assert_eq!(probe(&rt, &a).await, Probe::Gone);
-        assert_eq!(probe(&rt, "Not/Valid").await, Probe::Gone);
+        // (An id that is not a valid name cannot reach the runtime: `SandboxId::parse`.)
         rt.create(&h.spec(&a)).await.expect("create a");
         rt.create(&h.spec(&b)).await.expect("create b");
         assert_eq!(probe(&rt, &a).await, Probe::Running);
@@ -405,8 +405,8 @@ fn probe_tells_states_and_reconcile_keeps_only_the_kept() {
         rt.stop(&b).await.unwrap();
         assert_eq!(probe(&rt, &b).await, Probe::Stopped);
 
-        let cleaned = rt.reconcile(std::slice::from_ref(&a)).await.unwrap();
-        assert_eq!(cleaned, vec![b.clone()]);
+        let cleaned = rt.reconcile(&[a.to_string()]).await.unwrap();
+        assert_eq!(cleaned, vec![b.to_string()]);
         assert_eq!(probe(&rt, &b).await, Probe::Gone);
         assert!(!h.sandbox_dir(&b).exists());
         assert_eq!(probe(&rt, &a).await, Probe::Running);

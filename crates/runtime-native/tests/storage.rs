@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use warren_runtime::{
     AgentClient, ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState, Runtime,
-    RuntimeError, SandboxSpec,
+    RuntimeError, SandboxId, SandboxSpec,
 };
 use warren_runtime_native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
 use warren_testkit::host::{
@@ -61,13 +61,13 @@ impl Harness {
         }
     }
 
-    fn id(&self, name: &str) -> String {
-        format!("{}-{name}", self.tag)
+    fn id(&self, name: &str) -> SandboxId {
+        SandboxId::parse(&format!("{}-{name}", self.tag)).expect("sandbox id")
     }
 
     fn spec(&self, id: &str, snapshot: Option<&str>) -> SandboxSpec {
         SandboxSpec {
-            id: id.to_string(),
+            id: SandboxId::parse(id).expect("sandbox id"),
             image: "host".into(),
             limits: Limits::default(),
             snapshot: snapshot.map(str::to_string),
@@ -180,7 +180,7 @@ fn sh(script: &str) -> ExecSpec {
 }
 
 /// Run a shell script to completion; (exit code, stdout).
-async fn run(rt: &NativeRuntime, id: &str, script: &str) -> (i32, String) {
+async fn run(rt: &NativeRuntime, id: &SandboxId, script: &str) -> (i32, String) {
     let mut stream = AgentClient::new(rt, id)
         .exec(sh(script), None)
         .await
@@ -202,7 +202,7 @@ async fn run(rt: &NativeRuntime, id: &str, script: &str) -> (i32, String) {
     panic!("exec stream ended without an exit");
 }
 
-async fn run_ok(rt: &NativeRuntime, id: &str, script: &str) -> String {
+async fn run_ok(rt: &NativeRuntime, id: &SandboxId, script: &str) -> String {
     let (code, out) = run(rt, id, script).await;
     assert_eq!(code, 0, "script failed in {id}: {script}\n{out}");
     out
@@ -252,11 +252,11 @@ if [ -e /workspace/proj/a.txt ]; then
 fi
 "#;
 
-async fn state(rt: &NativeRuntime, id: &str) -> String {
+async fn state(rt: &NativeRuntime, id: &SandboxId) -> String {
     run_ok(rt, id, STATE).await
 }
 
-async fn start_process(rt: &NativeRuntime, id: &str, tag: &str, script: &str) {
+async fn start_process(rt: &NativeRuntime, id: &SandboxId, tag: &str, script: &str) {
     let info = AgentClient::new(rt, id)
         .start_process(ProcessSpec {
             exec: sh(script),
@@ -269,7 +269,7 @@ async fn start_process(rt: &NativeRuntime, id: &str, tag: &str, script: &str) {
     assert_eq!(info.state, ProcessState::Running);
 }
 
-async fn line_count(rt: &NativeRuntime, id: &str, file: &str) -> u64 {
+async fn line_count(rt: &NativeRuntime, id: &SandboxId, file: &str) -> u64 {
     // The file may not exist yet.
     run_ok(rt, id, &format!("cat {file} 2>/dev/null | wc -l"))
         .await
@@ -325,7 +325,7 @@ fn scenario(storage: StorageConfig, backend: &str) {
         assert!(m1.size_bytes >= 200_000, "{m1:?}");
         if backend == "btrfs" {
             use std::os::unix::fs::MetadataExt;
-            let fs = rt.sandboxes_dir().join(&a).join("fs");
+            let fs = rt.sandboxes_dir().join(a.as_str()).join("fs");
             assert_eq!(
                 std::fs::metadata(&fs).unwrap().ino(),
                 256,
@@ -400,7 +400,7 @@ fn scenario(storage: StorageConfig, backend: &str) {
             Err(RuntimeError::SnapshotNotFound(s)) => assert_eq!(s, "nope"),
             other => panic!("create from a missing snapshot: {other:?}"),
         }
-        assert!(!rt.sandboxes_dir().join(&d).exists());
+        assert!(!rt.sandboxes_dir().join(d.as_str()).exists());
         assert_eq!(cgroups_named(&d), Vec::<PathBuf>::new());
 
         // Rollback: only when stopped; afterwards exactly the snapshot's files.
@@ -417,7 +417,7 @@ fn scenario(storage: StorageConfig, backend: &str) {
         let t = Instant::now();
         rt.rollback(&a, "s1").await.expect("rollback to s1");
         eprintln!("{backend}: rollback of a small sandbox: {:?}", t.elapsed());
-        let mut left: Vec<String> = std::fs::read_dir(rt.sandboxes_dir().join(&a))
+        let mut left: Vec<String> = std::fs::read_dir(rt.sandboxes_dir().join(a.as_str()))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| n.starts_with("fs"))
@@ -545,7 +545,7 @@ fn scenario(storage: StorageConfig, backend: &str) {
 
         // Stopped sandboxes are destroyed like running ones (btrfs: subvolumes deleted).
         rt.destroy(&a).await.expect("destroy a");
-        assert!(!rt.sandboxes_dir().join(&a).exists());
+        assert!(!rt.sandboxes_dir().join(a.as_str()).exists());
         assert_eq!(
             rt.reconcile_snapshots(&[]).await.unwrap(),
             ["s1".to_string()]

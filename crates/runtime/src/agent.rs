@@ -15,8 +15,8 @@ use warren_proto::{ProtoError, Request};
 use crate::{
     AgentCode, AttachEvent, AttachStream, ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo,
     FileOp, FileOpResult, FileStat, PortStream, ProcessInfo, ProcessOp, ProcessSpec,
-    ReplaceOutcome, ReplaceSpec, Runtime, RuntimeError, SearchOutcome, SearchSpec, WatchStream,
-    WriteOptions,
+    ReplaceOutcome, ReplaceSpec, Runtime, RuntimeError, SandboxId, SearchOutcome, SearchSpec,
+    WatchStream, WriteOptions,
 };
 
 /// Codes with which the agent refuses to start a command.
@@ -31,11 +31,11 @@ const SPAWN_CODES: [AgentCode; 3] = [
 #[derive(Clone, Copy)]
 pub struct AgentClient<'a> {
     runtime: &'a dyn Runtime,
-    id: &'a str,
+    id: &'a SandboxId,
 }
 
 impl<'a> AgentClient<'a> {
-    pub fn new(runtime: &'a dyn Runtime, id: &'a str) -> AgentClient<'a> {
+    pub fn new(runtime: &'a dyn Runtime, id: &'a SandboxId) -> AgentClient<'a> {
         AgentClient { runtime, id }
     }
 

@@ -8,8 +8,10 @@
 use std::pin::Pin;
 
 pub mod agent;
+pub mod id;
 
 pub use agent::AgentClient;
+pub use id::{InvalidId, SandboxId};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -93,8 +95,8 @@ impl IdMap {
 /// Everything a runtime needs to create a sandbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxSpec {
-    /// Unique id; also the hostname inside the sandbox. `[a-z0-9-]`, at most 63 bytes.
-    pub id: String,
+    /// Unique id; also the hostname inside the sandbox.
+    pub id: SandboxId,
     /// Image name (`host` is built in).
     pub image: String,
     pub limits: Limits,
@@ -304,24 +306,24 @@ pub trait Runtime: Send + Sync + 'static {
     /// A new connection to the sandbox's agent (one request each; [`AgentClient`] speaks
     /// the protocol over it). An unknown sandbox, or one whose agent is not running, is
     /// [`RuntimeError::NotFound`].
-    async fn agent(&self, id: &str) -> Result<Box<dyn PortStream>, RuntimeError>;
+    async fn agent(&self, id: &SandboxId) -> Result<Box<dyn PortStream>, RuntimeError>;
 
     /// Freeze every process of the sandbox (agent included) and return once all are
     /// frozen. Pausing a paused sandbox is `Ok`.
-    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         let _ = id;
         Err(RuntimeError::Unsupported("pause"))
     }
 
     /// Thaw a paused sandbox. Resuming a running one is `Ok`.
-    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn resume(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         let _ = id;
         Err(RuntimeError::Unsupported("pause"))
     }
 
     /// End every process (the agent too) and keep the files. Works on a paused sandbox;
     /// stopping a stopped one is `Ok`.
-    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn stop(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         let _ = id;
         Err(RuntimeError::Unsupported("stop"))
     }
@@ -334,19 +336,19 @@ pub trait Runtime: Send + Sync + 'static {
     }
 
     /// Usage figures (cgroup counters, the writable layer's size, network bytes).
-    async fn stats(&self, id: &str) -> Result<Stats, RuntimeError> {
+    async fn stats(&self, id: &SandboxId) -> Result<Stats, RuntimeError> {
         let _ = id;
         Err(RuntimeError::Unsupported("stats"))
     }
 
     /// CPU time used so far, cheaply (the idle detector calls it every few seconds).
-    async fn cpu_usage_us(&self, id: &str) -> Result<u64, RuntimeError> {
+    async fn cpu_usage_us(&self, id: &SandboxId) -> Result<u64, RuntimeError> {
         let _ = id;
         Err(RuntimeError::Unsupported("stats"))
     }
 
     /// What is left of a sandbox on this host (after a daemon restart).
-    async fn probe(&self, id: &str) -> Result<Probe, RuntimeError> {
+    async fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError> {
         let _ = id;
         Ok(Probe::Gone)
     }
@@ -356,7 +358,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// after; a paused one stays paused; a stopped one has nothing running. The snapshot is
     /// complete when this returns `Ok` and absent when it returns `Err` (or the daemon
     /// dies midway: [`Runtime::reconcile_snapshots`] removes partial ones).
-    async fn snapshot(&self, id: &str, snapshot_id: &str) -> Result<SnapshotMeta, RuntimeError> {
+    async fn snapshot(
+        &self,
+        id: &SandboxId,
+        snapshot_id: &str,
+    ) -> Result<SnapshotMeta, RuntimeError> {
         let _ = (id, snapshot_id);
         Err(RuntimeError::Unsupported("snapshots"))
     }
@@ -369,7 +375,7 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Replace a *stopped* sandbox's files with the snapshot's. Either the files are the
     /// snapshot's afterwards or, on error, unchanged.
-    async fn rollback(&self, id: &str, snapshot_id: &str) -> Result<(), RuntimeError> {
+    async fn rollback(&self, id: &SandboxId, snapshot_id: &str) -> Result<(), RuntimeError> {
         let _ = (id, snapshot_id);
         Err(RuntimeError::Unsupported("rollback"))
     }
@@ -383,7 +389,7 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Kill every process, remove cgroups, mounts and files. Idempotent: an unknown or
     /// already-destroyed sandbox is `Ok`.
-    async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
+    async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
 
     /// Remove whatever an earlier (crashed) daemon left behind for every sandbox *not* in
     /// `keep`: processes, cgroups, sandbox directories. Returns the ids it cleaned.

@@ -107,7 +107,7 @@ impl Engine {
             hidden: req.hidden,
             timeout_ms: SEARCH_TIME_LIMIT.as_millis() as u64,
         };
-        match self.agent(id).search_files(spec).await {
+        match self.agent(&crate::sandbox_id(id)?).search_files(spec).await {
             Ok(out) => Ok(SearchResult {
                 matches: out
                     .matches
@@ -155,7 +155,11 @@ impl Engine {
             hidden: false,
             timeout_ms: SEARCH_TIME_LIMIT.as_millis() as u64,
         };
-        match self.agent(id).replace_files(spec).await {
+        match self
+            .agent(&crate::sandbox_id(id)?)
+            .replace_files(spec)
+            .await
+        {
             Ok(out) => Ok(ReplaceResult {
                 files: out
                     .files
@@ -182,7 +186,11 @@ impl Engine {
     ) -> Result<FileEvents, EngineError> {
         validate_path("path", path)?;
         self.ready(id).await?;
-        match self.agent(id).watch_files(path, recursive).await {
+        match self
+            .agent(&crate::sandbox_id(id)?)
+            .watch_files(path, recursive)
+            .await
+        {
             Ok(stream) => Ok(self.attached(
                 id,
                 stream.map(|r| match r {

@@ -378,17 +378,24 @@ async fn restart_adopts_what_runs_and_cleans_the_rest() {
         .unwrap();
     drop(e);
     use warren_runtime::Runtime;
-    rt.destroy(&gone).await.unwrap();
+    rt.destroy(&warren_runtime::SandboxId::parse(&gone).unwrap())
+        .await
+        .unwrap();
     // Left without records: a sandbox and a snapshot.
     let orphan = warren_runtime::SandboxSpec {
-        id: "sb-orphan".into(),
+        id: warren_runtime::SandboxId::parse("sb-orphan").unwrap(),
         image: "host".into(),
         limits: Default::default(),
         snapshot: None,
         idmap: None,
     };
     rt.create(&orphan).await.unwrap();
-    rt.snapshot("sb-orphan", "snap-orphan").await.unwrap();
+    rt.snapshot(
+        &warren_runtime::SandboxId::parse("sb-orphan").unwrap(),
+        "snap-orphan",
+    )
+    .await
+    .unwrap();
 
     let e = reopen(&dir, &rt).await;
     let state = |id: &str| {

@@ -38,7 +38,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use warren_agent::{Hosted, HostedOptions};
 use warren_runtime::{
-    PortStream, Probe, Runtime, RuntimeError, RuntimeInfo, SandboxSpec, SnapshotMeta, Stats,
+    PortStream, Probe, Runtime, RuntimeError, RuntimeInfo, SandboxId, SandboxSpec, SnapshotMeta,
+    Stats,
 };
 
 /// The one image the fake has.
@@ -308,7 +309,7 @@ impl Runtime for FakeRuntime {
             }
         };
         self.lock().sandboxes.insert(
-            spec.id.clone(),
+            spec.id.to_string(),
             Sandbox {
                 state: FakeState::Running,
                 agent: Some(agent),
@@ -319,12 +320,12 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn agent(&self, id: &str) -> Result<Box<dyn PortStream>, RuntimeError> {
+    async fn agent(&self, id: &SandboxId) -> Result<Box<dyn PortStream>, RuntimeError> {
         let (stream, limit) = {
             let state = self.lock();
             let sb = state
                 .sandboxes
-                .get(id)
+                .get(id.as_str())
                 .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
             let agent = sb
                 .agent
@@ -351,22 +352,22 @@ impl Runtime for FakeRuntime {
         )))
     }
 
-    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.pause_or_resume(id, true).await
     }
 
-    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn resume(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.pause_or_resume(id, false).await
     }
 
-    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn stop(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.delay().await;
         self.require(id)?;
         // Dropping the agent kills every process, as a stopped sandbox's agent ends.
         let agent = self
             .lock()
             .sandboxes
-            .get_mut(id)
+            .get_mut(id.as_str())
             .and_then(|s| s.agent.take());
         drop_agent(agent).await;
         self.set_state(id, FakeState::Stopped, None);
@@ -386,9 +387,13 @@ impl Runtime for FakeRuntime {
         }
     }
 
-    async fn stats(&self, id: &str) -> Result<Stats, RuntimeError> {
+    async fn stats(&self, id: &SandboxId) -> Result<Stats, RuntimeError> {
         let state = self.require(id)?;
-        let cpu = self.lock().sandboxes.get(id).map_or(0, |s| s.cpu_us);
+        let cpu = self
+            .lock()
+            .sandboxes
+            .get(id.as_str())
+            .map_or(0, |s| s.cpu_us);
         let running = matches!(state, FakeState::Running | FakeState::Paused);
         let root = self.root(id);
         let disk = tokio::task::spawn_blocking(move || tree_bytes(&root))
@@ -406,11 +411,11 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn cpu_usage_us(&self, id: &str) -> Result<u64, RuntimeError> {
+    async fn cpu_usage_us(&self, id: &SandboxId) -> Result<u64, RuntimeError> {
         self.stats(id).await.map(|s| s.cpu_usage_us)
     }
 
-    async fn probe(&self, id: &str) -> Result<Probe, RuntimeError> {
+    async fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError> {
         Ok(match self.state(id) {
             None => Probe::Gone,
             Some(FakeState::Running) => Probe::Running,
@@ -420,7 +425,11 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn snapshot(&self, id: &str, snapshot_id: &str) -> Result<SnapshotMeta, RuntimeError> {
+    async fn snapshot(
+        &self,
+        id: &SandboxId,
+        snapshot_id: &str,
+    ) -> Result<SnapshotMeta, RuntimeError> {
         self.delay().await;
         self.require(id)?;
         let (from, to) = (self.root(id), self.snapshot_dir(snapshot_id));
@@ -445,7 +454,7 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn rollback(&self, id: &str, snapshot_id: &str) -> Result<(), RuntimeError> {
+    async fn rollback(&self, id: &SandboxId, snapshot_id: &str) -> Result<(), RuntimeError> {
         if self.require(id)? != FakeState::Stopped {
             return Err(RuntimeError::Setup(
                 "rollback needs a stopped sandbox".into(),
@@ -477,8 +486,8 @@ impl Runtime for FakeRuntime {
         Ok(gone)
     }
 
-    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
-        let sandbox = self.lock().sandboxes.remove(id);
+    async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let sandbox = self.lock().sandboxes.remove(id.as_str());
         if let Some(sb) = sandbox {
             drop_agent(sb.agent).await;
         }
@@ -493,7 +502,9 @@ impl Runtime for FakeRuntime {
             .filter(|id| !keep.contains(id))
             .collect();
         for id in &gone {
-            self.destroy(id).await?;
+            if let Ok(id) = SandboxId::parse(id) {
+                self.destroy(&id).await?;
+            }
         }
         Ok(gone)
     }
