@@ -75,7 +75,8 @@ async fn write(h: &Hosted, path: &str, data: &'static [u8]) -> Result<(), ProtoE
 
 #[tokio::test]
 async fn files_and_commands_live_in_the_directory() {
-    let dir = common::unique_dir("hosted");
+    let tmp = common::TempDir::new("hosted");
+    let dir = tmp.0.clone();
     std::fs::create_dir_all(dir.join("outside-sibling")).unwrap();
     let root = dir.join("root");
     // Same name inside: where a link pointing up out of the root lands.
@@ -166,13 +167,12 @@ async fn files_and_commands_live_in_the_directory() {
     assert_eq!(matches[0].path, "/workspace/a.txt");
 
     drop(h);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn dropping_the_agent_kills_its_commands() {
-    let dir = common::unique_dir("hosted-kill");
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = common::TempDir::new("hosted-kill");
+    let dir = tmp.0.clone();
     let h = Hosted::start(&dir, HostedOptions::default()).unwrap();
     let events = agent::exec(conn(&h), spec(&["sleep", "1000"], "/"), None)
         .await
@@ -197,7 +197,6 @@ async fn dropping_the_agent_kills_its_commands() {
         "{rest:?}"
     );
     assert!(other.wait().unwrap().success());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
@@ -205,7 +204,8 @@ async fn commands_and_ports_are_those_given() {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let dir = common::unique_dir("hosted-given");
+    let tmp = common::TempDir::new("hosted-given");
+    let dir = tmp.0.clone();
     let programs = dir.join("bin");
     std::fs::create_dir_all(&programs).unwrap();
     std::fs::create_dir_all(dir.join("root")).unwrap();
@@ -254,5 +254,4 @@ async fn commands_and_ports_are_those_given() {
         "{err:?}"
     );
     drop(h);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

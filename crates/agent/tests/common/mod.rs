@@ -12,6 +12,25 @@ use tokio::net::UnixStream;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// A directory removed when dropped, even when the test fails.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh, empty [`unique_dir`].
+    pub fn new(prefix: &str) -> TempDir {
+        let d = unique_dir(prefix);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh temp dir path `<prefix>-<pid>-<n>`, unique within this test binary.
 pub fn unique_dir(prefix: &str) -> PathBuf {
     std::env::temp_dir().join(format!(

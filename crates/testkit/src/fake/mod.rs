@@ -45,6 +45,39 @@ use warren_runtime::{
 /// The one image the fake has.
 pub const IMAGE: &str = "host";
 
+/// A fake runtime's directory: `<tmp>/warren-fake-<pid>-<random>`.
+const DIR_PREFIX: &str = "warren-fake-";
+
+/// Removes the directories of fake runtimes whose test process is gone (killed before it
+/// could clean up: their `readonly` directories are immutable, which plain `rm -rf` cannot
+/// remove).
+fn sweep_dead() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        for sub in ["sandboxes", "snapshots"] {
+            if let Ok(dirs) = std::fs::read_dir(e.path().join(sub)) {
+                for d in dirs.flatten() {
+                    set_immutable(&d.path().join("readonly"), false);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FakeState {
     Running,
@@ -110,8 +143,9 @@ impl std::fmt::Debug for FakeRuntime {
 impl FakeRuntime {
     /// Panics if it cannot make its temporary directory (test code only).
     pub fn new() -> FakeRuntime {
+        sweep_dead();
         let dir = tempfile::Builder::new()
-            .prefix("warren-fake-")
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .expect("fake runtime dir");
         // Commands may run as another user (1000): they must reach the programs and roots.
@@ -669,5 +703,24 @@ impl Drop for Shared {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A killed test process leaves its directory behind, immutable parts and all; the next
+    /// fake runtime removes it (and leaves those of live processes alone).
+    #[test]
+    fn leftovers_of_dead_processes_are_swept() {
+        let dead = std::env::temp_dir().join(format!("{DIR_PREFIX}999999999-x"));
+        let _ = std::fs::remove_dir_all(&dead);
+        skeleton(&dead.join("sandboxes/sb-1")).unwrap();
+        let live = FakeRuntime::new();
+        assert!(!dead.exists(), "{dead:?} left");
+        let second = FakeRuntime::new();
+        assert!(live.shared.dir.path().exists());
+        drop((live, second));
     }
 }
