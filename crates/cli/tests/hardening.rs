@@ -300,6 +300,8 @@ fn pid1_is_out_of_reach_and_holds_no_host_fd() {
     let canary = std::env::temp_dir().join(format!("warren-canary-{}", std::process::id()));
     std::fs::write(&canary, "host secret\n").unwrap();
     let file = std::fs::File::open(&canary).unwrap();
+    // The open fd is what matters; no name is left behind even if the test fails.
+    std::fs::remove_file(&canary).unwrap();
     let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
     let d = daemon_with_pre_exec(move || {
         // SAFETY: dup2 into a fixed number in the forked child before exec; async-signal-safe.
@@ -369,7 +371,6 @@ fn pid1_is_out_of_reach_and_holds_no_host_fd() {
         );
     }
     assert!(!seen.iter().any(|s| s.starts_with("77 ")), "{seen:?}");
-    let _ = std::fs::remove_file(&canary);
 }
 
 const EPOLL_HOG: &str = r#"
