@@ -9,14 +9,14 @@ use std::io;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use warren_proto::host::{self as proto, AttachItem, ExecEvent};
+use warren_proto::host::{self as proto, ExecEvent};
 use warren_proto::{ProtoError, Request};
 
 use crate::{
-    AgentCode, AttachEvent, AttachStream, ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo,
-    FileOp, FileOpResult, FileStat, PortStream, ProcessInfo, ProcessOp, ProcessSpec,
-    ReplaceOutcome, ReplaceSpec, Runtime, RuntimeError, SandboxId, SearchOutcome, SearchSpec,
-    WatchStream, WriteOptions,
+    AgentCode, AttachStream, ByteStream, ExecOutput, ExecSpec, ExecStream, ExitInfo, FileOp,
+    FileOpResult, FileStat, PortStream, ProcessInfo, ProcessOp, ProcessSpec, ReplaceOutcome,
+    ReplaceSpec, Runtime, RuntimeError, SandboxId, SearchOutcome, SearchSpec, WatchStream,
+    WriteOptions,
 };
 
 /// Codes with which the agent refuses to start a command.
@@ -188,16 +188,7 @@ impl<'a> AgentClient<'a> {
         let events = proto::attach(self.conn().await?, selector, offset, follow)
             .await
             .map_err(process_error)?;
-        Ok(Box::pin(events.map(|item| {
-            item.map(|item| match item {
-                AttachItem::Attached { offset, end } => AttachEvent::Attached { offset, end },
-                AttachItem::Lost { from, to } => AttachEvent::Lost { from, to },
-                AttachItem::Stdout(b) => AttachEvent::Stdout(b),
-                AttachItem::Stderr(b) => AttachEvent::Stderr(b),
-                AttachItem::Ended(info) => AttachEvent::Ended(info),
-            })
-            .map_err(process_error)
-        })))
+        Ok(Box::pin(events.map(|item| item.map_err(process_error))))
     }
 
     /// Open a TCP connection to `127.0.0.1:port` inside the sandbox: the agent dials it and

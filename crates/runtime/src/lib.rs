@@ -192,25 +192,8 @@ pub struct ReplaceOutcome {
 }
 
 /// One item of an attachment to a durable process's output (see
-/// `warren_proto::Request::Attach`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum AttachEvent {
-    /// Always first: output follows from `offset`; `end` is the log's end right now.
-    Attached {
-        offset: u64,
-        end: u64,
-    },
-    /// Output in `from..to` was dropped before it could be read.
-    Lost {
-        from: u64,
-        to: u64,
-    },
-    Stdout(Bytes),
-    Stderr(Bytes),
-    /// Always last: the process exited and everything was sent (or, not following, the log
-    /// is drained).
-    Ended(ProcessInfo),
-}
+/// `warren_proto::Request::Attach`): the protocol's own item, as the agent sends it.
+pub use warren_proto::host::AttachItem as AttachEvent;
 
 /// A process's output, replayed and followed. Dropping it detaches (the process goes on).
 pub type AttachStream = Pin<Box<dyn Stream<Item = Result<AttachEvent, RuntimeError>> + Send>>;
