@@ -5,6 +5,9 @@
 //! whatever the test made, even when the test fails; `finish` also checks the host is
 //! clean (no cgroup, mount or process left).
 
+mod common;
+
+use common::{run, start_process};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,8 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use warren_runtime::{
-    AgentClient, AttachEvent, ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState,
-    Runtime, RuntimeError, SandboxId, SandboxSpec,
+    AgentClient, AttachEvent, Limits, Probe, Runtime, RuntimeError, SandboxId, SandboxSpec,
 };
 use warren_runtime_native::spec::SandboxPaths;
 use warren_runtime_native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
@@ -131,48 +133,6 @@ impl Drop for Harness {
     }
 }
 
-fn sh(script: &str) -> ExecSpec {
-    ExecSpec {
-        argv: vec!["sh".into(), "-c".into(), script.into()],
-        env: vec![(
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        )],
-        cwd: "/".into(),
-        ..Default::default()
-    }
-}
-
-/// Run a shell script to completion; (exit code, stdout).
-async fn run(rt: &NativeRuntime, id: &SandboxId, script: &str) -> (i32, String) {
-    let mut stream = AgentClient::new(rt, id)
-        .exec(sh(script), None)
-        .await
-        .expect("exec");
-    let mut out = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item.expect("exec stream") {
-            ExecOutput::Stdout(b) => out.extend_from_slice(&b),
-            ExecOutput::Stderr(b) => eprintln!("stderr: {}", String::from_utf8_lossy(&b)),
-            ExecOutput::Exit(e) => return (e.exit_code, String::from_utf8_lossy(&out).into()),
-        }
-    }
-    panic!("exec stream ended without an exit");
-}
-
-async fn start_process(rt: &NativeRuntime, id: &SandboxId, tag: &str, script: &str) {
-    let info = AgentClient::new(rt, id)
-        .start_process(ProcessSpec {
-            exec: sh(script),
-            tag: Some(tag.into()),
-            pty: None,
-            log_bytes: 1 << 20,
-        })
-        .await
-        .expect("start process");
-    assert_eq!(info.state, ProcessState::Running);
-}
-
 /// A process's whole output, following it until it exits.
 async fn output_until_exit(rt: &NativeRuntime, id: &SandboxId, tag: &str) -> Vec<u8> {
     let mut stream = AgentClient::new(rt, id)
@@ -237,14 +197,15 @@ fn pause_freezes_cpu_and_keeps_process_output_and_resume_thaws() {
     assert!(rt.info().pause && rt.info().stop && rt.info().stats);
     h.block_on(async {
         rt.create(&h.spec(&id)).await.expect("create");
-        start_process(&rt, &id, "spin", "while :; do :; done").await;
+        start_process(&rt, &id, "spin", "while :; do :; done", 1 << 20).await;
         // Forks all the time: freezing must still complete.
-        start_process(&rt, &id, "forker", "while :; do /bin/true; done").await;
+        start_process(&rt, &id, "forker", "while :; do /bin/true; done", 1 << 20).await;
         start_process(
             &rt,
             &id,
             "talker",
             "echo before; while [ ! -e /tmp/go ]; do sleep 0.02; done; echo after",
+            1 << 20,
         )
         .await;
         wait_for("the talker's first line", async || {
@@ -317,7 +278,7 @@ fn stop_keeps_files_and_start_brings_a_fresh_agent() {
                 .0,
             0
         );
-        start_process(&rt, &id, "old", "sleep 1000").await;
+        start_process(&rt, &id, "old", "sleep 1000", 1 << 20).await;
         let old_agent = agent_pid(&dir);
 
         // Stop works on a paused sandbox.

@@ -6,16 +6,15 @@
 //! whatever the test made, even when the test fails; `finish` also checks the host is
 //! clean (no cgroup, mount, loop device or process left).
 
+mod common;
+
+use common::{run, start_process};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use warren_runtime::{
-    AgentClient, ExecOutput, ExecSpec, Limits, Probe, ProcessSpec, ProcessState, Runtime,
-    RuntimeError, SandboxId, SandboxSpec,
-};
+use warren_runtime::{Limits, Probe, Runtime, RuntimeError, SandboxId, SandboxSpec};
 use warren_runtime_native::{NativeConfig, NativeRuntime, StorageConfig, UsernsSetting};
 use warren_testkit::host::{
     cgroups_named, host_mounts_mentioning, processes_in_cgroup, test_idmap,
@@ -167,41 +166,6 @@ fn loop_devices_of(img: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn sh(script: &str) -> ExecSpec {
-    ExecSpec {
-        argv: vec!["sh".into(), "-c".into(), script.into()],
-        env: vec![(
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        )],
-        cwd: "/".into(),
-        ..Default::default()
-    }
-}
-
-/// Run a shell script to completion; (exit code, stdout).
-async fn run(rt: &NativeRuntime, id: &SandboxId, script: &str) -> (i32, String) {
-    let mut stream = AgentClient::new(rt, id)
-        .exec(sh(script), None)
-        .await
-        .expect("exec");
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item.expect("exec stream") {
-            ExecOutput::Stdout(b) => out.extend_from_slice(&b),
-            ExecOutput::Stderr(b) => err.extend_from_slice(&b),
-            ExecOutput::Exit(e) => {
-                if e.exit_code != 0 {
-                    eprintln!("stderr: {}", String::from_utf8_lossy(&err));
-                }
-                return (e.exit_code, String::from_utf8_lossy(&out).into());
-            }
-        }
-    }
-    panic!("exec stream ended without an exit");
-}
-
 async fn run_ok(rt: &NativeRuntime, id: &SandboxId, script: &str) -> String {
     let (code, out) = run(rt, id, script).await;
     assert_eq!(code, 0, "script failed in {id}: {script}\n{out}");
@@ -254,19 +218,6 @@ fi
 
 async fn state(rt: &NativeRuntime, id: &SandboxId) -> String {
     run_ok(rt, id, STATE).await
-}
-
-async fn start_process(rt: &NativeRuntime, id: &SandboxId, tag: &str, script: &str) {
-    let info = AgentClient::new(rt, id)
-        .start_process(ProcessSpec {
-            exec: sh(script),
-            tag: Some(tag.into()),
-            pty: None,
-            log_bytes: 1 << 16,
-        })
-        .await
-        .expect("start process");
-    assert_eq!(info.state, ProcessState::Running);
 }
 
 async fn line_count(rt: &NativeRuntime, id: &SandboxId, file: &str) -> u64 {
@@ -450,6 +401,7 @@ fn scenario(storage: StorageConfig, backend: &str) {
             "writer",
             "i=0; while :; do i=$((i+1)); for k in 0 1 2 3 4 5 6 7 8 9; do \
              echo \"line $i\" >> /workspace/c$k/log; done; done",
+            1 << 16,
         )
         .await;
         while line_count(&rt, &a, "/workspace/c9/log").await < 500 {
