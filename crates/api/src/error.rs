@@ -50,6 +50,8 @@ pub enum ErrorCode {
     ProxyError,
     MethodNotAllowed,
     TooManyStreams,
+    /// The sandbox asked for a network mode this server does not offer.
+    NetworkUnavailable,
 }
 
 impl ErrorCode {
@@ -99,6 +101,7 @@ impl ErrorCode {
         ErrorCode::ProxyError,
         ErrorCode::MethodNotAllowed,
         ErrorCode::TooManyStreams,
+        ErrorCode::NetworkUnavailable,
     ];
 
     /// The code on the wire (`snake_case`).
@@ -148,6 +151,7 @@ impl ErrorCode {
             ErrorCode::ProxyError => "proxy_error",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::TooManyStreams => "too_many_streams",
+            ErrorCode::NetworkUnavailable => "network_unavailable",
         }
     }
 

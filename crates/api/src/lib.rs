@@ -20,6 +20,8 @@ mod lifecycle;
 pub use lifecycle::*;
 mod pools;
 pub use pools::*;
+mod network;
+pub use network::*;
 
 /// Name of the image that needs no download: the host's `/usr` plus a generated skeleton.
 pub const DEFAULT_IMAGE: &str = "host";
@@ -88,6 +90,9 @@ pub struct CreateSandboxRequest {
     /// its sandboxes too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Network mode and egress policy (`GET/PUT /v1/sandboxes/{id}/network` later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkRequest>,
 }
 
 /// Lifecycle state of a sandbox.
@@ -197,6 +202,8 @@ pub struct Sandbox {
     /// asked for a pool that was empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Its network: mode, address and the egress policy in force.
+    pub network: SandboxNetwork,
 }
 
 /// Where a sandbox's port is reachable from the server's host.
@@ -458,6 +465,7 @@ pub struct Capabilities {
     pub features: Features,
     pub limits: Limits,
     pub storage: StorageInfo,
+    pub network: NetworkCapabilities,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -466,7 +474,7 @@ pub struct Isolation {
     pub user_namespace: bool,
     pub seccomp: bool,
     pub capabilities: Vec<String>,
-    /// `loopback` (no external network) for now.
+    /// The default network mode (`nat` or `isolated`); see `network` for all of them.
     pub network: String,
 }
 

@@ -27,6 +27,11 @@ pub struct PoolSpec {
     /// for a create that merely matches its image and resources.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Network mode and egress policy of the pool's sandboxes (the server's default mode,
+    /// allowing everything, when absent). A create that names another network does not take
+    /// from the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::NetworkRequest>,
 }
 
 /// Where a pool is defined.
@@ -53,6 +58,8 @@ pub struct Pool {
     pub resources: Resources,
     /// Names of the pool-wide environment variables (values are never echoed back).
     pub env_keys: Vec<String>,
+    /// Network of its sandboxes.
+    pub network: crate::NetworkRequest,
     pub source: PoolSource,
     /// Sandboxes running and waiting to be claimed.
     pub ready: u32,

@@ -99,6 +99,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stop { ids } => crate::lifecycle::transition(&client, "stop", &ids).await,
         Command::Start { ids } => crate::lifecycle::transition(&client, "start", &ids).await,
         Command::Stats { id, json } => crate::lifecycle::stats(&client, &id, json).await,
+        Command::Network {
+            id,
+            egress_default,
+            allow,
+            deny,
+            json,
+        } => {
+            let opts = crate::NetOpts {
+                network: None,
+                egress_default,
+                allow,
+                deny,
+            };
+            crate::lifecycle::network(&client, &id, &opts, json).await
+        }
         Command::Snapshot(cmd) => crate::lifecycle::snapshot(&client, cmd).await,
         Command::Pool(cmd) => crate::pools::run(&client, cmd).await,
         Command::Rollback { id, snapshot } => {
@@ -366,6 +381,7 @@ fn create_request(opts: &SandboxOpts) -> CreateSandboxRequest {
         }),
         auto_resume: opts.auto_resume,
         pool: opts.pool.clone(),
+        network: opts.net.request(),
     }
 }
 
@@ -546,6 +562,12 @@ mod tests {
             on_idle: Default::default(),
             auto_resume: false,
             pool: None,
+            network: warren_api::SandboxNetwork {
+                mode: warren_api::NetworkMode::Isolated,
+                address: None,
+                gateway: None,
+                egress: Default::default(),
+            },
         };
         let t = table(
             &[sb("sb-1", &[]), sb("sb-longer", &[("a", "1"), ("b", "2")])],

@@ -33,6 +33,42 @@ pub async fn transition(client: &Client, verb: &str, ids: &[String]) -> anyhow::
     Ok(u8::from(failed))
 }
 
+/// `warren network ID [--allow T] [--deny T] [--egress-default A]`: show, or replace the
+/// egress policy.
+pub async fn network(
+    client: &Client,
+    id: &str,
+    opts: &crate::NetOpts,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let mut net = client.network(id).await?;
+    if let Some(egress) = opts.egress(net.egress.default) {
+        net = client
+            .set_network(id, &warren_api::UpdateNetworkRequest { egress })
+            .await?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&net)?);
+        return Ok(0);
+    }
+    println!("MODE     {}", net.mode.as_str());
+    if let Some(a) = &net.address {
+        println!("ADDRESS  {a}");
+    }
+    if let Some(g) = &net.gateway {
+        println!("GATEWAY  {g} (DNS)");
+    }
+    let action = |a: warren_api::EgressAction| match a {
+        warren_api::EgressAction::Allow => "allow",
+        warren_api::EgressAction::Deny => "deny",
+    };
+    println!("EGRESS   default {}", action(net.egress.default));
+    for r in &net.egress.rules {
+        println!("         {} {}", action(r.action), r.target);
+    }
+    Ok(0)
+}
+
 pub async fn stats(client: &Client, id: &str, json: bool) -> anyhow::Result<u8> {
     let stats = client.stats(id).await?;
     if json {

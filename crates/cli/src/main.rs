@@ -194,6 +194,23 @@ enum Command {
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
+    /// Show a sandbox's network (mode, address, egress policy); with `--allow`, `--deny`
+    /// or `--egress-default`, replace its egress policy live by the one these flags give
+    /// (rules not given are dropped; the default stays unless given).
+    Network {
+        id: String,
+        #[arg(long, value_enum, value_name = "ACTION")]
+        egress_default: Option<EgressDefault>,
+        /// Allow an IPv4 CIDR or address, a domain or `*.domain` (repeatable).
+        #[arg(long, value_name = "TARGET")]
+        allow: Vec<String>,
+        /// Deny an IPv4 CIDR or address, a domain or `*.domain` (repeatable).
+        #[arg(long, value_name = "TARGET")]
+        deny: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a sandbox's resource usage (CPU, memory, processes, disk, network).
     Stats {
         id: String,
@@ -358,6 +375,84 @@ struct SandboxOpts {
     /// cold create of its spec.
     #[arg(long, value_name = "NAME")]
     pool: Option<String>,
+    #[command(flatten)]
+    net: NetOpts,
+}
+
+/// Network flags of `create`, `run` and `network`.
+#[derive(Debug, Clone, Default, clap::Args)]
+struct NetOpts {
+    /// Network mode: `nat` (its own address, outbound traffic through the host under the
+    /// egress policy) or `isolated` (loopback only) [default: the server's].
+    #[arg(long, value_enum, value_name = "MODE")]
+    network: Option<NetMode>,
+    /// What the egress rules do not cover: `allow` [default] or `deny`.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    egress_default: Option<EgressDefault>,
+    /// Allow connections to an IPv4 CIDR or address, a domain or `*.domain` (repeatable).
+    #[arg(long, value_name = "TARGET")]
+    allow: Vec<String>,
+    /// Deny connections to an IPv4 CIDR or address, a domain or `*.domain` (repeatable).
+    #[arg(long, value_name = "TARGET")]
+    deny: Vec<String>,
+}
+
+impl NetOpts {
+    /// The egress policy the flags give, if they give any (`default` when only rules are).
+    fn egress(&self, default: warren_api::EgressAction) -> Option<warren_api::EgressPolicy> {
+        if self.egress_default.is_none() && self.allow.is_empty() && self.deny.is_empty() {
+            return None;
+        }
+        let rule = |action, target: &String| warren_api::EgressRule {
+            action,
+            target: target.clone(),
+        };
+        Some(warren_api::EgressPolicy {
+            default: self.egress_default.map(Into::into).unwrap_or(default),
+            rules: self
+                .allow
+                .iter()
+                .map(|t| rule(warren_api::EgressAction::Allow, t))
+                .chain(
+                    self.deny
+                        .iter()
+                        .map(|t| rule(warren_api::EgressAction::Deny, t)),
+                )
+                .collect(),
+        })
+    }
+
+    fn request(&self) -> Option<warren_api::NetworkRequest> {
+        let egress = self.egress(warren_api::EgressAction::Allow);
+        (self.network.is_some() || egress.is_some()).then(|| warren_api::NetworkRequest {
+            mode: self.network.map(|m| match m {
+                NetMode::Nat => warren_api::NetworkMode::Nat,
+                NetMode::Isolated => warren_api::NetworkMode::Isolated,
+            }),
+            egress,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NetMode {
+    Nat,
+    Isolated,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EgressDefault {
+    Allow,
+    Deny,
+}
+
+impl From<EgressDefault> for warren_api::EgressAction {
+    fn from(d: EgressDefault) -> warren_api::EgressAction {
+        match d {
+            EgressDefault::Allow => warren_api::EgressAction::Allow,
+            EgressDefault::Deny => warren_api::EgressAction::Deny,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -67,6 +67,7 @@ pub async fn run(client: &Client, cmd: PoolCommand) -> anyhow::Result<u8> {
                 disk_mib: disk,
             };
             let spec = PoolSpec {
+                network: None,
                 image,
                 size,
                 resources: (resources != Resources::default()).then_some(resources),
@@ -168,6 +169,7 @@ mod tests {
                 disk_mib: None,
             },
             env_keys: vec![],
+            network: Default::default(),
             source: Default::default(),
             ready: 3,
             filling: 1,

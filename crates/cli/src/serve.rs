@@ -89,6 +89,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("runtime setup task")?
         .context("setting up the native runtime")?;
+    let mut net = warren_network::NetConfig::new(data_dir.join("network"));
+    net.range = settings.network_range;
+    net.dns_upstreams = settings.dns_upstreams.clone();
+    match runtime.start_network(net).await {
+        Ok(()) => {}
+        Err(e) if settings.default_network == warren_runtime::NetworkMode::Nat => {
+            return Err(e).context(
+                "setting up nat networking (install nftables, or serve with \
+                 --default-network isolated to run without it)",
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "nat networking is unavailable; sandboxes are isolated")
+        }
+    }
 
     let mut config = EngineConfig::with_defaults(data_dir.clone());
     if let Some(n) = settings.max_sandboxes {
@@ -137,6 +152,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.id_ranges.count = n;
     }
     config.id_ranges.exclude = warren_engine::idmaps::host_accounts(Path::new("/"));
+    config.default_network = settings.default_network;
     config
         .id_ranges
         .validate()

@@ -118,6 +118,20 @@ pub struct ServeArgs {
     /// How many id ranges there are: at most this many sandboxes at once [default: 4096].
     #[arg(long, value_name = "N")]
     pub userns_ranges: Option<u32>,
+    /// Network mode of a sandbox that names none: `nat` (its own address, outbound
+    /// traffic masqueraded through the host under its egress policy) or `isolated`
+    /// (loopback only) [default: nat].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub default_network: Option<NetModeKind>,
+    /// Addresses of `nat` sandboxes (its first address is their gateway and DNS proxy),
+    /// e.g. `10.88.0.0/16`; prefix /8 to /28 in steps of 4. Daemons on one host claim
+    /// their ranges in /run/warren/net and refuse overlapping ones [default: 10.88.0.0/16].
+    #[arg(long, value_name = "CIDR")]
+    pub network_range: Option<String>,
+    /// Where the sandboxes' DNS proxy forwards the names their policies allow,
+    /// `ADDR[:PORT]` (repeatable) [default: the host's resolvers, from /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub dns_upstream: Option<Vec<String>>,
     /// On SIGTERM/SIGINT delete every sandbox (and remove the parent cgroups and the loop
     /// mount) before exiting. Without it sandboxes keep running and the next start adopts
     /// them.
@@ -173,6 +187,33 @@ impl<'de> Deserialize<'de> for Size {
             Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
     }
+}
+
+/// `--default-network` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetModeKind {
+    Nat,
+    Isolated,
+}
+
+impl From<NetModeKind> for warren_runtime::NetworkMode {
+    fn from(k: NetModeKind) -> warren_runtime::NetworkMode {
+        match k {
+            NetModeKind::Nat => warren_runtime::NetworkMode::Nat,
+            NetModeKind::Isolated => warren_runtime::NetworkMode::Isolated,
+        }
+    }
+}
+
+/// `ADDR[:PORT]` (port 53 when absent).
+pub fn parse_dns_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .map_err(|_| format!("--dns-upstream {s:?}: expected ADDR or ADDR:PORT"))
 }
 
 /// `--user-namespaces` values.
@@ -238,6 +279,9 @@ pub struct Settings {
     pub user_namespaces: UsernsSetting,
     pub userns_base: Option<u32>,
     pub userns_ranges: Option<u32>,
+    pub default_network: warren_runtime::NetworkMode,
+    pub network_range: warren_runtime::Ipv4Cidr,
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
     pub max_connections: Option<usize>,
     pub max_streams: Option<usize>,
     pub header_read_timeout: Option<u64>,
@@ -300,6 +344,9 @@ impl ServeArgs {
             user_namespaces,
             userns_base,
             userns_ranges,
+            default_network,
+            network_range,
+            dns_upstream,
             max_connections,
             max_streams,
             header_read_timeout,
@@ -340,6 +387,23 @@ impl ServeArgs {
                 .unwrap_or_default(),
             userns_base: self.userns_base,
             userns_ranges: self.userns_ranges,
+            default_network: self
+                .default_network
+                .map(Into::into)
+                .unwrap_or(warren_runtime::NetworkMode::Nat),
+            network_range: match &self.network_range {
+                Some(r) => r
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--network-range: {e}"))?,
+                None => warren_runtime::Ipv4Cidr::DEFAULT_NAT_RANGE,
+            },
+            dns_upstreams: self
+                .dns_upstream
+                .iter()
+                .flatten()
+                .map(|s| parse_dns_upstream(s))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
             max_connections: self.max_connections,
             max_streams: self.max_streams,
             header_read_timeout: self.header_read_timeout,
@@ -353,6 +417,7 @@ impl ServeArgs {
                         size: p.size,
                         resources: p.resources,
                         env: p.env,
+                        network: None,
                     };
                     (p.name, spec)
                 })

@@ -46,6 +46,26 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/sandboxes/{id}/network`: mode, address and the egress policy in force.
+    pub async fn network(&self, id: &str) -> Result<warren_api::SandboxNetwork, Error> {
+        self.call(
+            Method::GET,
+            &["v1", "sandboxes", id, "network"],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `PUT /v1/sandboxes/{id}/network`: replace the egress policy, live.
+    pub async fn set_network(
+        &self,
+        id: &str,
+        req: &warren_api::UpdateNetworkRequest,
+    ) -> Result<warren_api::SandboxNetwork, Error> {
+        self.call(Method::PUT, &["v1", "sandboxes", id, "network"], Some(req))
+            .await
+    }
+
     /// `POST /v1/sandboxes/{id}/snapshots`: snapshot the sandbox's files.
     pub async fn create_snapshot(
         &self,
@@ -150,6 +170,21 @@ impl SandboxHandle {
 
     pub async fn stats(&self) -> Result<SandboxStats, Error> {
         self.client().stats(self.id()).await
+    }
+
+    /// Its network: mode, address and the egress policy in force.
+    pub async fn network(&self) -> Result<warren_api::SandboxNetwork, Error> {
+        self.client().network(self.id()).await
+    }
+
+    /// Replace its egress policy, live.
+    pub async fn set_egress(
+        &self,
+        egress: warren_api::EgressPolicy,
+    ) -> Result<warren_api::SandboxNetwork, Error> {
+        self.client()
+            .set_network(self.id(), &warren_api::UpdateNetworkRequest { egress })
+            .await
     }
 
     /// Snapshot the sandbox's files, with an optional label.

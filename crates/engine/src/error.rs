@@ -68,6 +68,9 @@ pub enum EngineError {
     /// The memory limits already committed leave no room for the new sandbox (429).
     #[error("{0}")]
     CapacityExhausted(String),
+    /// A network mode this server does not offer.
+    #[error("{0}")]
+    NetworkUnavailable(String),
     /// The host's available memory is below the floor (503); nothing was created.
     #[error("{0}")]
     HostUnderPressure(String),
@@ -109,6 +112,7 @@ impl EngineError {
             EngineError::PortUnreachable { .. } => C::PortUnreachable,
             EngineError::LimitReached(_) => C::LimitReached,
             EngineError::CapacityExhausted(_) => C::CapacityExhausted,
+            EngineError::NetworkUnavailable(_) => C::NetworkUnavailable,
             EngineError::HostUnderPressure(_) => C::HostUnderPressure,
             EngineError::PoolNotFound(_) => C::PoolNotFound,
             EngineError::PoolFromConfig(_) => C::PoolFromConfig,

@@ -12,6 +12,7 @@ pub mod events;
 pub mod files;
 pub mod idmaps;
 mod lifecycle;
+mod network;
 mod pools;
 mod ports;
 pub mod processes;
@@ -124,6 +125,9 @@ pub struct EngineConfig {
     pub config_pools: Vec<(String, PoolSpec)>,
     /// User-namespace id ranges, used when the runtime gives sandboxes user namespaces.
     pub id_ranges: idmaps::IdRangeConfig,
+    /// The network mode of a sandbox that names none (`warren serve --default-network`);
+    /// `isolated` where the runtime offers no other.
+    pub default_network: warren_runtime::NetworkMode,
 }
 
 impl EngineConfig {
@@ -176,6 +180,7 @@ impl EngineConfig {
             pool_fill_concurrency: 2,
             config_pools: Vec::new(),
             id_ranges: idmaps::IdRangeConfig::default(),
+            default_network: warren_runtime::NetworkMode::Nat,
         }
     }
 }
@@ -273,6 +278,10 @@ struct Inner {
     pools: pools::Pools,
     /// User-namespace id ranges, when the runtime gives sandboxes user namespaces.
     id_ranges: Option<idmaps::IdRanges>,
+    /// Gateway (and DNS proxy) of `nat` sandboxes, when the runtime offers `nat`.
+    net_gateway: Option<std::net::Ipv4Addr>,
+    /// Where the next address search starts (next-fit, see `network`).
+    net_cursor: Mutex<u32>,
     /// Records deleted from memory whose removal from the store failed (retried, see
     /// [`Engine::resync_store`]).
     unsynced_removals: Mutex<std::collections::BTreeSet<String>>,
@@ -308,7 +317,7 @@ impl Entry {
     }
 }
 
-fn to_api(r: &Record) -> Sandbox {
+fn to_api(r: &Record, gateway: Option<std::net::Ipv4Addr>) -> Sandbox {
     Sandbox {
         id: r.id.clone(),
         state: r.state,
@@ -327,6 +336,7 @@ fn to_api(r: &Record) -> Sandbox {
         on_idle: r.lifecycle.on_idle,
         auto_resume: r.lifecycle.auto_resume,
         pool: r.lifecycle.pool.clone(),
+        network: network::view(&r.network, gateway),
     }
 }
 
@@ -396,6 +406,19 @@ impl Engine {
             config.default_resources.disk_mib = None;
             config.max_disk_mib = 0;
         }
+        let net = runtime.info().network;
+        if !net.modes.contains(&config.default_network) {
+            warn!(
+                mode = %config.default_network,
+                "the runtime does not offer this default network mode; sandboxes that name \
+                 none get `isolated`"
+            );
+            config.default_network = warren_runtime::NetworkMode::Isolated;
+        }
+        let net_gateway = net
+            .range
+            .filter(|_| net.modes.contains(&warren_runtime::NetworkMode::Nat))
+            .map(warren_runtime::NetworkCaps::gateway);
         let store = Store::open(&config.data_dir)?;
         let id_ranges = if runtime.info().user_namespace {
             let c = &config.id_ranges;
@@ -432,10 +455,13 @@ impl Engine {
                 snapshot_readers: Mutex::new(HashMap::new()),
                 pools: pools::Pools::default(),
                 id_ranges,
+                net_gateway,
+                net_cursor: Mutex::new(0),
                 unsynced_removals: Default::default(),
             }),
         };
         engine.recover().await?;
+        engine.reapply_policies().await;
         engine.give_ranges_to_old_records().await?;
         engine.load_pools().await?;
         engine.spawn_pool_manager();
@@ -502,7 +528,7 @@ impl Engine {
                 user_namespace: info.user_namespace,
                 seccomp: info.seccomp,
                 capabilities: info.capabilities,
-                network: "loopback".into(),
+                network: c.default_network.to_string(),
             },
             features: Features {
                 exec: true,
@@ -548,6 +574,7 @@ impl Engine {
                 available: info.storage_available,
                 disk_quota: info.disk_quota,
             },
+            network: self.network_capabilities(),
         }
     }
 
@@ -619,6 +646,7 @@ impl Engine {
         }
         let resources = validate::resources(req.resources.as_ref(), c)?;
         validate::env("env", &req.env)?;
+        let network = self.resolve_network(req.network.as_ref())?;
         // Reading a snapshot: it cannot be deleted until the files are copied.
         let reader = match (&hidden_snapshot, &req.snapshot) {
             (Some(_), _) | (None, None) => None,
@@ -653,6 +681,7 @@ impl Engine {
                 pool_member: false,
             },
             host_id: None,
+            network,
         };
         let guard = self.admit_insert(&mut record, admission::Admit::User)?;
         self.emit(
@@ -693,6 +722,7 @@ impl Engine {
             // Checked under the lock: `shutdown` sets the flag before it collects the ids.
             self.check_open()?;
             record.host_id = self.allocate_host_id(&map)?;
+            self.allocate_address(&map, &mut record.network)?;
             let evicted = self.admit_locked(&mut map, record, who)?;
             let entry = Entry::new(record.clone());
             let guard = entry
@@ -722,6 +752,7 @@ impl Engine {
             },
             snapshot,
             idmap: record.host_id.map(warren_runtime::IdMap::new),
+            network: record.network.clone(),
         })
     }
 
@@ -1010,7 +1041,7 @@ impl Engine {
         self.map()
             .get(id)
             .filter(|e| !e.record.lifecycle.pool_member)
-            .map(|e| to_api(&e.record))
+            .map(|e| to_api(&e.record, self.inner.net_gateway))
             .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))
     }
 
@@ -1018,7 +1049,7 @@ impl Engine {
     pub(crate) fn view(&self, id: &str) -> Result<Sandbox, EngineError> {
         self.map()
             .get(id)
-            .map(|e| to_api(&e.record))
+            .map(|e| to_api(&e.record, self.inner.net_gateway))
             .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))
     }
 
@@ -1036,7 +1067,7 @@ impl Engine {
                         .iter()
                         .all(|(k, v)| e.record.metadata.get(k) == Some(v))
             })
-            .map(|e| (e.seq, to_api(&e.record)))
+            .map(|e| (e.seq, to_api(&e.record, self.inner.net_gateway)))
             .collect();
         out.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at).then(a.0.cmp(&b.0)));
         Ok(out.into_iter().map(|(_, s)| s).collect())
@@ -1172,7 +1203,7 @@ impl Engine {
             .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
         e.record.expires_at = expires_at;
         e.record.timeout_secs = timeout_secs;
-        Ok(to_api(&e.record))
+        Ok(to_api(&e.record, self.inner.net_gateway))
     }
 
     /// Validate and start a command; the stream yields output and ends with `Exit`.

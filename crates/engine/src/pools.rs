@@ -65,12 +65,18 @@ pub(crate) struct PoolDef {
     pub size: u32,
     pub resources: Resources,
     pub env: BTreeMap<String, String>,
+    /// Mode and policy of its sandboxes (no address: each member gets its own).
+    pub network: warren_runtime::NetworkSpec,
 }
 
 impl PoolDef {
     /// Whether `r` (an unclaimed member) was made from this spec.
     fn made(&self, r: &Record) -> bool {
-        r.image == self.image && r.resources == self.resources && r.env == self.env
+        r.image == self.image
+            && r.resources == self.resources
+            && r.env == self.env
+            && r.network.mode == self.network.mode
+            && r.network.egress == self.network.egress
     }
 }
 
@@ -222,11 +228,13 @@ impl Engine {
         }
         let resources = validate::resources(spec.resources.as_ref(), c)?;
         validate::env("env", &spec.env)?;
+        let network = self.resolve_network(spec.network.as_ref())?;
         Ok(PoolDef {
             image,
             size: spec.size,
             resources,
             env: spec.env.clone(),
+            network,
         })
     }
 
@@ -365,6 +373,7 @@ impl Engine {
             size: p.def.size,
             resources: p.def.resources.clone(),
             env_keys: p.def.env.keys().cloned().collect(),
+            network: crate::network::request_of(&p.def.network),
             source: p.source,
             ready: c.ready,
             filling: c.filling,
@@ -528,7 +537,7 @@ impl Engine {
         );
         self.inner.pools.claimed(name);
         info!(%id, pool = name, "pool sandbox claimed");
-        Ok(Some(to_api(&record)))
+        Ok(Some(to_api(&record, self.inner.net_gateway)))
     }
 
     /// Start the manager that fills and drains the pools. It holds the engine only while
@@ -694,6 +703,7 @@ impl Engine {
                 ..Default::default()
             },
             host_id: None,
+            network: def.network.clone(),
         };
         let guard = self.admit_insert(&mut record, Admit::Member)?;
         self.emit(

@@ -379,6 +379,8 @@ impl Engine {
             on_idle: Some(source.lifecycle.on_idle),
             auto_resume: source.lifecycle.auto_resume,
             pool: None,
+            // Same mode and policy; an address of its own.
+            network: Some(crate::network::request_of(&source.network)),
         };
         let result = self.create_inner(create, Some(snap_id.clone())).await;
         // The new sandbox has its own copy; the fork's snapshot is not kept.

@@ -34,6 +34,8 @@ pub struct Record {
     /// First host uid/gid of the sandbox's user namespace range (see `idmaps`); `None`
     /// without one.
     pub host_id: Option<u32>,
+    /// Its network: mode, address (kept from create to removal) and egress policy.
+    pub network: warren_runtime::NetworkSpec,
 }
 
 /// A sandbox's lifecycle options (stored as one JSON column, see `rows::LifecycleRow`).
@@ -121,6 +123,8 @@ const MIGRATIONS: &[Migration] = &[
     Migration::SandboxesColumn("state_changed_at_ms", "INTEGER NOT NULL DEFAULT 0"),
     Migration::SandboxesColumn("lifecycle", "TEXT NOT NULL DEFAULT '{}'"),
     Migration::SandboxesColumn("host_id", "INTEGER"),
+    // NULL: a sandbox from before networks (loopback only, i.e. isolated).
+    Migration::SandboxesColumn("network", "TEXT"),
 ];
 
 /// Bring the store at `conn` to the newest schema, each step in one transaction with the
@@ -350,12 +354,13 @@ impl Store {
             serde_json::to_string(&ResourcesRow::from(&r.resources)).map_err(store_err)?;
         let lifecycle =
             serde_json::to_string(&LifecycleRow::from(&r.lifecycle)).map_err(store_err)?;
+        let network = serde_json::to_string(&r.network).map_err(store_err)?;
         self.write(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO sandboxes (id, state, image, created_at_ms, expires_at_ms,
                  timeout_secs, metadata, env, resources, failure_reason, state_changed_at_ms,
-                 lifecycle, host_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 lifecycle, host_id, network)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     r.id,
                     r.state.as_str(),
@@ -370,6 +375,7 @@ impl Store {
                     r.state_changed_at.timestamp_millis(),
                     lifecycle,
                     r.host_id.map(i64::from),
+                    network,
                 ],
             )
             .map(|_| ())
@@ -444,6 +450,24 @@ impl Store {
         .await
     }
 
+    /// Record a sandbox's network (a new egress policy).
+    pub async fn set_network(
+        &self,
+        id: &str,
+        network: &warren_runtime::NetworkSpec,
+    ) -> Result<(), EngineError> {
+        let id = id.to_string();
+        let network = serde_json::to_string(network).map_err(store_err)?;
+        self.write(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET network = ?2 WHERE id = ?1",
+                params![id, network],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
     pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
         let id = id.to_string();
         self.write(move |c| {
@@ -459,7 +483,7 @@ impl Store {
                 let mut stmt = c.prepare(
                     "SELECT id, state, image, created_at_ms, expires_at_ms, timeout_secs,
                             metadata, env, resources, failure_reason, state_changed_at_ms,
-                            lifecycle, host_id
+                            lifecycle, host_id, network
                      FROM sandboxes ORDER BY created_at_ms",
                 )?;
                 let rows = stmt
@@ -478,6 +502,7 @@ impl Store {
                             row.get::<_, i64>(10)?,
                             row.get::<_, String>(11)?,
                             row.get::<_, Option<i64>>(12)?,
+                            row.get::<_, Option<String>>(13)?,
                         ))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -486,7 +511,13 @@ impl Store {
             .await?;
         rows.into_iter()
             .map(
-                |(id, state, image, c, e, t, m, env, res, reason, changed, lc, host)| {
+                |(id, state, image, c, e, t, m, env, res, reason, changed, lc, host, net)| {
+                    let network = match net {
+                        None => warren_runtime::NetworkSpec::isolated(),
+                        Some(n) => serde_json::from_str(&n).map_err(|e| {
+                            store_err(format!("sandbox {id}: bad network {n:?}: {e}"))
+                        })?,
+                    };
                     Ok(Record {
                         state: SandboxState::parse(&state)
                             .ok_or_else(|| store_err(format!("sandbox {id}: bad state {state}")))?,
@@ -507,6 +538,7 @@ impl Store {
                             .unwrap_or_default()
                             .into(),
                         host_id: host.and_then(|h| u32::try_from(h).ok()),
+                        network,
                     })
                 },
             )
@@ -699,6 +731,17 @@ mod tests {
                 pool_member: true,
             },
             host_id: Some(1 << 30),
+            network: warren_runtime::NetworkSpec {
+                mode: warren_runtime::NetworkMode::Nat,
+                address: Some(std::net::Ipv4Addr::new(10, 88, 0, 7)),
+                egress: warren_runtime::EgressPolicy {
+                    default: warren_runtime::EgressAction::Deny,
+                    rules: vec![warren_runtime::EgressRule {
+                        action: warren_runtime::EgressAction::Allow,
+                        target: warren_runtime::Target::parse("*.pypi.org").unwrap(),
+                    }],
+                },
+            },
         }
     }
 

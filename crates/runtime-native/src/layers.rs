@@ -75,6 +75,29 @@ pub fn set_identity(upper: &Path, id: &str, owner: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// First line of every `/etc/resolv.conf` Warren writes (so it knows its own from a user's).
+pub const RESOLV_MARK: &str = "# Warren:";
+
+/// Write the sandbox's `/etc/resolv.conf` into its upper layer (`content` must start with
+/// [`RESOLV_MARK`]): unless the layer holds one a user wrote (a restored snapshot's edits
+/// stay, as does a deleted one's whiteout). Never follows a symlink.
+pub fn set_resolv_conf(upper: &Path, content: &str, owner: u32) -> io::Result<()> {
+    let etc = upper.join("etc");
+    if !fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
+        mkdir_mode(&etc, 0o755)?;
+        std::os::unix::fs::lchown(&etc, Some(owner), Some(owner))?;
+    }
+    let path = etc.join("resolv.conf");
+    let ours = match read_small_regular(&path)? {
+        Some(old) => old.starts_with(RESOLV_MARK),
+        None => !exists_nofollow(&path)?,
+    };
+    if ours {
+        replace_file(&path, content.as_bytes(), 0o644, owner)?;
+    }
+    Ok(())
+}
+
 fn exists_nofollow(p: &Path) -> io::Result<bool> {
     match fs::symlink_metadata(p) {
         Ok(_) => Ok(true),

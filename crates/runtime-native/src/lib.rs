@@ -42,7 +42,10 @@ use warren_proto::{ProtoError, PROTOCOL_VERSION};
 
 use cgroup::Layout;
 use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
-use warren_runtime::{Runtime, RuntimeError, RuntimeInfo, SandboxId, SandboxSpec};
+use warren_network::{NetConfig, NetworkManager};
+use warren_runtime::{
+    EgressPolicy, NetworkMode, Runtime, RuntimeError, RuntimeInfo, SandboxId, SandboxSpec,
+};
 
 pub use init::run_helper;
 pub use init_error::InitError;
@@ -114,6 +117,11 @@ struct Inner {
     storage: Arc<storage::Storage>,
     /// Whether sandboxes get user namespaces (the setting, checked against the host).
     userns: bool,
+    /// The host network manager, once [`NativeRuntime::start_network`] ran (`nat` mode).
+    network: std::sync::OnceLock<NetworkManager>,
+    /// What Warren's table held at start-up (for adopting sandboxes' policies), until
+    /// [`NativeRuntime::start_network`]'s caller has adopted them.
+    net_listing: std::sync::Mutex<warren_network::nft::Listing>,
 }
 
 impl NativeRuntime {
@@ -167,8 +175,28 @@ impl NativeRuntime {
                 seccomp_bpf,
                 storage,
                 userns,
+                network: std::sync::OnceLock::new(),
+                net_listing: std::sync::Mutex::new(Default::default()),
             }),
         })
+    }
+
+    /// Offer `nat` networking: claim the address range, install (or adopt) Warren's nftables
+    /// table and start the DNS proxy. Call once, at start-up, before the engine adopts
+    /// sandboxes (their policies are put back in force by [`Runtime::set_egress`]).
+    pub async fn start_network(&self, cfg: NetConfig) -> Result<(), RuntimeError> {
+        let manager = NetworkManager::start(cfg).await.map_err(net_err)?;
+        let listing = manager.listing().await.map_err(net_err)?;
+        *lock_listing(&self.inner.net_listing) = listing;
+        self.inner
+            .network
+            .set(manager)
+            .map_err(|_| RuntimeError::Setup("the network is started already".into()))
+    }
+
+    /// The network manager, if `nat` networking is on.
+    pub fn network(&self) -> Option<&NetworkManager> {
+        self.inner.network.get()
     }
 
     pub fn config(&self) -> &NativeConfig {
@@ -226,6 +254,30 @@ fn probe_userns(cfg: &NativeConfig, image_dir: &Path) -> Result<(), String> {
     // The probe's mounts died with its namespace; only files are left.
     let _ = std::fs::remove_dir_all(&scratch);
     outcome
+}
+
+fn net_err(e: warren_network::NetError) -> RuntimeError {
+    RuntimeError::Setup(e.to_string())
+}
+
+fn lock_listing(
+    m: &std::sync::Mutex<warren_network::nft::Listing>,
+) -> std::sync::MutexGuard<'_, warren_network::nft::Listing> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a `nat` sandbox's address is kept (so teardown, stats and adoption find it).
+fn net_addr_file(paths: &SandboxPaths) -> PathBuf {
+    paths.dir.join("network.addr")
+}
+
+async fn read_net_addr(paths: &SandboxPaths) -> Option<std::net::Ipv4Addr> {
+    tokio::fs::read_to_string(net_addr_file(paths))
+        .await
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn check_cgroup_parent(parent: &str) -> Result<(), RuntimeError> {
@@ -315,6 +367,25 @@ impl Inner {
         // From here on, a failure removes everything this call made.
         let disk = spec.limits.disk_bytes;
         let launched = async {
+            {
+                let resolv = match (spec.network.mode, self.network.get()) {
+                    (NetworkMode::Nat, Some(net)) => format!(
+                        "{} the sandbox's DNS proxy (its egress policy decides which names resolve)\nnameserver {}\n",
+                        layers::RESOLV_MARK,
+                        net.gateway()
+                    ),
+                    _ => format!(
+                        "{} isolated network (loopback only): no DNS\nnameserver 127.0.0.1\n",
+                        layers::RESOLV_MARK
+                    ),
+                };
+                let (upper, owner) = (paths.upper.clone(), self.owner(&spec));
+                blocking(move || {
+                    layers::set_resolv_conf(&upper, &resolv, owner)
+                        .map_err(|e| RuntimeError::Setup(format!("writing /etc/resolv.conf: {e}")))
+                })
+                .await?;
+            }
             // The new sandbox's quota group has no limit yet (see `Storage::create_fs`):
             // a little headroom while its overlay is mounted and its agent comes up, then
             // its limit, before anything else runs in it.
@@ -387,7 +458,15 @@ impl Inner {
             })
             .await?;
         }
-        self.wait_agent(&paths.socket).await?;
+        // The agent comes up while the network is wired (nothing runs in the sandbox before
+        // create returns).
+        let network = async {
+            match spec.network.mode {
+                NetworkMode::Isolated => Ok(()),
+                NetworkMode::Nat => self.attach_network(spec, paths, pid).await,
+            }
+        };
+        tokio::try_join!(self.wait_agent(&paths.socket), network)?;
         tracing::debug!(
             sandbox = %id,
             pid,
@@ -397,6 +476,59 @@ impl Inner {
             "sandbox started"
         );
         Ok(())
+    }
+
+    /// Wire the network namespace of a `nat` sandbox whose PID 1 is `pid` (see
+    /// `warren_network::link`), put its policy in force, and note its address in its
+    /// directory.
+    async fn attach_network(
+        &self,
+        spec: &SandboxSpec,
+        paths: &SandboxPaths,
+        pid: i32,
+    ) -> Result<(), RuntimeError> {
+        let net = self
+            .network
+            .get()
+            .ok_or(RuntimeError::Unsupported("network mode nat"))?;
+        let addr = spec.network.address.ok_or_else(|| {
+            RuntimeError::Setup("a nat sandbox needs an address from the engine".into())
+        })?;
+        tokio::fs::write(net_addr_file(paths), format!("{addr}\n"))
+            .await
+            .map_err(|e| RuntimeError::Setup(format!("writing the sandbox's address: {e}")))?;
+        net.attach(addr, pid, &spec.network.egress)
+            .await
+            .map_err(net_err)
+    }
+
+    /// Forget a sandbox's network (its chain; the pair dies with its namespace).
+    async fn detach_network(&self, id: &str) {
+        let Some(net) = self.network.get() else {
+            return;
+        };
+        if let Some(addr) = read_net_addr(&self.paths(id)).await {
+            if let Err(e) = net.detach(addr).await {
+                tracing::warn!(sandbox = %id, error = %e, "removing its network policy");
+            }
+        }
+    }
+
+    /// Put `policy` in force for a running sandbox (adopting it after a restart).
+    async fn set_egress(&self, id: &str, policy: &EgressPolicy) -> Result<(), RuntimeError> {
+        let net = self
+            .network
+            .get()
+            .ok_or(RuntimeError::Unsupported("egress policies"))?;
+        let addr = read_net_addr(&self.paths(id))
+            .await
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        if net.policy(addr).is_some() {
+            net.set_policy(addr, policy).await.map_err(net_err)
+        } else {
+            let listing = lock_listing(&self.net_listing).clone();
+            net.adopt(addr, policy, &listing).await.map_err(net_err)
+        }
     }
 
     /// Exec the helper, hand it the spec, and read its one-line report.
@@ -573,6 +705,7 @@ impl Inner {
             // Killed processes usually leave within a millisecond or two: poll fast first.
             tokio::time::sleep(backoff.next()).await;
         }
+        self.detach_network(id).await;
         // A just-emptied cgroup can briefly refuse rmdir (EBUSY).
         let mut backoff = Backoff::new();
         loop {
@@ -773,7 +906,18 @@ impl Runtime for NativeRuntime {
             reflink: self.inner.storage.reflink(),
             storage_available: self.inner.storage.available(),
             disk_quota: self.inner.storage.disk_quota(),
+            network: self
+                .inner
+                .network
+                .get()
+                .map(|n| n.caps())
+                .unwrap_or_else(warren_runtime::NetworkCaps::isolated_only),
         }
+    }
+
+    async fn set_egress(&self, id: &SandboxId, policy: &EgressPolicy) -> Result<(), RuntimeError> {
+        let (inner, id, policy) = (self.inner.clone(), id.to_string(), policy.clone());
+        detached(async move { inner.set_egress(&id, &policy).await }).await
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
@@ -869,13 +1013,17 @@ impl Runtime for NativeRuntime {
     }
 
     async fn shutdown(&self) -> Result<(), RuntimeError> {
+        let network = match self.inner.network.get() {
+            Some(net) => net.shutdown(true).await.map_err(net_err),
+            None => Ok(()),
+        };
         let (layout, parent) = (self.inner.layout, self.inner.cfg.cgroup_parent.clone());
         let cgroups =
             blocking(move || cgroup::remove_parent(layout, &parent).map_err(cg_err)).await;
         // Then the btrfs loop image, if this runtime mounted one.
         let storage = self.inner.storage.clone();
         let unmounted = blocking(move || storage.shutdown()).await;
-        cgroups.and(unmounted)
+        network.and(cgroups).and(unmounted)
     }
 }
 

@@ -74,6 +74,7 @@ impl Harness {
             limits: Limits::default(),
             snapshot: None,
             idmap: Some(test_idmap(id)),
+            network: warren_runtime::NetworkSpec::isolated(),
         }
     }
 

@@ -71,6 +71,7 @@ impl Harness {
             limits: Limits::default(),
             snapshot: snapshot.map(str::to_string),
             idmap: Some(test_idmap(id)),
+            network: warren_runtime::NetworkSpec::isolated(),
         }
     }
 

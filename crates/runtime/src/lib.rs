@@ -9,9 +9,13 @@ use std::pin::Pin;
 
 pub mod agent;
 pub mod id;
+pub mod network;
 
 pub use agent::AgentClient;
 pub use id::{InvalidId, SandboxId};
+pub use network::{
+    EgressAction, EgressPolicy, EgressRule, Ipv4Cidr, NetworkCaps, NetworkMode, NetworkSpec, Target,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -106,6 +110,8 @@ pub struct SandboxSpec {
     /// The sandbox's user namespace mapping, or `None` for none (its root is host root).
     /// Backends that report `user_namespace: false` get `None`.
     pub idmap: Option<IdMap>,
+    /// Its network: mode, address and egress policy.
+    pub network: NetworkSpec,
 }
 
 /// What a runtime finds of a sandbox on this host ([`Runtime::probe`], used to reconcile
@@ -240,6 +246,8 @@ pub struct RuntimeInfo {
     pub storage_available: Vec<String>,
     /// Whether [`Limits::disk_bytes`] is enforced (writes past it fail with `EDQUOT`).
     pub disk_quota: bool,
+    /// Network modes, egress policy and broker support, and the address range.
+    pub network: NetworkCaps,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +324,14 @@ pub trait Runtime: Send + Sync + 'static {
     async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
         let _ = spec;
         Err(RuntimeError::Unsupported("stop"))
+    }
+
+    /// Replace a running (or paused, or stopped) sandbox's egress policy: new connections
+    /// follow `policy` at once, established ones it denies are cut. The sandbox's processes
+    /// keep running.
+    async fn set_egress(&self, id: &SandboxId, policy: &EgressPolicy) -> Result<(), RuntimeError> {
+        let _ = (id, policy);
+        Err(RuntimeError::Unsupported("egress policies"))
     }
 
     /// Usage figures (cgroup counters, the writable layer's size, network bytes).

@@ -33,7 +33,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::NotADirectory
         | C::IsADirectory
         | C::InvalidPath
-        | C::InvalidSignal => StatusCode::BAD_REQUEST,
+        | C::InvalidSignal
+        | C::NetworkUnavailable => StatusCode::BAD_REQUEST,
         C::PermissionDenied => StatusCode::FORBIDDEN,
         C::SandboxNotFound
         | C::SnapshotNotFound

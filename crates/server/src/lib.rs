@@ -13,6 +13,7 @@ mod exec;
 mod files;
 mod lifecycle;
 mod listen;
+mod network;
 mod output;
 mod pools;
 mod ports;
@@ -66,6 +67,7 @@ fn api() -> OpenApiRouter<Engine> {
         .routes(routes!(files::move_path))
         .merge(processes::routes())
         .merge(lifecycle::routes())
+        .merge(network::routes())
         .merge(pools::routes())
         .merge(events::routes())
         .merge(ports::routes())
@@ -206,7 +208,8 @@ fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
          (name = "ports", description = "Network ports inside a running sandbox"),
          (name = "lifecycle", description = "Pause, stop, snapshots, rollback and fork"),
          (name = "events", description = "Lifecycle events (Server-Sent Events)"),
-         (name = "pools", description = "Warm pools of ready sandboxes"))
+         (name = "pools", description = "Warm pools of ready sandboxes"),
+         (name = "network", description = "A sandbox's network mode, address and live egress policy"))
 )]
 struct ApiDoc;
 

@@ -79,8 +79,19 @@ impl Daemon {
         } else {
             &["--storage", "dir"]
         };
+        // Every test daemon gets a /24 of its own (unique in this process, and per process
+        // by pid), and a DNS upstream nobody answers on unless the test names one: no test
+        // ever asks the host's resolvers.
+        let mut net: Vec<String> = Vec::new();
+        if !extra.contains(&"--network-range") {
+            net.extend(["--network-range".into(), network_range(&cgroup_parent)]);
+        }
+        if !extra.contains(&"--dns-upstream") {
+            net.extend(["--dns-upstream".into(), "127.0.0.1:9".into()]);
+        }
         let mut child = cmd
             .arg("serve")
+            .args(&net)
             // Many test daemons run at once; each claims a small window of user-namespace
             // ranges host-wide (see engine/idmaps.rs).
             .arg("--userns-ranges")
@@ -171,6 +182,24 @@ impl Drop for Daemon {
     }
 }
 
+/// The network range of the test daemon with cgroup parent `parent`
+/// (`warren-it-<pid>-<n>`): `10.<64 + pid % 128>.<n % 256>.0/24`.
+pub fn network_range(parent: &str) -> String {
+    let n: u32 = parent
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    format!("10.{}.{}.0/24", 64 + std::process::id() % 128, n % 256)
+}
+
+/// The nft table of the daemon whose range is `range` (`a.b.c.0/24`).
+pub fn nft_table(range: &str) -> String {
+    let (addr, len) = range.split_once('/').expect("cidr");
+    let ip: std::net::Ipv4Addr = addr.parse().expect("address");
+    format!("warren_{:08x}_{len}", u32::from(ip))
+}
+
 /// Tokio runtime for a test body.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -219,3 +248,11 @@ pub async fn run_sh(c: &Client, id: &str, script: &str) -> ExecResult {
 pub use warren_testkit::host::{
     cgroups_named, host_mounts_mentioning, processes_in_cgroup, test_idmap,
 };
+
+/// A durable process running `cmd`.
+pub fn process_req(cmd: &[&str]) -> warren_api::CreateProcessRequest {
+    warren_api::CreateProcessRequest {
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}

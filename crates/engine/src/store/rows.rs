@@ -135,6 +135,75 @@ pub(super) struct PoolSpecRow {
     resources: Option<ResourcesRow>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<NetworkRow>,
+}
+
+/// A pool's `network` (strings, as the API gave them; checked again when the pool loads).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct NetworkRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+    /// `(default, rules)`; absent: allow everything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress: Option<(String, Vec<(String, String)>)>,
+}
+
+fn action_str(a: warren_api::EgressAction) -> String {
+    match a {
+        warren_api::EgressAction::Allow => "allow".into(),
+        warren_api::EgressAction::Deny => "deny".into(),
+    }
+}
+
+fn action_of(s: &str) -> warren_api::EgressAction {
+    if s == "deny" {
+        warren_api::EgressAction::Deny
+    } else {
+        warren_api::EgressAction::Allow
+    }
+}
+
+impl From<&warren_api::NetworkRequest> for NetworkRow {
+    fn from(n: &warren_api::NetworkRequest) -> NetworkRow {
+        NetworkRow {
+            mode: n.mode.map(|m| m.as_str().to_string()),
+            egress: n.egress.as_ref().map(|p| {
+                (
+                    action_str(p.default),
+                    p.rules
+                        .iter()
+                        .map(|r| (action_str(r.action), r.target.clone()))
+                        .collect(),
+                )
+            }),
+        }
+    }
+}
+
+impl From<NetworkRow> for warren_api::NetworkRequest {
+    fn from(n: NetworkRow) -> warren_api::NetworkRequest {
+        warren_api::NetworkRequest {
+            mode: n.mode.as_deref().map(|m| {
+                if m == "isolated" {
+                    warren_api::NetworkMode::Isolated
+                } else {
+                    warren_api::NetworkMode::Nat
+                }
+            }),
+            egress: n.egress.map(|(default, rules)| warren_api::EgressPolicy {
+                default: action_of(&default),
+                rules: rules
+                    .into_iter()
+                    .map(|(action, target)| warren_api::EgressRule {
+                        action: action_of(&action),
+                        target,
+                    })
+                    .collect(),
+            }),
+        }
+    }
 }
 
 impl From<&PoolSpec> for PoolSpecRow {
@@ -144,6 +213,7 @@ impl From<&PoolSpec> for PoolSpecRow {
             size: p.size,
             resources: p.resources.as_ref().map(ResourcesRow::from),
             env: p.env.clone(),
+            network: p.network.as_ref().map(NetworkRow::from),
         }
     }
 }
@@ -155,6 +225,7 @@ impl From<PoolSpecRow> for PoolSpec {
             size: p.size,
             resources: p.resources.map(Resources::from),
             env: p.env,
+            network: p.network.map(warren_api::NetworkRequest::from),
         }
     }
 }

@@ -388,6 +388,7 @@ async fn restart_adopts_what_runs_and_cleans_the_rest() {
         limits: Default::default(),
         snapshot: None,
         idmap: None,
+        network: warren_runtime::NetworkSpec::isolated(),
     };
     rt.create(&orphan).await.unwrap();
     rt.snapshot(

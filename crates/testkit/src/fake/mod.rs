@@ -92,6 +92,8 @@ struct Sandbox {
     agent: Option<Hosted>,
     disk_limit: Option<u64>,
     cpu_us: u64,
+    /// Its network as created, with the egress policy last put in force.
+    network: warren_runtime::NetworkSpec,
 }
 
 #[derive(Default)]
@@ -221,6 +223,11 @@ impl FakeRuntime {
         self.lock().sandboxes.get(id).map(|s| s.state)
     }
 
+    /// The network `id` was created with, with the egress policy last put in force.
+    pub fn network(&self, id: &str) -> Option<warren_runtime::NetworkSpec> {
+        self.lock().sandboxes.get(id).map(|s| s.network.clone())
+    }
+
     /// Set the cumulative CPU time `cpu_usage_us` reports for `id`.
     pub fn set_cpu_usage(&self, id: &str, us: u64) {
         if let Some(s) = self.lock().sandboxes.get_mut(id) {
@@ -302,7 +309,31 @@ impl Runtime for FakeRuntime {
             reflink: false,
             storage_available: vec!["dir".into()],
             disk_quota: !self.shared.no_disk_quota.load(Ordering::SeqCst),
+            // Simulated: the mode and policy are recorded (see `network`), no traffic flows.
+            network: warren_runtime::NetworkCaps {
+                modes: vec![
+                    warren_runtime::NetworkMode::Nat,
+                    warren_runtime::NetworkMode::Isolated,
+                ],
+                egress: true,
+                broker: false,
+                range: Some(warren_runtime::Ipv4Cidr::DEFAULT_NAT_RANGE),
+            },
         }
+    }
+
+    async fn set_egress(
+        &self,
+        id: &warren_runtime::SandboxId,
+        policy: &warren_runtime::EgressPolicy,
+    ) -> Result<(), RuntimeError> {
+        let mut st = self.lock();
+        let s = st
+            .sandboxes
+            .get_mut(id.as_str())
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        s.network.egress = policy.clone();
+        Ok(())
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
@@ -349,6 +380,7 @@ impl Runtime for FakeRuntime {
                 agent: Some(agent),
                 disk_limit: spec.limits.disk_bytes,
                 cpu_us: 0,
+                network: spec.network.clone(),
             },
         );
         Ok(())

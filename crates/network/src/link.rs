@@ -1,0 +1,215 @@
+//! A sandbox's network namespace and its routed veth pair, made over netlink.
+//!
+//! The namespace is the sandbox's own (made by its helper, with `lo` up, owned by its user
+//! namespace; the sandbox keeps no `CAP_NET_ADMIN`, so it cannot change what is set here).
+//! The daemon enters it from a short-lived thread (`setns` into a network namespace is
+//! allowed in a multithreaded process) only to open a netlink socket there and turn IPv6
+//! off; everything else is done over that socket.
+//!
+//! Wiring (routed point to point, no bridge): host side `wrn<hex addr>` holds the gateway
+//! address with the sandbox's address as its peer; inside, `eth0` holds the sandbox's
+//! address with the gateway as peer, and the default route goes through it. The pair is
+//! never deleted by hand: it dies with the namespace (when the sandbox's last process
+//! exits), so teardown costs nothing here.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::NetError;
+
+/// Name of the sandbox's interface inside.
+pub const INSIDE_IFNAME: &str = "eth0";
+
+/// A sandbox's network namespace, with a netlink connection into it.
+pub struct Netns {
+    /// The namespace (`/proc/<pid>/ns/net`).
+    pub fd: OwnedFd,
+    inside: Handle,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // The connection's socket holds a reference to the namespace.
+        self.conn.abort();
+    }
+}
+
+fn nl(what: &'static str) -> impl Fn(rtnetlink::Error) -> NetError {
+    move |e| NetError::Netlink(format!("{what}: {e}"))
+}
+
+impl Netns {
+    /// Enter the network namespace of process `pid` (a sandbox's PID 1) and turn IPv6 off
+    /// in it.
+    pub async fn of_pid(pid: i32) -> Result<Netns, NetError> {
+        let rt = tokio::runtime::Handle::current();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("warren-netns".into())
+            .spawn(move || {
+                let _ = tx.send(Self::in_thread(&rt, pid));
+                // The thread ends here: only it entered the namespace.
+            })
+            .map_err(|e| NetError::Netns(format!("spawning a thread: {e}")))?;
+        let (fd, conn, inside) = rx
+            .await
+            .map_err(|_| NetError::Netns("namespace thread died".into()))??;
+        let conn = tokio::spawn(conn);
+        Ok(Netns { fd, inside, conn })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn in_thread(
+        rt: &tokio::runtime::Handle,
+        pid: i32,
+    ) -> Result<
+        (
+            OwnedFd,
+            rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>,
+            Handle,
+        ),
+        NetError,
+    > {
+        let fd: OwnedFd = File::open(format!("/proc/{pid}/ns/net"))
+            .map_err(|e| NetError::Netns(format!("opening the namespace of {pid}: {e}")))?
+            .into();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| NetError::Netns(format!("entering the namespace of {pid}: {e}")))?;
+        // This thread's /proc/sys/net is now the sandbox's: no IPv6 inside (it is not
+        // policed), set before eth0 exists so it never gets an address.
+        for path in [
+            "/proc/sys/net/ipv6/conf/all/disable_ipv6",
+            "/proc/sys/net/ipv6/conf/default/disable_ipv6",
+        ] {
+            if let Err(e) = std::fs::write(path, "1") {
+                // Hosts without IPv6 have no such file: nothing to turn off.
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(NetError::Netns(format!("writing {path}: {e}")));
+                }
+            }
+        }
+        // The socket belongs to the namespace it is made in (netlink-sys needs the reactor).
+        let _guard = rt.enter();
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| NetError::Netns(format!("netlink socket inside: {e}")))?;
+        Ok((fd, conn, handle))
+    }
+}
+
+async fn index_of(handle: &Handle, name: &str) -> Result<u32, NetError> {
+    let link = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(nl("looking up a link"))?
+        .ok_or_else(|| NetError::Netlink(format!("link {name} not found")))?;
+    Ok(link.header.index)
+}
+
+/// `local` with `peer` at the other end of a point-to-point link: the kernel adds the route
+/// to `peer` through `index` by itself.
+async fn add_p2p_address(
+    handle: &Handle,
+    index: u32,
+    local: Ipv4Addr,
+    peer: Ipv4Addr,
+) -> Result<(), NetError> {
+    let mut req = handle.address().add(index, IpAddr::V4(local), 32);
+    let msg = req.message_mut();
+    msg.attributes
+        .retain(|a| !matches!(a, AddressAttribute::Address(_)));
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(peer)));
+    req.execute().await.map_err(nl("adding an address"))
+}
+
+/// The pair: `host_if` here, up; `eth0` in the namespace (down: the kernel cannot bring a
+/// veth up before its peer exists, so it is brought up afterwards).
+fn veth_msg(ns: &Netns, host_if: &str) -> rtnetlink::packet_route::link::LinkMessage {
+    use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+    let peer = LinkUnspec::new_with_name(INSIDE_IFNAME)
+        .setns_by_fd(ns.fd.as_raw_fd())
+        .build();
+    LinkVeth::new(host_if, INSIDE_IFNAME)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build()
+}
+
+/// Connect the namespace to the host: `host_if` on the host, `eth0` inside.
+pub async fn wire(
+    host: &Handle,
+    ns: &Netns,
+    host_if: &str,
+    addr: Ipv4Addr,
+    gateway: Ipv4Addr,
+) -> Result<(), NetError> {
+    match host.link().add(veth_msg(ns, host_if)).execute().await {
+        Ok(()) => {}
+        // A pair of the same name still being destroyed (the previous run of this sandbox,
+        // stopped a moment ago): remove it and try once more.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
+            if let Ok(idx) = index_of(host, host_if).await {
+                let _ = host.link().del(idx).execute().await;
+            }
+            host.link()
+                .add(veth_msg(ns, host_if))
+                .execute()
+                .await
+                .map_err(nl("creating the veth pair"))?;
+        }
+        Err(e) => return Err(nl("creating the veth pair")(e)),
+    }
+    let (host_idx, inside_idx) =
+        futures::try_join!(index_of(host, host_if), index_of(&ns.inside, INSIDE_IFNAME))?;
+    futures::try_join!(add_p2p_address(host, host_idx, gateway, addr), async {
+        ns.inside
+            .link()
+            .set(LinkUnspec::new_with_index(inside_idx).up().build())
+            .execute()
+            .await
+            .map_err(nl("bringing eth0 up"))?;
+        add_p2p_address(&ns.inside, inside_idx, addr, gateway).await?;
+        ns.inside
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gateway)
+                    .output_interface(inside_idx)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("adding the default route"))
+    })?;
+    Ok(())
+}
+
+/// Bytes through the host side of a sandbox's pair: `(rx, tx)` as the sandbox sees them
+/// (what the host side sent is what the sandbox received). `None` if the link is gone.
+pub fn counters(host_if: &str) -> Option<(u64, u64)> {
+    let read = |what: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/class/net/{host_if}/statistics/{what}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((read("tx_bytes")?, read("rx_bytes")?))
+}
+
+/// Whether a host-side link exists.
+pub fn exists(host_if: &str) -> bool {
+    std::path::Path::new("/sys/class/net")
+        .join(host_if)
+        .exists()
+}
