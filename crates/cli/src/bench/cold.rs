@@ -10,6 +10,9 @@ use super::stats::stat;
 use super::{baseline, exec_req, first_output, Ctx, Out};
 
 pub const LIFECYCLE: &str = "cold: create → first output → delete";
+/// The same with `network.mode = isolated` (interleaved with the default's runs, so both
+/// see the same machine); the default mode is `nat` unless the daemon says otherwise.
+pub const LIFECYCLE_ISOLATED: &str = "cold, isolated network: create → first output → delete";
 
 pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
     let (client, runs) = (ctx.client, ctx.args.runs);
@@ -19,7 +22,22 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
     let mut first = Vec::with_capacity(runs);
     let mut delete = Vec::with_capacity(runs);
     let mut from_pool = 0;
+    let mut isolated = Vec::with_capacity(runs);
+    let iso_req = CreateSandboxRequest {
+        network: Some(warren_api::NetworkRequest {
+            mode: Some(warren_api::NetworkMode::Isolated),
+            egress: None,
+        }),
+        ..Default::default()
+    };
     for _ in 0..runs {
+        let t0 = Instant::now();
+        let sb = client.create_sandbox(&iso_req).await.context("create")?;
+        ctx.tracker.sandbox(&sb.id);
+        first_output(client, &sb.id).await?;
+        client.delete_sandbox(&sb.id).await.context("delete")?;
+        ctx.tracker.sandbox_gone(&sb.id);
+        isolated.push(t0.elapsed());
         let t0 = Instant::now();
         let sb = client
             .create_sandbox(&CreateSandboxRequest::default())
@@ -50,7 +68,17 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
         stat("  create (201)", create),
         stat("  exec → first output", first),
         stat("  delete (204)", delete),
+        stat(LIFECYCLE_ISOLATED, isolated),
     ]);
+    if let (Some(a), Some(b)) = (
+        out.stat(LIFECYCLE).and_then(|s| s.p50_ms),
+        out.stat(LIFECYCLE_ISOLATED).and_then(|s| s.p50_ms),
+    ) {
+        out.note(format!(
+            "cold: the default network mode costs {:+.2} ms p50 over isolated",
+            a - b
+        ));
+    }
 
     if ctx.args.baseline_runs == 0 {
         return Ok(());
