@@ -32,9 +32,9 @@ fn host_processes_and_files_are_invisible() {
         // The hostname is the sandbox id.
         let r = run(c, &sb.id, req(&["hostname"])).await;
         assert_eq!(r.stdout.trim(), sb.id);
-        // Only loopback networking.
+        // Loopback and, in the default `nat` mode, the daemon's veth (nothing of the host's).
         let r = run_sh(c, &sb.id, "ls /sys/class/net | tr '\\n' ' '").await;
-        assert_eq!(r.stdout.trim(), "lo", "{}", r.stdout);
+        assert_eq!(r.stdout.trim(), "eth0 lo", "{}", r.stdout);
         // Host tools work inside.
         let r = run(c, &sb.id, req(&["python3", "-c", "print(6*7)"])).await;
         assert_eq!(r.stdout, "42\n", "{r:?}");
