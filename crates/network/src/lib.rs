@@ -116,6 +116,8 @@ pub struct NetworkManager {
 }
 
 const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// In the range registry (host-wide, so whichever Warren daemon drains last turns
+/// forwarding off again, not only the one that turned it on).
 const FORWARD_FLAG: &str = "ip_forward-enabled-by-warren";
 
 impl NetworkManager {
@@ -131,7 +133,7 @@ impl NetworkManager {
         let gateway = NetworkCaps::gateway(cfg.range);
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| NetError::Config(format!("{}: {e}", cfg.state_dir.display())))?;
-        let guard = cfg.state_dir.join(FORWARD_FLAG).exists();
+        let guard = cfg.registry.join(FORWARD_FLAG).exists();
         let forwarding = read_forwarding()?;
         nft.apply(&nft::base_script(&TableSpec {
             table: table.clone(),
@@ -368,7 +370,14 @@ impl NetworkManager {
             return Ok(());
         }
         self.inner.nft.delete_table(&self.inner.table).await?;
-        let flag = self.inner.cfg.state_dir.join(FORWARD_FLAG);
+        // Our claim goes with our table (its lock ends with the process anyway).
+        let _ = std::fs::remove_file(
+            self.inner
+                .cfg
+                .registry
+                .join(claim_name(self.inner.cfg.range)),
+        );
+        let flag = self.inner.cfg.registry.join(FORWARD_FLAG);
         if flag.exists() {
             let others = self
                 .inner
@@ -379,8 +388,8 @@ impl NetworkManager {
                 std::fs::write(FORWARD, "0")
                     .map_err(|e| NetError::Config(format!("turning forwarding off: {e}")))?;
                 tracing::info!("IPv4 forwarding turned off again (Warren had turned it on)");
+                let _ = std::fs::remove_file(&flag);
             }
-            let _ = std::fs::remove_file(&flag);
         }
         Ok(())
     }
@@ -418,7 +427,7 @@ impl NetworkManager {
             self.state().forwarding = true;
             return Ok(());
         }
-        std::fs::write(self.inner.cfg.state_dir.join(FORWARD_FLAG), b"1\n")
+        std::fs::write(self.inner.cfg.registry.join(FORWARD_FLAG), b"1\n")
             .map_err(|e| NetError::Config(format!("recording the forwarding change: {e}")))?;
         self.inner
             .nft
