@@ -278,8 +278,9 @@ struct Inner {
     pools: pools::Pools,
     /// User-namespace id ranges, when the runtime gives sandboxes user namespaces.
     id_ranges: Option<idmaps::IdRanges>,
-    /// Gateway (and DNS proxy) of `nat` sandboxes, when the runtime offers `nat`.
-    net_gateway: Option<std::net::Ipv4Addr>,
+    /// What networking the runtime offers (fixed once the daemon runs; read per create and
+    /// per sandbox view, so kept rather than asked of the runtime each time).
+    net: warren_runtime::NetworkCaps,
     /// Where the next address search starts (next-fit, see `network`).
     net_cursor: Mutex<u32>,
     /// Records deleted from memory whose removal from the store failed (retried, see
@@ -415,10 +416,6 @@ impl Engine {
             );
             config.default_network = warren_runtime::NetworkMode::Isolated;
         }
-        let net_gateway = net
-            .range
-            .filter(|_| net.modes.contains(&warren_runtime::NetworkMode::Nat))
-            .map(warren_runtime::NetworkCaps::gateway);
         let store = Store::open(&config.data_dir)?;
         let id_ranges = if runtime.info().user_namespace {
             let c = &config.id_ranges;
@@ -455,7 +452,7 @@ impl Engine {
                 snapshot_readers: Mutex::new(HashMap::new()),
                 pools: pools::Pools::default(),
                 id_ranges,
-                net_gateway,
+                net,
                 net_cursor: Mutex::new(0),
                 unsynced_removals: Default::default(),
             }),
@@ -1041,7 +1038,7 @@ impl Engine {
         self.map()
             .get(id)
             .filter(|e| !e.record.lifecycle.pool_member)
-            .map(|e| to_api(&e.record, self.inner.net_gateway))
+            .map(|e| to_api(&e.record, self.net_gateway()))
             .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))
     }
 
@@ -1049,7 +1046,7 @@ impl Engine {
     pub(crate) fn view(&self, id: &str) -> Result<Sandbox, EngineError> {
         self.map()
             .get(id)
-            .map(|e| to_api(&e.record, self.inner.net_gateway))
+            .map(|e| to_api(&e.record, self.net_gateway()))
             .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))
     }
 
@@ -1067,7 +1064,7 @@ impl Engine {
                         .iter()
                         .all(|(k, v)| e.record.metadata.get(k) == Some(v))
             })
-            .map(|e| (e.seq, to_api(&e.record, self.inner.net_gateway)))
+            .map(|e| (e.seq, to_api(&e.record, self.net_gateway())))
             .collect();
         out.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at).then(a.0.cmp(&b.0)));
         Ok(out.into_iter().map(|(_, s)| s).collect())
@@ -1203,7 +1200,7 @@ impl Engine {
             .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
         e.record.expires_at = expires_at;
         e.record.timeout_secs = timeout_secs;
-        Ok(to_api(&e.record, self.inner.net_gateway))
+        Ok(to_api(&e.record, self.net_gateway()))
     }
 
     /// Validate and start a command; the stream yields output and ends with `Exit`.

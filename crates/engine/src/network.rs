@@ -107,7 +107,7 @@ impl Engine {
             .and_then(|r| r.mode)
             .map(mode_from_api)
             .unwrap_or(self.inner.config.default_network);
-        let caps = self.inner.runtime.info().network;
+        let caps = &self.inner.net;
         if !caps.modes.contains(&mode) {
             return Err(EngineError::NetworkUnavailable(format!(
                 "network mode {mode} is not available on this server (it offers: {}); \
@@ -151,7 +151,7 @@ impl Engine {
         if net.mode != NetworkMode::Nat || net.address.is_some() {
             return Ok(());
         }
-        let range = self.inner.runtime.info().network.range.ok_or_else(|| {
+        let range = self.inner.net.range.ok_or_else(|| {
             EngineError::NetworkUnavailable("the runtime reports no address range".into())
         })?;
         let used: HashSet<Ipv4Addr> = map
@@ -176,14 +176,22 @@ impl Engine {
         )))
     }
 
+    /// Gateway (and DNS proxy) of `nat` sandboxes, when the runtime offers `nat`.
+    pub(crate) fn net_gateway(&self) -> Option<Ipv4Addr> {
+        let net = &self.inner.net;
+        net.range
+            .filter(|_| net.modes.contains(&NetworkMode::Nat))
+            .map(NetworkCaps::gateway)
+    }
+
     /// The wire view of a sandbox's network.
     pub(crate) fn network_view(&self, net: &NetworkSpec) -> SandboxNetwork {
-        view(net, self.inner.net_gateway)
+        view(net, self.net_gateway())
     }
 
     /// `network` of `GET /v1/capabilities`.
     pub(crate) fn network_capabilities(&self) -> NetworkCapabilities {
-        let caps = self.inner.runtime.info().network;
+        let caps = &self.inner.net;
         NetworkCapabilities {
             modes: caps.modes.iter().copied().map(mode_to_api).collect(),
             default_mode: mode_to_api(self.inner.config.default_network),
@@ -226,7 +234,7 @@ impl Engine {
                 record.network.mode
             )));
         }
-        if !policy.is_open() && !self.inner.runtime.info().network.egress {
+        if !policy.is_open() && !self.inner.net.egress {
             return Err(EngineError::NetworkUnavailable(
                 "this server's runtime does not enforce egress policies".into(),
             ));

@@ -537,7 +537,7 @@ impl Engine {
         );
         self.inner.pools.claimed(name);
         info!(%id, pool = name, "pool sandbox claimed");
-        Ok(Some(to_api(&record, self.inner.net_gateway)))
+        Ok(Some(to_api(&record, self.net_gateway())))
     }
 
     /// Start the manager that fills and drains the pools. It holds the engine only while

@@ -250,7 +250,7 @@ impl NetworkManager {
                 (script, false)
             } else {
                 let compiled = egress::compile(policy, &sb.learned, now);
-                let gen = self.next_generation();
+                let gen = self.inner.next_generation();
                 (
                     Some(nft::sandbox_script(&self.inner.table, addr, &compiled, gen)),
                     true,
@@ -408,15 +408,6 @@ impl NetworkManager {
         Ok(())
     }
 
-    fn next_generation(&self) -> u32 {
-        loop {
-            let g = self.inner.generation.fetch_add(1, Ordering::Relaxed);
-            if g != 0 {
-                return g;
-            }
-        }
-    }
-
     /// Turn IPv4 forwarding on if it is off, once, and say so; then guard forwarding that
     /// involves no Warren interface (so the host does not become a router for anything else).
     async fn ensure_forwarding(&self) -> Result<(), NetError> {
@@ -449,6 +440,18 @@ impl NetworkManager {
         st.forwarding = true;
         st.guard = true;
         Ok(())
+    }
+}
+
+impl Inner {
+    /// A fresh policy generation (never 0, the mark of connections no policy admitted).
+    fn next_generation(&self) -> u32 {
+        loop {
+            let g = self.generation.fetch_add(1, Ordering::Relaxed);
+            if g != 0 {
+                return g;
+            }
+        }
     }
 }
 
@@ -518,7 +521,7 @@ impl dns::Policies for Weak {
                 None
             } else if was_denied {
                 let compiled = egress::compile(&sb.policy, &sb.learned, now);
-                let gen = inner.generation.fetch_add(1, Ordering::Relaxed).max(1);
+                let gen = inner.next_generation();
                 Some(nft::sandbox_script(&inner.table, source, &compiled, gen))
             } else {
                 nft::learn_script(&inner.table, source, &clamped)
