@@ -386,6 +386,65 @@ fn policy_survives_a_daemon_crash_and_drain_leaves_nothing() {
     assert!(links.is_empty(), "links left: {links:?}");
 }
 
+/// A UDP packet to `dst:53` with a forged source address, sent from inside through a raw
+/// socket (the sandbox keeps CAP_NET_RAW).
+const SPOOF: &str = r#"
+import socket, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+payload = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07spoofed\x04test\x00\x00\x01\x00\x01"
+udp = struct.pack("!HHHH", 40000, 53, 8 + len(payload), 0) + payload
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for _ in range(5):
+    s.sendto(ip + udp, (dst, 0))
+print("sent")
+"#;
+
+#[test]
+fn spoofed_source_addresses_are_dropped() {
+    let net = internet();
+    let d = daemon(&net, &[]);
+    let range = common::network_range(&d.cgroup_parent);
+    let table = common::nft_table(&range);
+    rt().block_on(async {
+        let c = &d.client;
+        let a = create_net(c, NetworkRequest::default()).await;
+        let b = create_net(c, NetworkRequest::default()).await;
+        let b_net = c.network(&b).await.unwrap();
+        let (b_addr, gw) = (b_net.address.unwrap(), b_net.gateway.unwrap());
+        let before = rpf_drops(&table);
+        let r = c
+            .exec(&a, &common::req(&["python3", "-c", SPOOF, &b_addr, &gw]))
+            .await
+            .unwrap();
+        assert_eq!(r.stdout.trim(), "sent", "{r:?}");
+        let after = rpf_drops(&table);
+        assert!(
+            after >= before + 5,
+            "the reverse-path rule must drop the forged packets ({before} -> {after})"
+        );
+        // Forged or not, the proxy never asked upstream about them.
+        assert_eq!(net.dns_queries("spoofed.test"), 0);
+    });
+}
+
+/// Packets the anti-spoofing rule of `table` dropped so far.
+fn rpf_drops(table: &str) -> u64 {
+    let out = nft(&["list", "chain", "inet", table, "prerouting"]);
+    out.split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {out}"))
+}
+
 fn nft(args: &[&str]) -> String {
     let out = std::process::Command::new("nft")
         .args(args)

@@ -125,7 +125,7 @@ pub fn base_script(t: &TableSpec) -> String {
     // Anti-spoofing.
     let _ = writeln!(
         s,
-        "add rule inet {name} prerouting iifname \"{glob}\" fib saddr . iif oif missing drop"
+        "add rule inet {name} prerouting iifname \"{glob}\" fib saddr . iif oif missing counter drop"
     );
     // To the host.
     let _ = writeln!(
