@@ -80,7 +80,8 @@ pub const RESOLV_MARK: &str = "# Warren:";
 
 /// Write the sandbox's `/etc/resolv.conf` into its upper layer (`content` must start with
 /// [`RESOLV_MARK`]): unless the layer holds one a user wrote (a restored snapshot's edits
-/// stay, as does a deleted one's whiteout). Never follows a symlink.
+/// stay, as does a deleted one's whiteout; one already equal to `content` is left
+/// untouched). Never follows a symlink.
 pub fn set_resolv_conf(upper: &Path, content: &str, owner: u32) -> io::Result<()> {
     let etc = upper.join("etc");
     if !fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
@@ -88,11 +89,12 @@ pub fn set_resolv_conf(upper: &Path, content: &str, owner: u32) -> io::Result<()
         std::os::unix::fs::lchown(&etc, Some(owner), Some(owner))?;
     }
     let path = etc.join("resolv.conf");
-    let ours = match read_small_regular(&path)? {
-        Some(old) => old.starts_with(RESOLV_MARK),
+    // A restored layer that already holds this very file keeps it as it is (mtime too).
+    let write = match read_small_regular(&path)? {
+        Some(old) => old.starts_with(RESOLV_MARK) && old != content,
         None => !exists_nofollow(&path)?,
     };
-    if ours {
+    if write {
         replace_file(&path, content.as_bytes(), 0o644, owner)?;
     }
     Ok(())
