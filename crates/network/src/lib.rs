@@ -218,11 +218,22 @@ impl NetworkManager {
     ) -> Result<(), NetError> {
         self.check_addr(addr)?;
         self.ensure_forwarding().await?;
+        let t0 = Instant::now();
         let ns = link::Netns::of_pid(pid).await?;
+        let t_ns = t0.elapsed();
         let host_if = nft::ifname(addr);
         link::wire(&self.inner.host, &ns, &host_if, addr, self.inner.gateway).await?;
         drop(ns);
-        self.set_policy(addr, policy).await
+        let t_wire = t0.elapsed();
+        self.set_policy(addr, policy).await?;
+        tracing::debug!(
+            %addr,
+            netns_us = t_ns.as_micros() as u64,
+            wire_us = (t_wire - t_ns).as_micros() as u64,
+            policy_us = (t0.elapsed() - t_wire).as_micros() as u64,
+            "sandbox network attached"
+        );
+        Ok(())
     }
 
     /// Put `policy` in force for the sandbox at `addr`: new connections follow it at once,

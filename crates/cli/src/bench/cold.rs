@@ -15,7 +15,7 @@ pub const LIFECYCLE: &str = "cold: create → first output → delete";
 pub const LIFECYCLE_ISOLATED: &str = "cold, isolated network: create → first output → delete";
 
 pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
-    let (client, runs) = (ctx.client, ctx.args.runs);
+    let runs = ctx.args.runs;
     eprintln!("bench: cold lifecycle x{runs}");
     let mut total = Vec::with_capacity(runs);
     let mut create = Vec::with_capacity(runs);
@@ -30,32 +30,29 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
         }),
         ..Default::default()
     };
-    for _ in 0..runs {
-        let t0 = Instant::now();
-        let sb = client.create_sandbox(&iso_req).await.context("create")?;
-        ctx.tracker.sandbox(&sb.id);
-        first_output(client, &sb.id).await?;
-        client.delete_sandbox(&sb.id).await.context("delete")?;
-        ctx.tracker.sandbox_gone(&sb.id);
-        isolated.push(t0.elapsed());
-        let t0 = Instant::now();
-        let sb = client
-            .create_sandbox(&CreateSandboxRequest::default())
-            .await
-            .context("create")?;
-        let t1 = Instant::now();
-        ctx.tracker.sandbox(&sb.id);
-        if sb.pool.is_some() {
-            from_pool += 1;
+    let default_req = CreateSandboxRequest::default();
+    for i in 0..runs {
+        // Which goes first alternates: a delete leaves kernel work behind (a network
+        // namespace is torn down asynchronously) that the next create pays for.
+        let order = if i % 2 == 0 {
+            [&default_req, &iso_req]
+        } else {
+            [&iso_req, &default_req]
+        };
+        for req in order {
+            let (t, sb_pool) = lifecycle(ctx, req).await?;
+            if std::ptr::eq(req, &iso_req) {
+                isolated.push(t[3] - t[0]);
+                continue;
+            }
+            if sb_pool {
+                from_pool += 1;
+            }
+            total.push(t[3] - t[0]);
+            create.push(t[1] - t[0]);
+            first.push(t[2] - t[1]);
+            delete.push(t[3] - t[2]);
         }
-        let t2 = first_output(client, &sb.id).await?;
-        client.delete_sandbox(&sb.id).await.context("delete")?;
-        let t3 = Instant::now();
-        ctx.tracker.sandbox_gone(&sb.id);
-        total.push(t3 - t0);
-        create.push(t1 - t0);
-        first.push(t2 - t1);
-        delete.push(t3 - t2);
     }
     if from_pool > 0 {
         out.note(format!(
@@ -100,6 +97,20 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
         Err(e) => out.note(format!("runsc baseline skipped: {e:#}")),
     }
     Ok(())
+}
+
+/// One create → first output → delete: the four instants, and whether a pool served it.
+async fn lifecycle(ctx: &Ctx<'_>, req: &CreateSandboxRequest) -> Result<([Instant; 4], bool)> {
+    let client = ctx.client;
+    let t0 = Instant::now();
+    let sb = client.create_sandbox(req).await.context("create")?;
+    let t1 = Instant::now();
+    ctx.tracker.sandbox(&sb.id);
+    let t2 = first_output(client, &sb.id).await?;
+    client.delete_sandbox(&sb.id).await.context("delete")?;
+    let t3 = Instant::now();
+    ctx.tracker.sandbox_gone(&sb.id);
+    Ok(([t0, t1, t2, t3], sb.pool.is_some()))
 }
 
 /// Non-streaming exec of `true` on one running sandbox, after 20 warm-up calls.
