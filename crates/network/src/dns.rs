@@ -731,9 +731,11 @@ mod tests {
 
     impl Upstream {
         async fn start() -> Upstream {
-            let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            // The same port for both; with port 0 the kernel's UDP pick may be taken for TCP
+            // (another test binary's listener), so try again (as `bind_pair` does).
+            let (udp, tcp) = bind_pair("127.0.0.1:0".parse().unwrap()).unwrap();
+            let udp = Arc::new(udp);
             let addr = udp.local_addr().unwrap();
-            let tcp = TcpListener::bind(addr).await.unwrap();
             let queries = Arc::new(AtomicUsize::new(0));
             let tcp_queries = Arc::new(AtomicUsize::new(0));
             let silent = Arc::new(AtomicBool::new(false));
