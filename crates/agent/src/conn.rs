@@ -22,6 +22,7 @@ pub(crate) async fn handle(
     reaper: SharedReaper,
     procs: SharedProcs,
     root: Arc<Root>,
+    listeners: ports::SharedListeners,
 ) -> Result<(), ConnError> {
     let (r, mut w) = stream.into_split();
     let mut frames = FramedRead::new(r, FrameCodec);
@@ -75,6 +76,9 @@ pub(crate) async fn handle(
             follow,
         }) => procs::attach(frames, w, procs, selector, offset, follow).await,
         Frame::Request(Request::Connect { port }) => ports::connect(frames, w, &root, port).await,
+        Frame::Request(Request::Accept { port }) => {
+            ports::accept(frames, w, &root, listeners, port).await
+        }
         Frame::Request(Request::SearchFiles(spec)) => search::search(w, root, spec).await,
         Frame::Request(Request::ReplaceFiles(spec)) => search::replace(w, root, spec).await,
         Frame::Request(Request::WatchFiles { path, recursive }) => {

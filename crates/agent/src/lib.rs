@@ -158,6 +158,7 @@ async fn serve_conns(
     // Durable processes belong to the agent, not to a connection. Their leaders are
     // registered with the reaper like every command's, so the kill below covers them.
     let procs = procs::SharedProcs::default();
+    let listeners = ports::SharedListeners::default();
     tokio::task::spawn_local(reaper::run(reaper.clone(), sigchld));
     tokio::pin!(stop);
     loop {
@@ -168,8 +169,9 @@ async fn serve_conns(
                 let reaper = reaper.clone();
                 let procs = procs.clone();
                 let root = root.clone();
+                let listeners = listeners.clone();
                 tokio::task::spawn_local(async move {
-                    if let Err(e) = conn::handle(stream, reaper, procs, root).await {
+                    if let Err(e) = conn::handle(stream, reaper, procs, root, listeners).await {
                         tracing::debug!("agent connection: {e}");
                     }
                 });

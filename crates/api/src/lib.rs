@@ -93,6 +93,11 @@ pub struct CreateSandboxRequest {
     /// Network mode and egress policy (`GET/PUT /v1/sandboxes/{id}/network` later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkRequest>,
+    /// Upstream API keys kept by the credential broker: the sandbox gets a base URL and a
+    /// token per credential in its commands' environment, never the key (see
+    /// `GET /v1/capabilities` `network.broker`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<CredentialRequest>,
 }
 
 /// Lifecycle state of a sandbox.
@@ -204,6 +209,9 @@ pub struct Sandbox {
     pub pool: Option<String>,
     /// Its network: mode, address and the egress policy in force.
     pub network: SandboxNetwork,
+    /// Its broker credentials, values masked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<SandboxCredential>,
 }
 
 /// Where a sandbox's port is reachable from the server's host.

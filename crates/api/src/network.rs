@@ -109,3 +109,48 @@ pub struct NetworkCapabilities {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<String>,
 }
+
+/// A credential the broker keeps for a sandbox (`credentials` of `POST /v1/sandboxes`).
+/// Inside the sandbox `base_url_env` holds the broker's URL for it
+/// (`http://127.0.0.1:4780/c/<index>`, in every network mode) and `token_env` a token
+/// valid for this sandbox only; a request to that URL with the token in `header` goes to
+/// `upstream` (path and query kept) with `header` set to `value`. `value` never enters the
+/// sandbox and is never shown again (responses show it masked).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRequest {
+    /// `https://` (or `http://`) URL of the upstream API, optionally with a path prefix.
+    pub upstream: String,
+    /// Header that carries the key: `x-api-key`, `authorization` (`Bearer <token>` is
+    /// swapped for `Bearer <value>`), ...
+    pub header: String,
+    /// The real key.
+    pub value: String,
+    /// Environment variable that receives the broker's base URL (`ANTHROPIC_BASE_URL`).
+    pub base_url_env: String,
+    /// Environment variable that receives the sandbox's token (`ANTHROPIC_API_KEY`).
+    pub token_env: String,
+}
+
+impl std::fmt::Debug for CredentialRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRequest")
+            .field("upstream", &self.upstream)
+            .field("header", &self.header)
+            .field("value", &"<redacted>")
+            .field("base_url_env", &self.base_url_env)
+            .field("token_env", &self.token_env)
+            .finish()
+    }
+}
+
+/// A credential of a sandbox as responses show it: the value masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxCredential {
+    pub upstream: String,
+    pub header: String,
+    /// At most a 4-character prefix and the length: `sk-a…(41 chars)`.
+    pub value: String,
+    pub base_url_env: String,
+    pub token_env: String,
+}

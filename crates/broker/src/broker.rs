@@ -326,6 +326,7 @@ impl Broker {
                 .map_err(|_| invalid("value is not a valid HTTP header value".to_string()))?;
             value.set_sensitive(true);
             let token = self.token(sandbox, index, generation);
+            // The same as `env` gives later.
             env.push((
                 cred.base_url_env.clone(),
                 format!("http://127.0.0.1:{}/c/{index}", self.inner.cfg.port),
@@ -417,6 +418,29 @@ impl Broker {
                 value: mask_value(&c.cred.value),
                 base_url_env: c.cred.base_url_env.clone(),
                 token_env: c.cred.token_env.clone(),
+            })
+            .collect()
+    }
+
+    /// The environment [`Broker::register`] returned for `sandbox` (its current tokens);
+    /// empty if the sandbox is not registered.
+    pub fn env(&self, sandbox: &str) -> Vec<(String, String)> {
+        let state = self.read();
+        let Some(entry) = state.sandboxes.get(sandbox) else {
+            return Vec::new();
+        };
+        let port = self.inner.cfg.port;
+        entry
+            .creds
+            .iter()
+            .flat_map(|c| {
+                [
+                    (
+                        c.cred.base_url_env.clone(),
+                        format!("http://127.0.0.1:{port}/c/{}", c.index),
+                    ),
+                    (c.cred.token_env.clone(), c.token.clone()),
+                ]
             })
             .collect()
     }
@@ -566,5 +590,22 @@ mod tests {
         assert!(b.register("a\0b", 0, vec![]).is_err());
         assert!(b.register(&"x".repeat(257), 0, vec![]).is_err());
         assert!(b.register("ok", 0, vec![]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn env_repeats_what_register_returned() {
+        let b = Broker::new(SecretKey::from_bytes([7; 32]), BrokerConfig::default()).unwrap();
+        let cred = Credential {
+            upstream: "https://api.example.com/v1".into(),
+            header: "authorization".into(),
+            value: "Bearer secret-value".into(),
+            base_url_env: "X_BASE_URL".into(),
+            token_env: "X_API_KEY".into(),
+        };
+        let env = b.register("sb-1", 0, vec![cred]).unwrap();
+        assert_eq!(b.env("sb-1"), env);
+        assert!(b.env("sb-2").is_empty());
+        b.unregister("sb-1");
+        assert!(b.env("sb-1").is_empty());
     }
 }

@@ -206,8 +206,9 @@ impl Credential {
 }
 
 /// Check a sandbox's whole credential list: each credential, and that no
-/// environment name is used twice.
-pub(crate) fn validate_set(creds: &[Credential]) -> Result<(), BrokerError> {
+/// environment name is used twice (what [`crate::Broker::register`] checks,
+/// without registering anything).
+pub fn validate_set(creds: &[Credential]) -> Result<(), BrokerError> {
     let mut seen = HashSet::new();
     for (index, cred) in creds.iter().enumerate() {
         cred.check()

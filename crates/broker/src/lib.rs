@@ -66,7 +66,8 @@ pub use broker::{
     Broker, BrokerConfig, Usage, DEFAULT_PORT, MAX_CREDENTIALS, MAX_SANDBOX_ID_LEN, TOKEN_PREFIX,
 };
 pub use credential::{
-    mask_value, Credential, MaskedCredential, MAX_ENV_NAME_LEN, MAX_UPSTREAM_LEN, MAX_VALUE_LEN,
+    mask_value, validate_set, Credential, MaskedCredential, MAX_ENV_NAME_LEN, MAX_UPSTREAM_LEN,
+    MAX_VALUE_LEN,
 };
 pub use error::BrokerError;
 pub use key::{SecretKey, KEY_LEN};

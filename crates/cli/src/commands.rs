@@ -382,6 +382,7 @@ fn create_request(opts: &SandboxOpts) -> CreateSandboxRequest {
         auto_resume: opts.auto_resume,
         pool: opts.pool.clone(),
         network: opts.net.request(),
+        credentials: opts.credentials.clone(),
     }
 }
 
@@ -568,6 +569,7 @@ mod tests {
                 gateway: None,
                 egress: Default::default(),
             },
+            credentials: Vec::new(),
         };
         let t = table(
             &[sb("sb-1", &[]), sb("sb-longer", &[("a", "1"), ("b", "2")])],

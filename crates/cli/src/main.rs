@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod credential;
 mod files;
 mod lifecycle;
 mod pools;
@@ -377,6 +378,13 @@ struct SandboxOpts {
     pool: Option<String>,
     #[command(flatten)]
     net: NetOpts,
+    /// An API key the credential broker keeps outside the sandbox (repeatable): a preset
+    /// (`anthropic`, `openai`: the key from this shell's `$ANTHROPIC_API_KEY` /
+    /// `$OPENAI_API_KEY`) or `upstream=URL,header=NAME,value-env=VAR|value-file=PATH,
+    /// base-url-env=NAME,token-env=NAME`. Inside, the base-URL variable points at the broker
+    /// and the token variable holds a token for this sandbox only.
+    #[arg(long = "credential", value_name = "SPEC", value_parser = credential::parse)]
+    credentials: Vec<warren_api::CredentialRequest>,
 }
 
 /// Network flags of `create`, `run` and `network`.

@@ -463,3 +463,209 @@ async fn wait_for(c: &Client, id: &str, check: &str) {
     }
     panic!("{check} never succeeded in {id}");
 }
+
+/// The real key of the broker tests: it must never be seen inside a sandbox, in a response,
+/// or in the store.
+const SECRET: &str = "sk-real-7d3f9a1c5e2b8f4a6d0c";
+
+fn credential(upstream: String, prefix: &str) -> warren_api::CredentialRequest {
+    warren_api::CredentialRequest {
+        upstream,
+        header: "x-api-key".into(),
+        value: SECRET.into(),
+        base_url_env: format!("{prefix}_BASE_URL"),
+        token_env: format!("{prefix}_API_KEY"),
+    }
+}
+
+/// `curl` through the broker from inside: the response body, then `code=<status>`.
+async fn broker_call(c: &Client, id: &str, url: &str, token: &str) -> String {
+    let script =
+        format!("curl -s -m 10 -H \"x-api-key: {token}\" -w ' code=%{{http_code}}' \"{url}\"");
+    c.exec(id, &sh(&script)).await.expect("exec curl").stdout
+}
+
+#[test]
+fn the_broker_swaps_tokens_for_keys_that_never_enter_the_sandbox() {
+    let net = internet();
+    let s = net.servers().to_vec();
+    let (data_dir, parent) = Daemon::fresh_names();
+    let range = common::network_range(&parent);
+    let upstream = net.dns().to_string();
+    let args = [
+        "--dns-upstream",
+        upstream.as_str(),
+        "--network-range",
+        range.as_str(),
+    ];
+    let mut first = Daemon::launch_plain(data_dir.clone(), parent.clone(), &args);
+    let (a, b) = rt().block_on(async {
+        let c = &first.client;
+        assert!(c.capabilities().await.unwrap().network.broker);
+        // `a` is isolated (the broker is reached in every mode) with two credentials; `b`
+        // is nat under default deny (the broker needs no egress rule) with one.
+        let a = c
+            .create_sandbox(&CreateSandboxRequest {
+                network: Some(NetworkRequest {
+                    mode: Some(NetworkMode::Isolated),
+                    egress: None,
+                }),
+                credentials: vec![
+                    credential(format!("http://{}/v1", s[0]), "LLM"),
+                    credential(format!("http://{}", s[0]), "RAW"),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let b = c
+            .create_sandbox(&CreateSandboxRequest {
+                network: Some(NetworkRequest {
+                    mode: Some(NetworkMode::Nat),
+                    egress: Some(policy(EgressAction::Deny, vec![])),
+                }),
+                credentials: vec![credential(format!("http://{}/v1", s[0]), "LLM")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // Responses show the value masked.
+        assert_eq!(a.credentials.len(), 2);
+        assert_eq!(a.credentials[0].header, "x-api-key");
+        assert!(
+            a.credentials[0].value.contains("chars"),
+            "{:?}",
+            a.credentials
+        );
+        let shown = serde_json::to_string(&c.get_sandbox(&a.id).await.unwrap()).unwrap();
+        assert!(
+            !shown.contains(SECRET) && shown.contains("LLM_BASE_URL"),
+            "{shown}"
+        );
+
+        let env = c.exec(&a.id, &sh("env")).await.unwrap().stdout;
+        let var = |name: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} missing in {env}"))
+                .to_string()
+        };
+        let (base, token) = (var("LLM_BASE_URL"), var("LLM_API_KEY"));
+        assert_eq!(base, "http://127.0.0.1:4780/c/0");
+        assert!(token.starts_with("wrn_"), "{token}");
+
+        // The token is swapped for the key; path and query are kept.
+        let out = broker_call(c, &a.id, "$LLM_BASE_URL/messages?beta=1", "$LLM_API_KEY").await;
+        assert!(out.ends_with("code=200"), "{out}");
+        let body: serde_json::Value =
+            serde_json::from_str(out.trim_end_matches(" code=200")).unwrap();
+        assert_eq!(body["headers"]["x-api-key"], SECRET, "{body}");
+        assert_eq!(body["path"], "/v1/messages?beta=1");
+        assert_eq!(
+            body["peer"],
+            net.host_side().to_string(),
+            "sent by the host"
+        );
+
+        // Server-sent events stream through unbuffered: events arrive spread over time.
+        let stamps = c
+            .exec(
+                &a.id,
+                &sh("curl -sN -m 20 -H \"x-api-key: $RAW_API_KEY\" \
+                     \"$RAW_BASE_URL/sse?n=5&interval_ms=400\" \
+                     | while read -r l; do [ -n \"$l\" ] && echo \"$(date +%s%3N) $l\"; done"),
+            )
+            .await
+            .unwrap()
+            .stdout;
+        let times: Vec<u64> = stamps
+            .lines()
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(times.len(), 5, "{stamps}");
+        assert!(
+            times[4] - times[0] >= 800,
+            "events must arrive as they are sent, not at the end: {stamps}"
+        );
+
+        // `b`'s token inside `a`: 403; a made-up one: 401; none: 401. None reach upstream.
+        let b_token = c
+            .exec(&b.id, &sh("printf %s \"$LLM_API_KEY\""))
+            .await
+            .unwrap()
+            .stdout;
+        assert_ne!(b_token, token);
+        let before = net.requests().len();
+        let out = broker_call(c, &a.id, "$LLM_BASE_URL/x", &b_token).await;
+        assert!(out.ends_with("code=403"), "foreign token: {out}");
+        let out = broker_call(c, &a.id, "$LLM_BASE_URL/x", "wrn_madeup").await;
+        assert!(out.ends_with("code=401"), "unknown token: {out}");
+        assert_eq!(
+            net.requests().len(),
+            before,
+            "refused requests never go upstream"
+        );
+        // `b` reaches its upstream through the broker although its egress denies all.
+        let out = broker_call(c, &b.id, "$LLM_BASE_URL/ok", "$LLM_API_KEY").await;
+        assert!(out.ends_with("code=200"), "{out}");
+        let out = fetch(c, &b.id, &format!("http://{}/", s[0])).await;
+        assert!(!ok(&out), "direct access stays denied: {out}");
+
+        // The key is nowhere inside: not in any process's environment, not in files.
+        // (`[r]`: the pattern, in grep's own command line, does not match itself.)
+        let pattern = SECRET.replacen('r', "[r]", 1);
+        let probe = format!(
+            "grep -l '{pattern}' /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null; \
+             grep -rl '{pattern}' /etc /tmp /workspace /home /root /run /var 2>/dev/null; \
+             echo done"
+        );
+        for id in [&a.id, &b.id] {
+            let out = c.exec(id, &sh(&probe)).await.unwrap().stdout;
+            assert_eq!(out.trim(), "done", "the key leaked into {id}: {out}");
+        }
+        (a.id, b.id)
+    });
+    // Not in the store in plaintext.
+    for f in std::fs::read_dir(&data_dir).unwrap().flatten() {
+        if f.path().is_file() {
+            let bytes = std::fs::read(f.path()).unwrap();
+            let hit = bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
+            assert!(!hit, "plaintext key in {}", f.path().display());
+        }
+    }
+
+    // A crashed daemon's successor serves the same tokens again.
+    first.stop_with(libc::SIGKILL);
+    std::mem::forget(first);
+    let second = Daemon::launch(data_dir, parent, &args);
+    rt().block_on(async {
+        let c = &second.client;
+        let out = broker_call(c, &a, "$LLM_BASE_URL/again", "$LLM_API_KEY").await;
+        assert!(out.ends_with("code=200") && out.contains(SECRET), "{out}");
+        // Deleting a sandbox revokes its tokens at once.
+        let b_token = c
+            .exec(&b, &sh("printf %s \"$LLM_API_KEY\""))
+            .await
+            .unwrap()
+            .stdout;
+        c.delete_sandbox(&b).await.unwrap();
+        let out = broker_call(c, &a, "$LLM_BASE_URL/x", &b_token).await;
+        assert!(
+            out.ends_with("code=401"),
+            "a deleted sandbox's token: {out}"
+        );
+        // Bad credentials change nothing.
+        let bad = c
+            .create_sandbox(&CreateSandboxRequest {
+                credentials: vec![warren_api::CredentialRequest {
+                    upstream: "ftp://example.test".into(),
+                    ..credential(String::new(), "X")
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(bad.to_string().contains("invalid_request"), "{bad}");
+        assert_eq!(c.list_sandboxes::<&str, &str>(&[]).await.unwrap().len(), 1);
+    });
+}

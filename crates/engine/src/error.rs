@@ -146,6 +146,7 @@ pub(crate) fn file_code(code: AgentCode) -> ErrorCode {
         | AgentCode::TagInUse
         | AgentCode::InvalidSignal
         | AgentCode::ConnectionRefused
+        | AgentCode::AddressInUse
         | AgentCode::Other => ErrorCode::IoError,
     }
 }

@@ -7,6 +7,7 @@
 //! caller's future: a client that hangs up mid-request cannot leave a half-made sandbox.
 
 mod admission;
+mod broker;
 mod error;
 pub mod events;
 pub mod files;
@@ -283,6 +284,8 @@ struct Inner {
     net: warren_runtime::NetworkCaps,
     /// Where the next address search starts (next-fit, see `network`).
     net_cursor: Mutex<u32>,
+    /// The credential broker, when the runtime can carry connections to it (see `broker`).
+    broker: Option<broker::Brokerage>,
     /// Records deleted from memory whose removal from the store failed (retried, see
     /// [`Engine::resync_store`]).
     unsynced_removals: Mutex<std::collections::BTreeSet<String>>,
@@ -338,6 +341,11 @@ fn to_api(r: &Record, gateway: Option<std::net::Ipv4Addr>) -> Sandbox {
         auto_resume: r.lifecycle.auto_resume,
         pool: r.lifecycle.pool.clone(),
         network: network::view(&r.network, gateway),
+        credentials: r
+            .credentials
+            .as_ref()
+            .map(|c| c.shown.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -439,6 +447,11 @@ impl Engine {
             None
         };
         let first_seq = store.get_meta("event_seq").await? + events::RESTART_GAP;
+        let broker = if net.broker {
+            Some(broker::Brokerage::open(&config.data_dir)?)
+        } else {
+            None
+        };
         let engine = Engine {
             inner: Arc::new(Inner {
                 config,
@@ -454,11 +467,13 @@ impl Engine {
                 id_ranges,
                 net,
                 net_cursor: Mutex::new(0),
+                broker,
                 unsynced_removals: Default::default(),
             }),
         };
         engine.recover().await?;
         engine.reapply_policies().await;
+        engine.restore_credentials().await;
         engine.give_ranges_to_old_records().await?;
         engine.load_pools().await?;
         engine.spawn_pool_manager();
@@ -679,8 +694,17 @@ impl Engine {
             },
             host_id: None,
             network,
+            credentials: None,
         };
-        let guard = self.admit_insert(&mut record, admission::Admit::User)?;
+        // Checked (and registered under the new id) before anything is made.
+        record.credentials = self.register_credentials(&record.id, &req.credentials)?;
+        let guard = match self.admit_insert(&mut record, admission::Admit::User) {
+            Ok(g) => g,
+            Err(e) => {
+                self.drop_credentials(&record.id);
+                return Err(e);
+            }
+        };
         self.emit(
             &record.id,
             EventKind::Created,
@@ -784,6 +808,7 @@ impl Engine {
             .await
         {
             Ok(true) => {
+                self.serve_credentials(&id).await;
                 info!(%id, "sandbox running");
                 self.view(&id)
             }
@@ -805,6 +830,7 @@ impl Engine {
     /// Remove every trace of a sandbox whose creation failed.
     async fn undo_create(&self, id: &str, why: &str) {
         self.inner.ports.close_sandbox(id);
+        self.drop_credentials(id);
         if let Ok(sid) = SandboxId::parse(id) {
             if let Err(e) = self.inner.runtime.destroy(&sid).await {
                 warn!(%id, error = %e, "cleanup after a failed create");
@@ -1142,6 +1168,7 @@ impl Engine {
         };
         match result {
             Ok(()) => {
+                self.drop_credentials(id);
                 self.remove_record(id).await;
                 if let Some(e) = self.map().remove(id) {
                     e.gone.send_replace(true);
@@ -1266,6 +1293,8 @@ impl Engine {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         env.extend(sandbox_env);
+        // The broker's base URLs and tokens: over the sandbox's env, under the request's.
+        env.extend(self.broker_env(id));
         env.extend(parts.env);
         let spec = ExecSpec {
             argv: parts.cmd,
@@ -1362,6 +1391,7 @@ impl Engine {
             );
         }
         self.inner.ports.close_all();
+        self.stop_brokers();
         let behind = self.resync_store().await;
         if behind > 0 {
             warn!(
@@ -1406,6 +1436,7 @@ impl Engine {
         });
         futures::future::join_all(deletions).await;
         self.inner.ports.close_all();
+        self.stop_brokers();
         self.resync_store().await;
         if let Err(e) = self.inner.store.close().await {
             warn!(error = %e, "closing the store");

@@ -375,6 +375,10 @@ impl Engine {
                     // The timeout counts again from now.
                     self.restart_clock_until(id, Some(until)).await;
                 }
+                if op == Op::Start {
+                    // A new agent: the broker's listener is bound again before anything runs.
+                    self.serve_credentials(id.as_str()).await;
+                }
                 match self
                     .set_state_until(id, done, &[during], Some(why.to_string()), Some(until))
                     .await

@@ -196,7 +196,7 @@ impl Engine {
             modes: caps.modes.iter().copied().map(mode_to_api).collect(),
             default_mode: mode_to_api(self.inner.config.default_network),
             egress: caps.egress,
-            broker: caps.broker,
+            broker: caps.broker && self.broker_available(),
             range: caps.range.map(|r| r.to_string()),
         }
     }

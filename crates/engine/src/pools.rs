@@ -483,6 +483,7 @@ impl Engine {
         timeout_secs: u64,
     ) -> Result<Option<Sandbox>, EngineError> {
         self.check_pressure()?;
+        self.check_credentials(&req.credentials)?;
         let record = {
             let mut map = self.map();
             self.check_open()?;
@@ -514,14 +515,22 @@ impl Engine {
             r.created_at = now_ms();
             r.timeout_secs = timeout_secs;
             r.expires_at = expiry(timeout_secs);
+            // Checked above: only sealing can fail here (and then the claim fails below).
+            let registered = self.register_credentials(&r.id, &req.credentials);
+            r.credentials = registered.as_ref().ok().cloned().flatten();
             // Idle from the claim on, not from when it was made.
             e.activity = Activity::new();
-            e.record.clone()
+            (e.record.clone(), registered.err())
         };
+        let (record, failed) = record;
         let id = record.id.clone();
-        if let Err(err) = self.inner.store.update_claimed(&record).await {
-            // Not handed out half-recorded: it goes, and the pool makes another.
-            warn!(%id, pool = name, error = %err, "recording a claim failed; deleting it");
+        let failed = match failed {
+            Some(err) => Some(err),
+            None => self.inner.store.update_claimed(&record).await.err(),
+        };
+        if let Some(err) = failed {
+            // Not handed out half-made: it goes, and the pool makes another.
+            warn!(%id, pool = name, error = %err, "a claim failed; deleting it");
             let engine = self.clone();
             tokio::spawn(async move { engine.delete_because(&id, "claim failed").await });
             return Err(err);
@@ -536,6 +545,7 @@ impl Engine {
             },
         );
         self.inner.pools.claimed(name);
+        self.serve_credentials(&id).await;
         info!(%id, pool = name, "pool sandbox claimed");
         Ok(Some(to_api(&record, self.net_gateway())))
     }
@@ -704,6 +714,8 @@ impl Engine {
             },
             host_id: None,
             network: def.network.clone(),
+            // A claim's, if it brings any.
+            credentials: None,
         };
         let guard = self.admit_insert(&mut record, Admit::Member)?;
         self.emit(

@@ -381,6 +381,8 @@ impl Engine {
             pool: None,
             // Same mode and policy; an address of its own.
             network: Some(crate::network::request_of(&source.network)),
+            // The same keys; its own tokens.
+            credentials: self.credential_requests(source.credentials.as_ref())?,
         };
         let result = self.create_inner(create, Some(snap_id.clone())).await;
         // The new sandbox has its own copy; the fork's snapshot is not kept.

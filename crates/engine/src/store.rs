@@ -36,6 +36,8 @@ pub struct Record {
     pub host_id: Option<u32>,
     /// Its network: mode, address (kept from create to removal) and egress policy.
     pub network: warren_runtime::NetworkSpec,
+    /// Its broker credentials, sealed (see `broker`); `None` without any.
+    pub credentials: Option<crate::broker::StoredCredentials>,
 }
 
 /// A sandbox's lifecycle options (stored as one JSON column, see `rows::LifecycleRow`).
@@ -125,6 +127,9 @@ const MIGRATIONS: &[Migration] = &[
     Migration::SandboxesColumn("host_id", "INTEGER"),
     // NULL: a sandbox from before networks (loopback only, i.e. isolated).
     Migration::SandboxesColumn("network", "TEXT"),
+    // NULL: no broker credentials. Otherwise `StoredCredentials` as JSON: the values
+    // sealed under the daemon's key, and their masked view.
+    Migration::SandboxesColumn("credentials", "TEXT"),
 ];
 
 /// Bring the store at `conn` to the newest schema, each step in one transaction with the
@@ -213,6 +218,14 @@ fn private_file(path: &Path, create: bool) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The `credentials` column of `r`: JSON, or NULL without credentials.
+fn credentials_column(r: &Record) -> Result<Option<String>, EngineError> {
+    r.credentials
+        .as_ref()
+        .map(|c| serde_json::to_string(c).map_err(store_err))
+        .transpose()
 }
 
 fn ms_to_time(ms: i64) -> DateTime<Utc> {
@@ -355,12 +368,13 @@ impl Store {
         let lifecycle =
             serde_json::to_string(&LifecycleRow::from(&r.lifecycle)).map_err(store_err)?;
         let network = serde_json::to_string(&r.network).map_err(store_err)?;
+        let credentials = credentials_column(&r)?;
         self.write(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO sandboxes (id, state, image, created_at_ms, expires_at_ms,
                  timeout_secs, metadata, env, resources, failure_reason, state_changed_at_ms,
-                 lifecycle, host_id, network)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 lifecycle, host_id, network, credentials)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     r.id,
                     r.state.as_str(),
@@ -376,6 +390,7 @@ impl Store {
                     lifecycle,
                     r.host_id.map(i64::from),
                     network,
+                    credentials,
                 ],
             )
             .map(|_| ())
@@ -431,10 +446,11 @@ impl Store {
         let env = serde_json::to_string(&r.env).map_err(store_err)?;
         let lifecycle =
             serde_json::to_string(&LifecycleRow::from(&r.lifecycle)).map_err(store_err)?;
+        let credentials = credentials_column(&r)?;
         self.write(move |c| {
             c.execute(
                 "UPDATE sandboxes SET created_at_ms = ?2, expires_at_ms = ?3, timeout_secs = ?4,
-                 metadata = ?5, env = ?6, lifecycle = ?7 WHERE id = ?1",
+                 metadata = ?5, env = ?6, lifecycle = ?7, credentials = ?8 WHERE id = ?1",
                 params![
                     r.id,
                     r.created_at.timestamp_millis(),
@@ -443,6 +459,7 @@ impl Store {
                     metadata,
                     env,
                     lifecycle,
+                    credentials,
                 ],
             )
             .map(|_| ())
@@ -483,7 +500,7 @@ impl Store {
                 let mut stmt = c.prepare(
                     "SELECT id, state, image, created_at_ms, expires_at_ms, timeout_secs,
                             metadata, env, resources, failure_reason, state_changed_at_ms,
-                            lifecycle, host_id, network
+                            lifecycle, host_id, network, credentials
                      FROM sandboxes ORDER BY created_at_ms",
                 )?;
                 let rows = stmt
@@ -503,6 +520,7 @@ impl Store {
                             row.get::<_, String>(11)?,
                             row.get::<_, Option<i64>>(12)?,
                             row.get::<_, Option<String>>(13)?,
+                            row.get::<_, Option<String>>(14)?,
                         ))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -511,7 +529,15 @@ impl Store {
             .await?;
         rows.into_iter()
             .map(
-                |(id, state, image, c, e, t, m, env, res, reason, changed, lc, host, net)| {
+                |(id, state, image, c, e, t, m, env, res, reason, changed, lc, host, net, cred)| {
+                    // An unreadable column loses the credentials (logged), not the sandbox.
+                    let credentials = cred.and_then(|c| {
+                        serde_json::from_str(&c)
+                            .inspect_err(|e| {
+                                tracing::warn!(sandbox = %id, error = %e, "unreadable credentials")
+                            })
+                            .ok()
+                    });
                     let network = match net {
                         None => warren_runtime::NetworkSpec::isolated(),
                         Some(n) => serde_json::from_str(&n).map_err(|e| {
@@ -539,6 +565,7 @@ impl Store {
                             .into(),
                         host_id: host.and_then(|h| u32::try_from(h).ok()),
                         network,
+                        credentials,
                     })
                 },
             )
@@ -742,6 +769,16 @@ mod tests {
                     }],
                 },
             },
+            credentials: Some(crate::broker::StoredCredentials {
+                sealed: "c2VhbGVk".into(),
+                shown: vec![warren_api::SandboxCredential {
+                    upstream: "https://api.example.com".into(),
+                    header: "x-api-key".into(),
+                    value: "sk-…(12 chars)".into(),
+                    base_url_env: "X_BASE_URL".into(),
+                    token_env: "X_API_KEY".into(),
+                }],
+            }),
         }
     }
 

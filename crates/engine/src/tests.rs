@@ -559,3 +559,27 @@ mod disk;
 mod hardening;
 mod lifecycle;
 mod pools;
+
+/// A runtime that cannot carry connections out of a sandbox offers no broker: credentials
+/// are refused (400 `network_unavailable`) and nothing is made.
+#[tokio::test]
+async fn credentials_need_a_broker() {
+    let (e, _rt, _dir) = engine().await;
+    assert!(!e.capabilities().network.broker);
+    let err = e
+        .create(CreateSandboxRequest {
+            credentials: vec![warren_api::CredentialRequest {
+                upstream: "https://api.example.com".into(),
+                header: "x-api-key".into(),
+                value: "sk-secret-value".into(),
+                base_url_env: "X_BASE_URL".into(),
+                token_env: "X_API_KEY".into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), warren_api::ErrorCode::NetworkUnavailable, "{err}");
+    assert!(!err.to_string().contains("sk-secret-value"));
+    assert!(e.list(&Default::default()).await.unwrap().is_empty());
+}

@@ -194,6 +194,7 @@ impl NetworkManager {
                 warren_runtime::NetworkMode::Isolated,
             ],
             egress: true,
+            // The runtime says (the broker is reached through the agent, not this network).
             broker: false,
             range: Some(self.inner.cfg.range),
         }

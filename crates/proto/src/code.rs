@@ -23,6 +23,7 @@ pub enum AgentCode {
     TagInUse,
     InvalidSignal,
     ConnectionRefused,
+    AddressInUse,
     /// A code this side does not know.
     Other,
 }
@@ -48,6 +49,7 @@ impl AgentCode {
         AgentCode::TagInUse,
         AgentCode::InvalidSignal,
         AgentCode::ConnectionRefused,
+        AgentCode::AddressInUse,
     ];
 
     /// The code on the wire.
@@ -72,6 +74,7 @@ impl AgentCode {
             AgentCode::TagInUse => "tag_in_use",
             AgentCode::InvalidSignal => "invalid_signal",
             AgentCode::ConnectionRefused => "connection_refused",
+            AgentCode::AddressInUse => "address_in_use",
             AgentCode::Other => "other",
         }
     }

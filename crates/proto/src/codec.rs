@@ -196,6 +196,7 @@ mod tests {
             Event::Lost { from: 1, to: 2 },
             Event::Ended(info.clone()),
             Event::Connected,
+            Event::Listening,
             Event::SearchResult {
                 matches: vec![crate::SearchMatch {
                     path: "/a".into(),
@@ -239,6 +240,7 @@ mod tests {
                 follow: true,
             },
             Request::Connect { port: 80 },
+            Request::Accept { port: 4780 },
             Request::ReadArchive {
                 path: "/workspace".into(),
             },

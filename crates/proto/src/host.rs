@@ -438,6 +438,58 @@ pub async fn connect<T: AsyncRead + AsyncWrite + Send + Unpin>(
     }
 }
 
+/// Listens on `port` inside the sandbox ([`Request::Accept`]): sends the request and waits
+/// for [`Event::Listening`] (an [`Event::Error`], e.g. `address_in_use`, becomes
+/// [`ProtoError::Remote`]). The listener is bound when this returns;
+/// [`Listening::accepted`] waits for a connection.
+pub async fn listen<T: AsyncRead + AsyncWrite + Send + Unpin>(
+    io: T,
+    port: u16,
+) -> Result<Listening<T>, ProtoError> {
+    let mut framed = Framed::new(io, FrameCodec);
+    framed
+        .send(Frame::Request(Request::Accept { port }))
+        .await?;
+    match framed.next().await {
+        Some(Ok(Frame::Event(Event::Listening))) => Ok(Listening { framed }),
+        Some(Ok(Frame::Event(Event::Error { code, message }))) => {
+            Err(ProtoError::Remote { code, message })
+        }
+        Some(Ok(other)) => Err(ProtoError::Unexpected(describe(&other))),
+        Some(Err(e)) => Err(e),
+        None => Err(ProtoError::Closed),
+    }
+}
+
+/// A [`Request::Accept`] waiting for a connection inside the sandbox. Dropping it gives up
+/// the wait.
+#[derive(Debug)]
+pub struct Listening<T> {
+    framed: Framed<T, FrameCodec>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Listening<T> {
+    /// Waits for [`Event::Connected`]: the connection then carries the raw bytes of the
+    /// accepted TCP stream (bytes read past the frame are replayed first).
+    pub async fn accepted(mut self) -> Result<RawStream<T>, ProtoError> {
+        match self.framed.next().await {
+            Some(Ok(Frame::Event(Event::Connected))) => {
+                let parts = self.framed.into_parts();
+                Ok(RawStream {
+                    prefix: parts.read_buf,
+                    io: parts.io,
+                })
+            }
+            Some(Ok(Frame::Event(Event::Error { code, message }))) => {
+                Err(ProtoError::Remote { code, message })
+            }
+            Some(Ok(other)) => Err(ProtoError::Unexpected(describe(&other))),
+            Some(Err(e)) => Err(e),
+            None => Err(ProtoError::Closed),
+        }
+    }
+}
+
 /// A connection after [`connect`]: raw bytes both ways, starting with any bytes that were
 /// read past the `Connected` frame.
 #[derive(Debug)]
@@ -513,6 +565,7 @@ fn describe(frame: &Frame) -> String {
         Frame::Request(Request::WriteStdin { .. }) => "write-stdin request".into(),
         Frame::Request(Request::Attach { .. }) => "attach request".into(),
         Frame::Request(Request::Connect { .. }) => "connect request".into(),
+        Frame::Request(Request::Accept { .. }) => "accept request".into(),
         Frame::Request(Request::SearchFiles(_)) => "search-files request".into(),
         Frame::Request(Request::ReplaceFiles(_)) => "replace-files request".into(),
         Frame::Request(Request::WatchFiles { .. }) => "watch-files request".into(),
@@ -525,6 +578,7 @@ fn describe(frame: &Frame) -> String {
             Event::Lost { .. } => "lost event".into(),
             Event::Ended(_) => "ended event".into(),
             Event::Connected => "connected event".into(),
+            Event::Listening => "listening event".into(),
             Event::SearchResult { .. } => "search-result event".into(),
             Event::ReplaceResult { .. } => "replace-result event".into(),
             Event::Watching => "watching event".into(),

@@ -88,6 +88,15 @@ pub enum Request {
     /// (or [`Event::Error`] `connection_refused`), after which the connection carries the raw
     /// bytes of that TCP stream in both directions — no more frames.
     Connect { port: u16 },
+    /// The reverse of [`Request::Connect`]: listen on `127.0.0.1:port` inside the sandbox
+    /// (one listener per port, bound by the first such request and kept for the agent's
+    /// life, so connections that arrive while no host waits queue in its backlog) and hand
+    /// one accepted TCP connection to this host connection. The agent answers
+    /// [`Event::Listening`] once the listener is bound (or [`Event::Error`]
+    /// `address_in_use`), then [`Event::Connected`] when a connection came, after which raw
+    /// bytes flow both ways as after `Connect`. Closing the host connection before that
+    /// gives up the wait (the listener stays). The credential broker is reached this way.
+    Accept { port: u16 },
     /// Walk `spec.path` (symlinks are never followed) for file names or content matches:
     /// answered by [`Event::SearchResult`] or [`Event::Error`].
     SearchFiles(SearchSpec),
@@ -351,8 +360,12 @@ pub enum Event {
     /// The attachment is complete: the process exited and all its output was sent (or, when
     /// not following, the log is drained).
     Ended(ProcessInfo),
-    /// [`Request::Connect`] succeeded: raw bytes follow.
+    /// [`Request::Connect`] succeeded, or [`Request::Accept`] accepted a connection: raw
+    /// bytes follow.
     Connected,
+    /// [`Request::Accept`]: the listener is bound; [`Event::Connected`] follows when a
+    /// connection arrives.
+    Listening,
     /// Answer to [`Request::SearchFiles`].
     SearchResult {
         matches: Vec<SearchMatch>,

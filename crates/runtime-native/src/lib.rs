@@ -906,12 +906,17 @@ impl Runtime for NativeRuntime {
             reflink: self.inner.storage.reflink(),
             storage_available: self.inner.storage.available(),
             disk_quota: self.inner.storage.disk_quota(),
-            network: self
-                .inner
-                .network
-                .get()
-                .map(|n| n.caps())
-                .unwrap_or_else(warren_runtime::NetworkCaps::isolated_only),
+            network: warren_runtime::NetworkCaps {
+                // The agent carries broker connections out of every sandbox, whatever its
+                // network (`Request::Accept`).
+                broker: true,
+                ..self
+                    .inner
+                    .network
+                    .get()
+                    .map(|n| n.caps())
+                    .unwrap_or_else(warren_runtime::NetworkCaps::isolated_only)
+            },
         }
     }
 

@@ -196,12 +196,42 @@ impl<'a> AgentClient<'a> {
     pub async fn connect_port(&self, port: u16) -> Result<Box<dyn PortStream>, RuntimeError> {
         match proto::connect(self.conn().await?, port).await {
             Ok(raw) => Ok(Box::new(raw)),
-            Err(ProtoError::Remote { code, message }) => Err(RuntimeError::Port {
-                code: AgentCode::parse(&code),
-                message,
-            }),
-            Err(e) => Err(RuntimeError::Agent(e)),
+            Err(e) => Err(port_error(e)),
         }
+    }
+
+    /// Listen on `127.0.0.1:port` inside the sandbox (see
+    /// [`warren_proto::Request::Accept`]): returns once the listener is bound;
+    /// [`PendingAccept::accepted`] then waits for one connection.
+    pub async fn listen(&self, port: u16) -> Result<PendingAccept, RuntimeError> {
+        match proto::listen(self.conn().await?, port).await {
+            Ok(l) => Ok(PendingAccept(l)),
+            Err(e) => Err(port_error(e)),
+        }
+    }
+}
+
+/// A listener inside a sandbox waiting for one connection ([`AgentClient::listen`]).
+/// Dropping it gives up the wait; the listener stays.
+pub struct PendingAccept(proto::Listening<Box<dyn PortStream>>);
+
+impl PendingAccept {
+    /// The next connection made to the listener, as a byte stream.
+    pub async fn accepted(self) -> Result<Box<dyn PortStream>, RuntimeError> {
+        match self.0.accepted().await {
+            Ok(raw) => Ok(Box::new(raw)),
+            Err(e) => Err(port_error(e)),
+        }
+    }
+}
+
+fn port_error(e: ProtoError) -> RuntimeError {
+    match e {
+        ProtoError::Remote { code, message } => RuntimeError::Port {
+            code: AgentCode::parse(&code),
+            message,
+        },
+        e => RuntimeError::Agent(e),
     }
 }
 

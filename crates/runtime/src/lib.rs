@@ -11,7 +11,7 @@ pub mod agent;
 pub mod id;
 pub mod network;
 
-pub use agent::AgentClient;
+pub use agent::{AgentClient, PendingAccept};
 pub use id::{InvalidId, SandboxId};
 pub use network::{
     EgressAction, EgressPolicy, EgressRule, Ipv4Cidr, NetworkCaps, NetworkMode, NetworkSpec, Target,

@@ -18,6 +18,10 @@ pub struct Daemon {
     /// Cgroup parent of this daemon's sandboxes (unique per test daemon).
     pub cgroup_parent: String,
     pub client: Client,
+    /// Launched without `--cleanup-on-exit` (with these arguments): dropped while it runs
+    /// (a test that failed midway), it is stopped and a cleaning daemon started on its data
+    /// dir, so its sandboxes, network table and links do not outlive the test.
+    plain: Option<Vec<String>>,
 }
 
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -51,7 +55,11 @@ impl Daemon {
     /// [`Daemon::launch`] without `--cleanup-on-exit`: a SIGTERM leaves the sandboxes
     /// running (the test must clean up, e.g. by restarting with [`Daemon::launch`]).
     pub fn launch_plain(data_dir: PathBuf, cgroup_parent: String, extra: &[&str]) -> Daemon {
-        Daemon::launch_customized(data_dir, cgroup_parent, extra, |_| {})
+        let mut d = Daemon::launch_customized(data_dir, cgroup_parent, extra, |_| {});
+        if !extra.contains(&"--cleanup-on-exit") {
+            d.plain = Some(extra.iter().map(|s| s.to_string()).collect());
+        }
+        d
     }
 
     /// A fresh daemon (as [`Daemon::start`]) whose command `customize` may change before it
@@ -119,6 +127,7 @@ impl Daemon {
             data_dir,
             cgroup_parent,
             client: Client::new("http://127.0.0.1:1").expect("client"),
+            plain: None,
         };
         let line = lines
             .next()
@@ -177,6 +186,17 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.is_some() {
             self.stop();
+            if let Some(args) = self.plain.take() {
+                // Its sandboxes still run: a cleaning daemon adopts and removes them (and
+                // removes the data dir when it is dropped in turn).
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                drop(Daemon::launch(
+                    self.data_dir.clone(),
+                    self.cgroup_parent.clone(),
+                    &args,
+                ));
+                return;
+            }
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
