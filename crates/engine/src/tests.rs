@@ -579,7 +579,11 @@ async fn credentials_need_a_broker() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), warren_api::ErrorCode::NetworkUnavailable, "{err}");
+    assert_eq!(
+        err.code(),
+        warren_api::ErrorCode::NetworkUnavailable,
+        "{err}"
+    );
     assert!(!err.to_string().contains("sk-secret-value"));
     assert!(e.list(&Default::default()).await.unwrap().is_empty());
 }

@@ -132,17 +132,83 @@ async fn add_p2p_address(
     req.execute().await.map_err(nl("adding an address"))
 }
 
+/// Interface index asked for `eth0`: the first after `lo` in the sandbox's fresh namespace.
+const INSIDE_INDEX: u32 = 2;
+
+/// Interface index asked for the host side of `addr`'s pair: unique per address within any
+/// range of at most /8, far above what the kernel hands out by itself. Asking for indexes
+/// spares two look-ups per sandbox; where one is taken anyway (another daemon's range that
+/// differs only above its low 24 bits, or a namespace with fallback tunnels) the kernel
+/// answers EEXIST and the pair is made with indexes it picks.
+fn host_index(addr: Ipv4Addr) -> u32 {
+    (1 << 30) | (u32::from(addr) & 0x00ff_ffff)
+}
+
 /// The pair: `host_if` here, up; `eth0` in the namespace (down: the kernel cannot bring a
-/// veth up before its peer exists, so it is brought up afterwards).
-fn veth_msg(ns: &Netns, host_if: &str) -> rtnetlink::packet_route::link::LinkMessage {
+/// veth up before its peer exists, so it is brought up afterwards). With `indexes`, both
+/// ends ask for those interface indexes.
+fn veth_msg(
+    ns: &Netns,
+    host_if: &str,
+    indexes: Option<(u32, u32)>,
+) -> rtnetlink::packet_route::link::LinkMessage {
     use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-    let peer = LinkUnspec::new_with_name(INSIDE_IFNAME)
+    let mut peer = LinkUnspec::new_with_name(INSIDE_IFNAME)
         .setns_by_fd(ns.fd.as_raw_fd())
         .build();
-    LinkVeth::new(host_if, INSIDE_IFNAME)
+    if let Some((_, inside)) = indexes {
+        peer.header.index = inside;
+    }
+    let mut msg = LinkVeth::new(host_if, INSIDE_IFNAME)
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .build()
+        .build();
+    if let Some((host, _)) = indexes {
+        msg.header.index = host;
+    }
+    msg
+}
+
+/// Create the pair; the interface indexes of its host and inside ends.
+async fn create_pair(
+    host: &Handle,
+    ns: &Netns,
+    host_if: &str,
+    addr: Ipv4Addr,
+) -> Result<(u32, u32), NetError> {
+    let mut indexes = Some((host_index(addr), INSIDE_INDEX));
+    let mut retried_name = false;
+    loop {
+        match host
+            .link()
+            .add(veth_msg(ns, host_if, indexes))
+            .execute()
+            .await
+        {
+            Ok(()) => break,
+            // An index taken, or the name (told apart by trying without the indexes).
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.raw_code() == -libc::EEXIST && indexes.is_some() =>
+            {
+                indexes = None;
+            }
+            // A pair of the same name still being destroyed (the previous run of this
+            // sandbox, stopped a moment ago): remove it and try once more.
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.raw_code() == -libc::EEXIST && !retried_name =>
+            {
+                retried_name = true;
+                if let Ok(idx) = index_of(host, host_if).await {
+                    let _ = host.link().del(idx).execute().await;
+                }
+            }
+            Err(e) => return Err(nl("creating the veth pair")(e)),
+        }
+    }
+    match indexes {
+        Some(i) => Ok(i),
+        None => futures::try_join!(index_of(host, host_if), index_of(&ns.inside, INSIDE_IFNAME)),
+    }
 }
 
 /// Connect the namespace to the host: `host_if` on the host, `eth0` inside.
@@ -153,32 +219,18 @@ pub async fn wire(
     addr: Ipv4Addr,
     gateway: Ipv4Addr,
 ) -> Result<(), NetError> {
-    match host.link().add(veth_msg(ns, host_if)).execute().await {
-        Ok(()) => {}
-        // A pair of the same name still being destroyed (the previous run of this sandbox,
-        // stopped a moment ago): remove it and try once more.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
-            if let Ok(idx) = index_of(host, host_if).await {
-                let _ = host.link().del(idx).execute().await;
-            }
-            host.link()
-                .add(veth_msg(ns, host_if))
-                .execute()
-                .await
-                .map_err(nl("creating the veth pair"))?;
-        }
-        Err(e) => return Err(nl("creating the veth pair")(e)),
-    }
-    let (host_idx, inside_idx) =
-        futures::try_join!(index_of(host, host_if), index_of(&ns.inside, INSIDE_IFNAME))?;
-    futures::try_join!(add_p2p_address(host, host_idx, gateway, addr), async {
+    let (host_idx, inside_idx) = create_pair(host, ns, host_if, addr).await?;
+    // The kernel handles a socket's requests in the order they are sent: eth0 is up and has
+    // its address before the route through it is added, without waiting for each answer.
+    let up = async {
         ns.inside
             .link()
             .set(LinkUnspec::new_with_index(inside_idx).up().build())
             .execute()
             .await
-            .map_err(nl("bringing eth0 up"))?;
-        add_p2p_address(&ns.inside, inside_idx, addr, gateway).await?;
+            .map_err(nl("bringing eth0 up"))
+    };
+    let route = async {
         ns.inside
             .route()
             .add(
@@ -190,7 +242,13 @@ pub async fn wire(
             .execute()
             .await
             .map_err(nl("adding the default route"))
-    })?;
+    };
+    futures::try_join!(
+        add_p2p_address(host, host_idx, gateway, addr),
+        up,
+        add_p2p_address(&ns.inside, inside_idx, addr, gateway),
+        route,
+    )?;
     Ok(())
 }
 
