@@ -2,9 +2,10 @@
 //!
 //! The namespace is the sandbox's own (made by its helper, with `lo` up, owned by its user
 //! namespace; the sandbox keeps no `CAP_NET_ADMIN`, so it cannot change what is set here).
-//! The daemon enters it from a short-lived thread (`setns` into a network namespace is
-//! allowed in a multithreaded process) only to open a netlink socket there and turn IPv6
-//! off; everything else is done over that socket.
+//! The daemon enters it from a thread of its own (`setns` into a network namespace is
+//! allowed in a multithreaded process and changes only the calling thread), kept for the
+//! daemon's life and sent home after each job, only to open a netlink socket there and turn
+//! IPv6 off; everything else is done over that socket.
 //!
 //! Wiring (routed point to point, no bridge): host side `wrn<hex addr>` holds the gateway
 //! address with the sandbox's address as its peer; inside, `eth0` holds the sandbox's
@@ -50,13 +51,9 @@ impl Netns {
     pub async fn of_pid(pid: i32) -> Result<Netns, NetError> {
         let rt = tokio::runtime::Handle::current();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("warren-netns".into())
-            .spawn(move || {
-                let _ = tx.send(Self::in_thread(&rt, pid));
-                // The thread ends here: only it entered the namespace.
-            })
-            .map_err(|e| NetError::Netns(format!("spawning a thread: {e}")))?;
+        worker::submit(Box::new(move || {
+            let _ = tx.send(Self::in_thread(&rt, pid));
+        }))?;
         let (fd, conn, inside) = rx
             .await
             .map_err(|_| NetError::Netns("namespace thread died".into()))??;
@@ -99,6 +96,65 @@ impl Netns {
         let (conn, handle, _) = rtnetlink::new_connection()
             .map_err(|e| NetError::Netns(format!("netlink socket inside: {e}")))?;
         Ok((fd, conn, handle))
+    }
+}
+
+/// The thread that enters sandboxes' network namespaces, kept for the daemon's life (a
+/// thread per sandbox cost more than the work it did). After each job it goes back to the
+/// namespace it started in; a thread that cannot is retired and the next job starts another.
+mod worker {
+    use std::fs::File;
+    use std::os::fd::OwnedFd;
+    use std::sync::mpsc;
+    use std::sync::{Mutex, OnceLock};
+
+    use crate::NetError;
+
+    pub type Job = Box<dyn FnOnce() + Send>;
+
+    static WORKER: OnceLock<Mutex<Option<mpsc::Sender<Job>>>> = OnceLock::new();
+
+    /// Run `job` on the worker (starting one if there is none).
+    pub fn submit(job: Job) -> Result<(), NetError> {
+        let mut slot = WORKER
+            .get_or_init(|| Mutex::new(None))
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let job = match slot.as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return Ok(()),
+                // Retired: the job comes back.
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let tx = start()?;
+        tx.send(job)
+            .map_err(|_| NetError::Netns("the namespace thread ended at once".into()))?;
+        *slot = Some(tx);
+        Ok(())
+    }
+
+    fn start() -> Result<mpsc::Sender<Job>, NetError> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        // Opened here, by the caller, so it is the daemon's own namespace.
+        let home: OwnedFd = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| NetError::Netns(format!("opening the daemon's namespace: {e}")))?
+            .into();
+        std::thread::Builder::new()
+            .name("warren-netns".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                    if let Err(e) = nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET) {
+                        // Dropping `rx` retires this thread; the next job starts another.
+                        tracing::error!(error = %e, "the namespace thread cannot go home; retired");
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| NetError::Netns(format!("spawning a thread: {e}")))?;
+        Ok(tx)
     }
 }
 
