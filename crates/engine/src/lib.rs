@@ -765,6 +765,7 @@ impl Engine {
         Ok(SandboxSpec {
             id: sandbox_id(&record.id)?,
             image: record.image.clone(),
+            layers: Vec::new(),
             limits: warren_runtime::Limits {
                 cpus: record.resources.cpus,
                 memory_bytes: record.resources.memory_mib.map(|m| m * 1024 * 1024),

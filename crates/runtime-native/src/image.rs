@@ -211,6 +211,7 @@ pub fn prepare_sandbox_dir(
     snapshot: Option<&str>,
     owner: u32,
     disk_bytes: Option<u64>,
+    oci: bool,
 ) -> Result<(), RuntimeError> {
     let setup =
         |e: io::Error| RuntimeError::Setup(format!("preparing {}: {e}", paths.dir.display()));
@@ -230,6 +231,14 @@ pub fn prepare_sandbox_dir(
         mkdir_mode(&paths.rootfs, 0o755).map_err(setup)?;
         storage.create_fs(paths, snapshot, disk_bytes)?;
         own_layers(&paths.fs, owner)?;
+        if oci && snapshot.is_none() {
+            // Mount points an image may lack (the `host` skeleton has them).
+            for d in ["proc", "sys", "dev"] {
+                let p = paths.upper.join(d);
+                mkdir_mode(&p, 0o755).map_err(setup)?;
+                std::os::unix::fs::chown(&p, Some(owner), Some(owner)).map_err(setup)?;
+            }
+        }
         match (set_identity(&paths.upper, id, owner), snapshot) {
             (Ok(()), _) => Ok(()),
             (Err(e), None) => Err(setup(e)),
@@ -405,7 +414,7 @@ pub(crate) mod tests {
         let s = Scratch::new("sbdir");
         let storage = Storage::open(&s.0, &crate::storage::StorageConfig::Dir).unwrap();
         let paths = SandboxPaths::new(&s.0.join("sandboxes/abc"));
-        prepare_sandbox_dir(&paths, "abc", &storage, None, 0, None).unwrap();
+        prepare_sandbox_dir(&paths, "abc", &storage, None, 0, None, false).unwrap();
         for p in [
             &paths.fs,
             &paths.upper,
@@ -424,12 +433,12 @@ pub(crate) mod tests {
             .unwrap()
             .contains("127.0.0.1\tlocalhost abc"));
         // A second sandbox with the same id is refused, and the first one's files stay.
-        assert!(prepare_sandbox_dir(&paths, "abc", &storage, None, 0, None).is_err());
+        assert!(prepare_sandbox_dir(&paths, "abc", &storage, None, 0, None, false).is_err());
         assert!(paths.upper.join("etc/hostname").is_file());
         // A missing snapshot: typed error, nothing left behind.
         let other = SandboxPaths::new(&s.0.join("sandboxes/def"));
         assert!(matches!(
-            prepare_sandbox_dir(&other, "def", &storage, Some("nope"), 0, None),
+            prepare_sandbox_dir(&other, "def", &storage, Some("nope"), 0, None, false),
             Err(RuntimeError::SnapshotNotFound(_))
         ));
         assert!(!other.dir.exists());

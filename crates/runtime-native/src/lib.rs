@@ -226,6 +226,7 @@ fn probe_userns(cfg: &NativeConfig, image_dir: &Path) -> Result<(), String> {
         cgroup_path: "/".into(),
         seccomp_bpf: Vec::new(),
         idmap: Some(warren_runtime::IdMap::new(PROBE_HOST_ID)),
+        layers: Vec::new(),
     };
     let outcome = (|| {
         let json = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
@@ -338,7 +339,7 @@ impl Inner {
     }
 
     async fn create(self: Arc<Self>, spec: SandboxSpec) -> Result<(), RuntimeError> {
-        if spec.image != image::HOST_IMAGE {
+        if spec.image != image::HOST_IMAGE && spec.layers.is_empty() {
             return Err(RuntimeError::ImageNotFound(spec.image.clone()));
         }
         let id = spec.id.to_string();
@@ -352,6 +353,7 @@ impl Inner {
             );
             let owner = self.owner(&spec);
             let disk = spec.limits.disk_bytes;
+            let oci = !spec.layers.is_empty();
             blocking(move || {
                 image::prepare_sandbox_dir(
                     &paths,
@@ -360,6 +362,7 @@ impl Inner {
                     snapshot.as_deref(),
                     owner,
                     disk,
+                    oci,
                 )
             })
             .await?;
@@ -445,6 +448,7 @@ impl Inner {
             cgroup_path,
             seccomp_bpf: self.seccomp_bpf.clone(),
             idmap: spec.idmap.filter(|_| self.userns),
+            layers: spec.layers.clone(),
         };
         let t_cgroup = t0.elapsed();
         let pid = self.spawn_helper(&init).await?;

@@ -82,6 +82,36 @@ pub fn prepare(spec: &InitSpec, userns: Option<BorrowedFd<'_>>) -> Result<(), In
     let root = &p.rootfs;
     let owner = spec.idmap.map(|m| m.host_id);
 
+    if !spec.layers.is_empty() {
+        // An OCI image: its layers are the whole root (no host /usr, no host binds).
+        let lowers = match userns {
+            None => spec
+                .layers
+                .iter()
+                .map(|l| {
+                    let fd = rustix::fs::open(
+                        l,
+                        rustix::fs::OFlags::PATH
+                            | rustix::fs::OFlags::DIRECTORY
+                            | rustix::fs::OFlags::CLOEXEC,
+                        rustix::fs::Mode::empty(),
+                    )
+                    .map_err(|e| io_ctx(format!("open layer {}", l.display()))(e.into()))?;
+                    Ok(fd)
+                })
+                .collect::<Result<Vec<OwnedFd>, InitError>>()?,
+            Some(ns) => spec
+                .layers
+                .iter()
+                .map(|l| idmapped_layer(l, ns))
+                .collect::<Result<Vec<OwnedFd>, InitError>>()?,
+        };
+        let detached = userns.is_some();
+        mount_overlay_layers(&lowers, detached, &p.lower, &p.upper, &p.work, root)?;
+        mount_dev(&root.join("dev"), owner)?;
+        return Ok(());
+    }
+
     match userns {
         None => {
             mount_overlay_at(&spec.image_dir, &p.upper, &p.work, root)?;
@@ -194,6 +224,111 @@ fn mount_overlay_on(
         })
         .map_err(|e| overlay_error(what(), Some(&ctx), e))?;
     userns::attach(&mounted, dest).map_err(io_ctx(what()))
+}
+
+/// Mount an overlay of `layers` (open directories or detached mounts, top-most first) under
+/// `upper` at `dest`, each handed to overlayfs as a file descriptor (`lowerdir+`, Linux
+/// 6.13). Older kernels refuse that; there each layer is attached at `staging/<i>` for the
+/// mount and detached after it.
+fn mount_overlay_layers(
+    layers: &[OwnedFd],
+    detached: bool,
+    staging: &Path,
+    upper: &Path,
+    work: &Path,
+    dest: &Path,
+) -> Result<(), InitError> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_fd, fsconfig_set_string, fsmount, fsopen, FsMountFlags,
+        FsOpenFlags, MountAttrFlags,
+    };
+    let what = || {
+        format!(
+            "mount overlay of {} layers at {}",
+            layers.len(),
+            dest.display()
+        )
+    };
+    let ctx = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| overlay_error(what(), None, e))?;
+    for (i, layer) in layers.iter().enumerate() {
+        if let Err(e) = fsconfig_set_fd(&ctx, "lowerdir+", layer) {
+            if i == 0 && e == rustix::io::Errno::INVAL {
+                drop(ctx);
+                return mount_layers_staged(layers, detached, staging, upper, work, dest);
+            }
+            return Err(overlay_error(what(), Some(&ctx), e));
+        }
+    }
+    let mounted = fsconfig_set_string(&ctx, "upperdir", upper)
+        .and_then(|()| fsconfig_set_string(&ctx, "workdir", work))
+        .and_then(|()| fsconfig_create(&ctx))
+        .and_then(|()| {
+            fsmount(
+                &ctx,
+                FsMountFlags::FSMOUNT_CLOEXEC,
+                MountAttrFlags::MOUNT_ATTR_NODEV | MountAttrFlags::MOUNT_ATTR_NOSUID,
+            )
+        })
+        .map_err(|e| overlay_error(what(), Some(&ctx), e))?;
+    userns::attach(&mounted, dest).map_err(io_ctx(what()))
+}
+
+/// [`mount_overlay_layers`] for kernels before 6.13: `detached` layers (idmapped clones)
+/// are attached, open directories bound.
+fn mount_layers_staged(
+    layers: &[OwnedFd],
+    detached: bool,
+    staging: &Path,
+    upper: &Path,
+    work: &Path,
+    dest: &Path,
+) -> Result<(), InitError> {
+    let mut dirs = fs::DirBuilder::new();
+    dirs.recursive(true).mode(0o700);
+    let mut staged = Vec::new();
+    let mut result = Ok(());
+    for (i, layer) in layers.iter().enumerate() {
+        let at = staging.join(i.to_string());
+        result = dirs
+            .create(&at)
+            .map_err(io_ctx(format!("mkdir {}", at.display())))
+            .and_then(|()| {
+                if detached {
+                    return userns::attach(layer, &at)
+                        .map_err(io_ctx(format!("attach {}", at.display())));
+                }
+                // An `O_PATH` directory is bound through its /proc/self/fd link.
+                let src = format!("/proc/self/fd/{}", layer.as_raw_fd());
+                mount(Some(src.as_str()), &at, NONE, MsFlags::MS_BIND, NONE)
+                    .map_err(sys(format!("bind layer at {}", at.display())))
+            });
+        if result.is_err() {
+            break;
+        }
+        staged.push(at);
+    }
+    if result.is_ok() {
+        let lower: Vec<String> = staged.iter().map(|p| p.display().to_string()).collect();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            upper.display(),
+            work.display()
+        );
+        result = mount(
+            Some("overlay"),
+            dest,
+            Some("overlay"),
+            OVERLAY_FLAGS,
+            Some(opts.as_str()),
+        )
+        .map_err(sys(format!("mount overlay at {}", dest.display())));
+    }
+    for at in staged {
+        let _ = umount2(&at, MntFlags::MNT_DETACH);
+    }
+    result
 }
 
 /// An overlay error, with what overlayfs said about it (its fs context's messages).

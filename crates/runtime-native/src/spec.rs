@@ -31,7 +31,14 @@ pub struct InitSpec {
     /// The sandbox's user namespace mapping; `None` runs it without one.
     #[serde(default)]
     pub idmap: Option<IdMap>,
+    /// An OCI image's layer directories, top-most first: the root overlay's lower layers
+    /// instead of `image_dir` and the host's `/usr` (empty: the `host` image).
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
 }
+
+/// Most lower layers overlayfs takes (`OVL_MAX_STACK`), less the one a snapshot might add.
+pub const MAX_LAYERS: usize = 499;
 
 impl InitSpec {
     /// Check what the helper relies on before it touches anything.
@@ -51,6 +58,18 @@ impl InitSpec {
             ("image_dir", &self.image_dir),
         ] {
             check_overlay_path(p).map_err(|e| format!("{what}: {e}"))?;
+        }
+        if self.layers.len() > MAX_LAYERS {
+            return Err(format!(
+                "{} layers; overlayfs stacks at most {MAX_LAYERS}",
+                self.layers.len()
+            ));
+        }
+        for p in &self.layers {
+            if !p.is_absolute() {
+                return Err(format!("layer must be absolute: {}", p.display()));
+            }
+            check_overlay_path(p).map_err(|e| format!("layer: {e}"))?;
         }
         if let Some(m) = self.idmap {
             if m.host_id == 0 || !m.host_id.is_multiple_of(IdMap::SIZE) || m.size != IdMap::SIZE {
@@ -194,6 +213,7 @@ mod tests {
             cgroup_path: "/warren/sb-1".into(),
             seccomp_bpf: vec![0; 16],
             idmap: Some(IdMap::new(1 << 30)),
+            layers: Vec::new(),
         }
     }
 

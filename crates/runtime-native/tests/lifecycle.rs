@@ -71,6 +71,7 @@ impl Harness {
         SandboxSpec {
             id: SandboxId::parse(id).expect("sandbox id"),
             image: "host".into(),
+            layers: Vec::new(),
             limits: Limits::default(),
             snapshot: None,
             idmap: Some(test_idmap(id)),

@@ -68,6 +68,7 @@ impl Harness {
         SandboxSpec {
             id: SandboxId::parse(id).expect("sandbox id"),
             image: "host".into(),
+            layers: Vec::new(),
             limits: Limits::default(),
             snapshot: snapshot.map(str::to_string),
             idmap: Some(test_idmap(id)),

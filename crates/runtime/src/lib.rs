@@ -103,6 +103,9 @@ pub struct SandboxSpec {
     pub id: SandboxId,
     /// Image name (`host` is built in).
     pub image: String,
+    /// The layers of an OCI image (extracted, overlay-ready directories), top-most first;
+    /// empty for the built-in `host` image.
+    pub layers: Vec<std::path::PathBuf>,
     pub limits: Limits,
     /// Restore the sandbox's files from this snapshot (an id [`Runtime::snapshot`] made)
     /// instead of starting from the image. Ignored by [`Runtime::start`].

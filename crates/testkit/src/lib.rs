@@ -6,9 +6,12 @@
 //! - [`host`]: what a test on the real kernel left behind (mounts, cgroups, processes).
 //! - [`internet`]: a stand-in internet in a network namespace of the test's own (HTTP and
 //!   DNS servers on documentation addresses), for network tests.
+//! - [`registry`]: a local OCI registry (`docker-registry`) and small real images pushed to
+//!   it, for tests of the image puller.
 
 pub mod fake;
 pub mod host;
 pub mod internet;
+pub mod registry;
 
 pub use fake::FakeRuntime;

@@ -385,6 +385,7 @@ async fn restart_adopts_what_runs_and_cleans_the_rest() {
     let orphan = warren_runtime::SandboxSpec {
         id: warren_runtime::SandboxId::parse("sb-orphan").unwrap(),
         image: "host".into(),
+        layers: Vec::new(),
         limits: Default::default(),
         snapshot: None,
         idmap: None,
