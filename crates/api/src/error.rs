@@ -52,6 +52,10 @@ pub enum ErrorCode {
     TooManyStreams,
     /// The sandbox asked for a network mode this server does not offer.
     NetworkUnavailable,
+    /// The image is used by a sandbox or a pool.
+    ImageInUse,
+    /// The registry could not be reached, refused, or sent something unusable.
+    RegistryError,
 }
 
 impl ErrorCode {
@@ -102,6 +106,8 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::TooManyStreams,
         ErrorCode::NetworkUnavailable,
+        ErrorCode::ImageInUse,
+        ErrorCode::RegistryError,
     ];
 
     /// The code on the wire (`snake_case`).
@@ -152,6 +158,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::TooManyStreams => "too_many_streams",
             ErrorCode::NetworkUnavailable => "network_unavailable",
+            ErrorCode::ImageInUse => "image_in_use",
+            ErrorCode::RegistryError => "registry_error",
         }
     }
 

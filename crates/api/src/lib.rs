@@ -20,7 +20,9 @@ mod lifecycle;
 pub use lifecycle::*;
 mod pools;
 pub use pools::*;
+mod images;
 mod network;
+pub use images::*;
 pub use network::*;
 
 /// Name of the image that needs no download: the host's `/usr` plus a generated skeleton.

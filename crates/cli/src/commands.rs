@@ -116,6 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Snapshot(cmd) => crate::lifecycle::snapshot(&client, cmd).await,
         Command::Pool(cmd) => crate::pools::run(&client, cmd).await,
+        Command::Image(cmd) => crate::images::run(&client, cmd).await,
         Command::Rollback { id, snapshot } => {
             let sb = client.rollback(&id, &snapshot).await?;
             println!("{} {}", sb.id, sb.state);

@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod credential;
 mod files;
+mod images;
 mod lifecycle;
 mod pools;
 mod serve;
@@ -225,6 +226,9 @@ enum Command {
     /// Warm pools of ready sandboxes (`create --pool NAME` takes one without a cold start).
     #[command(subcommand)]
     Pool(pools::PoolCommand),
+    /// OCI images pulled from registries (`create --image NAME`).
+    #[command(subcommand)]
+    Image(images::ImageCommand),
     /// Replace a sandbox's files with a snapshot's (a running sandbox is stopped and started
     /// again, with fresh processes).
     Rollback { id: String, snapshot: String },

@@ -153,6 +153,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.id_ranges.exclude = warren_engine::idmaps::host_accounts(Path::new("/"));
     config.default_network = settings.default_network;
+    config.pull_policy = settings.pull;
+    config.images = Some(
+        warren_image::ImageStore::open(
+            &settings.data_dir.join("oci"),
+            warren_image::RegistryConfig {
+                insecure: settings.insecure_registries.clone(),
+                auth: settings.registries.clone().into_iter().collect(),
+                connect_timeout: None,
+            },
+        )
+        .context("opening the image store")?,
+    );
     config
         .id_ranges
         .validate()

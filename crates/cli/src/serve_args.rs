@@ -155,10 +155,31 @@ pub struct ServeArgs {
     /// finds it used up returns its output truncated [default: 256M].
     #[arg(long, value_name = "SIZE")]
     pub max_exec_output: Option<Size>,
+    /// A registry spoken to over plain HTTP, `HOST:PORT` (repeatable); every other one over
+    /// HTTPS.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub insecure_registry: Option<Vec<String>>,
+    /// Whether a create pulls an image that is not stored yet: `missing` or `never` (then
+    /// 404 `image_not_found`) [default: missing].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub pull: Option<PullKind>,
     /// Warm pools (config file only: `[[pools]]` tables).
     #[arg(skip)]
     #[serde(default)]
     pub pools: Vec<PoolEntry>,
+    /// Registry credentials (config file only, so they never show in the process list:
+    /// `[registries."HOST:PORT"]` tables with `username` and `password`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub registries: BTreeMap<String, warren_image::RegistryCredentials>,
+}
+
+/// `--pull`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullKind {
+    Missing,
+    Never,
 }
 
 /// A byte size: `512M`, `10G` (see [`parse_size`]); in the config file a string like these
@@ -287,6 +308,9 @@ pub struct Settings {
     pub header_read_timeout: Option<u64>,
     pub max_exec_output: Option<u64>,
     pub pools: Vec<(String, PoolSpec)>,
+    pub insecure_registries: Vec<String>,
+    pub pull: warren_engine::images::PullPolicy,
+    pub registries: BTreeMap<String, warren_image::RegistryCredentials>,
 }
 
 impl ServeArgs {
@@ -321,6 +345,7 @@ impl ServeArgs {
                     config: self.config,
                     cleanup_on_exit: self.cleanup_on_exit || file.cleanup_on_exit,
                     pools: file.pools,
+                    registries: file.registries,
                 }
             };
         }
@@ -351,6 +376,8 @@ impl ServeArgs {
             max_streams,
             header_read_timeout,
             max_exec_output,
+            insecure_registry,
+            pull,
         )
     }
 
@@ -408,6 +435,12 @@ impl ServeArgs {
             max_streams: self.max_streams,
             header_read_timeout: self.header_read_timeout,
             max_exec_output: self.max_exec_output.map(|s| s.0),
+            insecure_registries: self.insecure_registry.unwrap_or_default(),
+            pull: match self.pull {
+                Some(PullKind::Never) => warren_engine::images::PullPolicy::Never,
+                _ => warren_engine::images::PullPolicy::Missing,
+            },
+            registries: self.registries,
             pools: self
                 .pools
                 .into_iter()

@@ -178,6 +178,38 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/images/pull`: pull an image from its registry; returns when it is stored.
+    pub async fn pull_image(&self, reference: &str) -> Result<warren_api::Image, Error> {
+        let req = warren_api::PullImageRequest {
+            reference: reference.to_string(),
+        };
+        self.call(Method::POST, &["v1", "images", "pull"], Some(&req))
+            .await
+    }
+
+    /// `GET /v1/images`.
+    pub async fn list_images(&self) -> Result<Vec<warren_api::Image>, Error> {
+        let list: warren_api::ImageList = self
+            .call(Method::GET, &["v1", "images"], None::<&()>)
+            .await?;
+        Ok(list.images)
+    }
+
+    /// `GET /v1/images/{name}` (the name is percent-encoded for you).
+    pub async fn get_image(&self, name: &str) -> Result<warren_api::Image, Error> {
+        self.call(Method::GET, &["v1", "images", name], None::<&()>)
+            .await
+    }
+
+    /// `DELETE /v1/images/{name}`: 409 `image_in_use` while a sandbox or pool uses it.
+    pub async fn delete_image(&self, name: &str) -> Result<(), Error> {
+        let resp = self
+            .request(Method::DELETE, &["v1", "images", name])
+            .send()
+            .await?;
+        check(resp).await.map(drop)
+    }
+
     /// `POST /v1/sandboxes`: create a sandbox; returns once it runs.
     pub async fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<Sandbox, Error> {
         self.call(Method::POST, &["v1", "sandboxes"], Some(req))

@@ -13,8 +13,15 @@ pub enum EngineError {
     /// argv and environment do not fit in one message to the sandbox's agent.
     #[error("{0}")]
     PayloadTooLarge(String),
-    #[error("image {0} not found")]
+    /// No image of that name (the message says which exist).
+    #[error("{0}")]
     ImageNotFound(String),
+    /// A sandbox or pool uses the image.
+    #[error("{0}")]
+    ImageInUse(String),
+    /// Pulling from a registry failed.
+    #[error("{0}")]
+    Registry(String),
     /// The sandbox is in a state that does not allow the operation (409).
     #[error("sandbox {id} is {state}: {message}")]
     InvalidState {
@@ -98,6 +105,8 @@ impl EngineError {
             EngineError::InvalidRequest(_) => C::InvalidRequest,
             EngineError::PayloadTooLarge(_) => C::PayloadTooLarge,
             EngineError::ImageNotFound(_) => C::ImageNotFound,
+            EngineError::ImageInUse(_) => C::ImageInUse,
+            EngineError::Registry(_) => C::RegistryError,
             EngineError::InvalidState { .. } => C::InvalidState,
             EngineError::InvalidTransition { .. } => C::InvalidTransition,
             EngineError::Paused(_) => C::SandboxPaused,

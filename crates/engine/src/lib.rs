@@ -12,6 +12,7 @@ mod error;
 pub mod events;
 pub mod files;
 pub mod idmaps;
+pub mod images;
 mod lifecycle;
 mod network;
 mod pools;
@@ -129,6 +130,10 @@ pub struct EngineConfig {
     /// The network mode of a sandbox that names none (`warren serve --default-network`);
     /// `isolated` where the runtime offers no other.
     pub default_network: warren_runtime::NetworkMode,
+    /// The OCI image store (`None`: only the runtime's built-in images).
+    pub images: Option<warren_image::ImageStore>,
+    /// Whether a create pulls an image the store lacks (`warren serve --pull`).
+    pub pull_policy: images::PullPolicy,
 }
 
 impl EngineConfig {
@@ -182,6 +187,8 @@ impl EngineConfig {
             config_pools: Vec::new(),
             id_ranges: idmaps::IdRangeConfig::default(),
             default_network: warren_runtime::NetworkMode::Nat,
+            images: None,
+            pull_policy: images::PullPolicy::Missing,
         }
     }
 }
@@ -286,6 +293,8 @@ struct Inner {
     net_cursor: Mutex<u32>,
     /// The credential broker, when the runtime can carry connections to it (see `broker`).
     broker: Option<broker::Brokerage>,
+    /// What each OCI image's config gives commands, read once (see `images`).
+    image_defaults: Mutex<HashMap<String, Arc<images::ImageDefaults>>>,
     /// Records deleted from memory whose removal from the store failed (retried, see
     /// [`Engine::resync_store`]).
     unsynced_removals: Mutex<std::collections::BTreeSet<String>>,
@@ -468,6 +477,7 @@ impl Engine {
                 net,
                 net_cursor: Mutex::new(0),
                 broker,
+                image_defaults: Mutex::new(HashMap::new()),
                 unsynced_removals: Default::default(),
             }),
         };
@@ -533,7 +543,10 @@ impl Engine {
         Capabilities {
             version: env!("CARGO_PKG_VERSION").to_string(),
             runtime: info.name,
-            images: info.images,
+            images: self
+                .list_images()
+                .map(|l| l.into_iter().map(|i| i.name).collect())
+                .unwrap_or(info.images),
             cgroup: info.cgroup,
             isolation: Isolation {
                 namespaces: info.namespaces,
@@ -653,9 +666,7 @@ impl Engine {
             .image
             .clone()
             .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
-        if !self.inner.runtime.info().images.contains(&image) {
-            return Err(EngineError::ImageNotFound(image));
-        }
+        let image = self.resolve_image(&image).await?;
         let resources = validate::resources(req.resources.as_ref(), c)?;
         validate::env("env", &req.env)?;
         let network = self.resolve_network(req.network.as_ref())?;
@@ -761,11 +772,15 @@ impl Engine {
         Ok(guard)
     }
 
-    fn runtime_spec(record: &Record, snapshot: Option<String>) -> Result<SandboxSpec, EngineError> {
+    fn runtime_spec(
+        &self,
+        record: &Record,
+        snapshot: Option<String>,
+    ) -> Result<SandboxSpec, EngineError> {
         Ok(SandboxSpec {
             id: sandbox_id(&record.id)?,
             image: record.image.clone(),
-            layers: Vec::new(),
+            layers: self.image_layers(&record.image)?,
             limits: warren_runtime::Limits {
                 cpus: record.resources.cpus,
                 memory_bytes: record.resources.memory_mib.map(|m| m * 1024 * 1024),
@@ -788,7 +803,7 @@ impl Engine {
             self.undo_create(&id, &e.to_string()).await;
             return Err(e);
         }
-        let spec = Engine::runtime_spec(&record, snapshot)?;
+        let spec = self.runtime_spec(&record, snapshot)?;
         let deadline = self.inner.config.create_deadline;
         let result = match tokio::time::timeout(deadline, self.inner.runtime.create(&spec)).await {
             Ok(r) => r.map_err(|e| match e {
@@ -1262,37 +1277,47 @@ impl Engine {
     ) -> Result<ExecSpec, EngineError> {
         validate::cmd(&parts.cmd)?;
         validate::env("env", &parts.env)?;
-        let cwd = parts.cwd.unwrap_or_else(|| DEFAULT_CWD.to_string());
-        validate::cwd(&cwd)?;
         let timeout_ms = parts
             .timeout_secs
             .map(validate::exec_timeout)
             .transpose()?
             .map(|s| s * 1000);
-        let sandbox_env = {
+        let (sandbox_env, image) = {
             let map = self.map();
             let e = map
                 .get(id)
                 .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
             lifecycle::require_running(id, &e.record, "commands run")?;
-            e.record.env.clone()
+            (e.record.env.clone(), e.record.image.clone())
         };
-        let user = parts.user.unwrap_or_default();
-        let (uid, home, name) = match user {
-            ExecUser::Root => (0, "/root", "root"),
-            ExecUser::User => (1000, "/home/user", "user"),
+        // An OCI image's config: its env, working directory and user are the defaults.
+        let defaults = self.image_defaults(&image);
+        let image_user = defaults.as_ref().and_then(|d| d.user.clone());
+        let (uid, gid, home, name) = match (parts.user, image_user) {
+            (Some(ExecUser::User), _) => (1000, 1000, "/home/user".into(), "user".into()),
+            (None, Some(u)) => (u.uid, u.gid, u.home, u.name),
+            (Some(ExecUser::Root), _) | (None, None) => (0, 0, "/root".into(), "root".into()),
         };
+        let cwd = match (parts.cwd, &defaults) {
+            (Some(c), _) => c,
+            (None, Some(d)) => d.cwd.clone().unwrap_or_else(|| "/".to_string()),
+            (None, None) => DEFAULT_CWD.to_string(),
+        };
+        validate::cwd(&cwd)?;
         let mut env: BTreeMap<String, String> = [
             ("PATH", DEFAULT_PATH),
-            ("HOME", home),
-            ("USER", name),
-            ("LOGNAME", name),
+            ("HOME", home.as_str()),
+            ("USER", name.as_str()),
+            ("LOGNAME", name.as_str()),
             ("HOSTNAME", id),
             ("LANG", "C.UTF-8"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+        if let Some(d) = &defaults {
+            env.extend(d.env.iter().cloned());
+        }
         env.extend(sandbox_env);
         // The broker's base URLs and tokens: over the sandbox's env, under the request's.
         env.extend(self.broker_env(id));
@@ -1302,7 +1327,7 @@ impl Engine {
             env: env.into_iter().collect(),
             cwd,
             uid,
-            gid: uid,
+            gid,
             timeout_ms,
             stdin: parts.stdin,
         };

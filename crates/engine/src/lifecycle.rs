@@ -363,7 +363,7 @@ impl Engine {
             }
             Op::Start => match self.range_for_start(id).await {
                 Ok(record) => {
-                    let spec = Engine::runtime_spec(&record, None)?;
+                    let spec = self.runtime_spec(&record, None)?;
                     within(left, "start", rt.start(&spec)).await
                 }
                 Err(e) => Err(OpFailure::Failed(format!("start failed: {e}"))),

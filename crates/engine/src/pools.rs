@@ -210,6 +210,16 @@ struct Counts {
 }
 
 impl Engine {
+    /// A pool whose sandboxes are made from image `name`, if any.
+    pub(crate) fn pool_using_image(&self, name: &str) -> Option<String> {
+        self.inner
+            .pools
+            .lock()
+            .iter()
+            .find(|(_, p)| p.def.image == name)
+            .map(|(n, _)| n.clone())
+    }
+
     /// Check a pool spec and fill in the defaults.
     fn resolve_pool(&self, spec: &PoolSpec) -> Result<PoolDef, EngineError> {
         let c = &self.inner.config;
@@ -217,9 +227,8 @@ impl Engine {
             .image
             .clone()
             .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
-        if !self.inner.runtime.info().images.contains(&image) {
-            return Err(EngineError::ImageNotFound(image));
-        }
+        // A pool's image must be there already (its fills never pull).
+        let image = self.known_image(&image)?;
         if spec.size > c.max_pool_size {
             return Err(EngineError::InvalidRequest(format!(
                 "size {} exceeds the server maximum of {}",

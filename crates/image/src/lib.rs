@@ -230,10 +230,6 @@ impl ImageStore {
             };
             gone.map_err(io(p.display()))?;
         }
-        // reqwest wants a process-wide TLS provider: ring, as the broker uses (it builds
-        // without CMake; rustls deprecated it for lacking post-quantum key exchange).
-        #[allow(deprecated)]
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::new(ClientConfig {
             protocol: if cfg.insecure.is_empty() {
                 ClientProtocol::Https
@@ -625,6 +621,17 @@ fn registry_error(e: oci_client::errors::OciDistributionError) -> ImageError {
         E::UnauthorizedError { url } => ImageError::Auth(format!("unauthorized at {url}")),
         E::DigestError(d) => ImageError::Corrupt(d.to_string()),
         E::ImageManifestNotFoundError(m) => ImageError::NotFound(m),
+        E::RegistryError { envelope, url }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::ManifestUnknown
+                        | oci_client::errors::OciErrorCode::NameUnknown
+                )
+            }) =>
+        {
+            ImageError::NotFound(format!("the registry has no such image ({url})"))
+        }
         other => ImageError::Registry(other.to_string()),
     }
 }

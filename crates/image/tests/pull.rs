@@ -123,7 +123,10 @@ fn pull_verify_share_and_collect() {
 
         // An unknown tag and a registry that is down are typed errors.
         let missing = images.bb.replace(":latest", ":nope");
-        assert!(s.pull(&missing, |_| {}).await.is_err());
+        assert!(matches!(
+            s.pull(&missing, |_| {}).await,
+            Err(ImageError::NotFound(_))
+        ));
         reg.stop();
         let err = s.pull(&images.bb_zstd, |_| {}).await.unwrap_err();
         assert!(matches!(err, ImageError::Registry(_)), "{err}");

@@ -26,7 +26,6 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     use ErrorCode as C;
     match code {
         C::InvalidRequest
-        | C::ImageNotFound
         | C::CommandNotFound
         | C::InvalidCwd
         | C::SpawnFailed
@@ -37,6 +36,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::NetworkUnavailable => StatusCode::BAD_REQUEST,
         C::PermissionDenied => StatusCode::FORBIDDEN,
         C::SandboxNotFound
+        | C::ImageNotFound
         | C::SnapshotNotFound
         | C::FileNotFound
         | C::ProcessNotFound
@@ -53,6 +53,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::NotAPty
         | C::StdinClosed
         | C::TagInUse
+        | C::ImageInUse
         | C::PoolFromConfig => StatusCode::CONFLICT,
         C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         C::LimitReached | C::CapacityExhausted | C::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
@@ -60,7 +61,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::INTERNAL_SERVER_ERROR
         }
         C::NotSupported => StatusCode::NOT_IMPLEMENTED,
-        C::PortUnreachable | C::ProxyError => StatusCode::BAD_GATEWAY,
+        C::PortUnreachable | C::ProxyError | C::RegistryError => StatusCode::BAD_GATEWAY,
         C::HostUnderPressure | C::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         C::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         C::DiskQuotaExceeded | C::NoSpace => StatusCode::INSUFFICIENT_STORAGE,

@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod exec;
 mod files;
+mod images;
 mod lifecycle;
 mod listen;
 mod network;
@@ -68,6 +69,7 @@ fn api() -> OpenApiRouter<Engine> {
         .merge(processes::routes())
         .merge(lifecycle::routes())
         .merge(network::routes())
+        .merge(images::routes())
         .merge(pools::routes())
         .merge(events::routes())
         .merge(ports::routes())
@@ -227,6 +229,7 @@ fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
         warren_api::EventsLost,
         warren_api::FileEvent,
         warren_api::FileEventKind,
+        warren_api::PullProgress,
     )),
     tags((name = "sandboxes", description = "Sandbox lifecycle and commands"),
          (name = "files", description = "Files inside a running sandbox"),
@@ -236,7 +239,8 @@ fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
          (name = "lifecycle", description = "Pause, stop, snapshots, rollback and fork"),
          (name = "events", description = "Lifecycle events (Server-Sent Events)"),
          (name = "pools", description = "Warm pools of ready sandboxes"),
-         (name = "network", description = "A sandbox's network mode, address and live egress policy"))
+         (name = "network", description = "A sandbox's network mode, address and live egress policy"),
+         (name = "images", description = "OCI images pulled from registries"))
 )]
 struct ApiDoc;
 

@@ -433,7 +433,7 @@ async fn absurd_limits_are_refused() {
     let (status, v) = a
         .call(Method::POST, "/v1/sandboxes", Some(r#"{"image":"ubuntu"}"#))
         .await;
-    assert_error(status, &v, StatusCode::BAD_REQUEST, "image_not_found");
+    assert_error(status, &v, StatusCode::NOT_FOUND, "image_not_found");
     assert!(a.t.runtime.live().is_empty());
 }
 
@@ -513,7 +513,7 @@ async fn every_documented_operation_is_routed() {
             }
         }
     }
-    assert_eq!(operations, 65, "operations documented");
+    assert_eq!(operations, 69, "operations documented");
 }
 
 #[tokio::test]

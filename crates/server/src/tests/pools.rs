@@ -119,7 +119,7 @@ async fn pools_over_http() {
     let (status, v) = put(&a, "x", json!({"size": 1, "image": "nope"})).await;
     assert_eq!(
         (status, code(&v)),
-        (StatusCode::BAD_REQUEST, "image_not_found")
+        (StatusCode::NOT_FOUND, "image_not_found")
     );
     let (status, v) = a
         .call(

@@ -1,0 +1,95 @@
+//! `warren image pull|ls|inspect|rm`.
+
+use clap::Subcommand;
+use warren_client::Client;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from its registry (`host:port/name:tag` or `name@sha256:…`) and print
+    /// its name; layers already stored are not fetched again.
+    Pull { reference: String },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an image as JSON (its config included).
+    Inspect { name: String },
+    /// Delete images and the layers no other image uses (refused while a sandbox or pool
+    /// uses one).
+    #[command(alias = "delete")]
+    Rm {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+}
+
+pub async fn run(client: &Client, cmd: ImageCommand) -> anyhow::Result<u8> {
+    match cmd {
+        ImageCommand::Pull { reference } => {
+            let started = std::time::Instant::now();
+            let image = client.pull_image(&reference).await?;
+            eprintln!(
+                "{} layers, {:.1} MiB, {:.1} s",
+                image.layers,
+                image.size_bytes as f64 / (1 << 20) as f64,
+                started.elapsed().as_secs_f64()
+            );
+            println!("{}", image.name);
+            Ok(0)
+        }
+        ImageCommand::Ls { json } => {
+            let images = client.list_images().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&images)?);
+                return Ok(0);
+            }
+            let mut rows = vec![["NAME", "DIGEST", "LAYERS", "SIZE"].map(String::from)];
+            for i in &images {
+                rows.push([
+                    i.name.clone(),
+                    i.digest
+                        .as_deref()
+                        .map(|d| d.trim_start_matches("sha256:").chars().take(12).collect())
+                        .unwrap_or_else(|| "built-in".into()),
+                    i.layers.to_string(),
+                    format!("{:.1}M", i.size_bytes as f64 / (1 << 20) as f64),
+                ]);
+            }
+            let widths: Vec<usize> = (0..4)
+                .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+                .collect();
+            for r in rows {
+                let line: Vec<String> = r
+                    .iter()
+                    .zip(&widths)
+                    .map(|(cell, w)| format!("{cell:<w$}"))
+                    .collect();
+                println!("{}", line.join("  ").trim_end());
+            }
+            Ok(0)
+        }
+        ImageCommand::Inspect { name } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&client.get_image(&name).await?)?
+            );
+            Ok(0)
+        }
+        ImageCommand::Rm { names } => {
+            let mut failed = false;
+            for name in names {
+                match client.delete_image(&name).await {
+                    Ok(()) => println!("{name}"),
+                    Err(err) => {
+                        failed = true;
+                        eprintln!("error: {err}");
+                    }
+                }
+            }
+            Ok(u8::from(failed))
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! OCI images end to end: a daemon pulls from a local registry (Debian's `docker-registry`,
+//! images built offline by `warren_testkit::registry`), makes sandboxes from them with the
+//! image's layers (whiteouts honoured) and config (env, working dir, user), and refuses to
+//! delete an image in use.
+
+mod common;
+
+use common::{rt, sh, Daemon};
+use warren_api::{CreateSandboxRequest, ExecRequest, ExecUser};
+use warren_client::Error;
+use warren_testkit::registry::{push_test_images, Registry};
+
+fn create_req(image: &str) -> CreateSandboxRequest {
+    CreateSandboxRequest {
+        image: Some(image.to_string()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn sandboxes_run_pulled_images_with_their_config() {
+    let reg = Registry::start().expect("registry");
+    let images = push_test_images(&reg).expect("test images");
+    let d = Daemon::start_with(&["--insecure-registry", &reg.host()]);
+    rt().block_on(async {
+        let c = &d.client;
+        let img = c.pull_image(&images.bb).await.expect("pull");
+        assert_eq!(img.layers, 3);
+        assert_eq!(img.config.working_dir.as_deref(), Some("/opt"));
+        let listed = c.list_images().await.unwrap();
+        assert!(listed.iter().any(|i| i.name == "host" && i.builtin));
+        assert!(listed.iter().any(|i| i.name == img.name));
+        assert_eq!(c.get_image(&img.name).await.unwrap().digest, img.digest);
+        assert!(c.capabilities().await.unwrap().images.contains(&img.name));
+
+        let sb = c
+            .create_sandbox(&create_req(&img.name))
+            .await
+            .expect("create");
+        assert_eq!(sb.image, img.name);
+        let run = |script: &str| {
+            let c = c.clone();
+            let id = sb.id.clone();
+            let script = script.to_string();
+            async move { c.exec(&id, &sh(&script)).await.expect("exec") }
+        };
+        // The layers merged: b.txt deleted by layer 2, /opt/dir made opaque by layer 3.
+        let ls = run("ls /opt; echo --; ls /opt/dir; cat /opt/a.txt").await;
+        assert_eq!(ls.stdout, "a.txt\nc.txt\ndir\n--\nz\nhello\n", "{ls:?}");
+        // The config: the image's env, working dir and user.
+        let who = run("id -u; pwd; echo $FOO; echo $PATH; echo $HOME").await;
+        assert_eq!(who.stdout, "1000\n/opt\nbar\n/bin\n/home/app\n", "{who:?}");
+        // A request's user and env win.
+        let root = c
+            .exec(
+                &sb.id,
+                &ExecRequest {
+                    user: Some(ExecUser::Root),
+                    env: [("FOO".to_string(), "mine".to_string())].into(),
+                    ..sh("id -u; echo $FOO")
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(root.stdout, "0\nmine\n");
+        // The image's user cannot write root's files; root can, into the sandbox's own
+        // layer, and the image stays as it was.
+        assert_ne!(run("echo new > /opt/a.txt").await.exit_code, 0);
+        let wrote = c
+            .exec(
+                &sb.id,
+                &ExecRequest {
+                    user: Some(ExecUser::Root),
+                    ..sh("echo new > /opt/a.txt && cat /opt/a.txt")
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(wrote.stdout, "new\n");
+        let other = c.create_sandbox(&create_req(&img.name)).await.unwrap();
+        let fresh = c.exec(&other.id, &sh("cat /opt/a.txt")).await.unwrap();
+        assert_eq!(fresh.stdout, "hello\n");
+
+        // An image not stored yet is pulled by the create (the zstd copy shares its layers).
+        let z = c
+            .create_sandbox(&create_req(&images.bb_zstd))
+            .await
+            .unwrap();
+        let out = c.exec(&z.id, &sh("ls /opt")).await.unwrap();
+        assert_eq!(out.stdout, "a.txt\nc.txt\ndir\n");
+
+        // In use: not deleted. Then deleted.
+        match c.delete_image(&img.name).await {
+            Err(Error::Api { status, code, .. }) => {
+                assert_eq!((status, code.as_str()), (409, "image_in_use"))
+            }
+            other => panic!("delete in use: {other:?}"),
+        }
+        c.delete_sandbox(&sb.id).await.unwrap();
+        c.delete_sandbox(&other.id).await.unwrap();
+        c.delete_image(&img.name).await.expect("delete");
+        assert!(c.get_image(&img.name).await.is_err());
+        // bb-zstd's layers (the same tars) were kept for it.
+        let again = c.exec(&z.id, &sh("cat /opt/dir/z")).await.unwrap();
+        assert_eq!(again.stdout, "z\n");
+
+        // Unknown images are typed errors that say what exists.
+        let missing = images.bb.replace(":latest", ":nope");
+        match c.create_sandbox(&create_req(&missing)).await {
+            Err(Error::Api { status, code, .. }) => {
+                assert_eq!((status, code.as_str()), (404, "image_not_found"))
+            }
+            other => panic!("missing image: {other:?}"),
+        }
+        match c.create_sandbox(&create_req("not a reference!")).await {
+            Err(Error::Api { status, code, .. }) => {
+                assert_eq!((status, code.as_str()), (400, "invalid_request"))
+            }
+            other => panic!("bad reference: {other:?}"),
+        }
+    });
+}
