@@ -21,7 +21,7 @@ fn create_req(image: &str) -> CreateSandboxRequest {
 fn sandboxes_run_pulled_images_with_their_config() {
     let reg = Registry::start().expect("registry");
     let images = push_test_images(&reg).expect("test images");
-    let d = Daemon::start_with(&["--insecure-registry", &reg.host()]);
+    let d = Daemon::start_with(&["--insecure-registry", &reg.host(), "--pull", "missing"]);
     rt().block_on(async {
         let c = &d.client;
         let img = c.pull_image(&images.bb).await.expect("pull");

@@ -181,6 +181,9 @@ struct Inner {
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Held while records or layers are added or removed (a collection never races a pull).
     records: tokio::sync::RwLock<()>,
+    /// The records, by name: read from `images/` at open, kept in step with it (so looking
+    /// an image up never touches the disk).
+    index: Mutex<BTreeMap<String, Image>>,
 }
 
 impl std::fmt::Debug for ImageStore {
@@ -239,6 +242,26 @@ impl ImageStore {
             connect_timeout: Some(cfg.connect_timeout.unwrap_or(Duration::from_secs(10))),
             ..Default::default()
         });
+        let mut index = BTreeMap::new();
+        let dir = root.join("images");
+        for e in std::fs::read_dir(&dir)
+            .map_err(io(dir.display()))?
+            .flatten()
+        {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            let bytes = std::fs::read(&p).map_err(io(p.display()))?;
+            match serde_json::from_slice::<Image>(&bytes) {
+                Ok(img) => {
+                    index.insert(img.name.clone(), img);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "unreadable image record")
+                }
+            }
+        }
         Ok(ImageStore {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
@@ -246,8 +269,13 @@ impl ImageStore {
                 cfg,
                 inflight: Mutex::new(HashMap::new()),
                 records: tokio::sync::RwLock::new(()),
+                index: Mutex::new(index),
             }),
         })
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Image>> {
+        self.inner.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The directory of layer `diff_id`.
@@ -269,41 +297,18 @@ impl ImageStore {
             .collect()
     }
 
-    /// The image stored as `name` (a reference, normalised as by a pull).
+    /// The image stored as `name` (a reference, normalised as by a pull). In memory.
     pub fn get(&self, name: &str) -> Result<Option<Image>, ImageError> {
-        let name = parse_reference(name)?.whole();
-        let path = self.inner.root.join("images").join(record_file(&name));
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ImageError::Io(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(path.display())(e)),
+        if let Some(img) = self.index().get(name) {
+            return Ok(Some(img.clone()));
         }
+        let name = parse_reference(name)?.whole();
+        Ok(self.index().get(&name).cloned())
     }
 
-    /// Every stored image, by name.
+    /// Every stored image, by name. In memory.
     pub fn list(&self) -> Result<Vec<Image>, ImageError> {
-        let dir = self.inner.root.join("images");
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&dir)
-            .map_err(io(dir.display()))?
-            .flatten()
-        {
-            let p = e.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                continue;
-            }
-            let bytes = std::fs::read(&p).map_err(io(p.display()))?;
-            match serde_json::from_slice::<Image>(&bytes) {
-                Ok(img) => out.push(img),
-                Err(e) => {
-                    tracing::warn!(file = %p.display(), error = %e, "unreadable image record")
-                }
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(self.index().values().cloned().collect())
     }
 
     /// Forget image `name` (its layers stay until [`ImageStore::collect_garbage`]).
@@ -317,7 +322,10 @@ impl ImageStore {
             .root
             .join("images")
             .join(record_file(&image.name));
-        std::fs::remove_file(&path).map_err(io(path.display()))?;
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(io(path.display()))?;
+        self.index().remove(&image.name);
         info!(image = %image.name, "image removed");
         Ok(image)
     }
@@ -470,7 +478,9 @@ impl ImageStore {
         let path = dir.join(record_file(&image.name));
         tokio::fs::rename(&tmp, &path)
             .await
-            .map_err(io(path.display()))
+            .map_err(io(path.display()))?;
+        self.index().insert(image.name.clone(), image.clone());
+        Ok(())
     }
 
     fn tmp_path(&self, what: &str) -> PathBuf {

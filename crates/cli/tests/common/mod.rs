@@ -97,6 +97,12 @@ impl Daemon {
         if !extra.contains(&"--dns-upstream") {
             net.extend(["--dns-upstream".into(), "127.0.0.1:9".into()]);
         }
+        // A create never pulls unless the test says so: an unknown name would otherwise
+        // be looked up on Docker Hub, and tests talk only to loopback and their own
+        // namespaces.
+        if !extra.contains(&"--pull") {
+            net.extend(["--pull".into(), "never".into()]);
+        }
         let mut child = cmd
             .arg("serve")
             .args(&net)
