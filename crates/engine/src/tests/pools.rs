@@ -499,7 +499,11 @@ async fn a_restart_keeps_pools_and_adopts_their_sandboxes() {
     assert_eq!(sb.pool.as_deref(), Some("p"));
     // One of the adopted members, not a new one (the claim's refill may already be
     // creating another, so the create count says nothing here).
-    assert!(members.contains(&sb.id), "{} is not an adopted member", sb.id);
+    assert!(
+        members.contains(&sb.id),
+        "{} is not an adopted member",
+        sb.id
+    );
     e.shutdown_deleting_all().await;
     assert!(rt.live().is_empty());
 }
