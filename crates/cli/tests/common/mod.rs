@@ -75,6 +75,9 @@ impl Daemon {
         extra: &[&str],
         customize: impl FnOnce(&mut Command),
     ) -> Daemon {
+        // Everything that can fail in this process comes before the spawn: a panic between
+        // the spawn and the `Daemon` that owns the child would orphan the daemon.
+        let placeholder = Client::new("http://127.0.0.1:1").expect("client");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
         customize(&mut cmd);
         // A daemon that does not choose its storage gets `dir` (the default, `auto`, would
@@ -132,7 +135,7 @@ impl Daemon {
             url: String::new(),
             data_dir,
             cgroup_parent,
-            client: Client::new("http://127.0.0.1:1").expect("client"),
+            client: placeholder,
             plain: None,
         };
         let line = lines
