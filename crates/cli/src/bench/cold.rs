@@ -13,6 +13,8 @@ pub const LIFECYCLE: &str = "cold: create → first output → delete";
 /// The same with `network.mode = isolated` (interleaved with the default's runs, so both
 /// see the same machine); the default mode is `nat` unless the daemon says otherwise.
 pub const LIFECYCLE_ISOLATED: &str = "cold, isolated network: create → first output → delete";
+/// The same from the image of `--image` (interleaved too).
+pub const LIFECYCLE_IMAGE: &str = "cold, --image: create → first output → delete";
 
 pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
     let runs = ctx.args.runs;
@@ -31,18 +33,28 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
         ..Default::default()
     };
     let default_req = CreateSandboxRequest::default();
+    let image_req = ctx.args.image.as_ref().map(|image| CreateSandboxRequest {
+        image: Some(image.clone()),
+        ..Default::default()
+    });
+    let mut from_image = Vec::new();
+    let mut reqs = vec![&default_req, &iso_req];
+    if let Some(r) = &image_req {
+        reqs.push(r);
+    }
     for i in 0..runs {
-        // Which goes first alternates: a delete leaves kernel work behind (a network
+        // Which goes first rotates: a delete leaves kernel work behind (a network
         // namespace is torn down asynchronously) that the next create pays for.
-        let order = if i % 2 == 0 {
-            [&default_req, &iso_req]
-        } else {
-            [&iso_req, &default_req]
-        };
+        let mut order = reqs.clone();
+        order.rotate_left(i % reqs.len());
         for req in order {
             let (t, sb_pool) = lifecycle(ctx, req).await?;
             if std::ptr::eq(req, &iso_req) {
                 isolated.push(t[3] - t[0]);
+                continue;
+            }
+            if image_req.as_ref().is_some_and(|r| std::ptr::eq(req, r)) {
+                from_image.push(t[3] - t[0]);
                 continue;
             }
             if sb_pool {
@@ -67,6 +79,18 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
         stat("  delete (204)", delete),
         stat(LIFECYCLE_ISOLATED, isolated),
     ]);
+    if let Some(image) = &ctx.args.image {
+        out.results.push(stat(LIFECYCLE_IMAGE, from_image));
+        if let (Some(a), Some(b)) = (
+            out.stat(LIFECYCLE_IMAGE).and_then(|s| s.p50_ms),
+            out.stat(LIFECYCLE).and_then(|s| s.p50_ms),
+        ) {
+            out.note(format!(
+                "cold: image {image} costs {:+.2} ms p50 over the default image",
+                a - b
+            ));
+        }
+    }
     if let (Some(a), Some(b)) = (
         out.stat(LIFECYCLE).and_then(|s| s.p50_ms),
         out.stat(LIFECYCLE_ISOLATED).and_then(|s| s.p50_ms),

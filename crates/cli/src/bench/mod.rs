@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// cold: also run the lifecycle from this image (pulled first if the server pulls),
+    /// interleaved with the default image's, and report what it costs over it.
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
     /// Also write the JSON report to this file (the table still goes to stdout).
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<std::path::PathBuf>,
