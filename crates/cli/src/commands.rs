@@ -222,6 +222,30 @@ enum Prepared {
     Background(warren_api::CreateProcessRequest),
 }
 
+/// What `warren run --image NAME` runs without a command: the image's Entrypoint and Cmd
+/// (pulled first if the server does not have it).
+async fn image_command(client: &Client, image: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let Some(image) = image else {
+        anyhow::bail!(
+            "give a command (after --), or an --image whose Entrypoint or Cmd says what to run"
+        );
+    };
+    let info = match client.get_image(image).await {
+        Ok(info) => info,
+        Err(warren_client::Error::Api { status: 404, .. }) => client.pull_image(image).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let mut cmd = info.config.entrypoint.clone();
+    cmd.extend(info.config.cmd.iter().cloned());
+    if cmd.is_empty() {
+        anyhow::bail!(
+            "image {} has no Entrypoint or Cmd: give a command (after --)",
+            info.name
+        );
+    }
+    Ok(cmd)
+}
+
 /// `warren run`: create a sandbox, run the command, and with `--rm` delete the sandbox on
 /// every path (the command's end, any error, SIGINT/SIGTERM/SIGHUP of this client).
 async fn run_sandbox(
@@ -233,6 +257,14 @@ async fn run_sandbox(
     opts: &ExecOpts,
 ) -> u8 {
     // Everything that can fail here happens before the sandbox exists.
+    let cmd = if cmd.is_empty() {
+        match image_command(client, sandbox.image.as_deref()).await {
+            Ok(cmd) => cmd,
+            Err(e) => return exit_status(Err(e)),
+        }
+    } else {
+        cmd
+    };
     let prepared = if job.detach {
         let mut req = process_request(cmd, Vec::new(), exec_timeout, opts);
         if job.tty {

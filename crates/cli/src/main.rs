@@ -118,8 +118,9 @@ enum Command {
         /// Kill the command after this many seconds.
         #[arg(long, value_name = "SECS")]
         exec_timeout: Option<u64>,
-        /// The command and its arguments (after `--`).
-        #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+        /// The command and its arguments (after `--`); without one, the `--image`'s
+        /// Entrypoint and Cmd.
+        #[arg(trailing_var_arg = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
     /// Copy a file or a directory tree into or out of a sandbox.

@@ -8,7 +8,7 @@ mod common;
 use common::{rt, sh, Daemon};
 use warren_api::{CreateSandboxRequest, ExecRequest, ExecUser};
 use warren_client::Error;
-use warren_testkit::registry::{push_test_images, Registry};
+use warren_testkit::registry::{push_test_images, Registry, BB_OUTPUT};
 
 fn create_req(image: &str) -> CreateSandboxRequest {
     CreateSandboxRequest {
@@ -103,6 +103,33 @@ fn sandboxes_run_pulled_images_with_their_config() {
         // bb-zstd's layers (the same tars) were kept for it.
         let again = c.exec(&z.id, &sh("cat /opt/dir/z")).await.unwrap();
         assert_eq!(again.stdout, "z\n");
+
+        // `warren run --image NAME` without a command runs its Entrypoint and Cmd.
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["run", "--rm", "--image", &images.bb_zstd])
+            .env("WARREN_URL", &d.url)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), BB_OUTPUT);
+        // The host image has neither: a command is needed, and nothing is created.
+        let before = c.list_sandboxes::<&str, &str>(&[]).await.unwrap().len();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["run", "--rm", "--image", "host"])
+            .env("WARREN_URL", &d.url)
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Entrypoint"),
+            "{out:?}"
+        );
+        assert_eq!(
+            c.list_sandboxes::<&str, &str>(&[]).await.unwrap().len(),
+            before
+        );
 
         // Unknown images are typed errors that say what exists.
         let missing = images.bb.replace(":latest", ":nope");
