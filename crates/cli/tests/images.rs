@@ -81,6 +81,26 @@ fn sandboxes_run_pulled_images_with_their_config() {
         let fresh = c.exec(&other.id, &sh("cat /opt/a.txt")).await.unwrap();
         assert_eq!(fresh.stdout, "hello\n");
 
+        // Many sandboxes of one image store its layers once.
+        let layers = || {
+            std::fs::read_dir(d.data_dir.join("oci/layers"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(layers(), 3);
+        let mut many = Vec::new();
+        for _ in 0..10 {
+            many.push(c.create_sandbox(&create_req(&img.name)).await.unwrap().id);
+        }
+        assert_eq!(layers(), 3);
+        for id in &many {
+            assert_eq!(
+                c.exec(id, &sh("cat /opt/dir/z")).await.unwrap().stdout,
+                "z\n"
+            );
+            c.delete_sandbox(id).await.unwrap();
+        }
+
         // An image not stored yet is pulled by the create (the zstd copy shares its layers).
         let z = c
             .create_sandbox(&create_req(&images.bb_zstd))
@@ -145,5 +165,63 @@ fn sandboxes_run_pulled_images_with_their_config() {
             }
             other => panic!("bad reference: {other:?}"),
         }
+    });
+}
+
+/// A daemon killed in the middle of a pull: after a restart nothing of the half-pulled image
+/// is listed or left in `oci/tmp`, and the pull works.
+#[test]
+fn a_pull_killed_midway_leaves_nothing_used() {
+    use futures::StreamExt;
+    let reg = Registry::start().expect("registry");
+    let images = push_test_images(&reg).expect("test images");
+    let (data_dir, parent) = Daemon::fresh_names();
+    let host = reg.host();
+    let args = ["--insecure-registry", host.as_str(), "--pull", "missing"];
+    let mut first = Daemon::launch_plain(data_dir.clone(), parent.clone(), &args);
+    let started = rt().block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/images/pull", first.url))
+            .header("accept", "text/event-stream")
+            .json(&serde_json::json!({ "ref": images.big }))
+            .send()
+            .await
+            .unwrap();
+        let mut body = resp.bytes_stream();
+        let mut seen = String::new();
+        // The first bytes of the big layer have arrived: the pull is midway.
+        while let Some(chunk) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains("\"done\":1") || seen.contains("event: image") {
+                break;
+            }
+        }
+        !seen.contains("event: image")
+    });
+    first.stop_with(libc::SIGKILL);
+    std::mem::forget(first);
+    let second = Daemon::launch(data_dir.clone(), parent, &args);
+    let tmp = data_dir.join("oci/tmp");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "partial work left"
+    );
+    rt().block_on(async {
+        let c = &second.client;
+        let listed = c.list_images().await.unwrap();
+        if started {
+            assert!(
+                !listed.iter().any(|i| i.name == images.big),
+                "a half-pulled image is listed"
+            );
+        }
+        let img = c
+            .pull_image(&images.big)
+            .await
+            .expect("pull after the crash");
+        let sb = c.create_sandbox(&create_req(&img.name)).await.unwrap();
+        let size = c.exec(&sb.id, &sh("wc -c < /data/blob")).await.unwrap();
+        assert_eq!(size.stdout.trim(), (48u64 << 20).to_string());
     });
 }

@@ -11,6 +11,7 @@ use warren_api::{Image, ImageConfigView, SandboxState};
 use warren_image::{ImageError, ImageStore, Progress};
 
 use crate::{Engine, EngineError};
+use warren_runtime::RuntimeError;
 
 /// Whether a create may pull an image the store does not have (`warren serve --pull`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -237,6 +238,37 @@ impl Engine {
             .image_defaults
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An image's `WorkingDir` is made (root's, 0755) in a new sandbox where the image
+    /// lacks it, as Docker does.
+    pub(crate) async fn make_workdir(&self, id: &str, image: &str) {
+        let Some(dir) = self.image_defaults(image).and_then(|d| d.cwd.clone()) else {
+            return;
+        };
+        if dir == "/" {
+            return;
+        }
+        let Ok(sid) = crate::sandbox_id(id) else {
+            return;
+        };
+        let op = warren_runtime::FileOp::Mkdir {
+            path: dir.clone(),
+            parents: true,
+            mode: Some(0o755),
+            uid: 0,
+            gid: 0,
+        };
+        match self.agent(&sid).file_op(op).await {
+            Ok(_) => {}
+            Err(RuntimeError::File {
+                code: warren_runtime::AgentCode::Exists,
+                ..
+            }) => {}
+            Err(e) => {
+                tracing::warn!(sandbox = %id, %dir, error = %e, "making the image's WorkingDir")
+            }
+        }
     }
 
     /// Pull `reference` into the store; `progress` hears about each layer.

@@ -819,6 +819,7 @@ impl Engine {
             self.undo_create(&id, &e.to_string()).await;
             return Err(e);
         }
+        self.make_workdir(&id, &record.image).await;
         match self
             .set_state(&id, SandboxState::Running, &[SandboxState::Creating], None)
             .await
