@@ -1,5 +1,6 @@
 //! `warren image pull|ls|inspect|rm`.
 
+use anyhow::Context;
 use clap::Subcommand;
 use warren_client::Client;
 
@@ -8,6 +9,10 @@ pub enum ImageCommand {
     /// Pull an image from its registry (`host:port/name:tag` or `name@sha256:…`) and print
     /// its name; layers already stored are not fetched again.
     Pull { reference: String },
+    /// Import an image from a tar file (an OCI image layout, as `skopeo copy …
+    /// oci-archive:FILE` writes it, or a `docker save` archive; `-` reads standard input)
+    /// and store it as NAME.
+    Import { name: String, file: String },
     /// List images.
     #[command(alias = "list")]
     Ls {
@@ -37,6 +42,19 @@ pub async fn run(client: &Client, cmd: ImageCommand) -> anyhow::Result<u8> {
                 image.size_bytes as f64 / (1 << 20) as f64,
                 started.elapsed().as_secs_f64()
             );
+            println!("{}", image.name);
+            Ok(0)
+        }
+        ImageCommand::Import { name, file } => {
+            let body = if file == "-" {
+                warren_client::body_from_reader(tokio::io::stdin())
+            } else {
+                let f = tokio::fs::File::open(&file)
+                    .await
+                    .with_context(|| format!("opening {file}"))?;
+                warren_client::body_from_reader(f)
+            };
+            let image = client.import_image(&name, body).await?;
             println!("{}", image.name);
             Ok(0)
         }

@@ -151,6 +151,42 @@ fn sandboxes_run_pulled_images_with_their_config() {
             before
         );
 
+        // An OCI archive (as skopeo writes it) imported under a name of its own, then used.
+        let archive = d.data_dir.with_extension("bb-oci.tar");
+        let copied = std::process::Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--insecure-policy",
+                "--src-tls-verify=false",
+            ])
+            .arg(format!("docker://{}", images.bb))
+            .arg(format!("oci-archive:{}", archive.display()))
+            .output()
+            .unwrap();
+        assert!(copied.status.success(), "{copied:?}");
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["image", "import", "local/bb:1"])
+            .arg(&archive)
+            .env("WARREN_URL", &d.url)
+            .output()
+            .await
+            .unwrap();
+        let _ = std::fs::remove_file(&archive);
+        assert!(out.status.success(), "{out:?}");
+        let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(name, "docker.io/local/bb:1");
+        let imported = c.create_sandbox(&create_req("local/bb:1")).await.unwrap();
+        let ls = c.exec(&imported.id, &sh("ls /opt")).await.unwrap();
+        assert_eq!(ls.stdout, "a.txt\nc.txt\ndir\n");
+        // Not an archive: 400, nothing stored.
+        match c.import_image("local/junk:1", b"junk".to_vec()).await {
+            Err(Error::Api { status, code, .. }) => {
+                assert_eq!((status, code.as_str()), (400, "invalid_request"))
+            }
+            other => panic!("junk import: {other:?}"),
+        }
+
         // Unknown images are typed errors that say what exists.
         let missing = images.bb.replace(":latest", ":nope");
         match c.create_sandbox(&create_req(&missing)).await {

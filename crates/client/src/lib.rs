@@ -187,6 +187,28 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/images/import?name=`: store the image of a tar stream (an OCI image
+    /// layout or a `docker save` archive) as `name`.
+    pub async fn import_image(
+        &self,
+        name: &str,
+        archive: impl Into<reqwest::Body>,
+    ) -> Result<warren_api::Image, Error> {
+        let mut url = self.url(&["v1", "images", "import"]);
+        url.query_pairs_mut().append_pair("name", name);
+        let resp = self
+            .http
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-tar"),
+            )
+            .body(archive)
+            .send()
+            .await?;
+        decode(check(resp).await?).await
+    }
+
     /// `GET /v1/images`.
     pub async fn list_images(&self) -> Result<Vec<warren_api::Image>, Error> {
         let list: warren_api::ImageList = self

@@ -291,6 +291,29 @@ impl Engine {
         Ok(view(&img))
     }
 
+    /// Import the image of the tar stream `body` (an OCI image layout or a `docker save`
+    /// archive) as `name`.
+    pub async fn import_image<S>(&self, name: &str, body: S) -> Result<Image, EngineError>
+    where
+        S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+    {
+        self.check_open()?;
+        if self.builtin(name) {
+            return Err(EngineError::InvalidRequest(format!(
+                "{name} is built in; import under another name"
+            )));
+        }
+        let store = self
+            .image_store()
+            .ok_or(EngineError::NotSupported("images"))?;
+        let img = store.import(name, body).await.map_err(|e| match e {
+            ImageError::Corrupt(m) => EngineError::InvalidRequest(m),
+            e => image_error(e),
+        })?;
+        self.defaults_cache().remove(&img.name);
+        Ok(view(&img))
+    }
+
     /// Every image: the built-in ones, then the store's.
     pub fn list_images(&self) -> Result<Vec<Image>, EngineError> {
         let mut out: Vec<Image> = self

@@ -18,6 +18,7 @@
 //! share the work. Layers no image names are removed by [`ImageStore::collect_garbage`].
 
 mod extract;
+mod import;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -435,19 +436,10 @@ impl ImageStore {
                 digest: layer.digest.clone(),
             });
         }
-        let c = parsed.config().clone().unwrap_or_default();
         let image = Image {
             name: name.clone(),
             digest,
-            config: ImageConfig {
-                env: c.env().clone().unwrap_or_default(),
-                working_dir: c.working_dir().clone().filter(|w| !w.is_empty()),
-                user: c.user().clone().filter(|u| !u.is_empty()),
-                entrypoint: c.entrypoint().clone().unwrap_or_default(),
-                cmd: c.cmd().clone().unwrap_or_default(),
-                labels: c.labels().clone().unwrap_or_default().into_iter().collect(),
-                exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
-            },
+            config: image_config(&parsed),
             size: layers.iter().map(|l| l.size).sum(),
             layers,
             pulled_at: Utc::now(),
@@ -455,6 +447,120 @@ impl ImageStore {
         self.write_record(&image).await?;
         info!(image = %image.name, digest = %image.digest, layers = image.layers.len(), "image pulled");
         Ok(image)
+    }
+
+    /// Import the image of the tar stream `body` (see [`ImageStore::import_blocking`]): the
+    /// stream is kept in `tmp/` while it arrives, then read.
+    pub async fn import<S>(&self, name: &str, mut body: S) -> Result<Image, ImageError>
+    where
+        S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+    {
+        parse_reference(name)?;
+        let spool = self.tmp_path("upload");
+        let written = async {
+            let mut f = tokio::fs::File::create(&spool)
+                .await
+                .map_err(io(spool.display()))?;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| ImageError::Io(format!("the upload: {e}")))?;
+                f.write_all(&chunk).await.map_err(io(spool.display()))?;
+            }
+            f.flush().await.map_err(io(spool.display()))
+        }
+        .await;
+        let result = match written {
+            Ok(()) => {
+                let (this, name, path) = (self.clone(), name.to_string(), spool.clone());
+                tokio::task::spawn_blocking(move || {
+                    let f = std::fs::File::open(&path).map_err(io(path.display()))?;
+                    this.import_blocking(&name, std::io::BufReader::new(f))
+                })
+                .await
+                .map_err(|e| ImageError::Io(format!("importing: {e}")))?
+            }
+            Err(e) => Err(e),
+        };
+        let _ = tokio::fs::remove_file(&spool).await;
+        result
+    }
+
+    /// Import the image in `archive` (a tar stream of an OCI image layout or of a `docker
+    /// save`) as `name`. Blocking: call it from `spawn_blocking` with a synchronous reader.
+    pub fn import_blocking(
+        &self,
+        name: &str,
+        archive: impl std::io::Read,
+    ) -> Result<Image, ImageError> {
+        let name = parse_reference(name)?.whole();
+        let scratch = self.tmp_path("import");
+        std::fs::create_dir(&scratch).map_err(io(scratch.display()))?;
+        let result = self.import_from(&name, archive, &scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        result
+    }
+
+    fn import_from(
+        &self,
+        name: &str,
+        archive: impl std::io::Read,
+        scratch: &Path,
+    ) -> Result<Image, ImageError> {
+        let dir = scratch.join("archive");
+        std::fs::create_dir(&dir).map_err(io(dir.display()))?;
+        let imported = import::read_archive(archive, &dir)?;
+        // Records and layers change under the store's lock (a collection waits).
+        let _r = self.inner.records.blocking_read();
+        for (i, (layer, blob)) in imported.layers.iter().enumerate() {
+            let dest = self.layer_path(&layer.diff_id)?;
+            let lock = {
+                let mut map = self
+                    .inner
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                map.entry(layer.diff_id.clone()).or_default().clone()
+            };
+            let _held = lock.blocking_lock();
+            if dest.exists() {
+                continue;
+            }
+            let lowers: Vec<PathBuf> = imported.layers[..i]
+                .iter()
+                .rev()
+                .map(|(l, _)| self.layer_path(&l.diff_id))
+                .collect::<Result<_, _>>()?;
+            unpack(blob, layer, &self.tmp_path("layer"), &dest, &lowers)?;
+        }
+        let layers: Vec<Layer> = imported.layers.into_iter().map(|(l, _)| l).collect();
+        let image = Image {
+            name: name.to_string(),
+            digest: imported.digest,
+            config: imported.config,
+            size: layers.iter().map(|l| l.size).sum(),
+            layers,
+            pulled_at: Utc::now(),
+        };
+        self.write_record_blocking(&image)?;
+        info!(image = %image.name, layers = image.layers.len(), "image imported");
+        Ok(image)
+    }
+
+    fn write_record_blocking(&self, image: &Image) -> Result<(), ImageError> {
+        let json = serde_json::to_vec_pretty(image)
+            .map_err(|e| ImageError::Io(format!("encoding the record: {e}")))?;
+        let tmp = self.tmp_path("record");
+        std::fs::write(&tmp, &json).map_err(io(tmp.display()))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(tmp.display()))?;
+        let path = self
+            .inner
+            .root
+            .join("images")
+            .join(record_file(&image.name));
+        std::fs::rename(&tmp, &path).map_err(io(path.display()))?;
+        self.index().insert(image.name.clone(), image.clone());
+        Ok(())
     }
 
     fn auth_for(&self, r: &Reference) -> RegistryAuth {
@@ -465,22 +571,10 @@ impl ImageStore {
     }
 
     async fn write_record(&self, image: &Image) -> Result<(), ImageError> {
-        let dir = self.inner.root.join("images");
-        let json = serde_json::to_vec_pretty(image)
-            .map_err(|e| ImageError::Io(format!("encoding the record: {e}")))?;
-        let tmp = self.tmp_path("record");
-        let mut f = tokio::fs::File::create(&tmp)
+        let (this, image) = (self.clone(), image.clone());
+        tokio::task::spawn_blocking(move || this.write_record_blocking(&image))
             .await
-            .map_err(io(tmp.display()))?;
-        f.write_all(&json).await.map_err(io(tmp.display()))?;
-        f.sync_all().await.map_err(io(tmp.display()))?;
-        drop(f);
-        let path = dir.join(record_file(&image.name));
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(io(path.display()))?;
-        self.index().insert(image.name.clone(), image.clone());
-        Ok(())
+            .map_err(|e| ImageError::Io(format!("writing the record: {e}")))?
     }
 
     fn tmp_path(&self, what: &str) -> PathBuf {
@@ -591,6 +685,20 @@ impl ImageStore {
             )));
         }
         Ok(())
+    }
+}
+
+/// The parts of an image configuration a sandbox uses.
+pub(crate) fn image_config(parsed: &oci_spec::image::ImageConfiguration) -> ImageConfig {
+    let c = parsed.config().clone().unwrap_or_default();
+    ImageConfig {
+        env: c.env().clone().unwrap_or_default(),
+        working_dir: c.working_dir().clone().filter(|w| !w.is_empty()),
+        user: c.user().clone().filter(|u| !u.is_empty()),
+        entrypoint: c.entrypoint().clone().unwrap_or_default(),
+        cmd: c.cmd().clone().unwrap_or_default(),
+        labels: c.labels().clone().unwrap_or_default().into_iter().collect(),
+        exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
     }
 }
 

@@ -141,3 +141,88 @@ fn pull_verify_share_and_collect() {
     let _s = store(root, &reg);
     assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
 }
+
+/// `skopeo copy` of a pushed image to an OCI archive and to a `docker save` archive; both
+/// import to the pulled image's layers, and a changed byte is refused.
+#[test]
+fn oci_and_docker_archives_import() {
+    let reg = Registry::start().expect("registry");
+    let images = push_test_images(&reg).expect("test images");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let archives = dir.path().join("archives");
+    std::fs::create_dir_all(&archives).unwrap();
+    let copy = |dest: String| {
+        let out = std::process::Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--insecure-policy",
+                "--src-tls-verify=false",
+            ])
+            .arg(format!("docker://{}", images.bb))
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{dest}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let oci = archives.join("bb-oci.tar");
+    let docker = archives.join("bb-docker.tar");
+    copy(format!("oci-archive:{}", oci.display()));
+    copy(format!(
+        "docker-archive:{}:warren/bb:latest",
+        docker.display()
+    ));
+    rt().block_on(async {
+        let s = store(&root, &reg);
+        let pulled = s.pull(&images.bb, |_| {}).await.unwrap();
+        let ids = |i: &warren_image::Image| {
+            i.layers
+                .iter()
+                .map(|l| l.diff_id.clone())
+                .collect::<Vec<_>>()
+        };
+        for (name, path) in [("imported/oci:1", &oci), ("imported/docker:1", &docker)] {
+            let (s2, path2, name2) = (s.clone(), path.clone(), name.to_string());
+            let img = tokio::task::spawn_blocking(move || {
+                s2.import_blocking(&name2, std::fs::File::open(path2).unwrap())
+            })
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(ids(&img), ids(&pulled), "{name}");
+            assert_eq!(img.config, pulled.config, "{name}");
+            assert!(s.get(name).unwrap().is_some());
+        }
+        // Still three layer directories: the imports share the pulled layers.
+        assert_eq!(layer_count(&root), 3);
+
+        // A changed byte in a blob of the OCI archive: refused, nothing recorded.
+        let mut bytes = std::fs::read(&oci).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x55;
+        let bad = archives.join("bad.tar");
+        std::fs::write(&bad, &bytes).unwrap();
+        let s2 = s.clone();
+        let err = tokio::task::spawn_blocking(move || {
+            s2.import_blocking("imported/bad:1", std::fs::File::open(bad).unwrap())
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert!(matches!(err, ImageError::Corrupt(_)), "{err}");
+        assert!(s.get("imported/bad:1").unwrap().is_none());
+        assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        // Not an image archive at all.
+        let s2 = s.clone();
+        let err = tokio::task::spawn_blocking(move || s2.import_blocking("x/y:1", &b"junk"[..]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, ImageError::Corrupt(_)), "{err}");
+    });
+}

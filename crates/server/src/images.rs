@@ -10,7 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 use warren_api::{ErrorBody, Image, ImageList, PullImageRequest, PullProgress};
 use warren_engine::Engine;
@@ -24,6 +24,7 @@ pub(crate) fn routes() -> OpenApiRouter<Engine> {
     OpenApiRouter::new()
         .routes(routes!(list_images))
         .routes(routes!(pull_image))
+        .routes(routes!(import_image).layer(axum::extract::DefaultBodyLimit::disable()))
         .routes(routes!(get_image, delete_image))
 }
 
@@ -125,6 +126,37 @@ pub(crate) async fn pull_image(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(response)
+}
+
+/// Query of `POST /v1/images/import`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ImportQuery {
+    /// The name to store it as (`name:tag`, `host/name:tag`).
+    name: String,
+}
+
+/// Import an image from a tar stream: an OCI image layout (as `skopeo copy …
+/// oci-archive:` writes it) or a `docker save` archive, one image each. Every blob is
+/// checked against its digest and every layer against the config's `diff_id`; layers
+/// already stored are shared.
+#[utoipa::path(post, path = "/v1/images/import", tag = "images",
+    params(ImportQuery),
+    request_body(content = String, content_type = "application/x-tar", description = "The archive"),
+    responses(
+        (status = 200, description = "The image", body = Image),
+        (status = 400, description = "`invalid_request`: not an image archive, a blob that does not match its digest, a bad name", body = ErrorBody),
+    ))]
+pub(crate) async fn import_image(
+    State(engine): State<Engine>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<ImportQuery>,
+    body: axum::body::Body,
+) -> Result<Json<Image>, ApiError> {
+    let stream = body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    Ok(Json(engine.import_image(&q.name, stream).await?))
 }
 
 /// One image, by name (percent-encoded in the path).
