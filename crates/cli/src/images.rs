@@ -31,11 +31,52 @@ pub enum ImageCommand {
     },
 }
 
+/// Pull `reference`, showing the bytes of all its layers on one bar (on a terminal only).
+async fn pull_with_progress(client: &Client, reference: &str) -> anyhow::Result<warren_api::Image> {
+    use futures::StreamExt;
+    use warren_client::PullEvent;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )?
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("pulling {reference}"));
+    // Per layer: (done, total), so repeated reports of one layer are not added up.
+    let mut layers: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut events = client.pull_image_events(reference).await?;
+    let mut done = None;
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(PullEvent::Progress(p)) => {
+                let entry = layers.entry(p.layer).or_insert((0, p.total));
+                if p.total > 0 {
+                    entry.1 = p.total;
+                }
+                entry.0 = if p.complete { entry.1 } else { p.done };
+                bar.set_length(layers.values().map(|l| l.1).sum());
+                bar.set_position(layers.values().map(|l| l.0).sum());
+            }
+            Ok(PullEvent::Done(image)) => {
+                done = Some(image);
+                break;
+            }
+            Err(e) => {
+                bar.abandon();
+                return Err(e.into());
+            }
+        }
+    }
+    bar.finish_and_clear();
+    done.ok_or_else(|| anyhow::anyhow!("the pull's event stream ended without the image"))
+}
+
 pub async fn run(client: &Client, cmd: ImageCommand) -> anyhow::Result<u8> {
     match cmd {
         ImageCommand::Pull { reference } => {
             let started = std::time::Instant::now();
-            let image = client.pull_image(&reference).await?;
+            let image = pull_with_progress(client, &reference).await?;
             eprintln!(
                 "{} layers, {:.1} MiB, {:.1} s",
                 image.layers,

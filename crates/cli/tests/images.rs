@@ -252,10 +252,31 @@ fn a_pull_killed_midway_leaves_nothing_used() {
                 "a half-pulled image is listed"
             );
         }
-        let img = c
-            .pull_image(&images.big)
+        // Through the CLI, which follows the pull's event stream.
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["image", "pull", &images.big])
+            .env("WARREN_URL", &second.url)
+            .output()
             .await
-            .expect("pull after the crash");
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), images.big);
+        let img = c
+            .get_image(&images.big)
+            .await
+            .expect("pulled after the crash");
+        // A tag the registry lacks: the stream's error event, typed.
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["image", "pull", &images.big.replace(":latest", ":nope")])
+            .env("WARREN_URL", &second.url)
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("image_not_found"),
+            "{out:?}"
+        );
         let sb = c.create_sandbox(&create_req(&img.name)).await.unwrap();
         let size = c.exec(&sb.id, &sh("wc -c < /data/blob")).await.unwrap();
         assert_eq!(size.stdout.trim(), (48u64 << 20).to_string());

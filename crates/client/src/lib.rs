@@ -32,6 +32,7 @@
 //! # }
 //! ```
 
+mod images;
 mod lifecycle;
 mod pools;
 mod ports;
@@ -51,6 +52,7 @@ use reqwest::{Method, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use images::{PullEvent, PullEvents};
 pub use lifecycle::{LifecycleEvent, LifecycleEvents};
 pub use warren_api::PortAddress;
 /// The name [`PortAddress`] had in this SDK before it moved to `warren_api`.
