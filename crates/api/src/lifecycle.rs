@@ -55,6 +55,10 @@ pub struct Snapshot {
     pub created_at: DateTime<Utc>,
     /// Storage backend that holds it (`dir` or `btrfs`).
     pub backend: String,
+    /// The image its files sit on: a restore uses it (absent for snapshots taken before
+    /// images were recorded, which are `host`'s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Body of `POST /v1/sandboxes/{id}/rollback`.

@@ -333,6 +333,7 @@ mod tests {
             size_bytes: 2048,
             created_at: now - chrono::TimeDelta::seconds(5),
             backend: "dir".into(),
+            image: None,
         };
         let t = snapshot_table(&[s], now);
         let lines: Vec<&str> = t.lines().collect();

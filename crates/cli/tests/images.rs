@@ -77,6 +77,32 @@ fn sandboxes_run_pulled_images_with_their_config() {
             .await
             .unwrap();
         assert_eq!(wrote.stdout, "new\n");
+        // A snapshot records its image; a restore sits on it without being told.
+        let snap = c.sandbox(&sb.id).snapshot(Some("edited")).await.unwrap();
+        assert_eq!(snap.image.as_deref(), Some(img.name.as_str()));
+        let restored = c
+            .create_sandbox(&CreateSandboxRequest {
+                snapshot: Some(snap.id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(restored.image, img.name);
+        let back = c
+            .exec(&restored.id, &sh("cat /opt/a.txt; ls /opt/dir"))
+            .await
+            .unwrap();
+        assert_eq!(back.stdout, "new\nz\n");
+        // Restoring it onto another image is refused.
+        let wrong = c
+            .create_sandbox(&CreateSandboxRequest {
+                snapshot: Some(snap.id.clone()),
+                image: Some("host".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(wrong.to_string().contains("invalid_request"), "{wrong}");
         let other = c.create_sandbox(&create_req(&img.name)).await.unwrap();
         let fresh = c.exec(&other.id, &sh("cat /opt/a.txt")).await.unwrap();
         assert_eq!(fresh.stdout, "hello\n");
@@ -118,6 +144,16 @@ fn sandboxes_run_pulled_images_with_their_config() {
         }
         c.delete_sandbox(&sb.id).await.unwrap();
         c.delete_sandbox(&other.id).await.unwrap();
+        c.delete_sandbox(&restored.id).await.unwrap();
+        // Still needed by the snapshot (a restore sits on it).
+        match c.delete_image(&img.name).await {
+            Err(Error::Api { code, message, .. }) => {
+                assert_eq!(code, "image_in_use");
+                assert!(message.contains(&snap.id), "{message}");
+            }
+            other => panic!("delete with a snapshot: {other:?}"),
+        }
+        c.delete_snapshot(&snap.id).await.unwrap();
         c.delete_image(&img.name).await.expect("delete");
         assert!(c.get_image(&img.name).await.is_err());
         // bb-zstd's layers (the same tars) were kept for it.

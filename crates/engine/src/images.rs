@@ -376,6 +376,17 @@ impl Engine {
                 users.join(", ")
             )));
         }
+        let snapshot = self
+            .snapshots_map()
+            .values()
+            .find(|s| s.image.as_deref() == Some(img.name.as_str()))
+            .map(|s| s.id.clone());
+        if let Some(snap) = snapshot {
+            return Err(EngineError::ImageInUse(format!(
+                "image {} is used by snapshot {snap} (a restore needs it)",
+                img.name
+            )));
+        }
         if let Some(pool) = self.pool_using_image(&img.name) {
             return Err(EngineError::ImageInUse(format!(
                 "image {} is used by pool {pool}",

@@ -662,11 +662,22 @@ impl Engine {
                 req.env = env;
             }
         }
+        // A restore sits on the snapshot's image (its files are a layer over it).
+        let snapshot_image = req
+            .snapshot
+            .as_ref()
+            .and_then(|s| self.snapshots_map().get(s).and_then(|s| s.image.clone()));
         let image = req
             .image
             .clone()
+            .or_else(|| snapshot_image.clone())
             .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
         let image = self.resolve_image(&image).await?;
+        if let Some(snap_image) = snapshot_image.filter(|s| *s != image) {
+            return Err(EngineError::InvalidRequest(format!(
+                "the snapshot's files sit on image {snap_image}, not {image}: leave `image` out"
+            )));
+        }
         let resources = validate::resources(req.resources.as_ref(), c)?;
         validate::env("env", &req.env)?;
         let network = self.resolve_network(req.network.as_ref())?;

@@ -48,7 +48,7 @@ fn snapshot_error(e: RuntimeError) -> EngineError {
 }
 
 impl Engine {
-    fn snapshots_map(
+    pub(crate) fn snapshots_map(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Snapshot>> {
         self.inner
@@ -103,6 +103,7 @@ impl Engine {
         let _guard = lock.lock_owned().await;
         let snap_id = self.snapshot_files(id).await?;
         let (size_bytes, backend) = snap_id.1;
+        let image = self.map().get(id).map(|e| e.record.image.clone());
         let snap = Snapshot {
             id: snap_id.0,
             sandbox_id: id.to_string(),
@@ -110,6 +111,7 @@ impl Engine {
             size_bytes,
             created_at: crate::now_ms(),
             backend,
+            image,
         };
         if let Err(e) = self.inner.store.insert_snapshot(&snap).await {
             let _ = self.inner.runtime.delete_snapshot(&snap.id).await;

@@ -130,6 +130,8 @@ const MIGRATIONS: &[Migration] = &[
     // NULL: no broker credentials. Otherwise `StoredCredentials` as JSON: the values
     // sealed under the daemon's key, and their masked view.
     Migration::SandboxesColumn("credentials", "TEXT"),
+    // The image a snapshot's files sit on (NULL: taken before it was recorded, i.e. host).
+    Migration::Sql("ALTER TABLE snapshots ADD COLUMN image TEXT;"),
 ];
 
 /// Bring the store at `conn` to the newest schema, each step in one transaction with the
@@ -576,15 +578,17 @@ impl Store {
         let s = s.clone();
         self.write(move |c| {
             c.execute(
-                "INSERT INTO snapshots (id, sandbox_id, name, size_bytes, created_at_ms, backend)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO snapshots (id, sandbox_id, name, size_bytes, created_at_ms, backend,
+                 image)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     s.id,
                     s.sandbox_id,
                     s.name,
                     s.size_bytes as i64,
                     s.created_at.timestamp_millis(),
-                    s.backend
+                    s.backend,
+                    s.image
                 ],
             )
             .map(|_| ())
@@ -604,7 +608,7 @@ impl Store {
     pub async fn load_snapshots(&self) -> Result<Vec<Snapshot>, EngineError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, sandbox_id, name, size_bytes, created_at_ms, backend
+                "SELECT id, sandbox_id, name, size_bytes, created_at_ms, backend, image
                  FROM snapshots ORDER BY created_at_ms, id",
             )?;
             let rows = stmt
@@ -616,6 +620,7 @@ impl Store {
                         size_bytes: row.get::<_, i64>(3)?.max(0) as u64,
                         created_at: ms_to_time(row.get(4)?),
                         backend: row.get(5)?,
+                        image: row.get(6)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
