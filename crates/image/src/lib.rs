@@ -512,14 +512,7 @@ impl ImageStore {
         let _r = self.inner.records.blocking_read();
         for (i, (layer, blob)) in imported.layers.iter().enumerate() {
             let dest = self.layer_path(&layer.diff_id)?;
-            let lock = {
-                let mut map = self
-                    .inner
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                map.entry(layer.diff_id.clone()).or_default().clone()
-            };
+            let lock = self.layer_lock(&layer.diff_id);
             let _held = lock.blocking_lock();
             if dest.exists() {
                 continue;
@@ -592,14 +585,7 @@ impl ImageStore {
         progress: &(impl Fn(Progress) + Send + Sync),
     ) -> Result<(), ImageError> {
         let dest = self.layer_path(&layer.diff_id)?;
-        let lock = {
-            let mut map = self
-                .inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            map.entry(layer.diff_id.clone()).or_default().clone()
-        };
+        let lock = self.layer_lock(&layer.diff_id);
         let _held = lock.lock().await;
         if dest.exists() {
             debug!(layer = %layer.diff_id, "layer already stored");
@@ -618,12 +604,19 @@ impl ImageStore {
             Err(e) => Err(e),
         };
         let _ = tokio::fs::remove_file(&blob).await;
-        self.inner
+        result
+    }
+
+    /// The lock of layer `diff_id`: whoever fetches or imports it holds it, so a second
+    /// comer waits and then finds the layer stored. Kept for the process's life (one small
+    /// entry per layer ever stored), so no two fetches of a layer ever run at once.
+    fn layer_lock(&self, diff_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self
+            .inner
             .inflight
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&layer.diff_id);
-        result
+            .unwrap_or_else(|p| p.into_inner());
+        map.entry(diff_id.to_string()).or_default().clone()
     }
 
     async fn download(

@@ -407,7 +407,6 @@ pub async fn file_op<T: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A short description of an unexpected frame (never its payload).
 /// Opens a TCP connection to `port` inside the sandbox ([`Request::Connect`]): sends the
 /// request, waits for [`Event::Connected`] (an [`Event::Error`], e.g. `connection_refused`,
 /// becomes [`ProtoError::Remote`]) and returns the connection, which from then on carries the
@@ -421,20 +420,33 @@ pub async fn connect<T: AsyncRead + AsyncWrite + Send + Unpin>(
     framed
         .send(Frame::Request(Request::Connect { port }))
         .await?;
+    expect_event(&mut framed, |e| matches!(e, Event::Connected)).await?;
+    Ok(raw(framed))
+}
+
+/// Waits for the next frame to be the event `want` picks; an [`Event::Error`] becomes
+/// [`ProtoError::Remote`], anything else [`ProtoError::Unexpected`].
+async fn expect_event<T: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<T, FrameCodec>,
+    want: fn(&Event) -> bool,
+) -> Result<(), ProtoError> {
     match framed.next().await {
-        Some(Ok(Frame::Event(Event::Connected))) => {
-            let parts = framed.into_parts();
-            Ok(RawStream {
-                prefix: parts.read_buf,
-                io: parts.io,
-            })
-        }
+        Some(Ok(Frame::Event(e))) if want(&e) => Ok(()),
         Some(Ok(Frame::Event(Event::Error { code, message }))) => {
             Err(ProtoError::Remote { code, message })
         }
         Some(Ok(other)) => Err(ProtoError::Unexpected(describe(&other))),
         Some(Err(e)) => Err(e),
         None => Err(ProtoError::Closed),
+    }
+}
+
+/// The connection after its last frame: raw bytes, those already read first.
+fn raw<T>(framed: Framed<T, FrameCodec>) -> RawStream<T> {
+    let parts = framed.into_parts();
+    RawStream {
+        prefix: parts.read_buf,
+        io: parts.io,
     }
 }
 
@@ -450,15 +462,8 @@ pub async fn listen<T: AsyncRead + AsyncWrite + Send + Unpin>(
     framed
         .send(Frame::Request(Request::Accept { port }))
         .await?;
-    match framed.next().await {
-        Some(Ok(Frame::Event(Event::Listening))) => Ok(Listening { framed }),
-        Some(Ok(Frame::Event(Event::Error { code, message }))) => {
-            Err(ProtoError::Remote { code, message })
-        }
-        Some(Ok(other)) => Err(ProtoError::Unexpected(describe(&other))),
-        Some(Err(e)) => Err(e),
-        None => Err(ProtoError::Closed),
-    }
+    expect_event(&mut framed, |e| matches!(e, Event::Listening)).await?;
+    Ok(Listening { framed })
 }
 
 /// A [`Request::Accept`] waiting for a connection inside the sandbox. Dropping it gives up
@@ -472,21 +477,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Listening<T> {
     /// Waits for [`Event::Connected`]: the connection then carries the raw bytes of the
     /// accepted TCP stream (bytes read past the frame are replayed first).
     pub async fn accepted(mut self) -> Result<RawStream<T>, ProtoError> {
-        match self.framed.next().await {
-            Some(Ok(Frame::Event(Event::Connected))) => {
-                let parts = self.framed.into_parts();
-                Ok(RawStream {
-                    prefix: parts.read_buf,
-                    io: parts.io,
-                })
-            }
-            Some(Ok(Frame::Event(Event::Error { code, message }))) => {
-                Err(ProtoError::Remote { code, message })
-            }
-            Some(Ok(other)) => Err(ProtoError::Unexpected(describe(&other))),
-            Some(Err(e)) => Err(e),
-            None => Err(ProtoError::Closed),
-        }
+        expect_event(&mut self.framed, |e| matches!(e, Event::Connected)).await?;
+        Ok(raw(self.framed))
     }
 }
 
@@ -551,6 +543,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for RawStream<T> {
     }
 }
 
+/// A short description of an unexpected frame (never its payload).
 fn describe(frame: &Frame) -> String {
     match frame {
         Frame::Request(Request::Ping) => "ping request".into(),

@@ -187,10 +187,8 @@ fn idmapped_layer(src: &Path, ns: BorrowedFd<'_>) -> Result<OwnedFd, InitError> 
 }
 
 /// Mount an overlay whose lower layer is the detached mount `layer` under `upper` at
-/// `dest`. The layer is handed to overlayfs as a file descriptor (`lowerdir+`, Linux 6.13):
-/// no staging directory, no extra mount in the table. Older kernels refuse that; there the
-/// layer is attached at `staging` (made if missing, root-only) for the mount and detached
-/// again after it (the overlay keeps its own reference).
+/// `dest` (see [`mount_overlay_layers`]; on kernels before 6.13 it is staged at
+/// `staging/0`).
 fn mount_overlay_on(
     layer: &OwnedFd,
     staging: &Path,
@@ -198,32 +196,14 @@ fn mount_overlay_on(
     work: &Path,
     dest: &Path,
 ) -> Result<(), InitError> {
-    use rustix::mount::{
-        fsconfig_create, fsconfig_set_fd, fsconfig_set_string, fsmount, fsopen, FsMountFlags,
-        FsOpenFlags, MountAttrFlags,
-    };
-    let what = || format!("mount overlay at {}", dest.display());
-    let ctx = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
-        .map_err(|e| overlay_error(what(), None, e))?;
-    if let Err(e) = fsconfig_set_fd(&ctx, "lowerdir+", layer) {
-        if e != rustix::io::Errno::INVAL {
-            return Err(overlay_error(what(), Some(&ctx), e));
-        }
-        drop(ctx);
-        return mount_overlay_staged(layer, staging, upper, work, dest);
-    }
-    let mounted = fsconfig_set_string(&ctx, "upperdir", upper)
-        .and_then(|()| fsconfig_set_string(&ctx, "workdir", work))
-        .and_then(|()| fsconfig_create(&ctx))
-        .and_then(|()| {
-            fsmount(
-                &ctx,
-                FsMountFlags::FSMOUNT_CLOEXEC,
-                MountAttrFlags::MOUNT_ATTR_NODEV | MountAttrFlags::MOUNT_ATTR_NOSUID,
-            )
-        })
-        .map_err(|e| overlay_error(what(), Some(&ctx), e))?;
-    userns::attach(&mounted, dest).map_err(io_ctx(what()))
+    mount_overlay_layers(
+        std::slice::from_ref(layer),
+        true,
+        staging,
+        upper,
+        work,
+        dest,
+    )
 }
 
 /// Mount an overlay of `layers` (open directories or detached mounts, top-most first) under
@@ -349,25 +329,6 @@ fn overlay_error(what: String, ctx: Option<&OwnedFd>, e: rustix::io::Errno) -> I
         format!("{what} ({})", said.join("; "))
     };
     sys(what)(Errno::from_raw(e.raw_os_error()))
-}
-
-/// [`mount_overlay_on`] for kernels before 6.13: the layer attached at `staging` for the
-/// mount, detached after it.
-fn mount_overlay_staged(
-    layer: &OwnedFd,
-    staging: &Path,
-    upper: &Path,
-    work: &Path,
-    dest: &Path,
-) -> Result<(), InitError> {
-    let mut dirs = fs::DirBuilder::new();
-    dirs.recursive(true).mode(0o700);
-    dirs.create(staging)
-        .map_err(io_ctx(format!("mkdir {}", staging.display())))?;
-    userns::attach(layer, staging).map_err(io_ctx(format!("attach {}", staging.display())))?;
-    let mounted = mount_overlay_at(staging, upper, work, dest);
-    umount2(staging, MntFlags::MNT_DETACH).map_err(sys(format!("detach {}", staging.display())))?;
-    mounted
 }
 
 /// What PID 1 mounts itself, in its own (user-namespaced) mount namespace, on the root the
@@ -689,7 +650,23 @@ mod tests {
         };
         overlay(mount_overlay_on, "up1", "1").unwrap();
         check("1");
-        overlay(mount_overlay_staged, "up2", "2").unwrap();
+        fn staged(
+            layer: &OwnedFd,
+            staging: &Path,
+            upper: &Path,
+            work: &Path,
+            dest: &Path,
+        ) -> Result<(), InitError> {
+            mount_layers_staged(
+                std::slice::from_ref(layer),
+                true,
+                staging,
+                upper,
+                work,
+                dest,
+            )
+        }
+        overlay(staged, "up2", "2").unwrap();
         assert!(staging.is_dir());
         check("2");
         // A bad upper layer is a clear error, with what overlayfs said.
