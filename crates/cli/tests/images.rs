@@ -8,7 +8,7 @@ mod common;
 use common::{rt, sh, Daemon};
 use warren_api::{CreateSandboxRequest, ExecRequest, ExecUser};
 use warren_client::Error;
-use warren_testkit::registry::{push_test_images, Registry, BB_OUTPUT};
+use warren_testkit::registry::{copy_image, push_test_images, Registry, BB_OUTPUT};
 
 fn create_req(image: &str) -> CreateSandboxRequest {
     CreateSandboxRequest {
@@ -189,18 +189,7 @@ fn sandboxes_run_pulled_images_with_their_config() {
 
         // An OCI archive (as skopeo writes it) imported under a name of its own, then used.
         let archive = d.data_dir.with_extension("bb-oci.tar");
-        let copied = std::process::Command::new("skopeo")
-            .args([
-                "copy",
-                "--quiet",
-                "--insecure-policy",
-                "--src-tls-verify=false",
-            ])
-            .arg(format!("docker://{}", images.bb))
-            .arg(format!("oci-archive:{}", archive.display()))
-            .output()
-            .unwrap();
-        assert!(copied.status.success(), "{copied:?}");
+        copy_image(&images.bb, &format!("oci-archive:{}", archive.display())).expect("skopeo copy");
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
             .args(["image", "import", "local/bb:1"])
             .arg(&archive)

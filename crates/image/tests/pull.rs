@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use warren_image::{ImageError, ImageStore, Progress, RegistryConfig};
-use warren_testkit::registry::{push_test_images, Registry, BB_ENV, BB_LAYERS};
+use warren_testkit::registry::{copy_image, push_test_images, Registry, BB_ENV, BB_LAYERS};
 
 fn store(root: &Path, reg: &Registry) -> ImageStore {
     ImageStore::open(
@@ -153,22 +153,7 @@ fn oci_and_docker_archives_import() {
     let archives = dir.path().join("archives");
     std::fs::create_dir_all(&archives).unwrap();
     let copy = |dest: String| {
-        let out = std::process::Command::new("skopeo")
-            .args([
-                "copy",
-                "--quiet",
-                "--insecure-policy",
-                "--src-tls-verify=false",
-            ])
-            .arg(format!("docker://{}", images.bb))
-            .arg(&dest)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{dest}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        copy_image(&images.bb, &dest).unwrap_or_else(|e| panic!("{dest}: {e}"));
     };
     let oci = archives.join("bb-oci.tar");
     let docker = archives.join("bb-docker.tar");

@@ -524,6 +524,17 @@ fn umoci(w: &Path, args: &[&str]) -> io::Result<()> {
     run(Command::new("umoci").current_dir(w).args(args))
 }
 
+/// Copy the pushed image `reference` (`host:port/name:tag` of a [`Registry`]) to `dest`, a
+/// skopeo destination such as `oci-archive:/path/img.tar` or
+/// `docker-archive:/path/img.tar:name:tag` (tests of importing archives).
+pub fn copy_image(reference: &str, dest: &str) -> io::Result<()> {
+    let work = std::env::temp_dir();
+    run(skopeo(&work)
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(dest))
+}
+
 /// `skopeo --insecure-policy` (no /etc/containers/policy.json needed) in `w`, with its big
 /// temp files in `w` too.
 fn skopeo(w: &Path) -> Command {
