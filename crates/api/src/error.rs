@@ -56,6 +56,14 @@ pub enum ErrorCode {
     ImageInUse,
     /// The registry could not be reached, refused, or sent something unusable.
     RegistryError,
+    /// No volume of that name.
+    VolumeNotFound,
+    /// The volume is mounted by a sandbox.
+    VolumeInUse,
+    /// A volume of that name exists already.
+    VolumeExists,
+    /// A template build failed (a step exited non-zero, an input was missing).
+    BuildFailed,
 }
 
 impl ErrorCode {
@@ -108,6 +116,10 @@ impl ErrorCode {
         ErrorCode::NetworkUnavailable,
         ErrorCode::ImageInUse,
         ErrorCode::RegistryError,
+        ErrorCode::VolumeNotFound,
+        ErrorCode::VolumeInUse,
+        ErrorCode::VolumeExists,
+        ErrorCode::BuildFailed,
     ];
 
     /// The code on the wire (`snake_case`).
@@ -160,6 +172,10 @@ impl ErrorCode {
             ErrorCode::NetworkUnavailable => "network_unavailable",
             ErrorCode::ImageInUse => "image_in_use",
             ErrorCode::RegistryError => "registry_error",
+            ErrorCode::VolumeNotFound => "volume_not_found",
+            ErrorCode::VolumeInUse => "volume_in_use",
+            ErrorCode::VolumeExists => "volume_exists",
+            ErrorCode::BuildFailed => "build_failed",
         }
     }
 

@@ -22,8 +22,10 @@ mod pools;
 pub use pools::*;
 mod images;
 mod network;
+mod volumes;
 pub use images::*;
 pub use network::*;
+pub use volumes::*;
 
 /// Name of the image that needs no download: the host's `/usr` plus a generated skeleton.
 pub const DEFAULT_IMAGE: &str = "host";
@@ -100,6 +102,10 @@ pub struct CreateSandboxRequest {
     /// `GET /v1/capabilities` `network.broker`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<CredentialRequest>,
+    /// Volumes and host directories to mount. They are not part of the sandbox's snapshots
+    /// (a restore or fork mounts the same volumes, as they are then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
 }
 
 /// Lifecycle state of a sandbox.
@@ -214,6 +220,9 @@ pub struct Sandbox {
     /// Its broker credentials, values masked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<SandboxCredential>,
+    /// Its volume and host directory mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
 }
 
 /// Where a sandbox's port is reachable from the server's host.
@@ -510,6 +519,12 @@ pub struct Features {
     /// Warm pools (`/v1/pools`).
     #[serde(default)]
     pub pools: bool,
+    /// Named volumes (`/v1/volumes`) and host directory mounts.
+    #[serde(default)]
+    pub volumes: bool,
+    /// Dockerfile builds (`/v1/templates`).
+    #[serde(default)]
+    pub templates: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -175,6 +175,13 @@ pub struct StorageInfo {
     /// where the kernel offers no quota: a sandbox can fill the file system then.
     #[serde(default)]
     pub disk_quota: bool,
+    /// Whether a volume's `size_mib` is enforced (the same quotas as `disk_quota`).
+    #[serde(default)]
+    pub volume_quota: bool,
+    /// Host directory prefixes a sandbox may mount from (`volumes[].host_path`); empty:
+    /// none (`warren serve --allow-host-path`).
+    #[serde(default)]
+    pub allowed_host_paths: Vec<String>,
 }
 
 #[cfg(test)]

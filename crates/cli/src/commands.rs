@@ -117,6 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Snapshot(cmd) => crate::lifecycle::snapshot(&client, cmd).await,
         Command::Pool(cmd) => crate::pools::run(&client, cmd).await,
         Command::Image(cmd) => crate::images::run(&client, cmd).await,
+        Command::Volume(cmd) => crate::volumes::run(&client, cmd).await,
         Command::Rollback { id, snapshot } => {
             let sb = client.rollback(&id, &snapshot).await?;
             println!("{} {}", sb.id, sb.state);
@@ -416,6 +417,7 @@ fn create_request(opts: &SandboxOpts) -> CreateSandboxRequest {
         pool: opts.pool.clone(),
         network: opts.net.request(),
         credentials: opts.credentials.clone(),
+        volumes: opts.volumes.clone(),
     }
 }
 
@@ -603,6 +605,7 @@ mod tests {
                 egress: Default::default(),
             },
             credentials: Vec::new(),
+            volumes: Vec::new(),
         };
         let t = table(
             &[sb("sb-1", &[]), sb("sb-longer", &[("a", "1"), ("b", "2")])],

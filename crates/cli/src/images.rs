@@ -105,9 +105,11 @@ pub async fn run(client: &Client, cmd: ImageCommand) -> anyhow::Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&images)?);
                 return Ok(0);
             }
-            let mut rows = vec![["NAME", "DIGEST", "LAYERS", "SIZE"].map(String::from)];
+            let mut rows = vec![["NAME", "DIGEST", "LAYERS", "SIZE"]
+                .map(String::from)
+                .to_vec()];
             for i in &images {
-                rows.push([
+                rows.push(vec![
                     i.name.clone(),
                     i.digest
                         .as_deref()
@@ -117,17 +119,7 @@ pub async fn run(client: &Client, cmd: ImageCommand) -> anyhow::Result<u8> {
                     format!("{:.1}M", i.size_bytes as f64 / (1 << 20) as f64),
                 ]);
             }
-            let widths: Vec<usize> = (0..4)
-                .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-                .collect();
-            for r in rows {
-                let line: Vec<String> = r
-                    .iter()
-                    .zip(&widths)
-                    .map(|(cell, w)| format!("{cell:<w$}"))
-                    .collect();
-                println!("{}", line.join("  ").trim_end());
-            }
+            print!("{}", crate::table::columns(&rows));
             Ok(0)
         }
         ImageCommand::Inspect { name } => {

@@ -9,8 +9,10 @@ mod lifecycle;
 mod pools;
 mod serve;
 mod serve_args;
+mod table;
 mod terminal;
 mod time;
+mod volumes;
 
 use std::ffi::OsStr;
 use std::process::ExitCode;
@@ -230,6 +232,9 @@ enum Command {
     /// OCI images pulled from registries (`create --image NAME`).
     #[command(subcommand)]
     Image(images::ImageCommand),
+    /// Named volumes that outlive sandboxes (`create -v NAME:/path`).
+    #[command(subcommand)]
+    Volume(volumes::VolumeCommand),
     /// Replace a sandbox's files with a snapshot's (a running sandbox is stopped and started
     /// again, with fresh processes).
     Rollback { id: String, snapshot: String },
@@ -390,6 +395,11 @@ struct SandboxOpts {
     /// and the token variable holds a token for this sandbox only.
     #[arg(long = "credential", value_name = "SPEC", value_parser = credential::parse)]
     credentials: Vec<warren_api::CredentialRequest>,
+    /// Mount a volume or host directory (repeatable): `NAME:PATH`, `NAME/SUB/DIR:PATH`
+    /// (a directory in the volume, made if missing) or `/HOST/DIR:PATH` (under a prefix the
+    /// server allows); `:ro` at the end mounts it read-only.
+    #[arg(long = "volume", short = 'v', value_name = "SRC:PATH[:ro]", value_parser = volumes::parse_mount)]
+    volumes: Vec<warren_api::VolumeMount>,
 }
 
 /// Network flags of `create`, `run` and `network`.

@@ -154,6 +154,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.id_ranges.exclude = warren_engine::idmaps::host_accounts(Path::new("/"));
     config.default_network = settings.default_network;
     config.pull_policy = settings.pull;
+    config.allowed_host_paths = settings.allow_host_paths.clone();
     config.images = Some(
         warren_image::ImageStore::open(
             &settings.data_dir.join("oci"),

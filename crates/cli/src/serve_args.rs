@@ -163,6 +163,10 @@ pub struct ServeArgs {
     /// 404 `image_not_found`) [default: missing].
     #[arg(long, value_enum, value_name = "POLICY")]
     pub pull: Option<PullKind>,
+    /// A host directory sandboxes may mount from, with what lies under it (repeatable;
+    /// `volumes[].host_path`, `warren create -v /DIR:/PATH`) [default: none].
+    #[arg(long, value_name = "DIR")]
+    pub allow_host_path: Option<Vec<PathBuf>>,
     /// Warm pools (config file only: `[[pools]]` tables).
     #[arg(skip)]
     #[serde(default)]
@@ -311,6 +315,7 @@ pub struct Settings {
     pub insecure_registries: Vec<String>,
     pub pull: warren_engine::images::PullPolicy,
     pub registries: BTreeMap<String, warren_image::RegistryCredentials>,
+    pub allow_host_paths: Vec<PathBuf>,
 }
 
 impl ServeArgs {
@@ -378,6 +383,7 @@ impl ServeArgs {
             max_exec_output,
             insecure_registry,
             pull,
+            allow_host_path,
         )
     }
 
@@ -441,6 +447,19 @@ impl ServeArgs {
                 _ => warren_engine::images::PullPolicy::Missing,
             },
             registries: self.registries,
+            allow_host_paths: self
+                .allow_host_path
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| {
+                    if !p.is_absolute() {
+                        anyhow::bail!("--allow-host-path {}: must be absolute", p.display());
+                    }
+                    // Canonical, so a mount's resolved path is compared with what it is.
+                    std::fs::canonicalize(&p)
+                        .map_err(|e| anyhow::anyhow!("--allow-host-path {}: {e}", p.display()))
+                })
+                .collect::<anyhow::Result<_>>()?,
             pools: self
                 .pools
                 .into_iter()

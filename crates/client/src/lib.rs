@@ -39,6 +39,7 @@ mod ports;
 mod processes;
 mod search;
 mod sse;
+mod volumes;
 
 use std::collections::VecDeque;
 use std::pin::Pin;

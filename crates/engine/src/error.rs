@@ -22,6 +22,20 @@ pub enum EngineError {
     /// Pulling from a registry failed.
     #[error("{0}")]
     Registry(String),
+    /// The server's configuration does not allow it (403 `permission_denied`), e.g. a host
+    /// directory outside every allowed prefix.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("volume {0} not found")]
+    VolumeNotFound(String),
+    /// The volume is mounted by sandboxes (their ids in the message).
+    #[error("{0}")]
+    VolumeInUse(String),
+    #[error("volume {0} exists already")]
+    VolumeExists(String),
+    /// A template build failed: a step exited non-zero, an input was missing.
+    #[error("{0}")]
+    BuildFailed(String),
     /// The sandbox is in a state that does not allow the operation (409).
     #[error("sandbox {id} is {state}: {message}")]
     InvalidState {
@@ -107,6 +121,11 @@ impl EngineError {
             EngineError::ImageNotFound(_) => C::ImageNotFound,
             EngineError::ImageInUse(_) => C::ImageInUse,
             EngineError::Registry(_) => C::RegistryError,
+            EngineError::PermissionDenied(_) => C::PermissionDenied,
+            EngineError::VolumeNotFound(_) => C::VolumeNotFound,
+            EngineError::VolumeInUse(_) => C::VolumeInUse,
+            EngineError::VolumeExists(_) => C::VolumeExists,
+            EngineError::BuildFailed(_) => C::BuildFailed,
             EngineError::InvalidState { .. } => C::InvalidState,
             EngineError::InvalidTransition { .. } => C::InvalidTransition,
             EngineError::Paused(_) => C::SandboxPaused,

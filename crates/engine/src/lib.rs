@@ -23,6 +23,7 @@ mod recover;
 mod snapshots;
 mod store;
 mod validate;
+mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -134,6 +135,9 @@ pub struct EngineConfig {
     pub images: Option<warren_image::ImageStore>,
     /// Whether a create pulls an image the store lacks (`warren serve --pull`).
     pub pull_policy: images::PullPolicy,
+    /// Host directories sandboxes may mount from (`warren serve --allow-host-path`):
+    /// absolute, canonical paths. Empty: none.
+    pub allowed_host_paths: Vec<PathBuf>,
 }
 
 impl EngineConfig {
@@ -189,6 +193,7 @@ impl EngineConfig {
             default_network: warren_runtime::NetworkMode::Nat,
             images: None,
             pull_policy: images::PullPolicy::Missing,
+            allowed_host_paths: Vec::new(),
         }
     }
 }
@@ -298,6 +303,8 @@ struct Inner {
     /// Records deleted from memory whose removal from the store failed (retried, see
     /// [`Engine::resync_store`]).
     unsynced_removals: Mutex<std::collections::BTreeSet<String>>,
+    /// Named volumes, by name (see `volumes`).
+    volumes: Mutex<BTreeMap<String, volumes::VolumeEntry>>,
 }
 
 struct Entry {
@@ -355,6 +362,7 @@ fn to_api(r: &Record, gateway: Option<std::net::Ipv4Addr>) -> Sandbox {
             .as_ref()
             .map(|c| c.shown.clone())
             .unwrap_or_default(),
+        volumes: r.volumes.clone(),
     }
 }
 
@@ -479,8 +487,10 @@ impl Engine {
                 broker,
                 image_defaults: Mutex::new(HashMap::new()),
                 unsynced_removals: Default::default(),
+                volumes: Mutex::new(BTreeMap::new()),
             }),
         };
+        engine.load_volumes().await?;
         engine.recover().await?;
         engine.reapply_policies().await;
         engine.restore_credentials().await;
@@ -570,6 +580,8 @@ impl Engine {
                 stats: info.stats,
                 events: true,
                 pools: true,
+                volumes: info.volumes,
+                templates: c.images.is_some() && info.volumes,
             },
             limits: Limits {
                 max_sandboxes: c.max_sandboxes,
@@ -598,6 +610,12 @@ impl Engine {
                 reflink: info.reflink,
                 available: info.storage_available,
                 disk_quota: info.disk_quota,
+                volume_quota: info.volume_quota,
+                allowed_host_paths: c
+                    .allowed_host_paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
             },
             network: self.network_capabilities(),
         }
@@ -681,6 +699,7 @@ impl Engine {
         let resources = validate::resources(req.resources.as_ref(), c)?;
         validate::env("env", &req.env)?;
         let network = self.resolve_network(req.network.as_ref())?;
+        let volumes = self.resolve_mounts(&req.volumes).await?;
         // Reading a snapshot: it cannot be deleted until the files are copied.
         let reader = match (&hidden_snapshot, &req.snapshot) {
             (Some(_), _) | (None, None) => None,
@@ -717,6 +736,7 @@ impl Engine {
             host_id: None,
             network,
             credentials: None,
+            volumes,
         };
         // Checked (and registered under the new id) before anything is made.
         record.credentials = self.register_credentials(&record.id, &req.credentials)?;
@@ -764,6 +784,8 @@ impl Engine {
             let mut map = self.map();
             // Checked under the lock: `shutdown` sets the flag before it collects the ids.
             self.check_open()?;
+            // Under the map lock: a volume delete checks its users under it too.
+            self.check_volumes_exist(&record.volumes)?;
             record.host_id = self.allocate_host_id(&map)?;
             self.allocate_address(&map, &mut record.network)?;
             let evicted = self.admit_locked(&mut map, record, who)?;
@@ -801,6 +823,7 @@ impl Engine {
             snapshot,
             idmap: record.host_id.map(warren_runtime::IdMap::new),
             network: record.network.clone(),
+            mounts: self.runtime_mounts(&record.volumes),
         })
     }
 

@@ -434,6 +434,12 @@ impl Engine {
                     "`pool` and `snapshot` cannot be combined".into(),
                 ));
             }
+            if !req.volumes.is_empty() {
+                // A pool's sandboxes are made before anyone asks for mounts.
+                return Err(EngineError::InvalidRequest(
+                    "`pool` and `volumes` cannot be combined".into(),
+                ));
+            }
             let def = self
                 .inner
                 .pools
@@ -459,7 +465,7 @@ impl Engine {
             }
             return Ok(vec![(name.clone(), def)]);
         }
-        if req.snapshot.is_some() {
+        if req.snapshot.is_some() || !req.volumes.is_empty() {
             return Ok(Vec::new());
         }
         let candidates: Vec<(String, PoolDef)> = self
@@ -725,6 +731,7 @@ impl Engine {
             network: def.network.clone(),
             // A claim's, if it brings any.
             credentials: None,
+            volumes: Vec::new(),
         };
         let guard = self.admit_insert(&mut record, Admit::Member)?;
         self.emit(

@@ -385,6 +385,8 @@ impl Engine {
             network: Some(crate::network::request_of(&source.network)),
             // The same keys; its own tokens.
             credentials: self.credential_requests(source.credentials.as_ref())?,
+            // The same volumes (not copied: they are not part of snapshots).
+            volumes: source.volumes.clone(),
         };
         let result = self.create_inner(create, Some(snap_id.clone())).await;
         // The new sandbox has its own copy; the fork's snapshot is not kept.

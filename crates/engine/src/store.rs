@@ -38,6 +38,16 @@ pub struct Record {
     pub network: warren_runtime::NetworkSpec,
     /// Its broker credentials, sealed (see `broker`); `None` without any.
     pub credentials: Option<crate::broker::StoredCredentials>,
+    /// Its volume and host directory mounts (validated, see `volumes`).
+    pub volumes: Vec<warren_api::VolumeMount>,
+}
+
+/// A named volume as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRow {
+    pub name: String,
+    pub size_mib: Option<u64>,
+    pub created_at: DateTime<Utc>,
 }
 
 /// A sandbox's lifecycle options (stored as one JSON column, see `rows::LifecycleRow`).
@@ -132,6 +142,15 @@ const MIGRATIONS: &[Migration] = &[
     Migration::SandboxesColumn("credentials", "TEXT"),
     // The image a snapshot's files sit on (NULL: taken before it was recorded, i.e. host).
     Migration::Sql("ALTER TABLE snapshots ADD COLUMN image TEXT;"),
+    // Named volumes, and each sandbox's mounts (NULL: none) as JSON.
+    Migration::Sql(
+        "CREATE TABLE IF NOT EXISTS volumes (
+            name           TEXT PRIMARY KEY,
+            size_mib       INTEGER,
+            created_at_ms  INTEGER NOT NULL
+        );",
+    ),
+    Migration::SandboxesColumn("volumes", "TEXT"),
 ];
 
 /// Bring the store at `conn` to the newest schema, each step in one transaction with the
@@ -371,12 +390,17 @@ impl Store {
             serde_json::to_string(&LifecycleRow::from(&r.lifecycle)).map_err(store_err)?;
         let network = serde_json::to_string(&r.network).map_err(store_err)?;
         let credentials = credentials_column(&r)?;
+        let volumes = if r.volumes.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&r.volumes).map_err(store_err)?)
+        };
         self.write(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO sandboxes (id, state, image, created_at_ms, expires_at_ms,
                  timeout_secs, metadata, env, resources, failure_reason, state_changed_at_ms,
-                 lifecycle, host_id, network, credentials)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 lifecycle, host_id, network, credentials, volumes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     r.id,
                     r.state.as_str(),
@@ -393,6 +417,7 @@ impl Store {
                     r.host_id.map(i64::from),
                     network,
                     credentials,
+                    volumes,
                 ],
             )
             .map(|_| ())
@@ -502,7 +527,7 @@ impl Store {
                 let mut stmt = c.prepare(
                     "SELECT id, state, image, created_at_ms, expires_at_ms, timeout_secs,
                             metadata, env, resources, failure_reason, state_changed_at_ms,
-                            lifecycle, host_id, network, credentials
+                            lifecycle, host_id, network, credentials, volumes
                      FROM sandboxes ORDER BY created_at_ms",
                 )?;
                 let rows = stmt
@@ -523,6 +548,7 @@ impl Store {
                             row.get::<_, Option<i64>>(12)?,
                             row.get::<_, Option<String>>(13)?,
                             row.get::<_, Option<String>>(14)?,
+                            row.get::<_, Option<String>>(15)?,
                         ))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -531,7 +557,24 @@ impl Store {
             .await?;
         rows.into_iter()
             .map(
-                |(id, state, image, c, e, t, m, env, res, reason, changed, lc, host, net, cred)| {
+                |(
+                    id,
+                    state,
+                    image,
+                    c,
+                    e,
+                    t,
+                    m,
+                    env,
+                    res,
+                    reason,
+                    changed,
+                    lc,
+                    host,
+                    net,
+                    cred,
+                    vols,
+                )| {
                     // An unreadable column loses the credentials (logged), not the sandbox.
                     let credentials = cred.and_then(|c| {
                         serde_json::from_str(&c)
@@ -540,6 +583,14 @@ impl Store {
                             })
                             .ok()
                     });
+                    // Unreadable mounts fail the load: a sandbox must never start without
+                    // the volumes it was made with.
+                    let volumes = match vols {
+                        None => Vec::new(),
+                        Some(v) => serde_json::from_str(&v).map_err(|e| {
+                            store_err(format!("sandbox {id}: bad volumes {v:?}: {e}"))
+                        })?,
+                    };
                     let network = match net {
                         None => warren_runtime::NetworkSpec::isolated(),
                         Some(n) => serde_json::from_str(&n).map_err(|e| {
@@ -568,6 +619,7 @@ impl Store {
                         host_id: host.and_then(|h| u32::try_from(h).ok()),
                         network,
                         credentials,
+                        volumes,
                     })
                 },
             )
@@ -689,6 +741,58 @@ impl Store {
             .collect())
     }
 
+    pub async fn put_volume(&self, v: &VolumeRow) -> Result<(), EngineError> {
+        let v = v.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO volumes (name, size_mib, created_at_ms) VALUES (?1, ?2, ?3)",
+                params![
+                    v.name,
+                    v.size_mib.map(|m| m as i64),
+                    v.created_at.timestamp_millis()
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            c.execute("DELETE FROM volumes WHERE name = ?1", params![name])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn load_volumes(&self) -> Result<Vec<VolumeRow>, EngineError> {
+        let rows = self
+            .with(|c| {
+                let mut stmt =
+                    c.prepare("SELECT name, size_mib, created_at_ms FROM volumes ORDER BY name")?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, Option<i64>>(1)?,
+                            row.get::<_, i64>(2)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, size, at)| VolumeRow {
+                name,
+                size_mib: size.and_then(|s| u64::try_from(s).ok()),
+                created_at: ms_to_time(at),
+            })
+            .collect())
+    }
+
     /// A persisted counter (`event_seq`), 0 when never written.
     pub async fn get_meta(&self, key: &'static str) -> Result<u64, EngineError> {
         use rusqlite::OptionalExtension;
@@ -784,6 +888,13 @@ mod tests {
                     token_env: "X_API_KEY".into(),
                 }],
             }),
+            volumes: vec![warren_api::VolumeMount {
+                name: Some("data".into()),
+                host_path: None,
+                path: "/data".into(),
+                read_only: true,
+                sub_path: Some("a/b".into()),
+            }],
         }
     }
 

@@ -26,6 +26,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod storage;
 pub mod userns;
+pub mod volumes;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -227,6 +228,7 @@ fn probe_userns(cfg: &NativeConfig, image_dir: &Path) -> Result<(), String> {
         seccomp_bpf: Vec::new(),
         idmap: Some(warren_runtime::IdMap::new(PROBE_HOST_ID)),
         layers: Vec::new(),
+        mounts: Vec::new(),
     };
     let outcome = (|| {
         let json = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
@@ -441,6 +443,12 @@ impl Inner {
             );
             blocking(move || cgroup::create(layout, &parent, &id, &limits).map_err(cg_err)).await?;
         }
+        let mounts = if spec.mounts.is_empty() {
+            Vec::new()
+        } else {
+            let (storage, mounts) = (self.storage.clone(), spec.mounts.clone());
+            blocking(move || mounts.iter().map(|m| storage.plan_mount(m)).collect()).await?
+        };
         let init = InitSpec {
             id: id.clone(),
             sandbox_dir: paths.dir.clone(),
@@ -449,6 +457,7 @@ impl Inner {
             seccomp_bpf: self.seccomp_bpf.clone(),
             idmap: spec.idmap.filter(|_| self.userns),
             layers: spec.layers.clone(),
+            mounts,
         };
         let t_cgroup = t0.elapsed();
         let pid = self.spawn_helper(&init).await?;
@@ -921,7 +930,29 @@ impl Runtime for NativeRuntime {
                     .map(|n| n.caps())
                     .unwrap_or_else(warren_runtime::NetworkCaps::isolated_only)
             },
+            volumes: true,
+            volume_quota: self.inner.storage.disk_quota(),
         }
+    }
+
+    async fn create_volume(&self, name: &str, size_bytes: Option<u64>) -> Result<(), RuntimeError> {
+        let (storage, name) = (self.inner.storage.clone(), name.to_string());
+        blocking(move || storage.create_volume(&name, size_bytes)).await
+    }
+
+    async fn delete_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        let (storage, name) = (self.inner.storage.clone(), name.to_string());
+        blocking(move || storage.delete_volume(&name)).await
+    }
+
+    async fn volume_usage(&self, name: &str) -> Result<u64, RuntimeError> {
+        let (storage, name) = (self.inner.storage.clone(), name.to_string());
+        blocking(move || storage.volume_usage(&name)).await
+    }
+
+    async fn reconcile_volumes(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError> {
+        let (storage, keep) = (self.inner.storage.clone(), keep.to_vec());
+        blocking(move || storage.reconcile_volumes(&keep)).await
     }
 
     async fn set_egress(&self, id: &SandboxId, policy: &EgressPolicy) -> Result<(), RuntimeError> {

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::Path;
 
@@ -16,7 +16,7 @@ use nix::unistd::{chdir, pivot_root};
 
 use crate::image::HOST_TOP_DIRS;
 use crate::init_error::{io_ctx, sys, InitError};
-use crate::spec::{overlay_options, InitSpec};
+use crate::spec::{overlay_options, InitSpec, PlannedMount};
 use crate::userns;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
@@ -109,7 +109,7 @@ pub fn prepare(spec: &InitSpec, userns: Option<BorrowedFd<'_>>) -> Result<(), In
         let detached = userns.is_some();
         mount_overlay_layers(&lowers, detached, &p.lower, &p.upper, &p.work, root)?;
         mount_dev(&root.join("dev"), owner)?;
-        return Ok(());
+        return mount_volumes(root, &spec.mounts, userns, owner);
     }
 
     match userns {
@@ -161,7 +161,152 @@ pub fn prepare(spec: &InitSpec, userns: Option<BorrowedFd<'_>>) -> Result<(), In
     }
 
     mount_dev(&root.join("dev"), owner)?;
+    mount_volumes(root, &spec.mounts, userns, owner)
+}
+
+/// Bind `mounts` (volumes, host directories) into the root at `root`, in order. Each source
+/// is resolved by [`open_source`]; each destination is made as root inside (`owner`) where
+/// missing, resolved inside the root (a symlink in the image cannot lead out), and the
+/// mount is attached to that very directory. nosuid and nodev; read-only where asked; with
+/// `userns`, idmapped so a file's owner on disk is its owner inside, whatever the sandbox's
+/// id range.
+fn mount_volumes(
+    root: &Path,
+    mounts: &[PlannedMount],
+    userns: Option<BorrowedFd<'_>>,
+    owner: Option<u32>,
+) -> Result<(), InitError> {
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    let root_dir = open_path_dir(root)?;
+    for m in mounts {
+        let what = || format!("volume at {}", m.dest);
+        let src = open_source(m)?;
+        let attrs = userns::VOLUME_ATTRS | if m.read_only { userns::READ_ONLY } else { 0 };
+        let ns = userns.filter(|_| m.idmap);
+        let tree = userns::clone_dir(src.as_fd(), ns, attrs).map_err(io_ctx(what()))?;
+        let dest = Path::new(m.dest.trim_start_matches('/'));
+        let target = make_dirs(
+            root_dir.as_fd(),
+            dest,
+            rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+            owner,
+        )
+        .map_err(io_ctx(format!("making {}", m.dest)))?;
+        rustix::mount::move_mount(
+            tree.as_fd(),
+            "",
+            target.as_fd(),
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+        .map_err(|e| io_ctx(what())(e.into()))?;
+    }
     Ok(())
+}
+
+/// The directory a planned mount binds: `rel` under `root`, resolved as if `root` were `/`
+/// (a volume; missing directories made when `make`) or refused if it leaves `root` (a host
+/// directory: `..` or a symlink out of the allowed prefix).
+fn open_source(m: &PlannedMount) -> Result<OwnedFd, InitError> {
+    let root = open_path_dir(&m.root)?;
+    let resolve = if m.in_root {
+        rustix::fs::ResolveFlags::IN_ROOT
+    } else {
+        rustix::fs::ResolveFlags::BENEATH
+    } | rustix::fs::ResolveFlags::NO_MAGICLINKS;
+    let what = || format!("{} in {}", m.rel.display(), m.root.display());
+    if m.make {
+        return make_dirs(root.as_fd(), &m.rel, resolve, None).map_err(io_ctx(what()));
+    }
+    let rel = if m.rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &m.rel
+    };
+    rustix::fs::openat2(
+        root.as_fd(),
+        rel,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+        resolve,
+    )
+    .map_err(|e| io_ctx(what())(e.into()))
+}
+
+/// An `O_PATH` handle on the directory `p` itself (not through a symlink).
+fn open_path_dir(p: &Path) -> Result<OwnedFd, InitError> {
+    rustix::fs::open(
+        p,
+        rustix::fs::OFlags::PATH
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| io_ctx(format!("open {}", p.display()))(e.into()))
+}
+
+/// The directory `rel` under `base` (resolved with `resolve` from `base` at every step),
+/// its missing directories made (0755, owned by `owner` when given). An `O_PATH` handle.
+fn make_dirs(
+    base: BorrowedFd<'_>,
+    rel: &Path,
+    resolve: rustix::fs::ResolveFlags,
+    owner: Option<u32>,
+) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode as FsMode, OFlags};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let open = |p: &Path| {
+        let p = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
+        rustix::fs::openat2(base, p, flags, FsMode::empty(), resolve)
+    };
+    let mut at = std::path::PathBuf::new();
+    let mut dir = open(&at)?;
+    for c in rel.components() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a plain relative path", rel.display()),
+            ));
+        };
+        at.push(name);
+        dir = match open(&at) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                // `dir` is the parent, resolved the same way: make the child in it.
+                let parent = &dir;
+                match rustix::fs::mkdirat(parent, name, FsMode::from_raw_mode(0o755)) {
+                    // EEXIST: made meanwhile, or a name that does not resolve (a dangling
+                    // symlink; the open below says so).
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                if let Some(o) = owner {
+                    rustix::fs::chownat(
+                        parent,
+                        name,
+                        Some(rustix::fs::Uid::from_raw(o)),
+                        Some(rustix::fs::Gid::from_raw(o)),
+                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                    )?;
+                }
+                open(&at).map_err(|e| {
+                    io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("{} leads nowhere (a dangling symlink?)", at.display()),
+                    )
+                })?
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
+    Ok(dir)
 }
 
 /// The flags of both overlays (the root and `/usr`).

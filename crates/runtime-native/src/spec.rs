@@ -35,6 +35,32 @@ pub struct InitSpec {
     /// instead of `image_dir` and the host's `/usr` (empty: the `host` image).
     #[serde(default)]
     pub layers: Vec<PathBuf>,
+    /// Directories bind-mounted into the root last, in order (volumes, host directories).
+    #[serde(default)]
+    pub mounts: Vec<PlannedMount>,
+}
+
+/// A directory the helper binds into the sandbox's root (planned by the daemon from a
+/// [`warren_runtime::MountSpec`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedMount {
+    /// A host directory, opened without following a symlink: a volume's root, or an allowed
+    /// host prefix.
+    pub root: PathBuf,
+    /// Relative path under `root` (empty: `root` itself).
+    pub rel: PathBuf,
+    /// Resolve `rel` as if `root` were `/` (a volume: as its sandboxes see it), rather than
+    /// refusing any path that leaves `root` (a host directory).
+    pub in_root: bool,
+    /// Make `rel`'s missing directories (a volume's `sub_path`).
+    pub make: bool,
+    /// Absolute path inside the sandbox.
+    pub dest: String,
+    pub read_only: bool,
+    /// Mount it idmapped through the sandbox's user namespace (a volume: owners on disk are
+    /// owners inside). A host directory is not: what a sandbox writes there belongs to its
+    /// own unprivileged host ids, never to host root.
+    pub idmap: bool,
 }
 
 /// Most lower layers overlayfs takes (`OVL_MAX_STACK`), less the one a snapshot might add.
@@ -70,6 +96,27 @@ impl InitSpec {
                 return Err(format!("layer must be absolute: {}", p.display()));
             }
             check_overlay_path(p).map_err(|e| format!("layer: {e}"))?;
+        }
+        for m in &self.mounts {
+            if !m.root.is_absolute() || m.rel.is_absolute() {
+                return Err(format!(
+                    "mount root must be absolute and rel relative: {m:?}"
+                ));
+            }
+            let dest = Path::new(&m.dest);
+            if !dest.is_absolute()
+                || dest.components().any(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::ParentDir | std::path::Component::CurDir
+                    )
+                })
+            {
+                return Err(format!(
+                    "mount dest must be absolute and normal: {:?}",
+                    m.dest
+                ));
+            }
         }
         if let Some(m) = self.idmap {
             if m.host_id == 0 || !m.host_id.is_multiple_of(IdMap::SIZE) || m.size != IdMap::SIZE {
@@ -214,6 +261,7 @@ mod tests {
             seccomp_bpf: vec![0; 16],
             idmap: Some(IdMap::new(1 << 30)),
             layers: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 

@@ -475,7 +475,7 @@ impl Storage {
 
     /// After subvolumes were deleted: what they held is freed (and uncharged) soon, stale
     /// qgroups are collected.
-    fn after_deletion(&self) {
+    pub(crate) fn after_deletion(&self) {
         if let Some(q) = &self.quota {
             q.deleted();
         }
@@ -1014,7 +1014,7 @@ impl NativeRuntime {
 // ---------------------------------------------------------------------------------------
 // File-system helpers.
 
-fn mkdir_mode(p: &Path, mode: u32) -> io::Result<()> {
+pub(crate) fn mkdir_mode(p: &Path, mode: u32) -> io::Result<()> {
     match fs::DirBuilder::new().mode(mode).create(p) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
@@ -1519,7 +1519,7 @@ fn inherit_into(
 }
 
 /// `btrfs subvolume create [-i group] p`.
-fn create_subvolume(p: &Path, group: Option<u64>) -> io::Result<()> {
+pub(crate) fn create_subvolume(p: &Path, group: Option<u64>) -> io::Result<()> {
     let (parent, mut args) = parent_and_args(p)?;
     let mut inherit = quota::sys::QgroupInherit1::default();
     inherit_into(&mut args, group, &mut inherit);

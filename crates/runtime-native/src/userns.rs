@@ -36,6 +36,12 @@ const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 /// Attributes of the read-only lower layers: the image and the host's `/usr`.
 pub const LOWER_ATTRS: u64 = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 
+/// Attributes of a volume or host directory mount (plus [`READ_ONLY`] when asked).
+pub const VOLUME_ATTRS: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+
+/// `MOUNT_ATTR_RDONLY`.
+pub const READ_ONLY: u64 = MOUNT_ATTR_RDONLY;
+
 /// `struct mount_attr` of `mount_setattr(2)` (`MOUNT_ATTR_SIZE_VER0`).
 #[repr(C)]
 struct MountAttr {
@@ -79,11 +85,47 @@ pub fn idmapped_clone(src: &Path, userns: BorrowedFd<'_>, attrs: u64) -> io::Res
             format!("open_tree {}: {e}", src.display()),
         )
     })?;
+    set_attrs(&tree, Some(userns), attrs).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("idmapped mount of {}: {e}", src.display()),
+        )
+    })?;
+    Ok(tree)
+}
+
+/// A detached copy of the directory `dir` (an `O_PATH` handle: the copy is a bind mount of
+/// exactly that directory, however it was reached) with `attrs` set, idmapped through
+/// `userns` when given (see [`idmapped_clone`]).
+pub fn clone_dir(
+    dir: BorrowedFd<'_>,
+    userns: Option<BorrowedFd<'_>>,
+    attrs: u64,
+) -> io::Result<OwnedFd> {
+    let tree = rustix::mount::open_tree(
+        dir,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )?;
+    set_attrs(&tree, userns, attrs)?;
+    Ok(tree)
+}
+
+/// `mount_setattr(2)` on the detached mount `tree`: set `attrs`, and the idmapping of
+/// `userns` when given.
+fn set_attrs(tree: &OwnedFd, userns: Option<BorrowedFd<'_>>, attrs: u64) -> io::Result<()> {
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | attrs,
+        attr_set: attrs
+            | if userns.is_some() {
+                MOUNT_ATTR_IDMAP
+            } else {
+                0
+            },
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |ns| ns.as_raw_fd() as u64),
     };
     // SAFETY: `tree` is an open mount fd; the path is an empty NUL-terminated string (with
     // AT_EMPTY_PATH the fd itself is meant); `attr` is a live `struct mount_attr` of the
@@ -99,13 +141,9 @@ pub fn idmapped_clone(src: &Path, userns: BorrowedFd<'_>, attrs: u64) -> io::Res
         )
     };
     if r != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("idmapped mount of {}: {e}", src.display()),
-        ));
+        return Err(io::Error::last_os_error());
     }
-    Ok(tree)
+    Ok(())
 }
 
 /// Attach a detached mount (from [`idmapped_clone`]) at `dest`.

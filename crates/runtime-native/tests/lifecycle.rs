@@ -76,6 +76,7 @@ impl Harness {
             snapshot: None,
             idmap: Some(test_idmap(id)),
             network: warren_runtime::NetworkSpec::isolated(),
+            mounts: Vec::new(),
         }
     }
 

@@ -73,6 +73,7 @@ impl Harness {
             snapshot: snapshot.map(str::to_string),
             idmap: Some(test_idmap(id)),
             network: warren_runtime::NetworkSpec::isolated(),
+            mounts: Vec::new(),
         }
     }
 

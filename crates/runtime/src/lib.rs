@@ -115,6 +115,37 @@ pub struct SandboxSpec {
     pub idmap: Option<IdMap>,
     /// Its network: mode, address and egress policy.
     pub network: NetworkSpec,
+    /// Directories bind-mounted into it (volumes, allowed host directories), in order:
+    /// a mount inside another's path comes after it.
+    pub mounts: Vec<MountSpec>,
+}
+
+/// A directory bind-mounted into a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MountSpec {
+    pub source: MountSource,
+    /// Absolute, normalised path inside the sandbox (not `/`, not under `/proc`, `/sys`,
+    /// `/dev`); made (as root inside) where missing, never through a symlink.
+    pub dest: String,
+    pub read_only: bool,
+}
+
+/// What a [`MountSpec`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MountSource {
+    /// A volume made by [`Runtime::create_volume`]; `sub_path` is a relative directory in
+    /// it, made if missing, resolved inside the volume (a symlink a sandbox left there
+    /// cannot lead out).
+    Volume {
+        name: String,
+        sub_path: Option<String>,
+    },
+    /// The host directory `root/rel`, resolved beneath `root` (no `..` or symlink leads
+    /// out of it). It must exist.
+    Host {
+        root: std::path::PathBuf,
+        rel: std::path::PathBuf,
+    },
 }
 
 /// What a runtime finds of a sandbox on this host ([`Runtime::probe`], used to reconcile
@@ -251,6 +282,11 @@ pub struct RuntimeInfo {
     pub disk_quota: bool,
     /// Network modes, egress policy and broker support, and the address range.
     pub network: NetworkCaps,
+    /// Implements the volume calls ([`Runtime::create_volume`], ...) and
+    /// [`SandboxSpec::mounts`].
+    pub volumes: bool,
+    /// Whether a volume's size limit is enforced.
+    pub volume_quota: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -392,6 +428,32 @@ pub trait Runtime: Send + Sync + 'static {
     /// Kill every process, remove cgroups, mounts and files. Idempotent: an unknown or
     /// already-destroyed sandbox is `Ok`.
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+
+    /// Make volume `name` (empty, owned by root inside every sandbox), limited to
+    /// `size_bytes` where [`RuntimeInfo::volume_quota`]. Fails if it exists.
+    async fn create_volume(&self, name: &str, size_bytes: Option<u64>) -> Result<(), RuntimeError> {
+        let _ = (name, size_bytes);
+        Err(RuntimeError::Unsupported("volumes"))
+    }
+
+    /// Remove volume `name` and its files (gone already is fine).
+    async fn delete_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        let _ = name;
+        Err(RuntimeError::Unsupported("volumes"))
+    }
+
+    /// Bytes volume `name`'s files take.
+    async fn volume_usage(&self, name: &str) -> Result<u64, RuntimeError> {
+        let _ = name;
+        Err(RuntimeError::Unsupported("volumes"))
+    }
+
+    /// Remove every volume not in `keep` (left by a crash between making one and
+    /// recording it); returns the names removed.
+    async fn reconcile_volumes(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError> {
+        let _ = keep;
+        Ok(Vec::new())
+    }
 
     /// Remove whatever an earlier (crashed) daemon left behind for every sandbox *not* in
     /// `keep`: processes, cgroups, sandbox directories. Returns the ids it cleaned.

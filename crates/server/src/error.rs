@@ -41,6 +41,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::FileNotFound
         | C::ProcessNotFound
         | C::PoolNotFound
+        | C::VolumeNotFound
         | C::NotFound => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::InvalidState
@@ -54,7 +55,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::StdinClosed
         | C::TagInUse
         | C::ImageInUse
+        | C::VolumeInUse
+        | C::VolumeExists
         | C::PoolFromConfig => StatusCode::CONFLICT,
+        C::BuildFailed => StatusCode::UNPROCESSABLE_ENTITY,
         C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         C::LimitReached | C::CapacityExhausted | C::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
         C::IoError | C::RuntimeError | C::StoreError | C::InvalidConfig => {

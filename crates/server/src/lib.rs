@@ -23,6 +23,7 @@ mod search;
 mod streams;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod volumes;
 
 use std::collections::BTreeMap;
 
@@ -70,6 +71,7 @@ fn api() -> OpenApiRouter<Engine> {
         .merge(lifecycle::routes())
         .merge(network::routes())
         .merge(images::routes())
+        .merge(volumes::routes())
         .merge(pools::routes())
         .merge(events::routes())
         .merge(ports::routes())
@@ -240,7 +242,8 @@ fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
          (name = "events", description = "Lifecycle events (Server-Sent Events)"),
          (name = "pools", description = "Warm pools of ready sandboxes"),
          (name = "network", description = "A sandbox's network mode, address and live egress policy"),
-         (name = "images", description = "OCI images pulled from registries"))
+         (name = "images", description = "OCI images pulled from registries"),
+         (name = "volumes", description = "Named volumes that outlive sandboxes"))
 )]
 struct ApiDoc;
 
@@ -281,7 +284,8 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     responses(
         (status = 201, description = "The sandbox, running", body = Sandbox),
         (status = 400, description = "`invalid_request` or `image_not_found`", body = ErrorBody),
-        (status = 404, description = "`snapshot_not_found` or `pool_not_found`", body = ErrorBody),
+        (status = 403, description = "`permission_denied`: a `host_path` outside every allowed prefix", body = ErrorBody),
+        (status = 404, description = "`snapshot_not_found`, `pool_not_found` or `volume_not_found`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 429, description = "`limit_reached`: too many sandboxes; `capacity_exhausted`: not enough memory left to commit", body = ErrorBody),
         (status = 500, description = "`runtime_error` or `store_error`", body = ErrorBody),

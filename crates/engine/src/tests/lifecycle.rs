@@ -390,6 +390,7 @@ async fn restart_adopts_what_runs_and_cleans_the_rest() {
         snapshot: None,
         idmap: None,
         network: warren_runtime::NetworkSpec::isolated(),
+        mounts: Vec::new(),
     };
     rt.create(&orphan).await.unwrap();
     rt.snapshot(

@@ -319,6 +319,9 @@ impl Runtime for FakeRuntime {
                 broker: false,
                 range: Some(warren_runtime::Ipv4Cidr::DEFAULT_NAT_RANGE),
             },
+            // Volumes are tested on the native runtime (they are bind mounts).
+            volumes: false,
+            volume_quota: false,
         }
     }
 
