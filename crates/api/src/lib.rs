@@ -22,9 +22,11 @@ mod pools;
 pub use pools::*;
 mod images;
 mod network;
+mod templates;
 mod volumes;
 pub use images::*;
 pub use network::*;
+pub use templates::*;
 pub use volumes::*;
 
 /// Name of the image that needs no download: the host's `/usr` plus a generated skeleton.

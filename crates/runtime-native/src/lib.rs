@@ -935,6 +935,35 @@ impl Runtime for NativeRuntime {
         }
     }
 
+    async fn writable_layer(
+        &self,
+        id: &SandboxId,
+    ) -> Result<warren_runtime::WritableLayer, RuntimeError> {
+        let (layout, cg, paths, id) = (
+            self.inner.layout,
+            self.inner.cgroup_path(id.as_str()),
+            self.inner.paths(id.as_str()),
+            id.to_string(),
+        );
+        blocking(move || {
+            if std::fs::symlink_metadata(&paths.upper).is_err() {
+                return Err(RuntimeError::NotFound(id));
+            }
+            if !cgroup::pids(layout, &cg).map_err(cg_err)?.is_empty() {
+                return Err(RuntimeError::Setup(format!(
+                    "sandbox {id} is not stopped: its writable layer is still changing"
+                )));
+            }
+            let id_shift = userns::range_of(&paths.upper)
+                .map_err(|e| RuntimeError::Setup(format!("reading {}: {e}", paths.upper.display())))?;
+            Ok(warren_runtime::WritableLayer {
+                path: paths.upper.clone(),
+                id_shift,
+            })
+        })
+        .await
+    }
+
     async fn create_volume(&self, name: &str, size_bytes: Option<u64>) -> Result<(), RuntimeError> {
         let (storage, name) = (self.inner.storage.clone(), name.to_string());
         blocking(move || storage.create_volume(&name, size_bytes)).await

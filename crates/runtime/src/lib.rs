@@ -120,6 +120,14 @@ pub struct SandboxSpec {
     pub mounts: Vec<MountSpec>,
 }
 
+/// What [`Runtime::writable_layer`] gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritableLayer {
+    pub path: std::path::PathBuf,
+    /// Host id of root inside (0 without a user namespace).
+    pub id_shift: u32,
+}
+
 /// A directory bind-mounted into a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MountSpec {
@@ -428,6 +436,15 @@ pub trait Runtime: Send + Sync + 'static {
     /// Kill every process, remove cgroups, mounts and files. Idempotent: an unknown or
     /// already-destroyed sandbox is `Ok`.
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+
+    /// The writable layer of a stopped sandbox: an overlay upper directory (deleted files
+    /// as 0/0 character devices, opaque directories marked `trusted.overlay.opaque`) whose
+    /// owners are the ids inside plus `id_shift`. A template build turns it into an image
+    /// layer; it must not change while the caller reads it (the sandbox stays stopped).
+    async fn writable_layer(&self, id: &SandboxId) -> Result<WritableLayer, RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported("reading a writable layer"))
+    }
 
     /// Make volume `name` (empty, owned by root inside every sandbox), limited to
     /// `size_bytes` where [`RuntimeInfo::volume_quota`]. Fails if it exists.
