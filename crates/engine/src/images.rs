@@ -47,7 +47,9 @@ pub(crate) fn image_error(e: ImageError) -> EngineError {
         ImageError::Registry(_) | ImageError::Auth(_) | ImageError::Corrupt(_) => {
             EngineError::Registry(e.to_string())
         }
-        ImageError::Unsupported(_) => EngineError::InvalidRequest(e.to_string()),
+        ImageError::Unsupported(_) | ImageError::BuildInput(_) => {
+            EngineError::InvalidRequest(e.to_string())
+        }
         ImageError::Io(_) => EngineError::Store(e.to_string()),
     }
 }

@@ -4,7 +4,11 @@
 //! the tar is the layer's `diff_id`, which the caller compares with the image config before
 //! the directory is used. OCI whiteouts become overlayfs's: `.wh.NAME` a character device
 //! 0:0 named `NAME`, `.wh..wh..opq` the `trusted.overlay.opaque=y` attribute on its
-//! directory. Owners, modes, times and extended attributes are kept.
+//! directory. Owners, modes and mtimes (of directories too) are kept, and so are the
+//! extended attributes of files and directories, except overlayfs's own `trusted.overlay.*`
+//! (which only the whiteout entries above may bring). Fifos are made; other device nodes
+//! become empty files (a layer directory is on the host, where a device node would be
+//! usable).
 //!
 //! Paths never leave the destination: entries go through `tar`'s `unpack_in` (which refuses
 //! `..` and resolves parents inside the destination), whiteouts are made relative to a
@@ -13,9 +17,11 @@
 //!
 //! Blocking file-system work: call it from `spawn_blocking`.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -102,21 +108,24 @@ pub fn extract(
     let mut archive = tar::Archive::new(hashing);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
-    archive.set_unpack_xattrs(true);
+    // Extended attributes are set below, on files and directories, without overlayfs's own.
+    archive.set_unpack_xattrs(false);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     let root: OwnedFd = File::open(dest).map_err(|e| io_err(dest, e))?.into();
     let corrupt = |e: io::Error| ImageError::Corrupt(format!("layer archive: {e}"));
+    // Directory mtimes change as entries land in them: set once everything is in.
+    let mut mtimes: Vec<(PathBuf, i64)> = Vec::new();
     for entry in archive.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         let path = entry.path().map_err(corrupt)?.into_owned();
         let rel = relative(&path)?;
-        let Some(name) = rel.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+        let Some(name) = rel.file_name().map(OsStr::to_os_string) else {
             // The root itself ("./"): its metadata is the image's business, not ours.
             continue;
         };
         let parent = rel.parent().unwrap_or(Path::new(""));
-        if name == ".wh..wh..opq" {
+        if name.as_bytes() == b".wh..wh..opq" {
             let dir = open_dir(&root, parent, true)?;
             rustix::fs::fsetxattr(
                 &dir,
@@ -127,13 +136,14 @@ pub fn extract(
             .map_err(|e| io_err(&path, e.into()))?;
             continue;
         }
-        if let Some(hidden) = name.strip_prefix(".wh.") {
-            if hidden.is_empty() || hidden.contains('/') {
+        if let Some(hidden) = name.as_bytes().strip_prefix(b".wh.") {
+            if hidden.is_empty() {
                 return Err(ImageError::Corrupt(format!(
                     "bad whiteout {}",
                     path.display()
                 )));
             }
+            let hidden = OsStr::from_bytes(hidden);
             let dir = open_dir(&root, parent, true)?;
             // Something of this layer by that name goes (a lower one is what is hidden).
             let _ = rustix::fs::unlinkat(&dir, hidden, rustix::fs::AtFlags::empty());
@@ -148,7 +158,8 @@ pub fn extract(
             .map_err(|e| io_err(&path, e.into()))?;
             continue;
         }
-        if entry.header().entry_type().is_hard_link() {
+        let kind = entry.header().entry_type();
+        if kind.is_hard_link() {
             let target = entry
                 .link_name()
                 .map_err(corrupt)?
@@ -163,12 +174,46 @@ pub fn extract(
                 continue;
             }
         }
+        let mtime = entry
+            .header()
+            .mtime()
+            .ok()
+            .and_then(|t| i64::try_from(t).ok());
+        if kind.is_fifo() {
+            make_fifo(&root, &rel, entry.header())?;
+            mtimes.extend(mtime.map(|t| (rel, t)));
+            continue;
+        }
+        let xattrs = if kind.is_file() || kind.is_dir() {
+            xattrs_of(&mut entry).map_err(corrupt)?
+        } else {
+            Vec::new()
+        };
         if !entry.unpack_in(dest).map_err(|e| io_err(&path, e))? {
             return Err(ImageError::Corrupt(format!(
                 "entry {} points outside the layer",
                 path.display()
             )));
         }
+        if !xattrs.is_empty() {
+            let flags = if kind.is_dir() {
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW
+            } else {
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK
+            };
+            let fd = open_in(&root, &rel, flags).map_err(|e| io_err(&path, e.into()))?;
+            for (key, value) in &xattrs {
+                rustix::fs::fsetxattr(&fd, key, value, rustix::fs::XattrFlags::empty())
+                    .map_err(|e| io_err(&path, e.into()))?;
+            }
+        }
+        // `tar` sets no directory mtime and makes an mtime of 0 one of 1.
+        if kind.is_dir() || (mtime == Some(0) && !kind.is_hard_link()) {
+            mtimes.extend(mtime.map(|t| (rel, t)));
+        }
+    }
+    for (rel, mtime) in mtimes.iter().rev() {
+        set_mtime(&root, rel, *mtime)?;
     }
     // Whatever follows the end-of-archive blocks is part of the tar and of its digest.
     let mut rest = archive.into_inner();
@@ -198,12 +243,82 @@ fn relative(path: &Path) -> Result<PathBuf, ImageError> {
     Ok(out)
 }
 
+/// The extended attributes of a tar entry (PAX `SCHILY.xattr.*` records), without
+/// overlayfs's own: a layer never brings `trusted.overlay.*` along (whiteouts and opaque
+/// directories come as `.wh.` entries).
+fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<crate::tree::Xattrs> {
+    let Some(exts) = entry.pax_extensions()? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for ext in exts {
+        let ext = ext?;
+        if let Some(key) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+            if !key.starts_with(b"trusted.overlay.") {
+                out.push((
+                    OsStr::from_bytes(key).to_os_string(),
+                    ext.value_bytes().to_vec(),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A fifo entry (`tar` would make it a regular file).
+fn make_fifo(root: &OwnedFd, rel: &Path, h: &tar::Header) -> Result<(), ImageError> {
+    let dir = open_dir(root, rel.parent().unwrap_or(Path::new("")), true)?;
+    let name = rel.file_name().unwrap_or_default();
+    let _ = rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty());
+    let mode = Mode::from_raw_mode(h.mode().unwrap_or(0o644) & 0o7777);
+    rustix::fs::mknodat(&dir, name, rustix::fs::FileType::Fifo, mode, 0)
+        .map_err(|e| io_err(rel, e.into()))?;
+    let uid = h.uid().ok().and_then(|u| u32::try_from(u).ok());
+    let gid = h.gid().ok().and_then(|g| u32::try_from(g).ok());
+    rustix::fs::chownat(
+        &dir,
+        name,
+        uid.map(rustix::fs::Uid::from_raw),
+        gid.map(rustix::fs::Gid::from_raw),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_err(rel, e.into()))?;
+    // After the owner (which clears set-id bits), and past the umask.
+    rustix::fs::chmodat(&dir, name, mode, rustix::fs::AtFlags::empty())
+        .map_err(|e| io_err(rel, e.into()))
+}
+
+/// Set the mtime (and atime) of `rel` below `root`, not following a symlink; something a
+/// later entry removed is passed over.
+fn set_mtime(root: &OwnedFd, rel: &Path, mtime: i64) -> Result<(), ImageError> {
+    let Ok(dir) = open_dir(root, rel.parent().unwrap_or(Path::new("")), false) else {
+        return Ok(());
+    };
+    let t = rustix::fs::Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    match rustix::fs::utimensat(
+        &dir,
+        rel.file_name().unwrap_or_default(),
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    ) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(io_err(rel, e.into())),
+    }
+}
+
 fn io_err(path: &Path, e: io::Error) -> ImageError {
     ImageError::Io(format!("{}: {e}", path.display()))
 }
 
 /// Open `rel` below `root` as if `root` were `/` (symlinks included).
-fn open_in(root: &OwnedFd, rel: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+pub(crate) fn open_in(root: &OwnedFd, rel: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {

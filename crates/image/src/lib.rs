@@ -16,9 +16,18 @@
 //! layers did. So a pull killed at any point leaves nothing that is used (the next open
 //! empties `tmp/`), and a corrupt download is never used. Concurrent pulls of one layer
 //! share the work. Layers no image names are removed by [`ImageStore::collect_garbage`].
+//!
+//! Builds add layers of their own: [`ImageStore::commit_layer`] stores a sandbox's upper
+//! directory (or a directory [`copy_into_layer`] filled for a COPY) as a layer, and
+//! [`ImageStore::put_image`] records the image made of them.
 
+mod archive;
+mod commit;
+mod copy;
 mod extract;
+mod glob;
 mod import;
+mod tree;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -35,6 +44,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info};
 
+pub use commit::{write_layer_tar, CommitOptions, Committed, LAYER_MEDIA_TYPE};
+pub use copy::{copy_into_layer, CopyResult, CopySpec};
 pub use extract::{extract, Compression, Extracted};
 
 /// Everything that can go wrong with images.
@@ -61,6 +72,11 @@ pub enum ImageError {
     /// The store's own files.
     #[error("image store: {0}")]
     Io(String),
+    /// What a build was asked to do cannot be done with what it was given (a COPY source
+    /// that matches nothing or leaves the build context, a destination that is not a
+    /// directory): the client's to fix.
+    #[error("build: {0}")]
+    BuildInput(String),
 }
 
 fn io(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> ImageError {
@@ -536,6 +552,90 @@ impl ImageStore {
         self.write_record_blocking(&image)?;
         info!(image = %image.name, layers = image.layers.len(), "image imported");
         Ok(image)
+    }
+
+    /// Store `src`, a directory in overlay form (a sandbox's upper directory, or one filled
+    /// by [`copy_into_layer`]), as a layer (see the `commit` module docs for the tar it
+    /// stands for). The layer is extracted from its own tar into `tmp/`, then renamed into
+    /// place under the layer's lock; if the store has that layer already, the copy is
+    /// dropped. Blocking (call it from `spawn_blocking`, not from an async task: it takes
+    /// the store's locks blocking).
+    ///
+    /// The layer belongs to no image until [`ImageStore::put_image`] names it: a
+    /// [`ImageStore::collect_garbage`] in between removes it.
+    pub fn commit_layer_blocking(
+        &self,
+        src: &Path,
+        opts: &CommitOptions,
+    ) -> Result<Committed, ImageError> {
+        let work = self.tmp_path("commit");
+        std::fs::create_dir(&work).map_err(io(work.display()))?;
+        let result = self.commit_from(src, opts, &work);
+        if work.exists() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        result
+    }
+
+    fn commit_from(
+        &self,
+        src: &Path,
+        opts: &CommitOptions,
+        work: &Path,
+    ) -> Result<Committed, ImageError> {
+        let (extracted, entries) = commit::commit_into(src, opts, work)?;
+        let committed = Committed::new(&extracted, entries);
+        let diff_id = &committed.layer.diff_id;
+        let dest = self.layer_path(diff_id)?;
+        // As an import: records and layers change under the store's lock.
+        let _r = self.inner.records.blocking_read();
+        let lock = self.layer_lock(diff_id);
+        let _held = lock.blocking_lock();
+        if dest.exists() {
+            debug!(layer = %diff_id, "committed layer already stored");
+        } else {
+            std::fs::rename(work, &dest).map_err(io(dest.display()))?;
+            info!(layer = %diff_id, entries, bytes = extracted.tar_bytes, "layer committed");
+        }
+        Ok(committed)
+    }
+
+    /// [`ImageStore::commit_layer_blocking`] on a blocking thread.
+    pub async fn commit_layer(
+        &self,
+        src: PathBuf,
+        opts: CommitOptions,
+    ) -> Result<Committed, ImageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.commit_layer_blocking(&src, &opts))
+            .await
+            .map_err(|e| ImageError::Io(format!("committing: {e}")))?
+    }
+
+    /// Record `image` (as a pull or an import does; one of the same name is replaced). Its
+    /// name is normalised as a pull's (`app:1` is recorded as `docker.io/library/app:1`, the
+    /// name [`ImageStore::get`] finds it by). Every layer it names must be stored already
+    /// ([`ImageStore::commit_layer`]): otherwise [`ImageError::NotFound`].
+    pub async fn put_image(&self, mut image: Image) -> Result<(), ImageError> {
+        image.name = parse_reference(&image.name)?.whole();
+        // A collection waits: the layers checked here are still there when it runs.
+        let _r = self.inner.records.read().await;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            for l in &image.layers {
+                if !this.layer_path(&l.diff_id)?.is_dir() {
+                    return Err(ImageError::NotFound(format!(
+                        "layer {} of {}",
+                        l.diff_id, image.name
+                    )));
+                }
+            }
+            this.write_record_blocking(&image)?;
+            info!(image = %image.name, layers = image.layers.len(), "image recorded");
+            Ok(())
+        })
+        .await
+        .map_err(|e| ImageError::Io(format!("recording the image: {e}")))?
     }
 
     fn write_record_blocking(&self, image: &Image) -> Result<(), ImageError> {
