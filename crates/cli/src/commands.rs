@@ -118,6 +118,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Pool(cmd) => crate::pools::run(&client, cmd).await,
         Command::Image(cmd) => crate::images::run(&client, cmd).await,
         Command::Volume(cmd) => crate::volumes::run(&client, cmd).await,
+        Command::Build(args) => crate::templates::build(&client, args).await,
+        Command::Template(cmd) => crate::templates::run(&client, cmd).await,
         Command::Rollback { id, snapshot } => {
             let sb = client.rollback(&id, &snapshot).await?;
             println!("{} {}", sb.id, sb.state);

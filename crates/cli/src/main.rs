@@ -10,6 +10,7 @@ mod pools;
 mod serve;
 mod serve_args;
 mod table;
+mod templates;
 mod terminal;
 mod time;
 mod volumes;
@@ -235,6 +236,12 @@ enum Command {
     /// Named volumes that outlive sandboxes (`create -v NAME:/path`).
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    /// Build a template (an image) from a Dockerfile and a context directory, showing the
+    /// build log; print its name.
+    Build(templates::BuildArgs),
+    /// Templates built with `warren build` (`create --image NAME`).
+    #[command(subcommand)]
+    Template(templates::TemplateCommand),
     /// Replace a sandbox's files with a snapshot's (a running sandbox is stopped and started
     /// again, with fresh processes).
     Rollback { id: String, snapshot: String },
@@ -404,7 +411,7 @@ struct SandboxOpts {
 
 /// Network flags of `create`, `run` and `network`.
 #[derive(Debug, Clone, Default, clap::Args)]
-struct NetOpts {
+pub(crate) struct NetOpts {
     /// Network mode: `nat` (its own address, outbound traffic through the host under the
     /// egress policy) or `isolated` (loopback only) [default: the server's].
     #[arg(long, value_enum, value_name = "MODE")]
@@ -445,7 +452,7 @@ impl NetOpts {
         })
     }
 
-    fn request(&self) -> Option<warren_api::NetworkRequest> {
+    pub(crate) fn request(&self) -> Option<warren_api::NetworkRequest> {
         let egress = self.egress(warren_api::EgressAction::Allow);
         (self.network.is_some() || egress.is_some()).then(|| warren_api::NetworkRequest {
             mode: self.network.map(|m| match m {
@@ -517,7 +524,7 @@ const EXIT_CODES: &str = "Exit status: the command's; 125 if Warren fails (daemo
 126 if the command cannot be run (permission denied, not executable, bad --cwd); 127 if it is \
 not found; 128+N if this client is ended by signal N.";
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got `{s}`")),

@@ -235,8 +235,13 @@ fn volumes_outlive_sandboxes_and_are_shared_with_consistent_owners() {
 
 #[test]
 fn host_directories_mount_only_under_allowed_prefixes() {
-    let root = std::env::temp_dir().join(format!("warren-hostpath-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    // Removed when dropped, also when the test fails.
+    let scratch = tempfile::Builder::new()
+        .prefix("warren-hostpath-")
+        .tempdir()
+        .unwrap();
+    // Canonical: what the daemon compares resolved host paths with.
+    let root = scratch.path().canonicalize().unwrap();
     let allowed = root.join("allowed");
     std::fs::create_dir_all(allowed.join("ok")).unwrap();
     std::fs::create_dir_all(root.join("secret")).unwrap();
@@ -304,7 +309,6 @@ fn host_directories_mount_only_under_allowed_prefixes() {
         }
     });
     drop(d);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]

@@ -38,10 +38,29 @@ impl Stream for PullEvents {
     }
 }
 
+/// The `error` event that ends a pull's or a build's event stream.
 #[derive(serde::Deserialize)]
 struct ErrorEvent {
     code: String,
     message: String,
+}
+
+/// An `error` event's data as the [`Error::Api`] the same failure gets without SSE.
+pub(crate) fn error_event(data: &str) -> Result<Error, serde_json::Error> {
+    let e: ErrorEvent = serde_json::from_str(data)?;
+    Ok(Error::Api {
+        status: match e.code.as_str() {
+            "invalid_request" => 400,
+            "image_not_found" => 404,
+            "image_in_use" => 409,
+            "build_failed" => 422,
+            "registry_error" => 502,
+            "deadline_exceeded" => 504,
+            _ => 500,
+        },
+        code: e.code,
+        message: e.message,
+    })
 }
 
 fn convert(ev: sse::SseEvent) -> Option<Result<PullEvent, Error>> {
@@ -57,16 +76,8 @@ fn convert(ev: sse::SseEvent) -> Option<Result<PullEvent, Error>> {
                 .map(PullEvent::Done)
                 .map_err(bad),
         ),
-        "error" => Some(match serde_json::from_str::<ErrorEvent>(&ev.data) {
-            Ok(e) => Err(Error::Api {
-                status: match e.code.as_str() {
-                    "invalid_request" => 400,
-                    "image_not_found" => 404,
-                    _ => 502,
-                },
-                code: e.code,
-                message: e.message,
-            }),
+        "error" => Some(match error_event(&ev.data) {
+            Ok(e) => Err(e),
             Err(e) => Err(bad(e)),
         }),
         _ => None,

@@ -39,6 +39,7 @@ mod ports;
 mod processes;
 mod search;
 mod sse;
+mod templates;
 mod volumes;
 
 use std::collections::VecDeque;
@@ -55,6 +56,7 @@ use serde::Serialize;
 
 pub use images::{PullEvent, PullEvents};
 pub use lifecycle::{LifecycleEvent, LifecycleEvents};
+pub use templates::{BuildEvent, BuildEvents, TemplateBuild};
 pub use warren_api::PortAddress;
 /// The name [`PortAddress`] had in this SDK before it moved to `warren_api`.
 pub type PortForward = PortAddress;

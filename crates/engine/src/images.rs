@@ -54,7 +54,7 @@ pub(crate) fn image_error(e: ImageError) -> EngineError {
     }
 }
 
-fn view(i: &warren_image::Image) -> Image {
+pub(crate) fn view(i: &warren_image::Image) -> Image {
     Image {
         name: i.name.clone(),
         digest: Some(i.digest.clone()),
@@ -135,8 +135,17 @@ pub(crate) fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<ImageUser, 
 }
 
 impl Engine {
-    fn image_store(&self) -> Option<&ImageStore> {
+    pub(crate) fn image_store(&self) -> Option<&ImageStore> {
         self.inner.config.images.as_ref()
+    }
+
+    pub(crate) fn is_builtin_image(&self, name: &str) -> bool {
+        self.builtin(name)
+    }
+
+    /// Drop what was read of image `name`'s config (it was replaced or removed).
+    pub(crate) fn forget_image_defaults(&self, name: &str) {
+        self.defaults_cache().remove(name);
     }
 
     fn builtin(&self, name: &str) -> bool {
@@ -147,7 +156,13 @@ impl Engine {
     fn known_images(&self) -> String {
         let mut names = self.inner.runtime.info().images;
         if let Some(s) = self.image_store() {
-            names.extend(s.list().unwrap_or_default().into_iter().map(|i| i.name));
+            names.extend(
+                s.list()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| i.name)
+                    .filter(|n| !n.starts_with(crate::templates::BUILD_PREFIX)),
+            );
         }
         names.join(", ")
     }
@@ -335,7 +350,13 @@ impl Engine {
             })
             .collect();
         if let Some(s) = self.image_store() {
-            out.extend(s.list().map_err(image_error)?.iter().map(view));
+            out.extend(
+                s.list()
+                    .map_err(image_error)?
+                    .iter()
+                    .filter(|i| !i.name.starts_with(crate::templates::BUILD_PREFIX))
+                    .map(view),
+            );
         }
         Ok(out)
     }
@@ -353,6 +374,40 @@ impl Engine {
 
     /// Delete image `name` and the layers no other image uses; 409 `image_in_use` while a
     /// sandbox or pool uses it.
+    /// 409 `image_in_use` while a sandbox (not being deleted), a snapshot or a pool uses
+    /// image `name`.
+    pub(crate) fn check_image_unused(&self, name: &str) -> Result<(), EngineError> {
+        let users: Vec<String> = self
+            .map()
+            .values()
+            .filter(|e| e.record.image == name && e.record.state != SandboxState::Deleting)
+            .map(|e| e.record.id.clone())
+            .take(5)
+            .collect();
+        if !users.is_empty() {
+            return Err(EngineError::ImageInUse(format!(
+                "image {name} is used by sandboxes {}",
+                users.join(", ")
+            )));
+        }
+        let snapshot = self
+            .snapshots_map()
+            .values()
+            .find(|s| s.image.as_deref() == Some(name))
+            .map(|s| s.id.clone());
+        if let Some(snap) = snapshot {
+            return Err(EngineError::ImageInUse(format!(
+                "image {name} is used by snapshot {snap} (a restore needs it)"
+            )));
+        }
+        if let Some(pool) = self.pool_using_image(name) {
+            return Err(EngineError::ImageInUse(format!(
+                "image {name} is used by pool {pool}"
+            )));
+        }
+        Ok(())
+    }
+
     pub async fn delete_image(&self, name: &str) -> Result<(), EngineError> {
         if self.builtin(name) {
             return Err(EngineError::InvalidRequest(format!(
@@ -364,37 +419,7 @@ impl Engine {
             .get(name)
             .map_err(image_error)?
             .ok_or_else(|| self.not_found(name))?;
-        let users: Vec<String> = self
-            .map()
-            .values()
-            .filter(|e| e.record.image == img.name && e.record.state != SandboxState::Deleting)
-            .map(|e| e.record.id.clone())
-            .take(5)
-            .collect();
-        if !users.is_empty() {
-            return Err(EngineError::ImageInUse(format!(
-                "image {} is used by sandboxes {}",
-                img.name,
-                users.join(", ")
-            )));
-        }
-        let snapshot = self
-            .snapshots_map()
-            .values()
-            .find(|s| s.image.as_deref() == Some(img.name.as_str()))
-            .map(|s| s.id.clone());
-        if let Some(snap) = snapshot {
-            return Err(EngineError::ImageInUse(format!(
-                "image {} is used by snapshot {snap} (a restore needs it)",
-                img.name
-            )));
-        }
-        if let Some(pool) = self.pool_using_image(&img.name) {
-            return Err(EngineError::ImageInUse(format!(
-                "image {} is used by pool {pool}",
-                img.name
-            )));
-        }
+        self.check_image_unused(&img.name)?;
         store.remove(&img.name).await.map_err(image_error)?;
         self.defaults_cache().remove(&img.name);
         store.collect_garbage().await.map_err(image_error)?;

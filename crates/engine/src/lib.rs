@@ -22,6 +22,7 @@ mod reaper;
 mod recover;
 mod snapshots;
 mod store;
+pub mod templates;
 mod validate;
 mod volumes;
 
@@ -581,7 +582,7 @@ impl Engine {
                 events: true,
                 pools: true,
                 volumes: info.volumes,
-                templates: c.images.is_some() && info.volumes,
+                templates: c.images.is_some(),
             },
             limits: Limits {
                 max_sandboxes: c.max_sandboxes,
@@ -764,7 +765,7 @@ impl Engine {
             let r = engine.finish_create(record, source).await;
             drop(guard);
             drop(reader);
-            r
+            engine.when_ready(r?).await
         })
         .await
         .map_err(|e| EngineError::Store(format!("create task failed: {e}")))?
@@ -873,6 +874,21 @@ impl Engine {
             }
             Err(e) => {
                 self.undo_create(&id, &e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A new sandbox (its create's lock released) once its template's `start_cmd` runs and
+    /// `ready_cmd` succeeds; one that never gets ready is deleted.
+    pub(crate) async fn when_ready(&self, sandbox: Sandbox) -> Result<Sandbox, EngineError> {
+        match self.template_hooks(&sandbox.id, &sandbox.image).await {
+            Ok(()) => Ok(sandbox),
+            Err(e) => {
+                warn!(id = %sandbox.id, error = %e, "the template's start or ready command failed");
+                if let Err(de) = self.delete_because(&sandbox.id, "template not ready").await {
+                    warn!(id = %sandbox.id, error = %de, "deleting a sandbox that never got ready");
+                }
                 Err(e)
             }
         }

@@ -748,6 +748,10 @@ impl Engine {
         tokio::spawn(async move {
             let r = engine.finish_create(record, None).await;
             drop(guard);
+            let r = match r {
+                Ok(sb) => engine.when_ready(sb).await,
+                Err(e) => Err(e),
+            };
             match &r {
                 Ok(_) => engine.inner.pools.filled(&pool, Ok(())),
                 // Deleted while being made (pool drained, shutdown): not the pool's failure.

@@ -37,6 +37,31 @@ pub(crate) fn unpack(
     from: &Path,
     dest: &Path,
 ) -> Result<Unpacked, ImageError> {
+    unpack_as(f, packed, from, dest, true)
+}
+
+/// A build context (a tar archive, plain, gzip or zstd, from a client) extracted into the
+/// empty directory `dest` on the host: files as the archive has them, but owned by the
+/// daemon and without extended attributes (nothing a client sends sets a host file's
+/// `trusted.*` or `security.*`). COPY then gives what it copies its own owners. Returns the
+/// entries extracted.
+pub fn unpack_context(archive: &Path, dest: &Path) -> Result<usize, ImageError> {
+    let f = File::open(archive).map_err(|e| io_err(archive, e))?;
+    let packed = kind(&f, Path::new("context"))?.ok_or_else(|| {
+        ImageError::BuildInput(
+            "the build context is not a tar archive (plain, gzip or zstd)".into(),
+        )
+    })?;
+    Ok(unpack_as(f, packed, Path::new("context"), dest, false)?.entries)
+}
+
+fn unpack_as(
+    f: File,
+    packed: Packed,
+    from: &Path,
+    dest: &Path,
+    keep_owners: bool,
+) -> Result<Unpacked, ImageError> {
     let bad = |e: io::Error| ImageError::BuildInput(format!("{}: {e}", from.display()));
     let leaves = |path: &Path| {
         ImageError::BuildInput(format!(
@@ -47,8 +72,8 @@ pub(crate) fn unpack(
     };
     let mut archive = tar::Archive::new(decoder(f, packed).map_err(bad)?);
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_unpack_xattrs(true);
+    archive.set_preserve_ownerships(keep_owners);
+    archive.set_unpack_xattrs(keep_owners);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     let mut done = Unpacked {

@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info};
 
+pub use archive::unpack_context;
 pub use commit::{write_layer_tar, CommitOptions, Committed, LAYER_MEDIA_TYPE};
 pub use copy::{copy_into_layer, CopyResult, CopySpec};
 pub use extract::{extract, Compression, Extracted};
@@ -157,6 +158,65 @@ pub struct Image {
     /// Sum of the layers' blob sizes.
     pub size: u64,
     pub pulled_at: DateTime<Utc>,
+    /// Set for an image built from a Dockerfile (a template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateMeta>,
+}
+
+/// What a template adds to its image: how it was built, and what its sandboxes run at
+/// create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateMeta {
+    pub base: String,
+    pub dockerfile: String,
+    #[serde(default)]
+    pub start_cmd: Option<String>,
+    #[serde(default)]
+    pub ready_cmd: Option<String>,
+    #[serde(default)]
+    pub ready_timeout_secs: Option<u64>,
+    pub build_ms: u64,
+    pub steps: usize,
+    pub cached_steps: usize,
+}
+
+/// Held by a build ([`ImageStore::lease`]): while any lease lives, garbage collection
+/// removes nothing (a build's layers belong to no image until it records its result).
+#[derive(Debug)]
+pub struct Lease {
+    store: ImageStore,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.store
+            .inner
+            .leases
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A scratch directory under the store's `tmp/` ([`ImageStore::scratch_dir`]), removed
+/// with what it holds on drop (and at the next open if the process dies first).
+#[derive(Debug)]
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.path.display(), error = %e, "removing a scratch dir");
+            }
+        }
+    }
 }
 
 /// Progress of a pull.
@@ -198,6 +258,10 @@ struct Inner {
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Held while records or layers are added or removed (a collection never races a pull).
     records: tokio::sync::RwLock<()>,
+    /// Live [`Lease`]s; a collection while any lives removes nothing and is owed.
+    leases: std::sync::atomic::AtomicUsize,
+    /// A collection was skipped for a lease ([`ImageStore::collection_owed`]).
+    owed: std::sync::atomic::AtomicBool,
     /// The records, by name: read from `images/` at open, kept in step with it (so looking
     /// an image up never touches the disk).
     index: Mutex<BTreeMap<String, Image>>,
@@ -234,7 +298,7 @@ pub fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
 impl ImageStore {
     /// Open (or make) the store at `root`; partial work of an earlier run is removed.
     pub fn open(root: &Path, cfg: RegistryConfig) -> Result<ImageStore, ImageError> {
-        for sub in ["layers", "images", "tmp"] {
+        for sub in ["layers", "images", "tmp", "build-cache"] {
             std::fs::create_dir_all(root.join(sub)).map_err(io(root.join(sub).display()))?;
         }
         let tmp = root.join("tmp");
@@ -286,6 +350,8 @@ impl ImageStore {
                 cfg,
                 inflight: Mutex::new(HashMap::new()),
                 records: tokio::sync::RwLock::new(()),
+                leases: Default::default(),
+                owed: Default::default(),
                 index: Mutex::new(index),
             }),
         })
@@ -347,9 +413,80 @@ impl ImageStore {
         Ok(image)
     }
 
-    /// Remove the layers no image names.
+    /// A lease on every stored layer until dropped (see [`Lease`]). Taken after any
+    /// collection under way has finished, so a layer seen after this stays.
+    pub async fn lease(&self) -> Lease {
+        let _r = self.inner.records.read().await;
+        self.inner
+            .leases
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Lease {
+            store: self.clone(),
+        }
+    }
+
+    /// Whether a collection was skipped for a lease since the last one ran.
+    pub fn collection_owed(&self) -> bool {
+        self.inner.owed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A new, empty scratch directory under `tmp/`.
+    pub fn scratch_dir(&self, what: &str) -> Result<ScratchDir, ImageError> {
+        let path = self.tmp_path(what);
+        std::fs::create_dir(&path).map_err(io(path.display()))?;
+        Ok(ScratchDir { path })
+    }
+
+    /// The layer the build cache has for `key` (a hex digest of a build step and all before
+    /// it), if it is still stored.
+    pub fn cache_get(&self, key: &str) -> Option<Layer> {
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let p = self
+            .inner
+            .root
+            .join("build-cache")
+            .join(format!("{key}.json"));
+        let layer: Layer = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+        self.layer_path(&layer.diff_id)
+            .ok()
+            .filter(|d| d.is_dir())
+            .map(|_| layer)
+    }
+
+    /// Remember that build step `key` made `layer`.
+    pub fn cache_put(&self, key: &str, layer: &Layer) -> Result<(), ImageError> {
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ImageError::Io(format!("bad cache key {key:?}")));
+        }
+        let json = serde_json::to_vec(layer)
+            .map_err(|e| ImageError::Io(format!("encoding a cache entry: {e}")))?;
+        let tmp = self.tmp_path("cache");
+        std::fs::write(&tmp, json).map_err(io(tmp.display()))?;
+        let dest = self
+            .inner
+            .root
+            .join("build-cache")
+            .join(format!("{key}.json"));
+        std::fs::rename(&tmp, &dest).map_err(io(dest.display()))
+    }
+
+    /// Remove the layers no image names (nothing while a [`Lease`] lives: the collection
+    /// is then owed, see [`ImageStore::collection_owed`]), and the build cache's entries
+    /// whose layer is gone.
     pub async fn collect_garbage(&self) -> Result<Collected, ImageError> {
         let _w = self.inner.records.write().await;
+        if self.inner.leases.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.inner
+                .owed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            debug!("collection deferred: a build holds a lease");
+            return Ok(Collected::default());
+        }
+        self.inner
+            .owed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let keep: std::collections::HashSet<String> = self
             .list()?
             .iter()
@@ -370,6 +507,18 @@ impl ImageStore {
                 out.bytes += disk_usage(&e.path());
                 std::fs::remove_dir_all(e.path()).map_err(io(e.path().display()))?;
                 out.layers += 1;
+            }
+            // Cache entries of removed layers would only ever miss.
+            let cache = root.join("build-cache");
+            for e in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+                let stale = std::fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Layer>(&b).ok())
+                    .and_then(|l| layer_dir_name(&l.diff_id).ok())
+                    .is_none_or(|dir| !keep.contains(&dir));
+                if stale {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
             if out.layers > 0 {
                 info!(
@@ -459,6 +608,7 @@ impl ImageStore {
             size: layers.iter().map(|l| l.size).sum(),
             layers,
             pulled_at: Utc::now(),
+            template: None,
         };
         self.write_record(&image).await?;
         info!(image = %image.name, digest = %image.digest, layers = image.layers.len(), "image pulled");
@@ -548,6 +698,7 @@ impl ImageStore {
             size: layers.iter().map(|l| l.size).sum(),
             layers,
             pulled_at: Utc::now(),
+            template: None,
         };
         self.write_record_blocking(&image)?;
         info!(image = %image.name, layers = image.layers.len(), "image imported");
@@ -612,12 +763,17 @@ impl ImageStore {
             .map_err(|e| ImageError::Io(format!("committing: {e}")))?
     }
 
-    /// Record `image` (as a pull or an import does; one of the same name is replaced). Its
-    /// name is normalised as a pull's (`app:1` is recorded as `docker.io/library/app:1`, the
-    /// name [`ImageStore::get`] finds it by). Every layer it names must be stored already
+    /// Record `image` (as a pull or an import does; one of the same name is replaced) under
+    /// its name exactly as given (a template's name is its own, not a registry reference:
+    /// [`ImageStore::get`] finds it by that name). Every layer it names must be stored already
     /// ([`ImageStore::commit_layer`]): otherwise [`ImageError::NotFound`].
-    pub async fn put_image(&self, mut image: Image) -> Result<(), ImageError> {
-        image.name = parse_reference(&image.name)?.whole();
+    pub async fn put_image(&self, image: Image) -> Result<(), ImageError> {
+        if image.name.is_empty() || image.name.contains('\0') {
+            return Err(ImageError::InvalidReference(
+                image.name.clone(),
+                "an empty name".into(),
+            ));
+        }
         // A collection waits: the layers checked here are still there when it runs.
         let _r = self.inner.records.read().await;
         let this = self.clone();

@@ -446,10 +446,19 @@ fn built_images_are_recorded_over_stored_layers() {
             layers: vec![c.layer.clone()],
             size: c.layer.size,
             pulled_at: chrono::Utc::now(),
+            template: None,
         };
+        // While a build holds a lease, its layer (no image's yet) is not collected.
+        let lease = store.lease().await;
+        assert_eq!(store.collect_garbage().await.unwrap().layers, 0);
+        assert!(store.collection_owed());
+        store.cache_put("ab12", &c.layer).unwrap();
+        assert_eq!(store.cache_get("ab12"), Some(c.layer.clone()));
+        assert_eq!(store.cache_get("../x"), None);
         store.put_image(image.clone()).await.unwrap();
+        drop(lease);
         let got = store.get("built:1").unwrap().unwrap();
-        assert_eq!(got.name, "docker.io/library/built:1");
+        assert_eq!(got.name, "built:1", "recorded under its own name");
         assert_eq!(got.layers, image.layers);
         // It survives a reopen, and its layer a collection.
         assert_eq!(store.collect_garbage().await.unwrap().layers, 0);

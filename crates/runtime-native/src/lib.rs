@@ -954,8 +954,9 @@ impl Runtime for NativeRuntime {
                     "sandbox {id} is not stopped: its writable layer is still changing"
                 )));
             }
-            let id_shift = userns::range_of(&paths.upper)
-                .map_err(|e| RuntimeError::Setup(format!("reading {}: {e}", paths.upper.display())))?;
+            let id_shift = userns::range_of(&paths.upper).map_err(|e| {
+                RuntimeError::Setup(format!("reading {}: {e}", paths.upper.display()))
+            })?;
             Ok(warren_runtime::WritableLayer {
                 path: paths.upper.clone(),
                 id_shift,

@@ -21,6 +21,7 @@ mod ports;
 mod processes;
 mod search;
 mod streams;
+mod templates;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod volumes;
@@ -72,6 +73,7 @@ fn api() -> OpenApiRouter<Engine> {
         .merge(network::routes())
         .merge(images::routes())
         .merge(volumes::routes())
+        .merge(templates::routes())
         .merge(pools::routes())
         .merge(events::routes())
         .merge(ports::routes())
@@ -232,6 +234,8 @@ fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
         warren_api::FileEvent,
         warren_api::FileEventKind,
         warren_api::PullProgress,
+        warren_api::BuildStep,
+        warren_api::BuildLog,
     )),
     tags((name = "sandboxes", description = "Sandbox lifecycle and commands"),
          (name = "files", description = "Files inside a running sandbox"),
@@ -243,7 +247,8 @@ fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
          (name = "pools", description = "Warm pools of ready sandboxes"),
          (name = "network", description = "A sandbox's network mode, address and live egress policy"),
          (name = "images", description = "OCI images pulled from registries"),
-         (name = "volumes", description = "Named volumes that outlive sandboxes"))
+         (name = "volumes", description = "Named volumes that outlive sandboxes"),
+         (name = "templates", description = "Images built from a Dockerfile"))
 )]
 struct ApiDoc;
 

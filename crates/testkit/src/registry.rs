@@ -78,7 +78,10 @@ pub const BB_OPT_FILES: &[(&str, &str)] =
     &[("a.txt", "hello\n"), ("c.txt", "l2\n"), ("dir/z", "z\n")];
 
 /// Busybox applets of `warren/bb` and `warren/big`: symlinks `/bin/<applet>` → `busybox`.
-pub const BB_APPLETS: &[&str] = &["sh", "ls", "cat", "echo", "env", "id"];
+pub const BB_APPLETS: &[&str] = &[
+    "sh", "ls", "cat", "echo", "env", "id", "rm", "mkdir", "chmod", "chown", "touch", "sleep",
+    "test", "stat", "ln", "cp", "wc", "true", "false", "pwd",
+];
 
 /// `/etc/passwd` of `warren/bb` and `warren/big`.
 pub const BB_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
