@@ -115,15 +115,47 @@ fn sandboxes_run_pulled_images_with_their_config() {
         };
         assert_eq!(layers(), 3);
         let mut many = Vec::new();
-        for _ in 0..10 {
-            many.push(c.create_sandbox(&create_req(&img.name)).await.unwrap().id);
+        for _ in 0..100 {
+            let small = CreateSandboxRequest {
+                resources: Some(warren_api::Resources {
+                    memory_mib: Some(64),
+                    ..Default::default()
+                }),
+                ..create_req(&img.name)
+            };
+            many.push(c.create_sandbox(&small).await.unwrap().id);
         }
         assert_eq!(layers(), 3);
-        for id in &many {
-            assert_eq!(
-                c.exec(id, &sh("cat /opt/dir/z")).await.unwrap().stdout,
-                "z\n"
-            );
+        // No sandbox holds a copy: each takes a small fraction of the image (its own
+        // /etc/hostname, hosts, resolv.conf and directories).
+        let du = |p: &std::path::Path| -> u64 {
+            let o = std::process::Command::new("du")
+                .args(["-s", "--block-size=1"])
+                .arg(p)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let (image_bytes, sandboxes_bytes) = (
+            du(&d.data_dir.join("oci/layers")),
+            du(&d.data_dir.join("sandboxes")),
+        );
+        assert!(
+            sandboxes_bytes / 100 < image_bytes / 10,
+            "100 sandboxes take {sandboxes_bytes} bytes, the image {image_bytes}"
+        );
+        for (i, id) in many.iter().enumerate() {
+            if i % 33 == 0 {
+                assert_eq!(
+                    c.exec(id, &sh("cat /opt/dir/z")).await.unwrap().stdout,
+                    "z\n"
+                );
+            }
             c.delete_sandbox(id).await.unwrap();
         }
 

@@ -301,6 +301,35 @@ fn templates_build_run_and_rebuild_from_the_cache() {
             "{procs:?}"
         );
         c.delete_sandbox(&sb.id).await.unwrap();
+        // A pool of the template counts a member ready only once its ready_cmd succeeded.
+        let spec = warren_api::PoolSpec {
+            image: Some("svc".into()),
+            size: 1,
+            ..Default::default()
+        };
+        c.put_pool("svcpool", &spec).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while c.get_pool("svcpool").await.unwrap().ready < 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pool never filled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let claimed = c
+            .create_sandbox(&CreateSandboxRequest {
+                pool: Some("svcpool".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(claimed.pool.as_deref(), Some("svcpool"));
+        assert_eq!(
+            out(c, &claimed.id, "test -f /tmp/ready && echo ready").await,
+            "ready\n"
+        );
+        c.delete_sandbox(&claimed.id).await.unwrap();
+        c.delete_pool("svcpool").await.unwrap();
         // A ready_cmd that never succeeds fails the create, and leaves no sandbox.
         let mut req = build_req("never", "FROM svc\n", "");
         req.ready_cmd = Some("false".into());

@@ -321,6 +321,9 @@ struct Entry {
     /// A store write of this record failed: the stored state or expiry may be older than
     /// the record's (written again by [`Engine::resync_store`]).
     unsynced: bool,
+    /// Its template's `start_cmd`/`ready_cmd` have not finished yet (a pool counts it as
+    /// filling, not ready).
+    warming: bool,
 }
 
 static ENTRY_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -334,6 +337,7 @@ impl Entry {
             op: Arc::new(tokio::sync::Mutex::new(())),
             activity: lifecycle::Activity::new(),
             unsynced: false,
+            warming: false,
         }
     }
 }
@@ -790,7 +794,8 @@ impl Engine {
             record.host_id = self.allocate_host_id(&map)?;
             self.allocate_address(&map, &mut record.network)?;
             let evicted = self.admit_locked(&mut map, record, who)?;
-            let entry = Entry::new(record.clone());
+            let mut entry = Entry::new(record.clone());
+            entry.warming = self.has_template_hooks(&record.image);
             let guard = entry
                 .op
                 .clone()
@@ -883,7 +888,12 @@ impl Engine {
     /// `ready_cmd` succeeds; one that never gets ready is deleted.
     pub(crate) async fn when_ready(&self, sandbox: Sandbox) -> Result<Sandbox, EngineError> {
         match self.template_hooks(&sandbox.id, &sandbox.image).await {
-            Ok(()) => Ok(sandbox),
+            Ok(()) => {
+                if let Some(e) = self.map().get_mut(&sandbox.id) {
+                    e.warming = false;
+                }
+                Ok(sandbox)
+            }
             Err(e) => {
                 warn!(id = %sandbox.id, error = %e, "the template's start or ready command failed");
                 if let Err(de) = self.delete_because(&sandbox.id, "template not ready").await {

@@ -366,6 +366,7 @@ impl Engine {
             };
             let c = out.entry(pool.clone()).or_default();
             match (r.lifecycle.pool_member, r.state) {
+                (true, SandboxState::Running) if e.warming => c.filling += 1,
                 (true, SandboxState::Running) => c.ready += 1,
                 (true, SandboxState::Creating) => c.filling += 1,
                 (true, _) | (false, SandboxState::Deleting) => {}
@@ -509,6 +510,7 @@ impl Engine {
                     let r = &e.record;
                     r.lifecycle.pool_member
                         && r.state == SandboxState::Running
+                        && !e.warming
                         && r.lifecycle.pool.as_deref() == Some(name)
                         && def.made(r)
                 })
@@ -616,7 +618,7 @@ impl Engine {
                 if !r.lifecycle.pool_member || r.state == SandboxState::Deleting {
                     continue;
                 }
-                if r.state == SandboxState::Creating {
+                if r.state == SandboxState::Creating || e.warming {
                     filling_all += 1;
                 }
                 let pool = r.lifecycle.pool.clone().unwrap_or_default();
@@ -633,7 +635,7 @@ impl Engine {
                     continue;
                 }
                 let h = have.entry(pool).or_default();
-                if r.state == SandboxState::Running {
+                if r.state == SandboxState::Running && !e.warming {
                     h.ready.push((r.created_at, id.clone()));
                 } else {
                     h.filling += 1;

@@ -655,6 +655,14 @@ impl Engine {
         self.delete_image(name).await
     }
 
+    /// Whether image `name` is a template with a `start_cmd` or a `ready_cmd`.
+    pub(crate) fn has_template_hooks(&self, name: &str) -> bool {
+        self.image_store()
+            .and_then(|s| s.get(name).ok().flatten())
+            .and_then(|i| i.template)
+            .is_some_and(|t| t.start_cmd.is_some() || t.ready_cmd.is_some())
+    }
+
     /// After a create from a template: start its `start_cmd` (a durable process tagged
     /// `start`) and wait until its `ready_cmd` exits 0. The sandbox is running.
     pub(crate) async fn template_hooks(&self, id: &str, image: &str) -> Result<(), EngineError> {
@@ -683,16 +691,22 @@ impl Engine {
         let secs = meta.ready_timeout_secs.unwrap_or(DEFAULT_READY_SECS);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
-            let stream = self
-                .exec(
-                    id,
-                    ExecRequest {
-                        cmd: sh(ready),
-                        timeout_secs: Some(secs.max(1)),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            // Straight to the agent: an unclaimed pool member is hidden from `exec`.
+            let spec = self.command_spec(
+                id,
+                crate::CommandParts {
+                    cmd: sh(ready),
+                    env: Default::default(),
+                    cwd: None,
+                    user: None,
+                    timeout_secs: Some(secs.max(1)),
+                    stdin: false,
+                },
+            )?;
+            let stream = match self.agent(&crate::sandbox_id(id)?).exec(spec, None).await {
+                Ok(s) => s,
+                Err(e) => return Err(self.spawn_error(id, e).await),
+            };
             let done = self.collect(stream).await?;
             let code = done.exit.map_or(-1, |x| x.exit_code);
             if code == 0 {
