@@ -6,6 +6,7 @@
 //! it created. A scenario that fails is reported and the others still run.
 
 mod baseline;
+mod build;
 mod cold;
 mod concurrent;
 mod density;
@@ -48,6 +49,9 @@ pub enum Scenario {
     Snapshot,
     /// Idle sandboxes until --density-target or the first failure; host memory per sandbox.
     Density,
+    /// A template build from --image, then unchanged rebuilds (the build cache); buildah's
+    /// baseline when it is installed.
+    Build,
 }
 
 const DEFAULT_SCENARIOS: [Scenario; 5] = [
@@ -61,7 +65,7 @@ const DEFAULT_SCENARIOS: [Scenario; 5] = [
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Scenarios to run, comma-separated: cold, warm, exec, concurrent, files, snapshot,
-    /// density [default: cold,warm,exec,concurrent,files].
+    /// density, build [default: cold,warm,exec,concurrent,files].
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub scenarios: Vec<Scenario>,
     /// Run every scenario, snapshot and density included.
@@ -77,6 +81,9 @@ pub struct BenchArgs {
     /// Also write the JSON report to this file (the table still goes to stdout).
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<std::path::PathBuf>,
+    /// build: unchanged rebuilds after the first build.
+    #[arg(long, default_value_t = 20)]
+    pub build_runs: usize,
     /// cold: lifecycle iterations (create → first exec output → delete).
     #[arg(long, default_value_t = 200)]
     pub runs: usize,
@@ -392,6 +399,7 @@ async fn run_scenarios(
             Scenario::Files => files::run(ctx, out).await,
             Scenario::Snapshot => snapshot::run(ctx, out).await,
             Scenario::Density => density::run(ctx, out).await,
+            Scenario::Build => build::run(ctx, out).await,
         };
         let name = format!("{s:?}").to_lowercase();
         if let Err(e) = r {
