@@ -574,3 +574,60 @@ fn a_template_matches_buildahs_build_of_the_same_dockerfile() {
     );
     eprintln!("{} entries compared", theirs_tree.len());
 }
+
+/// A daemon killed in the middle of a RUN: the successor removes the build's sandbox and
+/// step image, records no template, and the same build then succeeds.
+#[test]
+fn a_build_cut_short_by_a_crash_leaves_nothing() {
+    let reg = Registry::start().expect("registry");
+    let images = push_test_images(&reg).expect("test images");
+    let (data_dir, parent) = Daemon::fresh_names();
+    let host = reg.host();
+    let args = ["--insecure-registry", host.as_str(), "--pull", "missing"];
+    let mut first = Daemon::launch_plain(data_dir.clone(), parent.clone(), &args);
+    let slow = format!(
+        "FROM {}\nUSER root\nRUN echo started && sleep 30\n",
+        images.bb
+    );
+    rt().block_on(async {
+        let mut events = first
+            .client
+            .build_template_events(build_req("slow", &slow, ""))
+            .await
+            .unwrap();
+        use futures::StreamExt;
+        // The RUN is under way once its output arrives.
+        while let Some(ev) = events.next().await {
+            if let warren_client::BuildEvent::Log(l) = ev.unwrap() {
+                if l.data.contains("started") {
+                    break;
+                }
+            }
+        }
+    });
+    first.stop_with(libc::SIGKILL);
+    std::mem::forget(first);
+    let second = Daemon::launch(data_dir, parent, &args);
+    rt().block_on(async {
+        let c = &second.client;
+        assert!(c
+            .list_sandboxes::<&str, &str>(&[])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(api_err(c.get_template("slow").await).0, 404);
+        let hidden = std::fs::read_dir(second.data_dir.join("oci/images"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .filter(|r| r.contains("warren-build/"))
+            .count();
+        assert_eq!(hidden, 0, "step images left");
+        let quick = format!("FROM {}\nUSER root\nRUN echo done > /done\n", images.bb);
+        let t = c
+            .build_template(build_req("slow", &quick, ""))
+            .await
+            .unwrap();
+        assert_eq!(t.steps, 2);
+        c.delete_template("slow").await.unwrap();
+    });
+}

@@ -497,6 +497,7 @@ impl Engine {
         };
         engine.load_volumes().await?;
         engine.recover().await?;
+        engine.clean_interrupted_builds().await;
         engine.reapply_policies().await;
         engine.restore_credentials().await;
         engine.give_ranges_to_old_records().await?;

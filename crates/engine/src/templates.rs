@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{error::TrySendError, Sender};
 use tracing::{info, warn};
 use warren_api::{
     BuildLog, BuildStep, BuildTemplateRequest, CreateProcessRequest, CreateSandboxRequest,
@@ -120,7 +120,9 @@ struct Build<'a> {
     engine: &'a Engine,
     store: &'a ImageStore,
     req: &'a BuildTemplateRequest,
-    events: &'a UnboundedSender<BuildEvent>,
+    events: &'a Sender<BuildEvent>,
+    /// Log bytes not sent because the reader was behind (reported with the next send).
+    dropped: std::sync::atomic::AtomicU64,
     /// A per-build id (the hidden images' names).
     id: String,
     layers: Vec<Layer>,
@@ -138,10 +140,40 @@ struct Build<'a> {
 
 impl Build<'_> {
     fn log(&self, stream: &str, data: &[u8]) {
-        let _ = self.events.send(BuildEvent::Log(BuildLog {
+        self.send(BuildEvent::Log(BuildLog {
             stream: stream.into(),
             data: String::from_utf8_lossy(data).into_owned(),
         }));
+    }
+
+    /// Send an event without ever waiting: a reader that falls behind (or is gone) loses
+    /// log output, told how much with the next event that gets through; the build goes on.
+    fn send(&self, ev: BuildEvent) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let lost = self.dropped.load(Relaxed);
+        if lost > 0 {
+            let note = BuildEvent::Log(BuildLog {
+                stream: "stderr".into(),
+                data: format!(
+                    "[warren: {lost} bytes of build output dropped: the reader was behind]\n"
+                ),
+            });
+            if self.events.try_send(note).is_err() {
+                self.count_lost(&ev);
+                return;
+            }
+            self.dropped.store(0, Relaxed);
+        }
+        if let Err(TrySendError::Full(ev)) = self.events.try_send(ev) {
+            self.count_lost(&ev);
+        }
+    }
+
+    fn count_lost(&self, ev: &BuildEvent) {
+        if let BuildEvent::Log(l) = ev {
+            self.dropped
+                .fetch_add(l.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn layer_paths(&self) -> Result<Vec<PathBuf>, EngineError> {
@@ -365,7 +397,7 @@ impl Build<'_> {
     fn step_started(&self, cached: bool) {
         if let Some(mut ev) = self.pending_step.clone() {
             ev.cached = cached;
-            let _ = self.events.send(BuildEvent::Step(ev));
+            self.send(BuildEvent::Step(ev));
         }
     }
 }
@@ -398,7 +430,7 @@ impl Engine {
         &self,
         req: BuildTemplateRequest,
         context: Option<PathBuf>,
-        events: UnboundedSender<BuildEvent>,
+        events: Sender<BuildEvent>,
     ) -> Result<Template, EngineError> {
         self.check_open()?;
         let store = self
@@ -472,6 +504,7 @@ impl Engine {
             store: &store,
             req: &req,
             events: &events,
+            dropped: Default::default(),
             id: format!("{:016x}", rand::random::<u64>()),
             layers: base_layers,
             config: base_config,
@@ -622,6 +655,36 @@ impl Engine {
             "template built"
         );
         template_view(&image)
+    }
+
+    /// At open: what builds cut short by a crash left (their sandboxes, made from the
+    /// hidden `warren-build/…` images, and those images) is removed.
+    pub(crate) async fn clean_interrupted_builds(&self) {
+        let ids: Vec<String> = self
+            .map()
+            .values()
+            .filter(|e| e.record.image.starts_with(BUILD_PREFIX))
+            .map(|e| e.record.id.clone())
+            .collect();
+        for id in ids {
+            if let Err(e) = self
+                .delete_because(&id, "its template build was interrupted")
+                .await
+            {
+                warn!(sandbox = %id, error = %e, "removing an interrupted build's sandbox");
+            }
+        }
+        let Some(store) = self.image_store() else {
+            return;
+        };
+        for img in store.list().unwrap_or_default() {
+            if img.name.starts_with(BUILD_PREFIX) {
+                info!(image = %img.name, "removing an interrupted build's step image");
+                if let Err(e) = store.remove(&img.name).await {
+                    warn!(image = %img.name, error = %e, "removing an interrupted build's image");
+                }
+            }
+        }
     }
 
     /// Every template (images built from a Dockerfile).

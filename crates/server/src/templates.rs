@@ -162,7 +162,9 @@ pub(crate) async fn build_template(
             "the form needs a `name` and a `dockerfile` field",
         ));
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BuildEvent>();
+    // Bounded: a reader that falls behind loses log output (told so), never the daemon's
+    // memory (see `warren_engine::templates`).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<BuildEvent>(1024);
     // The build runs in its own task: a client that goes away does not stop it halfway
     // (its sandboxes are removed and its result recorded either way).
     let build = tokio::spawn({
@@ -173,36 +175,32 @@ pub(crate) async fn build_template(
             r
         }
     });
+    let finished =
+        |r: Result<Result<Template, warren_engine::EngineError>, tokio::task::JoinError>| {
+            r.map_err(|e| warren_engine::EngineError::Store(format!("the build task failed: {e}")))
+                .and_then(|r| r)
+        };
     if !wants_event_stream(&headers) {
         while rx.recv().await.is_some() {}
-        let template = build
-            .await
-            .map_err(|e| ApiError::from(warren_engine::EngineError::Store(e.to_string())))??;
+        let template = finished(build.await)?;
         return Ok((StatusCode::CREATED, Json(template)).into_response());
     }
-    let (etx, erx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-    tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
-            let e = match ev {
-                BuildEvent::Step(s) => Event::default().event("step").json_data::<BuildStep>(s),
-                BuildEvent::Log(l) => Event::default().event("log").json_data::<BuildLog>(l),
-            };
-            if let Ok(e) = e {
-                let _ = etx.send(e);
-            }
+    let log = tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(|ev| async move {
+        match ev {
+            BuildEvent::Step(s) => Event::default().event("step").json_data::<BuildStep>(s),
+            BuildEvent::Log(l) => Event::default().event("log").json_data::<BuildLog>(l),
         }
-        let last = match build.await {
-            Ok(Ok(t)) => Event::default().event("template").json_data(&t),
-            Ok(Err(e)) => error_event(ApiError::from(e)),
-            Err(e) => error_event(ApiError::from(warren_engine::EngineError::Store(
-                e.to_string(),
-            ))),
-        };
-        if let Ok(ev) = last {
-            let _ = etx.send(ev);
-        }
+        .ok()
     });
-    let events = tokio_stream::wrappers::UnboundedReceiverStream::new(erx).map(Ok::<_, Infallible>);
+    // After the log (the build dropped its sender): the result.
+    let last = futures::stream::once(async move {
+        match finished(build.await) {
+            Ok(t) => Event::default().event("template").json_data(&t),
+            Err(e) => error_event(ApiError::from(e)),
+        }
+    })
+    .filter_map(|ev| async move { ev.ok() });
+    let events = log.chain(last).map(Ok::<_, Infallible>);
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response();
