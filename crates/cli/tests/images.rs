@@ -141,10 +141,15 @@ fn sandboxes_run_pulled_images_with_their_config() {
                 .parse()
                 .unwrap()
         };
-        let (image_bytes, sandboxes_bytes) = (
-            du(&d.data_dir.join("oci/layers")),
-            du(&d.data_dir.join("sandboxes")),
-        );
+        // Under the storage root: the data dir, or the btrfs image's mount.
+        let sandboxes = [
+            d.data_dir.join("storage/btrfs/sandboxes"),
+            d.data_dir.join("sandboxes"),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("the sandboxes directory");
+        let (image_bytes, sandboxes_bytes) = (du(&d.data_dir.join("oci/layers")), du(&sandboxes));
         assert!(
             sandboxes_bytes / 100 < image_bytes / 10,
             "100 sandboxes take {sandboxes_bytes} bytes, the image {image_bytes}"
