@@ -64,6 +64,8 @@ pub enum ErrorCode {
     VolumeExists,
     /// A template build failed (a step exited non-zero, an input was missing).
     BuildFailed,
+    /// No API key, or one the server does not accept.
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -120,6 +122,7 @@ impl ErrorCode {
         ErrorCode::VolumeInUse,
         ErrorCode::VolumeExists,
         ErrorCode::BuildFailed,
+        ErrorCode::Unauthorized,
     ];
 
     /// The code on the wire (`snake_case`).
@@ -176,6 +179,7 @@ impl ErrorCode {
             ErrorCode::VolumeInUse => "volume_in_use",
             ErrorCode::VolumeExists => "volume_exists",
             ErrorCode::BuildFailed => "build_failed",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 

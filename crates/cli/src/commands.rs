@@ -23,6 +23,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         crate::serve::run(args).await?;
         return Ok(0);
     }
+    if let Command::Key(args) = cli.command {
+        return crate::keys::run(args);
+    }
     if let Command::Openapi = cli.command {
         println!(
             "{}",
@@ -31,7 +34,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let client = match Client::new(&cli.url).context("bad --url / WARREN_URL") {
-        Ok(client) => client,
+        // Never an argument: the process list shows arguments.
+        Ok(client) => match std::env::var(warren_client::API_KEY_ENV) {
+            Ok(key) if !key.trim().is_empty() => client.with_api_key(key.trim()),
+            _ => client,
+        },
         // `exec` and `run` keep their promise: 125 when Warren itself fails.
         Err(e) if matches!(cli.command, Command::Exec { .. } | Command::Run { .. }) => {
             return Ok(exit_status(Err(e)));
@@ -39,7 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Err(e) => return Err(e),
     };
     match cli.command {
-        Command::Serve(_) | Command::Openapi => Ok(0),
+        Command::Serve(_) | Command::Openapi | Command::Key(_) => Ok(0),
         Command::Bench(args) => {
             crate::bench::run(&client, args).await?;
             Ok(0)

@@ -5,6 +5,7 @@ mod commands;
 mod credential;
 mod files;
 mod images;
+mod keys;
 mod lifecycle;
 mod pools;
 mod serve;
@@ -242,6 +243,9 @@ enum Command {
     /// Templates built with `warren build` (`create --image NAME`).
     #[command(subcommand)]
     Template(templates::TemplateCommand),
+    /// API keys of a daemon started with `--api-keys FILE` (clients send one in
+    /// `WARREN_API_KEY`).
+    Key(keys::KeyArgs),
     /// Replace a sandbox's files with a snapshot's (a running sandbox is stopped and started
     /// again, with fresh processes).
     Rollback { id: String, snapshot: String },

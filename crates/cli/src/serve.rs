@@ -58,6 +58,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !nix_is_root() {
         bail!("warren serve must run as root (it creates namespaces, mounts and cgroups)");
     }
+    // Checked before anything is touched: a daemon that will not serve changes nothing.
+    let keys = match &settings.api_keys {
+        Some(path) => Some(
+            warren_server::auth::ApiKeys::watch(warren_server::auth::KeyFile::new(path))
+                .with_context(|| format!("--api-keys {}", path.display()))?,
+        ),
+        None if !settings.listen.ip().is_loopback() => bail!(
+            "refusing to listen on {} without API keys: anyone who can reach it would run \
+             code on this host. Make a key file (warren key create --file FILE) and pass \
+             --api-keys FILE, or listen on loopback",
+            settings.listen
+        ),
+        None => None,
+    };
     if let Some(r) = settings.memory_overcommit {
         if !(r.is_finite() && r > 0.0) {
             bail!("--memory-overcommit must be a number above 0, got {r}");
@@ -254,9 +268,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // The connection limits (header timeout, connection and stream caps) are the engine
     // config's.
-    let server = tokio::spawn(warren_server::serve(listener, engine.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(warren_server::serve_with(
+        listener,
+        engine.clone(),
+        keys,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

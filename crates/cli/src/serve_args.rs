@@ -167,6 +167,10 @@ pub struct ServeArgs {
     /// `volumes[].host_path`, `warren create -v /DIR:/PATH`) [default: none].
     #[arg(long, value_name = "DIR")]
     pub allow_host_path: Option<Vec<PathBuf>>,
+    /// The API key file (`warren key create --file FILE`): every request but `/healthz` then
+    /// needs `Authorization: Bearer <key>`. Without it the daemon listens on loopback only.
+    #[arg(long, value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
     /// Warm pools (config file only: `[[pools]]` tables).
     #[arg(skip)]
     #[serde(default)]
@@ -316,6 +320,7 @@ pub struct Settings {
     pub pull: warren_engine::images::PullPolicy,
     pub registries: BTreeMap<String, warren_image::RegistryCredentials>,
     pub allow_host_paths: Vec<PathBuf>,
+    pub api_keys: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -384,6 +389,7 @@ impl ServeArgs {
             insecure_registry,
             pull,
             allow_host_path,
+            api_keys,
         )
     }
 
@@ -447,6 +453,7 @@ impl ServeArgs {
                 _ => warren_engine::images::PullPolicy::Missing,
             },
             registries: self.registries,
+            api_keys: self.api_keys,
             allow_host_paths: self
                 .allow_host_path
                 .unwrap_or_default()

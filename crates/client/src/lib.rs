@@ -72,6 +72,9 @@ use warren_api::{
 /// The daemon's address when `WARREN_URL` is not set.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7400";
 
+/// The environment variable [`Client::from_env`] (and the CLI) read the API key from.
+pub const API_KEY_ENV: &str = "WARREN_API_KEY";
+
 /// Everything a call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -123,6 +126,8 @@ impl Error {
 pub struct Client {
     http: reqwest::Client,
     base: Url,
+    /// Sent as `Authorization: Bearer` with every request.
+    api_key: Option<String>,
 }
 
 impl Client {
@@ -147,15 +152,39 @@ impl Client {
         if base.cannot_be_a_base() || base.host().is_none() {
             return Err(invalid("not a server address"));
         }
-        Ok(Client { http, base })
+        Ok(Client {
+            http,
+            base,
+            api_key: None,
+        })
+    }
+
+    /// The same client, sending `key` (`Authorization: Bearer`) with every request: what
+    /// a server started with `--api-keys` needs.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Client {
+        self.api_key = Some(key.into()).filter(|k: &String| !k.is_empty());
+        self
+    }
+
+    /// A request to `url`, with the API key.
+    fn http_request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.api_key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
     }
 
     /// A client of `$WARREN_URL`, or of [`DEFAULT_URL`] when it is unset or empty.
     pub fn from_env() -> Result<Client, Error> {
-        match std::env::var("WARREN_URL") {
+        let client = match std::env::var("WARREN_URL") {
             Ok(url) if !url.trim().is_empty() => Client::new(url.trim()),
             _ => Client::new(DEFAULT_URL),
-        }
+        }?;
+        Ok(match std::env::var(API_KEY_ENV) {
+            Ok(key) if !key.trim().is_empty() => client.with_api_key(key.trim()),
+            _ => client,
+        })
     }
 
     /// The server's base URL.
@@ -202,8 +231,7 @@ impl Client {
         let mut url = self.url(&["v1", "images", "import"]);
         url.query_pairs_mut().append_pair("name", name);
         let resp = self
-            .http
-            .post(url)
+            .http_request(Method::POST, url)
             .header(
                 reqwest::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/x-tar"),
@@ -263,7 +291,7 @@ impl Client {
                 query.append_pair(&format!("metadata.{}", k.as_ref()), v.as_ref());
             }
         }
-        let resp = self.http.get(url).send().await?;
+        let resp = self.http_request(Method::GET, url).send().await?;
         decode(check(resp).await?).await
     }
 
@@ -545,7 +573,7 @@ impl Client {
         segments.extend(op);
         let mut url = self.url(&segments);
         url.query_pairs_mut().extend_pairs(query);
-        self.http.request(method, url)
+        self.http_request(method, url)
     }
 
     fn url(&self, segments: &[&str]) -> Url {
@@ -559,7 +587,12 @@ impl Client {
     }
 
     fn request(&self, method: Method, segments: &[&str]) -> reqwest::RequestBuilder {
-        self.http.request(method, self.url(segments))
+        self.http_request(method, self.url(segments))
+    }
+
+    /// The API key this client sends, if any.
+    pub(crate) fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -581,8 +614,7 @@ impl Client {
     /// `GET url` asking for `text/event-stream`; a non-2xx answer is [`Error::Api`].
     pub(crate) async fn get_event_stream(&self, url: reqwest::Url) -> Result<Response, Error> {
         let resp = self
-            .http
-            .get(url)
+            .http_request(Method::GET, url)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await?;

@@ -87,7 +87,7 @@ impl Client {
         if let Some(id) = sandbox_id {
             url.query_pairs_mut().append_pair("sandbox_id", id);
         }
-        let resp = self.http.get(url).send().await?;
+        let resp = self.http_request(Method::GET, url).send().await?;
         decode(check(resp).await?).await
     }
 

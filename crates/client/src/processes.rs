@@ -212,7 +212,19 @@ impl Client {
         };
         url.set_scheme(scheme)
             .map_err(|_| Error::WebSocket("cannot make a WebSocket URL".into()))?;
-        let (ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| Error::WebSocket(e.to_string()))?;
+        if let Some(key) = self.api_key() {
+            let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| Error::WebSocket("the API key is not a valid header value".into()))?;
+            request
+                .headers_mut()
+                .insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let (ws, _) = match tokio_tungstenite::connect_async(request).await {
             Ok(ok) => ok,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();

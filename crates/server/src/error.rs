@@ -35,6 +35,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::InvalidSignal
         | C::NetworkUnavailable => StatusCode::BAD_REQUEST,
         C::PermissionDenied => StatusCode::FORBIDDEN,
+        C::Unauthorized => StatusCode::UNAUTHORIZED,
         C::SandboxNotFound
         | C::ImageNotFound
         | C::SnapshotNotFound

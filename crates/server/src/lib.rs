@@ -6,6 +6,7 @@
 //! [`serve`] serves it on a bound listener with the connection limits of the engine's config,
 //! until a shutdown future completes.
 
+pub mod auth;
 mod encode;
 mod error;
 mod events;
@@ -45,7 +46,7 @@ use warren_engine::Engine;
 
 pub use error::ApiError;
 use error::{ApiJson, SandboxId};
-pub use listen::serve;
+pub use listen::{serve, serve_with};
 
 /// Every route of the API, each registered together with its OpenAPI operation, so the
 /// router and the document cannot drift apart (the proxy, whose catch-all path OpenAPI
@@ -80,8 +81,14 @@ fn api() -> OpenApiRouter<Engine> {
         .merge(search::routes())
 }
 
-/// The full HTTP API over `engine`.
+/// The full HTTP API over `engine`, open to anyone who can connect (see [`router_with`]).
 pub fn router(engine: Engine) -> Router {
+    router_with(engine, None)
+}
+
+/// The full HTTP API over `engine`; with `keys`, every route but `/healthz` needs one of
+/// them (`Authorization: Bearer`, see [`auth`]).
+pub fn router_with(engine: Engine, keys: Option<auth::ApiKeys>) -> Router {
     let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
     let output_budget = output::OutputBudget::new(engine.config().max_exec_output_bytes);
     let streams = streams::StreamLimit::new(engine.config().max_streams);
@@ -95,6 +102,10 @@ pub fn router(engine: Engine) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            keys,
+            auth::require_key,
+        ))
         .layer(axum::middleware::from_fn(close_after_refused_body))
         .layer(TraceLayer::new_for_http())
         .with_state(engine)
@@ -209,6 +220,28 @@ fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// The `api_key` security scheme (a bearer token; see [`auth`]).
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`warren key create`); required when the server runs \
+                         with `--api-keys`",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -216,9 +249,13 @@ fn unique_operation_ids(doc: &mut utoipa::openapi::OpenApi) {
         description = "Self-hosted sandboxes for AI agents. Every error is \
             `{\"error\":{\"code\":\"snake_case\",\"message\":\"...\"}}`; unknown routes are \
             404 `not_found`, wrong methods 405 `method_not_allowed`, malformed bodies 400 \
-            `invalid_request`, oversized bodies 413 `payload_too_large`.",
+            `invalid_request`, oversized bodies 413 `payload_too_large`. A server started \
+            with `--api-keys` needs `Authorization: Bearer <key>` on every route but \
+            `/healthz` (401 `unauthorized` otherwise).",
         license(name = "Apache-2.0")
     ),
+    modifiers(&BearerKeys),
+    security((), ("api_key" = [])),
     // The port proxy: routed by hand (see `ports::routes`).
     paths(ports::proxy),
     // What streams carry (SSE events, WebSocket messages): no operation's body names these,

@@ -42,9 +42,22 @@ pub async fn serve<F>(listener: TcpListener, engine: Engine, shutdown: F) -> io:
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    serve_with(listener, engine, None, shutdown).await
+}
+
+/// [`serve`], with API keys required on every route but `/healthz` when `keys` is given.
+pub async fn serve_with<F>(
+    listener: TcpListener,
+    engine: Engine,
+    keys: Option<crate::auth::ApiKeys>,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let max_connections = engine.config().max_connections.max(1);
     let header_timeout = engine.config().header_read_timeout;
-    let app = crate::router(engine);
+    let app = crate::router_with(engine, keys);
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns `None` once all are gone.

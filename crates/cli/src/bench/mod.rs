@@ -479,7 +479,7 @@ mod tests {
         assert!(!default.contains(&Scenario::Density));
         assert!(!default.contains(&Scenario::Snapshot));
         let all = parse(&["--all"]).unwrap().selected();
-        assert_eq!(all.len(), 7);
+        assert_eq!(all.len(), 8);
         let some = parse(&["--scenarios", "density,cold", "--json"]).unwrap();
         assert!(some.json);
         assert_eq!(

@@ -1,0 +1,322 @@
+//! API keys: who may use the API.
+//!
+//! A key is `wk_<id>_<secret>`: `id` (12 hex digits) names it, `secret` (32 random bytes,
+//! hex) proves it. The key file (`warren serve --api-keys FILE`, managed with `warren key
+//! create|ls|rm`) keeps each key's id, name, creation time and the SHA-256 of its secret,
+//! never the secret itself: a secret of 256 random bits needs no slow hash, and a leaked
+//! file lets nobody in. The daemon reads the file at start and again whenever it changes
+//! (polled every second), so a removed key stops working within a second.
+//!
+//! Every route but `/healthz` requires `Authorization: Bearer <key>` once keys are
+//! configured; a missing or unknown key is 401 `unauthorized`. A daemon with no key file
+//! serves loopback only (`warren serve` refuses a non-loopback `--listen` without one).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use warren_api::ErrorCode;
+
+use crate::error::ApiError;
+
+/// Prefix of every key.
+pub const KEY_PREFIX: &str = "wk_";
+
+/// Everything that can go wrong with the key file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a key file: {source}")]
+    Format {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no key {0:?} (by id or name)")]
+    NotFound(String),
+    #[error("a key named {0:?} exists already")]
+    Exists(String),
+}
+
+/// One key as the file keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    /// Hex SHA-256 of the secret.
+    pub sha256: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct KeyFileData {
+    keys: Vec<KeyRecord>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
+    move |source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn digest_hex(secret: &str) -> String {
+    format!("{:x}", Sha256::digest(secret.as_bytes()))
+}
+
+/// `(id, secret)` of a presented key, if it has the shape of one.
+fn split_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(KEY_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(id, 12) && hex(secret, 64)).then_some((id, secret))
+}
+
+/// Equal without an early exit (the time taken says nothing about where they differ).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The key file, read and written whole (small: one line per key).
+pub struct KeyFile {
+    path: PathBuf,
+}
+
+impl KeyFile {
+    pub fn new(path: impl Into<PathBuf>) -> KeyFile {
+        KeyFile { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its keys; a file that does not exist has none.
+    pub fn load(&self) -> Result<Vec<KeyRecord>, KeyFileError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&self.path)(e)),
+        };
+        let data: KeyFileData =
+            serde_json::from_slice(&bytes).map_err(|source| KeyFileError::Format {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(data.keys)
+    }
+
+    fn store(&self, keys: Vec<KeyRecord>) -> Result<(), KeyFileError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let json = serde_json::to_vec_pretty(&KeyFileData { keys }).map_err(|source| {
+            KeyFileError::Format {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let tmp = self
+            .path
+            .with_extension(format!("tmp-{}", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&json)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(io_err(&self.path))
+    }
+
+    /// Make a key named `name`; returns its record and the key itself (shown once: the file
+    /// keeps only its digest).
+    pub fn create(&self, name: &str) -> Result<(KeyRecord, String), KeyFileError> {
+        let mut keys = self.load()?;
+        if keys.iter().any(|k| k.name == name) {
+            return Err(KeyFileError::Exists(name.to_string()));
+        }
+        let id = format!("{:012x}", rand::random::<u64>() >> 16);
+        let secret: String = (0..4)
+            .map(|_| format!("{:016x}", rand::random::<u64>()))
+            .collect();
+        let record = KeyRecord {
+            id: id.clone(),
+            name: name.to_string(),
+            created_at: Utc::now(),
+            sha256: digest_hex(&secret),
+        };
+        keys.push(record.clone());
+        self.store(keys)?;
+        Ok((record, format!("{KEY_PREFIX}{id}_{secret}")))
+    }
+
+    /// Remove the key whose id or name is `which`.
+    pub fn remove(&self, which: &str) -> Result<KeyRecord, KeyFileError> {
+        let mut keys = self.load()?;
+        let i = keys
+            .iter()
+            .position(|k| k.id == which || k.name == which)
+            .ok_or_else(|| KeyFileError::NotFound(which.to_string()))?;
+        let gone = keys.remove(i);
+        self.store(keys)?;
+        Ok(gone)
+    }
+}
+
+/// The keys a daemon accepts, kept in step with the key file.
+#[derive(Clone)]
+pub struct ApiKeys {
+    /// Secret digests by key id.
+    keys: Arc<RwLock<HashMap<String, String>>>,
+}
+
+impl ApiKeys {
+    /// The keys of `file` now, and a task that reloads them whenever the file changes (a
+    /// file that turns unreadable keeps the keys last read, and says so in the log).
+    pub fn watch(file: KeyFile) -> Result<ApiKeys, KeyFileError> {
+        let keys = ApiKeys {
+            keys: Arc::new(RwLock::new(Self::index(file.load()?))),
+        };
+        let this = keys.clone();
+        tokio::spawn(async move {
+            let stamp = |m: std::io::Result<std::fs::Metadata>| {
+                m.ok().map(|m| (m.modified().ok(), m.len()))
+            };
+            let mut seen: Option<(Option<SystemTime>, u64)> =
+                stamp(tokio::fs::metadata(file.path()).await);
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = stamp(tokio::fs::metadata(file.path()).await);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let path = file.path().to_path_buf();
+                let loaded = tokio::task::spawn_blocking(move || KeyFile::new(path).load()).await;
+                match loaded {
+                    Ok(Ok(records)) => {
+                        tracing::info!(keys = records.len(), "API keys reloaded");
+                        this.replace(Self::index(records));
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "API keys not reloaded"),
+                    Err(e) => tracing::error!(error = %e, "API key reload failed"),
+                }
+            }
+        });
+        Ok(keys)
+    }
+
+    /// Fixed keys (tests).
+    pub fn fixed(records: Vec<KeyRecord>) -> ApiKeys {
+        ApiKeys {
+            keys: Arc::new(RwLock::new(Self::index(records))),
+        }
+    }
+
+    fn index(records: Vec<KeyRecord>) -> HashMap<String, String> {
+        records.into_iter().map(|k| (k.id, k.sha256)).collect()
+    }
+
+    fn replace(&self, keys: HashMap<String, String>) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// Whether `key` is one of them.
+    pub fn accepts(&self, key: &str) -> bool {
+        let Some((id, secret)) = split_key(key) else {
+            return false;
+        };
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.get(id)
+            .is_some_and(|want| same(want.as_bytes(), digest_hex(secret).as_bytes()))
+    }
+}
+
+/// The middleware: with keys configured, every route but `/healthz` needs one.
+pub(crate) async fn require_key(
+    State(keys): State<Option<ApiKeys>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(keys) = keys else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(key) if keys.accepts(key) => next.run(req).await,
+        Some(_) => unauthorized("the API key is not valid (revoked, or never issued)"),
+        None => unauthorized("an API key is required: Authorization: Bearer <key>"),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut resp = ApiError::new(ErrorCode::Unauthorized, message).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_made_kept_as_digests_checked_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = KeyFile::new(dir.path().join("keys.json"));
+        assert!(file.load().unwrap().is_empty());
+        let (rec, key) = file.create("ci").unwrap();
+        assert!(key.starts_with("wk_"), "{key}");
+        assert!(matches!(file.create("ci"), Err(KeyFileError::Exists(_))));
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(
+            !text.contains(key.rsplit('_').next().unwrap()),
+            "the secret is not kept"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let keys = ApiKeys::fixed(file.load().unwrap());
+        assert!(keys.accepts(&key));
+        let mut wrong = key.clone();
+        wrong.pop();
+        wrong.push(if key.ends_with('0') { '1' } else { '0' });
+        for bad in [wrong.as_str(), "", "wk_", "Bearer x", &key[..key.len() - 1]] {
+            assert!(!keys.accepts(bad), "{bad}");
+        }
+        assert_eq!(file.remove(&rec.id).unwrap().name, "ci");
+        assert!(matches!(file.remove("ci"), Err(KeyFileError::NotFound(_))));
+        assert!(!ApiKeys::fixed(file.load().unwrap()).accepts(&key));
+    }
+}
