@@ -208,6 +208,34 @@ fn templates_build_run_and_rebuild_from_the_cache() {
              1000\n/app\n/app\n/app/bin:/bin\nrunning\n"
         );
         c.delete_sandbox(&sb.id).await.unwrap();
+
+        // A sandbox of a built image mounts volumes as any other.
+        c.create_volume("tpl-data", None).await.unwrap();
+        let with_volume = c
+            .create_sandbox(&CreateSandboxRequest {
+                image: Some("agent".into()),
+                volumes: vec![warren_api::VolumeMount {
+                    name: Some("tpl-data".into()),
+                    host_path: None,
+                    path: "/data".into(),
+                    read_only: false,
+                    sub_path: None,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            out(
+                c,
+                &with_volume.id,
+                "stat -c %u /data; test $(stat -c %d /data) != $(stat -c %d /) && echo mounted"
+            )
+            .await,
+            "0\nmounted\n"
+        );
+        c.delete_sandbox(&with_volume.id).await.unwrap();
+        c.delete_volume("tpl-data").await.unwrap();
     });
 
     // `warren run --image` without a command runs ENTRYPOINT + CMD.
