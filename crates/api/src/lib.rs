@@ -238,6 +238,12 @@ pub struct PortAddress {
     pub address: std::net::SocketAddr,
     /// `http://` + `address`.
     pub url: String,
+    /// On a server that requires API keys: a token for this sandbox's reverse proxy
+    /// (`/v1/sandboxes/{id}/proxy/{port}/…`), sent as `X-Warren-Token` or as the query
+    /// parameter `warren_token`. It opens that sandbox's proxy and nothing else, so it can be
+    /// handed to a browser or a tool that should not hold an API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
 
 /// Body of `POST /v1/sandboxes/{id}/timeout`.

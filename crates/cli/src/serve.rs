@@ -79,6 +79,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     private_dir(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    // With API keys: the key of the per-sandbox proxy tokens, kept in the data dir.
+    let auth = match keys {
+        Some(keys) => {
+            let path = settings.data_dir.join("access.key");
+            let tokens = warren_server::auth::SandboxTokens::open(&path)
+                .with_context(|| format!("the sandbox token key {}", path.display()))?;
+            Some(warren_server::auth::Auth { keys, tokens })
+        }
+        None => None,
+    };
     let data_dir = settings
         .data_dir
         .canonicalize()
@@ -271,7 +281,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(warren_server::serve_with(
         listener,
         engine.clone(),
-        keys,
+        auth,
         async {
             let _ = stop_rx.await;
         },

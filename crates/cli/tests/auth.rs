@@ -97,6 +97,70 @@ fn api_keys_guard_every_route_and_can_be_revoked() {
         assert!(pty.is_ok(), "a terminal with the key: {pty:?}");
         drop(pty);
 
+        // A sandbox's proxy token opens that sandbox's proxy, and nothing else.
+        c.start_process(
+            &sb.id,
+            &warren_api::CreateProcessRequest {
+                cmd: [
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "8000",
+                    "--bind",
+                    "127.0.0.1",
+                ]
+                .map(String::from)
+                .to_vec(),
+                cwd: Some("/etc".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let port = c.port_address(&sb.id, 8000).await.unwrap();
+        let token = port.access_token.clone().expect("a token with API keys on");
+        let other = c
+            .create_sandbox(&CreateSandboxRequest::default())
+            .await
+            .unwrap();
+        let http = reqwest::Client::new();
+        let proxy = |id: &str, query: &str| {
+            format!("{}/v1/sandboxes/{id}/proxy/8000/hostname{query}", d.url)
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let by_header = loop {
+            let r = http
+                .get(proxy(&sb.id, ""))
+                .header("X-Warren-Token", &token)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(by_header.status(), 200);
+        assert_eq!(by_header.text().await.unwrap().trim(), sb.id);
+        let by_query = http
+            .get(proxy(&sb.id, &format!("?warren_token={token}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(by_query.status(), 200);
+        for (url, header) in [
+            (proxy(&other.id, ""), true),
+            (proxy(&sb.id, ""), false),
+            (format!("{}/v1/sandboxes/{}", d.url, sb.id), true),
+        ] {
+            let mut req = http.get(&url);
+            if header {
+                req = req.header("X-Warren-Token", &token);
+            }
+            assert_eq!(req.send().await.unwrap().status(), 401, "{url}");
+        }
+        c.delete_sandbox(&other.id).await.unwrap();
+
         // The CLI reads WARREN_API_KEY (never an argument).
         let url = d.url.clone();
         let (with, without) = tokio::task::spawn_blocking(move || {

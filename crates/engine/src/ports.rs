@@ -155,6 +155,7 @@ impl Engine {
             port,
             address,
             url: address_to_url(address),
+            access_token: None,
         })
     }
 }

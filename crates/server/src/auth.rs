@@ -10,6 +10,12 @@
 //! Every route but `/healthz` requires `Authorization: Bearer <key>` once keys are
 //! configured; a missing or unknown key is 401 `unauthorized`. A daemon with no key file
 //! serves loopback only (`warren serve` refuses a non-loopback `--listen` without one).
+//!
+//! The data plane has tokens of its own: a sandbox's reverse proxy
+//! (`/v1/sandboxes/{id}/proxy/…`) also opens with that sandbox's token ([`SandboxTokens`]:
+//! an HMAC of its id under a key kept in the data dir), sent as `X-Warren-Token` or as the
+//! query parameter `warren_token` (removed before the request goes on). A token opens its
+//! own sandbox's proxy and nothing else.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +27,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use warren_api::ErrorCode;
@@ -71,8 +78,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn digest_hex(secret: &str) -> String {
-    format!("{:x}", Sha256::digest(secret.as_bytes()))
+    hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// `(id, secret)` of a presented key, if it has the shape of one.
@@ -253,13 +264,117 @@ impl ApiKeys {
     }
 }
 
-/// The middleware: with keys configured, every route but `/healthz` needs one.
+/// Header that carries a sandbox token.
+pub const TOKEN_HEADER: &str = "x-warren-token";
+/// Query parameter that carries a sandbox token (for clients that cannot set headers).
+pub const TOKEN_PARAM: &str = "warren_token";
+
+/// Per-sandbox tokens: `wst_` + hex HMAC-SHA256 of the sandbox id under a 32-byte key kept
+/// at `<data-dir>/access.key` (made once, mode 0600), so a token outlives a daemon restart
+/// and needs no storage.
+#[derive(Clone)]
+pub struct SandboxTokens {
+    key: Arc<[u8; 32]>,
+}
+
+impl SandboxTokens {
+    /// The tokens of the key at `path`, which is made if missing.
+    pub fn open(path: &Path) -> Result<SandboxTokens, KeyFileError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::read(path) {
+            Ok(b) if b.len() == 32 => {
+                let mut key = [0u8; 32];
+                key.copy_from_slice(&b);
+                return Ok(SandboxTokens { key: Arc::new(key) });
+            }
+            Ok(_) => {
+                return Err(KeyFileError::Io {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "not a 32-byte key",
+                    ),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(path)(e)),
+        }
+        let key: [u8; 32] = rand::random();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| {
+                f.write_all(&key)?;
+                f.sync_all()
+            })
+            .map_err(io_err(path))?;
+        Ok(SandboxTokens { key: Arc::new(key) })
+    }
+
+    /// Sandbox `id`'s token.
+    pub fn token_for(&self, id: &str) -> String {
+        // A key shorter than the block is zero-padded by HMAC itself: the same MAC.
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(&self.key[..]);
+        let mut mac = <Hmac<Sha256> as KeyInit>::new(&block.into());
+        mac.update(b"warren sandbox token\0");
+        mac.update(id.as_bytes());
+        format!("wst_{}", hex(&mac.finalize().into_bytes()))
+    }
+
+    fn accepts(&self, id: &str, token: &str) -> bool {
+        same(self.token_for(id).as_bytes(), token.as_bytes())
+    }
+}
+
+/// What the API requires: API keys, and the tokens that open one sandbox's data plane.
+#[derive(Clone)]
+pub struct Auth {
+    pub keys: ApiKeys,
+    pub tokens: SandboxTokens,
+}
+
+/// The sandbox id of a reverse-proxy path (`/v1/sandboxes/{id}/proxy/...`).
+fn proxied_sandbox(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/sandboxes/")?;
+    let (id, rest) = rest.split_once('/')?;
+    (rest == "proxy" || rest.starts_with("proxy/")).then_some(id)
+}
+
+/// The query without `warren_token` (the service inside never sees the token).
+fn strip_token_param(req: &mut Request) {
+    let Some(query) = req.uri().query() else {
+        return;
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| p.split('=').next() != Some(TOKEN_PARAM))
+        .collect();
+    let path_and_query = if kept.is_empty() {
+        req.uri().path().to_string()
+    } else {
+        format!("{}?{}", req.uri().path(), kept.join("&"))
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// The middleware: with keys configured, every route but `/healthz` needs one; a sandbox's
+/// reverse proxy also opens with that sandbox's token.
 pub(crate) async fn require_key(
-    State(keys): State<Option<ApiKeys>>,
-    req: Request,
+    State(auth): State<Option<Auth>>,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(keys) = keys else {
+    let Some(auth) = auth else {
         return next.run(req).await;
     };
     if req.uri().path() == "/healthz" {
@@ -271,8 +386,32 @@ pub(crate) async fn require_key(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    if let Some(key) = presented {
+        if auth.keys.accepts(key) {
+            strip_token_param(&mut req);
+            return next.run(req).await;
+        }
+    }
+    if let Some(id) = proxied_sandbox(req.uri().path()).map(str::to_string) {
+        let header = req
+            .headers()
+            .get(TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let param = req.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == TOKEN_PARAM)
+                .map(|(_, v)| v.into_owned())
+        });
+        if let Some(token) = header.or(param) {
+            if auth.tokens.accepts(&id, &token) {
+                strip_token_param(&mut req);
+                return next.run(req).await;
+            }
+            return unauthorized("the sandbox token does not open this sandbox");
+        }
+    }
     match presented {
-        Some(key) if keys.accepts(key) => next.run(req).await,
         Some(_) => unauthorized("the API key is not valid (revoked, or never issued)"),
         None => unauthorized("an API key is required: Authorization: Bearer <key>"),
     }

@@ -86,9 +86,10 @@ pub fn router(engine: Engine) -> Router {
     router_with(engine, None)
 }
 
-/// The full HTTP API over `engine`; with `keys`, every route but `/healthz` needs one of
-/// them (`Authorization: Bearer`, see [`auth`]).
-pub fn router_with(engine: Engine, keys: Option<auth::ApiKeys>) -> Router {
+/// The full HTTP API over `engine`; with `auth`, every route but `/healthz` needs an API
+/// key (`Authorization: Bearer`), and a sandbox's proxy also opens with its token (see
+/// [`auth`]).
+pub fn router_with(engine: Engine, auth: Option<auth::Auth>) -> Router {
     let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
     let output_budget = output::OutputBudget::new(engine.config().max_exec_output_bytes);
     let streams = streams::StreamLimit::new(engine.config().max_streams);
@@ -99,11 +100,12 @@ pub fn router_with(engine: Engine, keys: Option<auth::ApiKeys>) -> Router {
             streams::limit_streams,
         ))
         .layer(axum::Extension(output_budget))
+        .layer(axum::Extension(auth.as_ref().map(|a| a.tokens.clone())))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
-            keys,
+            auth.clone(),
             auth::require_key,
         ))
         .layer(axum::middleware::from_fn(close_after_refused_body))

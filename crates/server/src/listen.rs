@@ -45,11 +45,12 @@ where
     serve_with(listener, engine, None, shutdown).await
 }
 
-/// [`serve`], with API keys required on every route but `/healthz` when `keys` is given.
+/// [`serve`], with API keys (and sandbox tokens for the proxy) required on every route but
+/// `/healthz` when `auth` is given.
 pub async fn serve_with<F>(
     listener: TcpListener,
     engine: Engine,
-    keys: Option<crate::auth::ApiKeys>,
+    auth: Option<crate::auth::Auth>,
     shutdown: F,
 ) -> io::Result<()>
 where
@@ -57,7 +58,7 @@ where
 {
     let max_connections = engine.config().max_connections.max(1);
     let header_timeout = engine.config().header_read_timeout;
-    let app = crate::router_with(engine, keys);
+    let app = crate::router_with(engine, auth);
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns `None` once all are gone.

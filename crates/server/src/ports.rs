@@ -62,11 +62,15 @@ fn parse_port(port: &str) -> Result<u16, ApiError> {
     ))]
 pub(crate) async fn port_address(
     State(engine): State<Engine>,
+    axum::Extension(tokens): axum::Extension<Option<crate::auth::SandboxTokens>>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<PortAddress>, ApiError> {
     let Path((id, port)) = path.map_err(bad_path)?;
     let port = parse_port(&port)?;
-    Ok(Json(engine.forward_port(&id, port).await?))
+    let mut address = engine.forward_port(&id, port).await?;
+    // With API keys on: the token that opens this sandbox's proxy (and nothing else).
+    address.access_token = tokens.map(|t| t.token_for(&id));
+    Ok(Json(address))
 }
 
 /// Reverse-proxy an HTTP request to a port inside the sandbox.
