@@ -86,20 +86,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Rm { ids } => {
-            let mut failed = false;
-            for id in ids {
-                match client.delete_sandbox(&id).await {
-                    Ok(()) => println!("{id}"),
-                    Err(err) => {
-                        failed = true;
-                        match &err {
-                            warren_client::Error::Api { .. } => eprintln!("error: {err}"),
-                            _ => eprintln!("error: {id}: {err}"),
-                        }
-                    }
-                }
-            }
-            Ok(u8::from(failed))
+            let client = &client;
+            remove_each(ids, |id| async move { client.delete_sandbox(&id).await }).await
         }
         Command::Pause { ids } => crate::lifecycle::transition(&client, "pause", &ids).await,
         Command::Resume { ids } => crate::lifecycle::transition(&client, "resume", &ids).await,
@@ -428,6 +416,29 @@ fn create_request(opts: &SandboxOpts) -> CreateSandboxRequest {
         credentials: opts.credentials.clone(),
         volumes: opts.volumes.clone(),
     }
+}
+
+/// Delete each of `names` with `delete`, printing each one deleted and each error; exit
+/// status 1 if any failed (the others are still deleted).
+pub(crate) async fn remove_each<F, Fut>(names: Vec<String>, mut delete: F) -> anyhow::Result<u8>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), warren_client::Error>>,
+{
+    let mut failed = false;
+    for name in names {
+        match delete(name.clone()).await {
+            Ok(()) => println!("{name}"),
+            Err(err) => {
+                failed = true;
+                match &err {
+                    warren_client::Error::Api { .. } => eprintln!("error: {err}"),
+                    _ => eprintln!("error: {name}: {err}"),
+                }
+            }
+        }
+    }
+    Ok(u8::from(failed))
 }
 
 fn process_request(

@@ -130,17 +130,11 @@ pub async fn run(client: &Client, cmd: ImageCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         ImageCommand::Rm { names } => {
-            let mut failed = false;
-            for name in names {
-                match client.delete_image(&name).await {
-                    Ok(()) => println!("{name}"),
-                    Err(err) => {
-                        failed = true;
-                        eprintln!("error: {err}");
-                    }
-                }
-            }
-            Ok(u8::from(failed))
+            crate::commands::remove_each(
+                names,
+                |name| async move { client.delete_image(&name).await },
+            )
+            .await
         }
     }
 }

@@ -147,20 +147,8 @@ pub async fn snapshot(client: &Client, cmd: SnapshotCommand) -> anyhow::Result<u
             Ok(0)
         }
         SnapshotCommand::Rm { ids } => {
-            let mut failed = false;
-            for id in ids {
-                match client.delete_snapshot(&id).await {
-                    Ok(()) => println!("{id}"),
-                    Err(err) => {
-                        failed = true;
-                        match &err {
-                            warren_client::Error::Api { .. } => eprintln!("error: {err}"),
-                            _ => eprintln!("error: {id}: {err}"),
-                        }
-                    }
-                }
-            }
-            Ok(u8::from(failed))
+            crate::commands::remove_each(ids, |id| async move { client.delete_snapshot(&id).await })
+                .await
         }
     }
 }

@@ -87,20 +87,11 @@ pub async fn run(client: &Client, cmd: PoolCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         PoolCommand::Rm { names } => {
-            let mut failed = false;
-            for name in names {
-                match client.delete_pool(&name).await {
-                    Ok(()) => println!("{name}"),
-                    Err(err) => {
-                        failed = true;
-                        match &err {
-                            warren_client::Error::Api { .. } => eprintln!("error: {err}"),
-                            _ => eprintln!("error: {name}: {err}"),
-                        }
-                    }
-                }
-            }
-            Ok(u8::from(failed))
+            crate::commands::remove_each(
+                names,
+                |name| async move { client.delete_pool(&name).await },
+            )
+            .await
         }
     }
 }

@@ -172,17 +172,10 @@ pub async fn run(client: &Client, cmd: TemplateCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         TemplateCommand::Rm { names } => {
-            let mut failed = false;
-            for name in names {
-                match client.delete_template(&name).await {
-                    Ok(()) => println!("{name}"),
-                    Err(err) => {
-                        failed = true;
-                        eprintln!("error: {err}");
-                    }
-                }
-            }
-            Ok(u8::from(failed))
+            crate::commands::remove_each(names, |name| async move {
+                client.delete_template(&name).await
+            })
+            .await
         }
     }
 }

@@ -104,17 +104,11 @@ pub async fn run(client: &Client, cmd: VolumeCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         VolumeCommand::Rm { names } => {
-            let mut failed = false;
-            for name in names {
-                match client.delete_volume(&name).await {
-                    Ok(()) => println!("{name}"),
-                    Err(err) => {
-                        failed = true;
-                        eprintln!("error: {err}");
-                    }
-                }
-            }
-            Ok(u8::from(failed))
+            crate::commands::remove_each(
+                names,
+                |name| async move { client.delete_volume(&name).await },
+            )
+            .await
         }
     }
 }

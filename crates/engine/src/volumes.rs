@@ -36,6 +36,22 @@ pub(crate) struct VolumeEntry {
     state: VolumeState,
 }
 
+/// The ids of the sandboxes of `map` (any state) whose mounts name volume `name`, sorted.
+fn users_of(map: &std::collections::HashMap<String, crate::Entry>, name: &str) -> Vec<String> {
+    let mut users: Vec<String> = map
+        .values()
+        .filter(|e| {
+            e.record
+                .volumes
+                .iter()
+                .any(|m| m.name.as_deref() == Some(name))
+        })
+        .map(|e| e.record.id.clone())
+        .collect();
+    users.sort_unstable();
+    users
+}
+
 /// Whether `name` may name a volume: 1–63 of `[A-Za-z0-9_.-]`, starting with a letter or
 /// digit.
 fn valid_name(name: &str) -> bool {
@@ -224,21 +240,9 @@ impl Engine {
         }
     }
 
-    /// The sandboxes (any state) whose mounts name volume `name`.
+    /// The sandboxes (any state) whose mounts name volume `name`, sorted.
     fn volume_users(&self, name: &str) -> Vec<String> {
-        let mut users: Vec<String> = self
-            .map()
-            .values()
-            .filter(|e| {
-                e.record
-                    .volumes
-                    .iter()
-                    .any(|m| m.name.as_deref() == Some(name))
-            })
-            .map(|e| e.record.id.clone())
-            .collect();
-        users.sort();
-        users
+        users_of(&self.map(), name)
     }
 
     async fn view_volume(&self, row: VolumeRow) -> Volume {
@@ -294,18 +298,8 @@ impl Engine {
                 .get_mut(name)
                 .filter(|e| e.state == VolumeState::Ready)
                 .ok_or_else(|| EngineError::VolumeNotFound(name.to_string()))?;
-            let mut users: Vec<&str> = sandboxes
-                .values()
-                .filter(|e| {
-                    e.record
-                        .volumes
-                        .iter()
-                        .any(|m| m.name.as_deref() == Some(name))
-                })
-                .map(|e| e.record.id.as_str())
-                .collect();
+            let users = users_of(&sandboxes, name);
             if !users.is_empty() {
-                users.sort_unstable();
                 return Err(EngineError::VolumeInUse(format!(
                     "volume {name} is mounted by {}",
                     users.join(", ")
