@@ -3,7 +3,7 @@
 
 /// Every error code the engine and the native server answer with (the `code` of
 /// [`crate::ErrorDetail`], as [`ErrorCode::as_str`] spells it). The HTTP status of each is
-/// the server's choice, not this crate's.
+/// [`ErrorCode::http_status`] on the native API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     SandboxNotFound,
@@ -69,6 +69,57 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The HTTP status of each code on the native API (the one place that decides it; another
+    /// API surface may map the same codes to its own statuses).
+    pub fn http_status(self) -> u16 {
+        use ErrorCode as C;
+        match self {
+            C::InvalidRequest
+            | C::CommandNotFound
+            | C::InvalidCwd
+            | C::SpawnFailed
+            | C::NotADirectory
+            | C::IsADirectory
+            | C::InvalidPath
+            | C::InvalidSignal
+            | C::NetworkUnavailable => 400,
+            C::PermissionDenied => 403,
+            C::Unauthorized => 401,
+            C::SandboxNotFound
+            | C::ImageNotFound
+            | C::SnapshotNotFound
+            | C::FileNotFound
+            | C::ProcessNotFound
+            | C::PoolNotFound
+            | C::VolumeNotFound
+            | C::NotFound => 404,
+            C::MethodNotAllowed => 405,
+            C::InvalidState
+            | C::InvalidTransition
+            | C::SandboxPaused
+            | C::SandboxStopped
+            | C::SnapshotInUse
+            | C::FileExists
+            | C::DirectoryNotEmpty
+            | C::NotAPty
+            | C::StdinClosed
+            | C::TagInUse
+            | C::ImageInUse
+            | C::VolumeInUse
+            | C::VolumeExists
+            | C::PoolFromConfig => 409,
+            C::BuildFailed => 422,
+            C::PayloadTooLarge => 413,
+            C::LimitReached | C::CapacityExhausted | C::TooManyStreams => 429,
+            C::IoError | C::RuntimeError | C::StoreError | C::InvalidConfig => 500,
+            C::NotSupported => 501,
+            C::PortUnreachable | C::ProxyError | C::RegistryError => 502,
+            C::HostUnderPressure | C::ShuttingDown => 503,
+            C::DeadlineExceeded => 504,
+            C::DiskQuotaExceeded | C::NoSpace => 507,
+        }
+    }
+
     /// Every code, in declaration order.
     pub const ALL: &'static [ErrorCode] = &[
         ErrorCode::SandboxNotFound,

@@ -278,10 +278,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // The connection limits (header timeout, connection and stream caps) are the engine
     // config's.
-    let server = tokio::spawn(warren_server::serve_with(
+    let opts = warren_server::ServeOptions {
+        auth,
+        image_aliases: settings.image_aliases.clone(),
+    };
+    let server = tokio::spawn(warren_server::serve_opts(
         listener,
         engine.clone(),
-        auth,
+        opts,
         async {
             let _ = stop_rx.await;
         },

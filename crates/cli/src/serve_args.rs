@@ -171,6 +171,11 @@ pub struct ServeArgs {
     /// needs `Authorization: Bearer <key>`. Without it the daemon listens on loopback only.
     #[arg(long, value_name = "FILE")]
     pub api_keys: Option<PathBuf>,
+    /// An image name other APIs' clients may use for a Warren image, `NAME=IMAGE`
+    /// (repeatable; e.g. `opensandbox/code-interpreter:latest=python`). In the config file:
+    /// `image_alias = ["NAME=IMAGE", ...]`.
+    #[arg(long, value_name = "NAME=IMAGE")]
+    pub image_alias: Option<Vec<String>>,
     /// Warm pools (config file only: `[[pools]]` tables).
     #[arg(skip)]
     #[serde(default)]
@@ -321,6 +326,25 @@ pub struct Settings {
     pub registries: BTreeMap<String, warren_image::RegistryCredentials>,
     pub allow_host_paths: Vec<PathBuf>,
     pub api_keys: Option<PathBuf>,
+    pub image_aliases: BTreeMap<String, String>,
+}
+
+/// `NAME=IMAGE` pairs; a name given twice is an error.
+fn image_aliases(pairs: Vec<String>) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for p in pairs {
+        let Some((name, image)) = p.split_once('=') else {
+            anyhow::bail!("--image-alias {p:?}: expected NAME=IMAGE");
+        };
+        let (name, image) = (name.trim(), image.trim());
+        if name.is_empty() || image.is_empty() {
+            anyhow::bail!("--image-alias {p:?}: expected NAME=IMAGE");
+        }
+        if out.insert(name.to_string(), image.to_string()).is_some() {
+            anyhow::bail!("--image-alias: {name:?} is given twice");
+        }
+    }
+    Ok(out)
 }
 
 impl ServeArgs {
@@ -390,6 +414,7 @@ impl ServeArgs {
             pull,
             allow_host_path,
             api_keys,
+            image_alias,
         )
     }
 
@@ -454,6 +479,7 @@ impl ServeArgs {
             },
             registries: self.registries,
             api_keys: self.api_keys,
+            image_aliases: image_aliases(self.image_alias.unwrap_or_default())?,
             allow_host_paths: self
                 .allow_host_path
                 .unwrap_or_default()

@@ -176,6 +176,55 @@ impl Engine {
         }
     }
 
+    /// [`Engine::write_file`] from a stream that borrows (a multipart part borrows its
+    /// request body, so it cannot become a `'static` [`ByteStream`]): the stream is pumped
+    /// through a small channel while the write runs in the same task. A stream error ends
+    /// the write unfinished and is answered as `invalid_request` naming the upload.
+    pub async fn write_from<S, E>(
+        &self,
+        id: &str,
+        path: &str,
+        mode: Option<u32>,
+        user: ExecUser,
+        body: S,
+    ) -> Result<FileInfo, EngineError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        use futures::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, RuntimeError>>(4);
+        let broken = std::sync::Mutex::new(None::<String>);
+        let pump = async {
+            let tx = tx;
+            let mut body = std::pin::pin!(body);
+            while let Some(item) = body.next().await {
+                let item = item.map_err(|e| {
+                    let msg = e.to_string();
+                    if let Ok(mut b) = broken.lock() {
+                        *b = Some(msg.clone());
+                    }
+                    RuntimeError::Io(std::io::Error::other(format!("upload interrupted: {msg}")))
+                });
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        };
+        let data: ByteStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|v| (v, rx))
+        }));
+        let (_, written) = tokio::join!(pump, self.write_file(id, path, mode, user, data));
+        let broken = broken.lock().ok().and_then(|mut b| b.take());
+        match (written, broken) {
+            (Err(EngineError::Runtime(_)), Some(why)) => Err(invalid(format!(
+                "the upload of {path:?} was interrupted; it was not written ({why})"
+            ))),
+            (written, _) => written,
+        }
+    }
+
     /// Metadata of `path` (symlinks are not followed).
     pub async fn stat(&self, id: &str, path: &str) -> Result<FileInfo, EngineError> {
         validate_path("path", path)?;

@@ -44,13 +44,15 @@ pub use events::{EventItem, EventStream};
 pub use lifecycle::Deadlines;
 pub use ports::address_to_url;
 pub use store::{Lifecycle, Record};
-pub use warren_runtime::{ByteStream, ExecOutput, ExecStream, ExitInfo};
+pub use warren_runtime::{
+    AttachEvent, AttachStream, ByteStream, ExecOutput, ExecStream, ExitInfo, RuntimeError,
+};
 
 use warren_api::{
     Capabilities, CreateSandboxRequest, EventKind, ExecRequest, ExecUser, Features, Isolation,
     Limits, PoolSpec, Resources, Sandbox, SandboxState, Snapshot, StorageInfo, DEFAULT_IMAGE,
 };
-use warren_runtime::{AgentClient, ExecSpec, Runtime, RuntimeError, SandboxId, SandboxSpec};
+use warren_runtime::{AgentClient, ExecSpec, Runtime, SandboxId, SandboxSpec};
 
 use store::Store;
 
@@ -1144,6 +1146,35 @@ impl Engine {
             .filter(|e| !e.record.lifecycle.pool_member)
             .map(|e| to_api(&e.record, self.net_gateway()))
             .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))
+    }
+
+    /// Merge `patch` into a sandbox's metadata: a value sets its key, `None` removes it.
+    /// The result is validated as a create's metadata; nothing changes on an error.
+    pub async fn update_metadata(
+        &self,
+        id: &str,
+        patch: &BTreeMap<String, Option<String>>,
+    ) -> Result<Sandbox, EngineError> {
+        self.visible(id)?;
+        let op = self.op_lock(id)?;
+        let _op = op.lock().await;
+        let mut metadata = self
+            .map()
+            .get(id)
+            .map(|e| e.record.metadata.clone())
+            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
+        for (k, v) in patch {
+            match v {
+                Some(v) => metadata.insert(k.clone(), v.clone()),
+                None => metadata.remove(k),
+            };
+        }
+        validate::metadata(&metadata)?;
+        self.inner.store.set_metadata(id, &metadata).await?;
+        if let Some(e) = self.map().get_mut(id) {
+            e.record.metadata = metadata;
+        }
+        self.get(id).await
     }
 
     /// The sandbox as the API shows it, pool sandboxes included (internal callers).

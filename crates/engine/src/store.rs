@@ -512,6 +512,23 @@ impl Store {
         .await
     }
 
+    pub async fn set_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let id = id.to_string();
+        let metadata = serde_json::to_string(metadata).map_err(store_err)?;
+        self.write(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET metadata = ?2 WHERE id = ?1",
+                params![id, metadata],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
     pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
         let id = id.to_string();
         self.write(move |c| {

@@ -337,6 +337,16 @@ pub struct Auth {
     pub tokens: SandboxTokens,
 }
 
+impl warren_opensandbox::Gate for Auth {
+    fn accepts_key(&self, key: &str) -> bool {
+        self.keys.accepts(key)
+    }
+
+    fn token_for(&self, id: &str) -> String {
+        self.tokens.token_for(id)
+    }
+}
+
 /// The sandbox id of a reverse-proxy path (`/v1/sandboxes/{id}/proxy/...`).
 fn proxied_sandbox(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v1/sandboxes/")?;
@@ -377,7 +387,13 @@ pub(crate) async fn require_key(
     let Some(auth) = auth else {
         return next.run(req).await;
     };
-    if req.uri().path() == "/healthz" {
+    // OpenSandbox's surface checks its own headers and answers in its own shape.
+    let path = req.uri().path();
+    if path == "/healthz"
+        || path
+            .strip_prefix(crate::OPENSANDBOX_PREFIX)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    {
         return next.run(req).await;
     }
     let presented = req

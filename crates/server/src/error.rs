@@ -20,57 +20,9 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// The HTTP status of each error code on the native API (the one place that decides it;
-/// another API surface maps the same codes to its own statuses).
+/// The HTTP status of each error code ([`ErrorCode::http_status`]).
 pub fn status_of(code: ErrorCode) -> StatusCode {
-    use ErrorCode as C;
-    match code {
-        C::InvalidRequest
-        | C::CommandNotFound
-        | C::InvalidCwd
-        | C::SpawnFailed
-        | C::NotADirectory
-        | C::IsADirectory
-        | C::InvalidPath
-        | C::InvalidSignal
-        | C::NetworkUnavailable => StatusCode::BAD_REQUEST,
-        C::PermissionDenied => StatusCode::FORBIDDEN,
-        C::Unauthorized => StatusCode::UNAUTHORIZED,
-        C::SandboxNotFound
-        | C::ImageNotFound
-        | C::SnapshotNotFound
-        | C::FileNotFound
-        | C::ProcessNotFound
-        | C::PoolNotFound
-        | C::VolumeNotFound
-        | C::NotFound => StatusCode::NOT_FOUND,
-        C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        C::InvalidState
-        | C::InvalidTransition
-        | C::SandboxPaused
-        | C::SandboxStopped
-        | C::SnapshotInUse
-        | C::FileExists
-        | C::DirectoryNotEmpty
-        | C::NotAPty
-        | C::StdinClosed
-        | C::TagInUse
-        | C::ImageInUse
-        | C::VolumeInUse
-        | C::VolumeExists
-        | C::PoolFromConfig => StatusCode::CONFLICT,
-        C::BuildFailed => StatusCode::UNPROCESSABLE_ENTITY,
-        C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        C::LimitReached | C::CapacityExhausted | C::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
-        C::IoError | C::RuntimeError | C::StoreError | C::InvalidConfig => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-        C::NotSupported => StatusCode::NOT_IMPLEMENTED,
-        C::PortUnreachable | C::ProxyError | C::RegistryError => StatusCode::BAD_GATEWAY,
-        C::HostUnderPressure | C::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        C::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        C::DiskQuotaExceeded | C::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
-    }
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl ApiError {

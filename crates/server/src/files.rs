@@ -10,7 +10,6 @@ use axum::extract::{Multipart, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -300,7 +299,7 @@ pub(crate) async fn upload(
     let user = q.user.unwrap_or_default();
     let mut files = Vec::new();
     loop {
-        let mut field = match multipart.next_field().await {
+        let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
@@ -313,49 +312,12 @@ pub(crate) async fn upload(
             continue;
         };
         let path = upload_target(&q.dir, &name)?;
-        // The part borrows the body, so it cannot become a 'static stream: pump it through
-        // a small channel while the write runs in the same task.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, RuntimeError>>(4);
-        let broken = AtomicBool::new(false);
-        let pump = async {
-            let tx = tx;
-            loop {
-                let item = match field.chunk().await {
-                    Ok(Some(b)) => Ok(b),
-                    Ok(None) => break,
-                    Err(e) => {
-                        broken.store(true, Ordering::SeqCst);
-                        Err(RuntimeError::Io(std::io::Error::other(format!(
-                            "upload interrupted: {e}"
-                        ))))
-                    }
-                };
-                let stop = item.is_err();
-                if tx.send(item).await.is_err() || stop {
-                    break;
-                }
-            }
-        };
-        let data: ByteStream = Box::pin(tokio_stream_from(rx));
-        let (_, written) = tokio::join!(pump, engine.write_file(&id, &path, None, user, data));
-        match written {
-            Ok(info) => files.push(info),
-            Err(EngineError::Runtime(e)) if broken.load(Ordering::SeqCst) => {
-                return Err(ApiError::invalid_request(format!(
-                    "the upload of {name:?} was interrupted; it was not written ({e})"
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let stream = futures::stream::unfold(field, |mut f| async move {
+            f.chunk().await.transpose().map(|item| (item, f))
+        });
+        files.push(engine.write_from(&id, &path, None, user, stream).await?);
     }
     Ok(Json(UploadedFiles { files }))
-}
-
-/// A receiver as a stream.
-fn tokio_stream_from<T: Send + 'static>(
-    rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
 
 /// Metadata of a file, directory or symlink (symlinks are not followed).

@@ -46,7 +46,7 @@ use warren_engine::Engine;
 
 pub use error::ApiError;
 use error::{ApiJson, SandboxId};
-pub use listen::{serve, serve_with};
+pub use listen::{serve, serve_opts, serve_with};
 
 /// Every route of the API, each registered together with its OpenAPI operation, so the
 /// router and the document cannot drift apart (the proxy, whose catch-all path OpenAPI
@@ -90,9 +90,48 @@ pub fn router(engine: Engine) -> Router {
 /// key (`Authorization: Bearer`), and a sandbox's proxy also opens with its token (see
 /// [`auth`]).
 pub fn router_with(engine: Engine, auth: Option<auth::Auth>) -> Router {
+    router_opts(
+        engine,
+        ServeOptions {
+            auth,
+            ..Default::default()
+        },
+    )
+}
+
+/// Where the OpenSandbox-compatible API is mounted (the SDK's domain is `HOST:PORT` + this).
+pub const OPENSANDBOX_PREFIX: &str = "/opensandbox";
+
+/// What the API serves besides the engine: keys and tokens, and the compatible surfaces'
+/// settings.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    pub auth: Option<auth::Auth>,
+    /// Image names other APIs' clients may use for Warren images (`--image-alias`).
+    pub image_aliases: BTreeMap<String, String>,
+}
+
+/// The native API under `/v1` and OpenSandbox's under [`OPENSANDBOX_PREFIX`], which checks
+/// its own headers and answers in its own error shape.
+pub fn router_opts(engine: Engine, opts: ServeOptions) -> Router {
+    let auth = opts.auth;
     let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
     let output_budget = output::OutputBudget::new(engine.config().max_exec_output_bytes);
     let streams = streams::StreamLimit::new(engine.config().max_streams);
+    let opensandbox = warren_opensandbox::router(
+        engine.clone(),
+        warren_opensandbox::Options {
+            prefix: OPENSANDBOX_PREFIX.into(),
+            image_aliases: opts.image_aliases,
+            gate: auth
+                .clone()
+                .map(|a| std::sync::Arc::new(a) as std::sync::Arc<dyn warren_opensandbox::Gate>),
+        },
+    )
+    .route_layer(axum::middleware::from_fn_with_state(
+        streams.clone(),
+        streams::limit_streams,
+    ));
     let (routes, _) = api().split_for_parts();
     routes
         .route_layer(axum::middleware::from_fn_with_state(
@@ -103,6 +142,8 @@ pub fn router_with(engine: Engine, auth: Option<auth::Auth>) -> Router {
         .layer(axum::Extension(auth.as_ref().map(|a| a.tokens.clone())))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(engine)
+        .nest(OPENSANDBOX_PREFIX, opensandbox)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             auth.clone(),
@@ -110,7 +151,6 @@ pub fn router_with(engine: Engine, auth: Option<auth::Auth>) -> Router {
         ))
         .layer(axum::middleware::from_fn(close_after_refused_body))
         .layer(TraceLayer::new_for_http())
-        .with_state(engine)
 }
 
 /// An error answered to a request with a body may come before the body was read (a full

@@ -56,9 +56,26 @@ pub async fn serve_with<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    let opts = crate::ServeOptions {
+        auth,
+        ..Default::default()
+    };
+    serve_opts(listener, engine, opts, shutdown).await
+}
+
+/// [`serve_with`] with every option of [`crate::ServeOptions`].
+pub async fn serve_opts<F>(
+    listener: TcpListener,
+    engine: Engine,
+    opts: crate::ServeOptions,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let max_connections = engine.config().max_connections.max(1);
     let header_timeout = engine.config().header_read_timeout;
-    let app = crate::router_with(engine, auth);
+    let app = crate::router_opts(engine, opts);
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns `None` once all are gone.

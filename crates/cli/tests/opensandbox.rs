@@ -1,0 +1,132 @@
+//! OpenSandbox's own Python SDK (PyPI `opensandbox`, pinned in `.ci/run`) drives Warren
+//! unchanged: `tests/opensandbox/sdk_e2e.py` creates sandboxes with an image alias, env,
+//! metadata, limits and a network policy, runs foreground, streamed, failing, timed-out and
+//! background commands (status, logs with the tail cursor, interrupt), bash sessions, the
+//! file API (round trips, ranges, info, listing, permissions, move, replace, search),
+//! endpoints for a server started inside, list filters and pages, metadata patches,
+//! pause/resume, renew, host-path volumes (read-only and read-write) and kill, then checks
+//! the surface's auth: no key, a wrong key, another sandbox's endpoint token.
+//!
+//! The SDK lives in a virtualenv `.ci/run` makes (`.ci/venvs/opensandbox`); point
+//! `WARREN_OPENSANDBOX_PYTHON` at another interpreter that has it to use that instead.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{rt, Daemon};
+use warren_client::Client;
+
+const ALIAS: &str = "opensandbox/code-interpreter:latest";
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("WARREN_OPENSANDBOX_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.ci/venvs/opensandbox/bin/python");
+    assert!(
+        venv.exists(),
+        "the OpenSandbox SDK's virtualenv is missing at {}: run `bash .ci/sdk-venvs` (which .ci/run does) \
+         or set WARREN_OPENSANDBOX_PYTHON",
+        venv.display()
+    );
+    venv
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/opensandbox/sdk_e2e.py")
+}
+
+#[test]
+fn the_opensandbox_python_sdk_works_unchanged() {
+    let python = python();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.json");
+    let made = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["key", "create", "--name", "sdk", "--file"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let key = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    // A host directory the sandboxes may mount; world-writable because a sandbox's root is
+    // an unprivileged uid on the host (host paths are not idmapped).
+    let host = dir.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("hello.txt"), "from the host\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // tempdir's parent is 0700 for some users; the sandbox must reach the mount's source
+    // through the daemon (root), which it does whatever the parents' modes are.
+
+    let alias = format!("{ALIAS}=host");
+    let d = Daemon::start_with(&[
+        "--api-keys",
+        keys.to_str().unwrap(),
+        "--image-alias",
+        &alias,
+        "--allow-host-path",
+        host.to_str().unwrap(),
+    ]);
+    let domain = format!("{}/opensandbox", d.url);
+    let run = |args: &[&str]| {
+        let out = Command::new(&python)
+            .arg(script())
+            .args(args)
+            .env("OPEN_SANDBOX_DOMAIN", &domain)
+            .env("OPEN_SANDBOX_API_KEY", &key)
+            .env("WARREN_OS_IMAGE", ALIAS)
+            .env("WARREN_OS_HOST_DIR", &host)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{text}");
+        assert!(out.status.success(), "sdk_e2e.py {args:?} failed:\n{text}");
+        text
+    };
+    let all = run(&[]);
+    for t in [
+        "create_with_spec",
+        "commands",
+        "background_commands",
+        "sessions",
+        "files",
+        "endpoints",
+        "manager",
+        "pause_resume",
+        "renew",
+        "volumes",
+        "kill",
+        "errors",
+    ] {
+        assert!(
+            all.contains(&format!("ok {t} (")),
+            "{t} did not pass:\n{all}"
+        );
+    }
+    let auth = run(&["auth"]);
+    for t in [
+        "auth_missing_key",
+        "auth_wrong_key",
+        "auth_endpoint_tokens",
+        "auth_request_id",
+    ] {
+        assert!(
+            auth.contains(&format!("ok {t} (")),
+            "{t} did not pass:\n{auth}"
+        );
+    }
+
+    // Everything the SDK made is gone.
+    let client = Client::new(&d.url).unwrap().with_api_key(&key);
+    let left = rt()
+        .block_on(client.list_sandboxes::<&str, &str>(&[]))
+        .unwrap();
+    assert!(left.is_empty(), "sandboxes left behind: {left:?}");
+}
