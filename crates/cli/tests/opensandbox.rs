@@ -4,11 +4,16 @@
 //! background commands (status, logs with the tail cursor, interrupt), bash sessions, the
 //! file API (round trips, ranges, info, listing, permissions, move, replace, search),
 //! endpoints for a server started inside, list filters and pages, metadata patches,
-//! pause/resume, renew, host-path volumes (read-only and read-write) and kill, then checks
+//! pause/resume, renew, host-path volumes (read-only and read-write), snapshots (and a
+//! sandbox made from one) and kill, then checks
 //! the surface's auth: no key, a wrong key, another sandbox's endpoint token.
 //!
-//! The SDK lives in a virtualenv `.ci/run` makes (`.ci/venvs/opensandbox`); point
-//! `WARREN_OPENSANDBOX_PYTHON` at another interpreter that has it to use that instead.
+//! `tests/opensandbox/sdk_smoke.mjs` then does the main steps with the JavaScript SDK (npm
+//! `@alibaba-group/opensandbox`).
+//!
+//! The SDKs are installed by `.ci/sdk-venvs` (which `.ci/run` and README's test command
+//! run): a virtualenv `.ci/venvs/opensandbox` and `.ci/venvs/js/node_modules`; point
+//! `WARREN_OPENSANDBOX_PYTHON` at another interpreter that has the Python SDK to use that.
 
 mod common;
 
@@ -35,12 +40,25 @@ fn python() -> PathBuf {
     venv
 }
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/opensandbox/sdk_e2e.py")
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/opensandbox")
+        .join(name)
+}
+
+fn js_sdk() -> PathBuf {
+    let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.ci/venvs/js/node_modules/@alibaba-group/opensandbox/dist/index.js");
+    assert!(
+        sdk.exists(),
+        "the OpenSandbox JavaScript SDK is missing at {}: run `bash .ci/sdk-venvs`",
+        sdk.display()
+    );
+    sdk
 }
 
 #[test]
-fn the_opensandbox_python_sdk_works_unchanged() {
+fn the_opensandbox_sdks_work_unchanged() {
     let python = python();
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.json");
@@ -71,10 +89,11 @@ fn the_opensandbox_python_sdk_works_unchanged() {
         host.to_str().unwrap(),
     ]);
     let domain = format!("{}/opensandbox", d.url);
-    let run = |args: &[&str]| {
-        let out = Command::new(&python)
-            .arg(script())
+    let run = |program: &std::path::Path, file: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .arg(script(file))
             .args(args)
+            .env("OPENSANDBOX_JS_SDK", js_sdk())
             .env("OPEN_SANDBOX_DOMAIN", &domain)
             .env("OPEN_SANDBOX_API_KEY", &key)
             .env("WARREN_OS_IMAGE", ALIAS)
@@ -87,10 +106,10 @@ fn the_opensandbox_python_sdk_works_unchanged() {
             String::from_utf8_lossy(&out.stderr)
         );
         println!("{text}");
-        assert!(out.status.success(), "sdk_e2e.py {args:?} failed:\n{text}");
+        assert!(out.status.success(), "{file} {args:?} failed:\n{text}");
         text
     };
-    let all = run(&[]);
+    let all = run(&python, "sdk_e2e.py", &[]);
     for t in [
         "create_with_spec",
         "commands",
@@ -102,6 +121,7 @@ fn the_opensandbox_python_sdk_works_unchanged() {
         "pause_resume",
         "renew",
         "volumes",
+        "snapshots",
         "kill",
         "errors",
     ] {
@@ -110,7 +130,7 @@ fn the_opensandbox_python_sdk_works_unchanged() {
             "{t} did not pass:\n{all}"
         );
     }
-    let auth = run(&["auth"]);
+    let auth = run(&python, "sdk_e2e.py", &["auth"]);
     for t in [
         "auth_missing_key",
         "auth_wrong_key",
@@ -123,7 +143,24 @@ fn the_opensandbox_python_sdk_works_unchanged() {
         );
     }
 
-    // Everything the SDK made is gone.
+    let js = run(std::path::Path::new("node"), "sdk_smoke.mjs", &[]);
+    for t in [
+        "create",
+        "commands",
+        "files",
+        "background",
+        "metrics",
+        "pause_resume_renew",
+        "list",
+        "kill",
+    ] {
+        assert!(
+            js.contains(&format!("ok {t}\n")),
+            "{t} did not pass with the JS SDK:\n{js}"
+        );
+    }
+
+    // Everything the SDKs made is gone.
     let client = Client::new(&d.url).unwrap().with_api_key(&key);
     let left = rt()
         .block_on(client.list_sandboxes::<&str, &str>(&[]))

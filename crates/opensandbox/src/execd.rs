@@ -293,12 +293,13 @@ async fn run(
 ) -> OsResult<Response> {
     let Json(req) = req?;
     let user = user_of(req.uid, req.gid)?;
+    let env = crate::envfile::command_env(&os, &sid, &req.envs).await?;
     let id = new_id('c');
     if req.background {
         let start = |shell: &str| -> OsResult<CreateProcessRequest> {
             Ok(CreateProcessRequest {
                 cmd: argv_of(&req, shell)?,
-                env: req.envs.clone(),
+                env: env.clone(),
                 cwd: req.cwd.clone(),
                 user,
                 tag: Some(id.clone()),
@@ -323,7 +324,7 @@ async fn run(
     let exec = |shell: &str| -> OsResult<ExecRequest> {
         Ok(ExecRequest {
             cmd: argv_of(&req, shell)?,
-            env: req.envs.clone(),
+            env: env.clone(),
             cwd: req.cwd.clone(),
             timeout_secs: timeout_secs(req.timeout),
             user,

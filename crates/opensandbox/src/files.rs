@@ -22,7 +22,7 @@ use warren_engine::ByteStream;
 
 use crate::error::{OsError, OsResult};
 use crate::model::{mode_from_os, mode_to_os};
-use crate::Os;
+use crate::{read_small, Os};
 
 /// Largest file `replace` rewrites.
 const MAX_REPLACE_BYTES: u64 = 64 * 1024 * 1024;
@@ -68,32 +68,6 @@ struct FileInfo {
 struct Names {
     users: BTreeMap<u32, String>,
     groups: BTreeMap<u32, String>,
-}
-
-async fn read_small(os: &Os, sid: &str, path: &str, cap: u64) -> OsResult<Option<Vec<u8>>> {
-    let (info, mut body) = match os.engine.read_file(sid, path).await {
-        Ok(r) => r,
-        Err(e) if e.code() == ErrorCode::FileNotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    if info.size > cap {
-        return Err(OsError::from_code(
-            ErrorCode::PayloadTooLarge,
-            format!("{path} is {} bytes; at most {cap} are handled", info.size),
-        ));
-    }
-    let mut out = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| OsError::from(os.engine.attach_error(e)))?;
-        out.extend_from_slice(&chunk);
-        if out.len() as u64 > cap {
-            return Err(OsError::from_code(
-                ErrorCode::PayloadTooLarge,
-                format!("{path} grew past {cap} bytes while it was read"),
-            ));
-        }
-    }
-    Ok(Some(out))
 }
 
 /// `name:x:id:...` lines of a passwd/group file.

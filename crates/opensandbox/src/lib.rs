@@ -11,6 +11,7 @@
 //! Errors leave in OpenSandbox's shape, `{"code": "...", "message": "..."}`, and every
 //! answer carries the request's `x-request-id` (one is made when the client sent none).
 
+mod envfile;
 mod error;
 mod execd;
 mod files;
@@ -26,9 +27,12 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::StreamExt;
+use warren_api::ErrorCode;
 use warren_engine::Engine;
 
 pub use error::OsError;
+use error::OsResult;
 
 /// Header of the lifecycle API's key.
 pub const API_KEY_HEADER: &str = "open-sandbox-api-key";
@@ -159,6 +163,39 @@ async fn authorize(State(os): State<Os>, req: Request, next: Next) -> Response {
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A small file of the sandbox, whole (`None` if it does not exist); more than `cap` bytes
+/// is `payload_too_large`.
+pub(crate) async fn read_small(
+    os: &Os,
+    sid: &str,
+    path: &str,
+    cap: u64,
+) -> OsResult<Option<Vec<u8>>> {
+    let (info, mut body) = match os.engine.read_file(sid, path).await {
+        Ok(r) => r,
+        Err(e) if e.code() == ErrorCode::FileNotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if info.size > cap {
+        return Err(OsError::from_code(
+            ErrorCode::PayloadTooLarge,
+            format!("{path} is {} bytes; at most {cap} are handled", info.size),
+        ));
+    }
+    let mut out = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| OsError::from(os.engine.attach_error(e)))?;
+        out.extend_from_slice(&chunk);
+        if out.len() as u64 > cap {
+            return Err(OsError::from_code(
+                ErrorCode::PayloadTooLarge,
+                format!("{path} grew past {cap} bytes while it was read"),
+            ));
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Milliseconds since the epoch, as OpenSandbox's events carry them.

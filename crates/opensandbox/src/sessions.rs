@@ -59,11 +59,13 @@ async fn create(
 ) -> OsResult<Json<Created>> {
     let req: CreateSession = crate::error::optional_json(&req)?;
     let session_id = new_id('s');
+    let env = crate::envfile::command_env(&os, &sid, &Default::default()).await?;
     os.engine
         .start_process(
             &sid,
             CreateProcessRequest {
                 cmd: vec!["bash".into(), "--noprofile".into(), "--norc".into()],
+                env,
                 cwd: req.cwd,
                 tag: Some(session_id.clone()),
                 stdin: Some(true),

@@ -1321,6 +1321,7 @@ async fn disk_limit_over_http() {
 mod archive;
 mod lifecycle;
 mod limits;
+mod opensandbox;
 mod pools;
 mod processes;
 mod search;

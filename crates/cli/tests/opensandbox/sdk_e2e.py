@@ -59,6 +59,7 @@ from opensandbox.models.sandboxes import (
     NetworkPolicy,
     NetworkRule,
     SandboxFilter,
+    SnapshotFilter,
     Volume,
 )
 
@@ -245,6 +246,13 @@ def test_create_with_spec() -> None:
         eq(egress.default_action, "deny", "egress default action")
         rules = [(r.action, r.target) for r in egress.egress or []]
         check(("allow", "pypi.org") in rules, f"egress rules {rules} lack allow pypi.org")
+        # Rules change while it runs (merged by target; deleted by target).
+        sb.patch_egress_rules([NetworkRule(action="allow", target="example.com")])
+        sb.delete_egress_rules(["pypi.org"])
+        egress = sb.get_egress_policy()
+        rules = [(r.action, r.target) for r in egress.egress or []]
+        eq(rules, [("allow", "example.com")], "egress rules after patch and delete")
+        eq(egress.default_action, "deny", "egress default action after patch")
 
 
 def test_commands() -> None:
@@ -348,10 +356,24 @@ def test_sessions() -> None:
         eq(first.exit_code, 0, "session setup exit code")
         second = sb.commands.run_in_session(session, "pwd; echo $A")
         eq(second.text.splitlines(), ["/tmp", "1"], "session state")
+        # A session keeps going after a failing command, with its exit code reported.
+        failed = sb.commands.run_in_session(session, "ls /nonexistent")
+        eq(failed.exit_code, 2, "failing run exit code")
+        check("nonexistent" in stream_text(failed.logs.stderr), f"stderr {failed.logs.stderr}")
+        eq(sb.commands.run_in_session(session, "echo $A").text, "1", "session after a failure")
         sb.commands.delete_session(session)
         expect_error(
             lambda: sb.commands.run_in_session(session, "true"), "run in a deleted session"
         )
+
+        # set_env persists for later commands and new sessions.
+        sb.commands.set_env("GREETING2", "hello there")
+        sb.commands.set_env("QUOTED", "it's \"here\"")
+        eq(sh(sb, 'echo "$GREETING2"'), "hello there", "set_env in a command")
+        eq(sh(sb, 'echo "$QUOTED"'), "it's \"here\"", "set_env with quotes")
+        later = sb.commands.create_session()
+        eq(sb.commands.run_in_session(later, 'echo "$GREETING2"').text, "hello there", "set_env in a session")
+        sb.commands.delete_session(later)
 
 
 def test_files() -> None:
@@ -552,6 +574,26 @@ def test_volumes() -> None:
                 os.remove(host_new)
 
 
+def test_snapshots() -> None:
+    with new_sandbox() as sb:
+        sb.files.write_file("/tmp/snap.txt", "before\n", mode=644)
+        snap = sb.create_snapshot(name="e2e")
+        eq(snap.sandbox_id, sb.id, "snapshot sandbox_id")
+        eq(snap.name, "e2e", "snapshot name")
+        eq(snap.status.state, "Ready", "snapshot state")
+        sb.files.write_file("/tmp/snap.txt", "after\n", mode=644)
+        with manager() as mgr:
+            eq(mgr.get_snapshot(snap.id).id, snap.id, "get_snapshot")
+            listed = mgr.list_snapshots(SnapshotFilter(sandbox_id=sb.id))
+            eq([s.id for s in listed.snapshot_infos], [snap.id], "list_snapshots by sandbox")
+            # A sandbox made from the snapshot has the files as they were then.
+            with new_sandbox(image=None, snapshot_id=snap.id) as restored:
+                eq(restored.files.read_file("/tmp/snap.txt"), "before\n", "restored file")
+                eq(restored.get_info().status.state, "Running", "restored state")
+            mgr.delete_snapshot(snap.id)
+            expect_error(lambda: mgr.get_snapshot(snap.id), "get a deleted snapshot", status=(404,))
+
+
 def test_kill() -> None:
     run = secrets.token_hex(4)
     sb = create(run=run)
@@ -598,6 +640,7 @@ TESTS = [
     test_pause_resume,
     test_renew,
     test_volumes,
+    test_snapshots,
     test_kill,
     test_errors,
 ]
