@@ -42,6 +42,18 @@ pub(crate) fn routes() -> Router<Os> {
         .route("/execd/{sid}/command/{cid}/logs", get(logs))
         .route("/execd/{sid}/metrics", get(metrics))
         .route("/execd/{sid}/metrics/watch", get(watch_metrics))
+        // execd's code interpreter, isolated sessions and per-identity file routes.
+        .route("/execd/{sid}/code", axum::routing::any(unsupported))
+        .route("/execd/{sid}/code/{*rest}", axum::routing::any(unsupported))
+        .route("/execd/{sid}/v1/{*rest}", axum::routing::any(unsupported))
+}
+
+/// Parts of execd Warren does not serve: a typed 501 rather than a 404.
+async fn unsupported(uri: axum::http::Uri) -> OsError {
+    OsError::unsupported(format!(
+        "{} is not served by Warren's execd (code contexts, isolated sessions and per-identity file routes are not supported; run commands and use /files)",
+        uri.path()
+    ))
 }
 
 /// The sandbox an execd path is for.

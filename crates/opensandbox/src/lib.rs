@@ -53,6 +53,9 @@ pub trait Gate: Send + Sync {
     fn accepts_key(&self, key: &str) -> bool;
     /// The token that opens sandbox `id`'s data plane.
     fn token_for(&self, id: &str) -> String;
+    /// A token for a link to port `port` of sandbox `id` that needs no header, valid until
+    /// `expires` (Unix seconds); it goes in the proxy path as `~TOKEN`.
+    fn route_token(&self, id: &str, port: u16, expires: i64) -> String;
 }
 
 /// How the surface is set up.

@@ -55,6 +55,13 @@ pub(crate) fn routes() -> Router<Os> {
         .route("/v1/metrics/events", post(metrics_event))
         .route("/v1/templates", get(templates).post(templates))
         .route("/v1/templates/{id}", get(templates).delete(templates))
+        .route("/v1/sandboxes/{id}/diagnostics/{*what}", get(diagnostics))
+}
+
+async fn diagnostics() -> OsError {
+    OsError::unsupported(
+        "diagnostics are not served here: Warren's own API has the sandbox's events (GET /v1/sandboxes/{id}/events)",
+    )
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> OsResult<T> {
@@ -427,11 +434,14 @@ fn host_of(headers: &HeaderMap) -> String {
 /// `GET /v1/sandboxes/{id}/endpoints/{port}`: execd (44772) is this surface's
 /// `/execd/{id}`; egress (18080) is answered with `OPEN-SANDBOX-ORIGIN: template`, which
 /// makes the SDK manage egress through `/networkpolicy`; any other port is Warren's reverse
-/// proxy to it. Each carries the sandbox's token when the daemon has API keys.
-/// `use_server_proxy` changes nothing: every endpoint already goes through this server.
+/// proxy to it. Each carries the sandbox's token when the daemon has API keys; with
+/// `expires`, a proxied port's endpoint is a signed link instead (its token in the path,
+/// valid until then). `use_server_proxy` changes nothing: every endpoint already goes
+/// through this server.
 async fn endpoint(
     State(os): State<Os>,
     Path((id, port)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> OsResult<Response> {
     let port: u16 = port
@@ -439,6 +449,17 @@ async fn endpoint(
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| OsError::invalid(format!("port {port:?} is not a port number")))?;
+    let expires = match pairs(&q).into_iter().find(|(k, _)| k == "expires") {
+        None => None,
+        Some((_, v)) => Some(
+            v.parse::<i64>()
+                .ok()
+                .filter(|e| *e > Utc::now().timestamp())
+                .ok_or_else(|| {
+                    OsError::invalid(format!("expires {v:?} is not a future Unix time"))
+                })?,
+        ),
+    };
     os.engine.get(&id).await?;
     let host = host_of(&headers);
     let prefix = os.opts.prefix.trim_end_matches('/');
@@ -452,12 +473,19 @@ async fn endpoint(
             format!("{host}{prefix}/execd/{id}")
         }
         EGRESS_PORT => format!("{host}{prefix}/egress/{id}"),
-        _ => {
-            if let Some(t) = token {
-                out.insert("X-Warren-Token".into(), t);
+        _ => match (expires, &os.opts.gate) {
+            // A signed link: the token is in the path, no header needed.
+            (Some(exp), Some(gate)) => format!(
+                "{host}/v1/sandboxes/{id}/proxy/{port}/~{}",
+                gate.route_token(&id, port, exp)
+            ),
+            _ => {
+                if let Some(t) = token {
+                    out.insert("X-Warren-Token".into(), t);
+                }
+                format!("{host}/v1/sandboxes/{id}/proxy/{port}")
             }
-            format!("{host}/v1/sandboxes/{id}/proxy/{port}")
-        }
+        },
     };
     let mut resp = Json(model::Endpoint {
         endpoint,

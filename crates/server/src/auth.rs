@@ -314,15 +314,50 @@ impl SandboxTokens {
         Ok(SandboxTokens { key: Arc::new(key) })
     }
 
-    /// Sandbox `id`'s token.
-    pub fn token_for(&self, id: &str) -> String {
+    fn mac(&self, parts: &[&[u8]]) -> String {
         // A key shorter than the block is zero-padded by HMAC itself: the same MAC.
         let mut block = [0u8; 64];
         block[..32].copy_from_slice(&self.key[..]);
         let mut mac = <Hmac<Sha256> as KeyInit>::new(&block.into());
-        mac.update(b"warren sandbox token\0");
-        mac.update(id.as_bytes());
-        format!("wst_{}", hex(&mac.finalize().into_bytes()))
+        for p in parts {
+            mac.update(p);
+        }
+        hex(&mac.finalize().into_bytes())
+    }
+
+    /// Sandbox `id`'s token.
+    pub fn token_for(&self, id: &str) -> String {
+        format!(
+            "wst_{}",
+            self.mac(&[b"warren sandbox token\0", id.as_bytes()])
+        )
+    }
+
+    /// A token that opens sandbox `id`'s port `port` through the reverse proxy until
+    /// `expires` (Unix seconds): `EXPIRES.MAC`, carried in the URL as the path segment
+    /// `~EXPIRES.MAC` after the port (a link that needs no header).
+    pub fn route_token(&self, id: &str, port: u16, expires: i64) -> String {
+        let mac = self.mac(&[
+            b"warren route token\0",
+            id.as_bytes(),
+            b"\0",
+            port.to_string().as_bytes(),
+            b"\0",
+            expires.to_string().as_bytes(),
+        ]);
+        format!("{expires}.{mac}")
+    }
+
+    /// Whether `token` is [`SandboxTokens::route_token`]'s for `id` and `port`, not expired.
+    fn accepts_route(&self, id: &str, port: u16, token: &str) -> bool {
+        let Some(expires) = token.split('.').next().and_then(|e| e.parse::<i64>().ok()) else {
+            return false;
+        };
+        expires >= chrono::Utc::now().timestamp()
+            && same(
+                self.route_token(id, port, expires).as_bytes(),
+                token.as_bytes(),
+            )
     }
 
     fn accepts(&self, id: &str, token: &str) -> bool {
@@ -344,6 +379,45 @@ impl warren_opensandbox::Gate for Auth {
 
     fn token_for(&self, id: &str) -> String {
         self.tokens.token_for(id)
+    }
+
+    fn route_token(&self, id: &str, port: u16, expires: i64) -> String {
+        self.tokens.route_token(id, port, expires)
+    }
+}
+
+/// A signed proxy path, `/v1/sandboxes/{id}/proxy/{port}/~{token}[/rest]`: the sandbox,
+/// the port, the token, and the path without the token segment.
+fn signed_route(path: &str) -> Option<(&str, u16, &str, String)> {
+    let rest = path.strip_prefix("/v1/sandboxes/")?;
+    let (id, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("proxy/")?;
+    let (port, rest) = rest.split_once('/')?;
+    let (token, tail) = match rest.split_once('/') {
+        Some((t, tail)) => (t, Some(tail)),
+        None => (rest, None),
+    };
+    let token = token.strip_prefix('~')?;
+    let port = port.parse().ok()?;
+    let stripped = match tail {
+        Some(tail) => format!("/v1/sandboxes/{id}/proxy/{port}/{tail}"),
+        None => format!("/v1/sandboxes/{id}/proxy/{port}"),
+    };
+    Some((id, port, token, stripped))
+}
+
+/// Point `req` at `path` (its query kept).
+fn set_path(req: &mut Request, path: &str) {
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
     }
 }
 
@@ -395,6 +469,13 @@ pub(crate) async fn require_key(
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     {
         return next.run(req).await;
+    }
+    if let Some((id, port, token, stripped)) = signed_route(req.uri().path()) {
+        if auth.tokens.accepts_route(id, port, token) {
+            set_path(&mut req, &stripped);
+            return next.run(req).await;
+        }
+        return unauthorized("the signed link is not valid for this port, or has expired");
     }
     let presented = req
         .headers()

@@ -467,6 +467,15 @@ def test_endpoints() -> None:
             check(time.monotonic() < deadline, f"GET {url} never answered 200: {last!r}")
             time.sleep(0.2)
         check("warren e2e" in response.text, f"unexpected body {response.text!r}")
+        # The endpoint needs its token: without the headers, 401.
+        eq(httpx.get(url, timeout=5).status_code, 401, "port endpoint without its headers")
+
+        # A signed endpoint is a link that needs no header, until it expires.
+        signed = sb.get_signed_endpoint(8000, int(time.time()) + 300)
+        signed_url = f"http://{signed.endpoint}/index.html"
+        response = httpx.get(signed_url, timeout=5)
+        eq(response.status_code, 200, f"GET {signed_url}")
+        check("warren e2e" in response.text, f"unexpected signed body {response.text!r}")
 
         execd = sb.get_endpoint(EXECD_PORT)
         check(bool(execd.endpoint), "empty endpoint for the execd port")

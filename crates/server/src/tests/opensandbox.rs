@@ -408,6 +408,48 @@ async fn keys_and_tokens_guard_the_surface() {
     ))
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A signed link to a port needs no header, only for that sandbox and port, until it
+    // expires.
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let (s, ep) = send(get(
+        format!("{OS}/sandboxes/{a_id}/endpoints/8000?expires={exp}"),
+        &[("open-sandbox-api-key", &key)],
+    ))
+    .await;
+    assert_eq!(s, StatusCode::OK, "{ep}");
+    let endpoint = ep["endpoint"].as_str().unwrap();
+    let path = &endpoint[endpoint.find("/v1/").unwrap()..];
+    assert!(
+        path.starts_with(&format!("/v1/sandboxes/{a_id}/proxy/8000/~{exp}.")),
+        "{path}"
+    );
+    let (s, v) = send(get(format!("{path}/index.html"), &[])).await;
+    assert_ne!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a signed link opens the proxy: {v}"
+    );
+    let other_port = path.replace("/proxy/8000/", "/proxy/8001/");
+    let other_sandbox = path.replace(a_id.as_str(), b_id);
+    let mut tampered = path.to_string();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == '0' { '1' } else { '0' });
+    let expired = format!(
+        "/v1/sandboxes/{a_id}/proxy/8000/~{}",
+        auth.tokens
+            .route_token(a_id, 8000, chrono::Utc::now().timestamp() - 1)
+    );
+    for bad in [other_port, other_sandbox, tampered, expired] {
+        let (s, _) = send(get(format!("{bad}/index.html"), &[])).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    let (s, _) = send(get(
+        format!("{OS}/sandboxes/{a_id}/endpoints/8000?expires=12"),
+        &[("open-sandbox-api-key", &key)],
+    ))
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "an expiry in the past");
+
     // The server-proxy mode's API key opens execd too.
     let (s, _) = send(get(ping(b_id), &[("open-sandbox-api-key", &key)])).await;
     assert_eq!(s, StatusCode::OK);
