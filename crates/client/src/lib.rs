@@ -42,7 +42,7 @@ mod sse;
 mod templates;
 mod volumes;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -315,6 +315,21 @@ impl Client {
             Method::POST,
             &["v1", "sandboxes", id, "timeout"],
             Some(&SetTimeoutRequest { timeout_secs }),
+        )
+        .await
+    }
+
+    /// `PATCH /v1/sandboxes/{id}/metadata`: set keys (`Some`) and remove keys (`None`);
+    /// other keys are kept.
+    pub async fn update_metadata(
+        &self,
+        id: &str,
+        patch: &BTreeMap<String, Option<String>>,
+    ) -> Result<Sandbox, Error> {
+        self.call(
+            Method::PATCH,
+            &["v1", "sandboxes", id, "metadata"],
+            Some(patch),
         )
         .await
     }

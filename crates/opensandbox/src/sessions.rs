@@ -103,8 +103,14 @@ fn script(command: &str, cwd: Option<&str>, marker: &str) -> String {
     )
 }
 
+/// The lock that serializes a session's runs. Locks nobody holds or waits for are dropped
+/// once there are many (a session whose sandbox is gone leaves nothing behind for long).
 fn lock_of(os: &Os, sid: &str, session: &str) -> Arc<tokio::sync::Mutex<()>> {
+    const PRUNE_ABOVE: usize = 1024;
     let mut map = os.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() > PRUNE_ABOVE {
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
+    }
     map.entry(format!("{sid}/{session}")).or_default().clone()
 }
 

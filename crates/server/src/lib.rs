@@ -59,6 +59,7 @@ fn api() -> OpenApiRouter<Engine> {
         .routes(routes!(create_sandbox, list_sandboxes))
         .routes(routes!(get_sandbox, delete_sandbox))
         .routes(routes!(set_timeout))
+        .routes(routes!(update_metadata))
         .routes(routes!(exec::exec))
         .routes(routes!(files::read_file, files::remove))
         // Uploads stream to the sandbox: no body limit on these two routes only.
@@ -472,6 +473,24 @@ async fn set_timeout(
     ApiJson(req): ApiJson<SetTimeoutRequest>,
 ) -> Result<Json<Sandbox>, ApiError> {
     Ok(Json(engine.set_timeout(&id, req.timeout_secs).await?))
+}
+
+/// Change a sandbox's metadata: each key given is set, or removed when its value is `null`;
+/// keys not given are kept. The result must still be valid metadata (or nothing changes).
+#[utoipa::path(patch, path = "/v1/sandboxes/{id}/metadata", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body(content = BTreeMap<String, Option<String>>, description = "Keys to set (a string) or remove (`null`)"),
+    responses(
+        (status = 200, description = "The sandbox with its new metadata", body = Sandbox),
+        (status = 400, description = "`invalid_request`: e.g. too many keys, or one too long", body = ErrorBody),
+        (status = 404, description = "`sandbox_not_found`", body = ErrorBody),
+    ))]
+async fn update_metadata(
+    State(engine): State<Engine>,
+    SandboxId(id): SandboxId,
+    ApiJson(patch): ApiJson<BTreeMap<String, Option<String>>>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(engine.update_metadata(&id, &patch).await?))
 }
 
 async fn not_found() -> ApiError {

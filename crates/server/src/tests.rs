@@ -513,7 +513,7 @@ async fn every_documented_operation_is_routed() {
             }
         }
     }
-    assert_eq!(operations, 78, "operations documented");
+    assert_eq!(operations, 79, "operations documented");
 }
 
 #[tokio::test]

@@ -575,3 +575,31 @@ async fn event_route_errors() {
     let resp = a.send(req).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn metadata_is_patched_key_by_key() {
+    let a = app().await;
+    let sb = a.create(r#"{"metadata":{"team":"a","task":"t1"}}"#).await;
+    let uri = format!("/v1/sandboxes/{}/metadata", sb.id);
+    let (s, v) = a
+        .call(Method::PATCH, &uri, Some(r#"{"task":null,"owner":"me"}"#))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"], json!({"team": "a", "owner": "me"}));
+    // Invalid: nothing changes.
+    let (s, v) = a.call(Method::PATCH, &uri, Some(r#"{"":"x"}"#)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = a.call(Method::PATCH, &uri, Some(r#"{"k":1}"#)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (_, v) = a
+        .call(Method::GET, &format!("/v1/sandboxes/{}", sb.id), None)
+        .await;
+    assert_eq!(v["metadata"], json!({"team": "a", "owner": "me"}));
+    // A filter sees the new metadata.
+    let (_, v) = a.call(Method::GET, "/v1/sandboxes?metadata.owner=me", None).await;
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    let (s, _) = a
+        .call(Method::PATCH, "/v1/sandboxes/sb-nope/metadata", Some("{}"))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
