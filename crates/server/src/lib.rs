@@ -7,6 +7,7 @@
 //! until a shutdown future completes.
 
 pub mod auth;
+mod drain;
 mod encode;
 mod error;
 mod events;
@@ -150,34 +151,8 @@ pub fn router_opts(engine: Engine, opts: ServeOptions) -> Router {
             auth.clone(),
             auth::require_key,
         ))
-        .layer(axum::middleware::from_fn(close_after_refused_body))
+        .layer(axum::middleware::from_fn(drain::close_after_refused_body))
         .layer(TraceLayer::new_for_http())
-}
-
-/// An error answered to a request with a body may come before the body was read (a full
-/// disk refuses an upload at its first bytes); the server then cannot reuse the connection
-/// and closes it. `Connection: close` says so, or a client would send its next request on a
-/// connection that is about to close and see it fail without an answer.
-async fn close_after_refused_body(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let has_body = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v != "0")
-        || req
-            .headers()
-            .contains_key(axum::http::header::TRANSFER_ENCODING);
-    let mut resp = next.run(req).await;
-    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
-        resp.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-    }
-    resp
 }
 
 /// The OpenAPI document of [`router`].

@@ -596,7 +596,9 @@ async fn metadata_is_patched_key_by_key() {
         .await;
     assert_eq!(v["metadata"], json!({"team": "a", "owner": "me"}));
     // A filter sees the new metadata.
-    let (_, v) = a.call(Method::GET, "/v1/sandboxes?metadata.owner=me", None).await;
+    let (_, v) = a
+        .call(Method::GET, "/v1/sandboxes?metadata.owner=me", None)
+        .await;
     assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
     let (s, _) = a
         .call(Method::PATCH, "/v1/sandboxes/sb-nope/metadata", Some("{}"))
