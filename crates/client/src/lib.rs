@@ -166,6 +166,20 @@ impl Client {
         self
     }
 
+    /// A request to `path` on the server (with the API key), for routes this SDK has no
+    /// method for (another API surface, such as `/opensandbox`).
+    pub fn raw_request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut url = self.base.clone();
+        match path.split_once('?') {
+            Some((p, q)) => {
+                url.set_path(p);
+                url.set_query(Some(q));
+            }
+            None => url.set_path(path),
+        }
+        self.http_request(method, url)
+    }
+
     /// A request to `url`, with the API key.
     fn http_request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
         let req = self.http.request(method, url);

@@ -124,7 +124,10 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
 }
 
 /// One create → first output → delete: the four instants, and whether a pool served it.
-async fn lifecycle(ctx: &Ctx<'_>, req: &CreateSandboxRequest) -> Result<([Instant; 4], bool)> {
+pub(crate) async fn lifecycle(
+    ctx: &Ctx<'_>,
+    req: &CreateSandboxRequest,
+) -> Result<([Instant; 4], bool)> {
     let client = ctx.client;
     let t0 = Instant::now();
     let sb = client.create_sandbox(req).await.context("create")?;

@@ -12,6 +12,7 @@ mod concurrent;
 mod density;
 mod files;
 mod memory;
+mod opensandbox;
 mod snapshot;
 mod stats;
 mod warm;
@@ -52,6 +53,9 @@ pub enum Scenario {
     /// A template build from --image, then unchanged rebuilds (the build cache); buildah's
     /// baseline when it is installed.
     Build,
+    /// An OpenSandbox SDK's create → ready → first output → delete on `/opensandbox`,
+    /// interleaved with Warren's own cold lifecycle.
+    Opensandbox,
 }
 
 const DEFAULT_SCENARIOS: [Scenario; 5] = [
@@ -65,7 +69,7 @@ const DEFAULT_SCENARIOS: [Scenario; 5] = [
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Scenarios to run, comma-separated: cold, warm, exec, concurrent, files, snapshot,
-    /// density, build [default: cold,warm,exec,concurrent,files].
+    /// density, build, opensandbox [default: cold,warm,exec,concurrent,files].
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub scenarios: Vec<Scenario>,
     /// Run every scenario, snapshot and density included.
@@ -400,6 +404,7 @@ async fn run_scenarios(
             Scenario::Snapshot => snapshot::run(ctx, out).await,
             Scenario::Density => density::run(ctx, out).await,
             Scenario::Build => build::run(ctx, out).await,
+            Scenario::Opensandbox => opensandbox::run(ctx, out).await,
         };
         let name = format!("{s:?}").to_lowercase();
         if let Err(e) = r {
@@ -479,7 +484,7 @@ mod tests {
         assert!(!default.contains(&Scenario::Density));
         assert!(!default.contains(&Scenario::Snapshot));
         let all = parse(&["--all"]).unwrap().selected();
-        assert_eq!(all.len(), 8);
+        assert_eq!(all.len(), 9);
         let some = parse(&["--scenarios", "density,cold", "--json"]).unwrap();
         assert!(some.json);
         assert_eq!(
