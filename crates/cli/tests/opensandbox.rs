@@ -18,9 +18,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::{rt, Daemon};
+use common::{api_key, rt, run_script, Daemon};
 use warren_client::Client;
 
 const ALIAS: &str = "opensandbox/code-interpreter:latest";
@@ -61,14 +60,7 @@ fn js_sdk() -> PathBuf {
 fn the_opensandbox_sdks_work_unchanged() {
     let python = python();
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.json");
-    let made = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["key", "create", "--name", "sdk", "--file"])
-        .arg(&keys)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let key = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let (keys, key) = api_key(dir.path(), "sdk");
     // A host directory the sandboxes may mount; world-writable because a sandbox's root is
     // an unprivileged uid on the host (host paths are not idmapped).
     let host = dir.path().join("host");
@@ -89,25 +81,20 @@ fn the_opensandbox_sdks_work_unchanged() {
         host.to_str().unwrap(),
     ]);
     let domain = format!("{}/opensandbox", d.url);
+    let sdk = js_sdk();
     let run = |program: &std::path::Path, file: &str, args: &[&str]| {
-        let out = Command::new(program)
-            .arg(script(file))
-            .args(args)
-            .env("OPENSANDBOX_JS_SDK", js_sdk())
-            .env("OPEN_SANDBOX_DOMAIN", &domain)
-            .env("OPEN_SANDBOX_API_KEY", &key)
-            .env("WARREN_OS_IMAGE", ALIAS)
-            .env("WARREN_OS_HOST_DIR", &host)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!("{text}");
-        assert!(out.status.success(), "{file} {args:?} failed:\n{text}");
-        text
+        run_script(
+            program,
+            &script(file),
+            args,
+            &[
+                ("OPENSANDBOX_JS_SDK", sdk.as_os_str()),
+                ("OPEN_SANDBOX_DOMAIN", domain.as_ref()),
+                ("OPEN_SANDBOX_API_KEY", key.as_ref()),
+                ("WARREN_OS_IMAGE", ALIAS.as_ref()),
+                ("WARREN_OS_HOST_DIR", host.as_os_str()),
+            ],
+        )
     };
     let all = run(&python, "sdk_e2e.py", &[]);
     for t in [

@@ -372,6 +372,16 @@ pub struct Auth {
     pub tokens: SandboxTokens,
 }
 
+impl warren_e2b::Gate for Auth {
+    fn accepts_key(&self, key: &str) -> bool {
+        self.keys.accepts(key)
+    }
+
+    fn token_for(&self, id: &str) -> String {
+        self.tokens.token_for(id)
+    }
+}
+
 impl warren_opensandbox::Gate for Auth {
     fn accepts_key(&self, key: &str) -> bool {
         self.keys.accepts(key)
@@ -461,9 +471,11 @@ pub(crate) async fn require_key(
     let Some(auth) = auth else {
         return next.run(req).await;
     };
-    // OpenSandbox's surface checks its own headers and answers in its own shape.
+    // The other surfaces (OpenSandbox's, E2B's) check their own headers and answer in
+    // their own shapes.
     let path = req.uri().path();
     if path == "/healthz"
+        || warren_e2b::owns(path)
         || path
             .strip_prefix(crate::OPENSANDBOX_PREFIX)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))

@@ -113,9 +113,23 @@ pub struct ServeOptions {
     pub image_aliases: BTreeMap<String, String>,
 }
 
-/// The native API under `/v1` and OpenSandbox's under [`OPENSANDBOX_PREFIX`], which checks
-/// its own headers and answers in its own error shape.
+impl ServeOptions {
+    fn e2b(&self) -> warren_e2b::Options {
+        warren_e2b::Options {
+            image_aliases: self.image_aliases.clone(),
+            gate: self
+                .auth
+                .clone()
+                .map(|a| std::sync::Arc::new(a) as std::sync::Arc<dyn warren_e2b::Gate>),
+        }
+    }
+}
+
+/// The native API under `/v1`, E2B's control plane on its own paths (`/v2/sandboxes`,
+/// `/sandboxes/...`) and OpenSandbox's under [`OPENSANDBOX_PREFIX`]; each other surface
+/// checks its own headers and answers in its own error shape.
 pub fn router_opts(engine: Engine, opts: ServeOptions) -> Router {
+    let e2b = warren_e2b::router(engine.clone(), opts.e2b());
     let auth = opts.auth;
     let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
     let output_budget = output::OutputBudget::new(engine.config().max_exec_output_bytes);
@@ -145,6 +159,7 @@ pub fn router_opts(engine: Engine, opts: ServeOptions) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(engine)
+        .merge(e2b)
         .nest(OPENSANDBOX_PREFIX, opensandbox)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(

@@ -106,6 +106,21 @@ fn parse_sse(text: &str) -> Vec<Sse> {
     out
 }
 
+/// An engine and its API with one key required: the engine, the router, its auth and the
+/// key.
+async fn keyed() -> (TestEngine, Router, crate::auth::Auth, String) {
+    use crate::auth::{ApiKeys, Auth, KeyFile, SandboxTokens};
+    let t = TestEngine::new().await;
+    let file = KeyFile::new(t.dir.path().join("keys.json"));
+    let (_, key) = file.create("t").unwrap();
+    let auth = Auth {
+        keys: ApiKeys::fixed(file.load().unwrap()),
+        tokens: SandboxTokens::open(&t.dir.path().join("access.key")).unwrap(),
+    };
+    let router = crate::router_with(t.engine.clone(), Some(auth.clone()));
+    (t, router, auth, key)
+}
+
 fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, code: &str) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
@@ -522,7 +537,7 @@ async fn unknown_route_and_wrong_method() {
     for uri in [
         "/",
         "/v1",
-        "/v2/sandboxes",
+        "/v3/sandboxes",
         "/v1/sandboxes/x/y",
         "/v1/sandboxes/x/exec/z",
     ] {
@@ -1319,6 +1334,7 @@ async fn disk_limit_over_http() {
 }
 
 mod archive;
+mod e2b;
 mod lifecycle;
 mod limits;
 mod opensandbox;

@@ -285,3 +285,49 @@ pub fn process_req(cmd: &[&str]) -> warren_api::CreateProcessRequest {
         ..Default::default()
     }
 }
+
+/// A new API key file under `dir` with one key, made by `warren key create`: its path
+/// and the key.
+#[allow(dead_code)]
+pub fn api_key(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
+    let file = dir.join("keys.json");
+    let made = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["key", "create", "--name", name, "--file"])
+        .arg(&file)
+        .output()
+        .expect("run warren key create");
+    assert!(made.status.success(), "{made:?}");
+    (
+        file,
+        String::from_utf8_lossy(&made.stdout).trim().to_string(),
+    )
+}
+
+/// Run a client script (`program script args...` with `env`), print what it said, and
+/// require it to succeed; its output.
+#[allow(dead_code)]
+pub fn run_script(
+    program: &std::path::Path,
+    script: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> String {
+    let mut cmd = Command::new(program);
+    cmd.arg(script).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the client script");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{text}",
+        script.display()
+    );
+    text
+}

@@ -3,7 +3,6 @@
 //! endpoints, and its own auth (API key header, per-sandbox execd tokens).
 
 use super::*;
-use crate::auth::{ApiKeys, Auth, KeyFile, SandboxTokens};
 
 const OS: &str = "/opensandbox/v1";
 
@@ -318,14 +317,7 @@ async fn endpoints_request_ids_and_unknown_routes() {
 
 #[tokio::test]
 async fn keys_and_tokens_guard_the_surface() {
-    let t = TestEngine::new().await;
-    let file = KeyFile::new(t.dir.path().join("keys.json"));
-    let (_, key) = file.create("t").unwrap();
-    let auth = Auth {
-        keys: ApiKeys::fixed(file.load().unwrap()),
-        tokens: SandboxTokens::open(&t.dir.path().join("access.key")).unwrap(),
-    };
-    let router = crate::router_with(t.engine.clone(), Some(auth.clone()));
+    let (_engine, router, auth, key) = keyed().await;
     let send = |req: Request<Body>| {
         let r = router.clone();
         async move {

@@ -1,0 +1,179 @@
+//! E2B's control plane over HTTP on the fake runtime: its error shape, bad input that
+//! changes nothing, idempotent creates, list paging, pause/connect, and its key header.
+
+use super::*;
+
+async fn e2b_call(a: &App, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    a.call(method, uri, body.map(|b| b.to_string()).as_deref())
+        .await
+}
+
+fn assert_e2b_error(v: &Value, code: u16) {
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+}
+
+#[tokio::test]
+async fn bad_creates_are_e2b_errors_and_change_nothing() {
+    let a = app().await;
+    for (body, code) in [
+        (json!({"templateID": "no-such-template"}), 404),
+        (
+            json!({"templateID": "base", "autoPause": true, "autoPauseMemory": false, "autoResume": {"enabled": true}}),
+            400,
+        ),
+        (
+            json!({"templateID": "base", "metadata": {"e2b.templateID": "x"}}),
+            400,
+        ),
+        (
+            json!({"templateID": "base", "network": {"dnsServers": ["1.1.1.1"]}}),
+            400,
+        ),
+        (json!({"templateID": "base", "timeout": 999_999_999}), 400),
+        (json!({"timeout": 10}), 400),
+    ] {
+        let (s, v) = e2b_call(&a, Method::POST, "/v2/sandboxes", Some(body.clone())).await;
+        assert_eq!(s.as_u16(), code, "{body}: {v}");
+        assert_e2b_error(&v, code);
+    }
+    assert!(
+        a.t.runtime.live().is_empty(),
+        "a refused create made a sandbox"
+    );
+    let (s, v) = e2b_call(&a, Method::GET, "/sandboxes/sb-nope", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_e2b_error(&v, 404);
+}
+
+#[tokio::test]
+async fn creates_are_idempotent_lists_page_and_pause_is_409_twice() {
+    let a = app().await;
+    let create = |key: &'static str| {
+        let req = Request::post("/v2/sandboxes")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(
+                json!({"templateID": "base", "metadata": {"k": "v"}}).to_string(),
+            ))
+            .unwrap();
+        a.send(req)
+    };
+    let first = create("same-key").await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value =
+        serde_json::from_slice(&first.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let again: Value = serde_json::from_slice(
+        &create("same-key")
+            .await
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        first["sandboxID"], again["sandboxID"],
+        "a retried create made a second sandbox"
+    );
+    assert_eq!(first["envdVersion"], "0.6.13");
+    assert_eq!(a.t.runtime.live().len(), 1);
+    for _ in 0..2 {
+        e2b_call(
+            &a,
+            Method::POST,
+            "/v2/sandboxes",
+            Some(json!({"templateID": "base", "metadata": {"k": "v"}})),
+        )
+        .await;
+    }
+    // Pages of 2: the token leads to the rest, oldest first; desc reverses.
+    let resp = a
+        .send(
+            Request::get("/v2/sandboxes?limit=2&metadata=k%3Dv")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let token = resp.headers()["x-next-token"].to_str().unwrap().to_string();
+    let page1: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(page1.as_array().unwrap().len(), 2);
+    let resp = a
+        .send(
+            Request::get(format!(
+                "/v2/sandboxes?limit=2&metadata=k%3Dv&nextToken={token}"
+            ))
+            .body(Body::empty())
+            .unwrap(),
+        )
+        .await;
+    assert!(resp.headers().get("x-next-token").is_none());
+    let page2: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(page2.as_array().unwrap().len(), 1);
+    let (_, desc) = e2b_call(&a, Method::GET, "/v2/sandboxes?order=desc", None).await;
+    assert_eq!(desc[0]["sandboxID"], page2[0]["sandboxID"], "newest first");
+    // Pause: 204, then 409; state paused; connect resumes with 201.
+    let id = first["sandboxID"].as_str().unwrap();
+    let (s, _) = e2b_call(&a, Method::POST, &format!("/sandboxes/{id}/pause"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = e2b_call(&a, Method::POST, &format!("/sandboxes/{id}/pause"), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (_, v) = e2b_call(&a, Method::GET, "/v2/sandboxes?state=paused", None).await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    // The first connect resumes it (201), the next finds it running (200).
+    for want in [StatusCode::CREATED, StatusCode::OK] {
+        let (s, _) = e2b_call(
+            &a,
+            Method::POST,
+            &format!("/v2/sandboxes/{id}/connect"),
+            Some(json!({"timeout": 60})),
+        )
+        .await;
+        assert_eq!(s, want);
+    }
+    let (s, _) = e2b_call(&a, Method::DELETE, &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = e2b_call(&a, Method::DELETE, &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_e2b_key_header_is_required() {
+    let (_engine, router, auth, key) = keyed().await;
+    let call = |headers: Vec<(&'static str, String)>| {
+        let r = router.clone();
+        async move {
+            let mut b =
+                Request::post("/v2/sandboxes").header(header::CONTENT_TYPE, "application/json");
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            let resp = r
+                .oneshot(
+                    b.body(Body::from(json!({"templateID": "base"}).to_string()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, v) = call(vec![]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_e2b_error(&v, 401);
+    let (s, v) = call(vec![("x-api-key", "wk_0_0".into())]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_e2b_error(&v, 401);
+    let (s, v) = call(vec![("x-api-key", key.clone())]).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["sandboxID"].as_str().unwrap();
+    assert_eq!(v["envdAccessToken"], auth.tokens.token_for(id));
+}
