@@ -109,6 +109,7 @@ fn the_opensandbox_sdks_work_unchanged() {
         "renew",
         "volumes",
         "snapshots",
+        "server_proxy",
         "kill",
         "errors",
     ] {

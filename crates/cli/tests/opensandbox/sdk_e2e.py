@@ -603,6 +603,30 @@ def test_snapshots() -> None:
             expect_error(lambda: mgr.get_snapshot(snap.id), "get a deleted snapshot", status=(404,))
 
 
+def test_server_proxy() -> None:
+    """The SDK's server-proxy mode: execd calls carry the API key instead of relying on the
+    endpoint's token header alone."""
+    proxied = ConnectionConfigSync(
+        domain=DOMAIN,
+        api_key=API_KEY,
+        request_timeout=timedelta(seconds=60),
+        use_server_proxy=True,
+    )
+    sb = SandboxSync.create(
+        IMAGE,
+        metadata={"suite": SUITE, "run": RUN},
+        connection_config=proxied,
+        timeout=timedelta(minutes=10),
+    )
+    LIVE[sb.id] = sb
+    try:
+        eq(sb.commands.run("echo via proxy").logs.stdout[0].text, "via proxy\n", "command")
+        sb.files.write_file("/tmp/proxied.txt", "proxied", mode=644)
+        eq(sb.files.read_file("/tmp/proxied.txt"), "proxied", "file round trip")
+    finally:
+        destroy(sb)
+
+
 def test_kill() -> None:
     run = secrets.token_hex(4)
     sb = create(run=run)
@@ -650,6 +674,7 @@ TESTS = [
     test_renew,
     test_volumes,
     test_snapshots,
+    test_server_proxy,
     test_kill,
     test_errors,
 ]
