@@ -300,16 +300,8 @@ async fn make_dirs(
             Err(e) if e.code() == ErrorCode::FileExists => {}
             Err(e) => return Err(e.into()),
         }
-        if let Some(m) = mode {
-            // mkdir's mode passes through the umask; say it exactly.
-            run_root(
-                &os,
-                &sid,
-                vec!["chmod".into(), format!("{m:o}"), "--".into(), path.clone()],
-            )
-            .await?;
-        }
-        chown(&os, &sid, path, p.owner.as_deref(), p.group.as_deref()).await?;
+        // mkdir's mode passes through the umask: set it exactly, with the owners.
+        apply(&os, &sid, path, p).await?;
     }
     Ok(StatusCode::OK)
 }
