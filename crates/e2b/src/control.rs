@@ -339,6 +339,13 @@ async fn connect(
     req: axum::body::Bytes,
 ) -> E2bResult<Response> {
     let req: model::Connect = optional(&req)?;
+    let timeout = req.timeout.unwrap_or(300);
+    let max = s.engine.config().max_timeout_secs;
+    if timeout > max {
+        return Err(E2bError::bad_request(format!(
+            "timeout {timeout} exceeds the server maximum of {max} seconds"
+        )));
+    }
     let sb = s.engine.get(&id).await?;
     let resumed = match sb.state {
         SandboxState::Paused | SandboxState::Pausing => {
@@ -351,9 +358,8 @@ async fn connect(
         }
         _ => false,
     };
-    let timeout = req.timeout.unwrap_or(300);
-    let wanted =
-        Utc::now() + chrono::Duration::seconds(i64::try_from(timeout).unwrap_or(i64::MAX / 2000));
+    // At most the server's maximum (a day by default): no overflow here.
+    let wanted = Utc::now() + chrono::Duration::seconds(i64::try_from(timeout).unwrap_or(0));
     let sb = if wanted > sb.expires_at || resumed {
         let current = s.engine.get(&id).await?;
         if wanted > current.expires_at {

@@ -123,6 +123,17 @@ async fn creates_are_idempotent_lists_page_and_pause_is_409_twice() {
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     let (_, v) = e2b_call(&a, Method::GET, "/v2/sandboxes?state=paused", None).await;
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    // A timeout past the server's maximum is refused before anything changes.
+    let (s, v) = e2b_call(
+        &a,
+        Method::POST,
+        &format!("/v2/sandboxes/{id}/connect"),
+        Some(json!({"timeout": 1_000_000_000_000_000_000u64})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (_, v) = e2b_call(&a, Method::GET, &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(v["state"], "paused", "a refused connect resumed it");
     // The first connect resumes it (201), the next finds it running (200).
     for want in [StatusCode::CREATED, StatusCode::OK] {
         let (s, _) = e2b_call(
