@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod error;
+mod gate;
 pub use error::ErrorCode;
 mod processes;
 pub use processes::*;
@@ -24,6 +25,7 @@ mod images;
 mod network;
 mod templates;
 mod volumes;
+pub use gate::Gate;
 pub use images::*;
 pub use network::*;
 pub use templates::*;

@@ -66,11 +66,7 @@ fn token(s: &E2b, id: &str) -> Option<String> {
 
 fn created(s: &E2b, sb: &warren_api::Sandbox) -> Created {
     Created {
-        template_id: sb
-            .metadata
-            .get(model::META_TEMPLATE)
-            .cloned()
-            .unwrap_or_else(|| sb.image.clone()),
+        template_id: model::template_of(sb),
         sandbox_id: sb.id.clone(),
         client_id: CLIENT_ID,
         envd_version: ENVD_VERSION,
@@ -406,20 +402,14 @@ async fn metrics(
     State(s): State<E2b>,
     Path(id): Path<String>,
 ) -> E2bResult<Json<Vec<model::Metric>>> {
-    let sb = s.engine.get(&id).await?;
-    let a = s.engine.stats(&id).await?;
-    let t = Instant::now();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let b = s.engine.stats(&id).await?;
-    let cpus = sb.resources.cpus.unwrap_or(1.0).max(0.01);
-    let used_us = b.cpu_usage_us.saturating_sub(a.cpu_usage_us) as f64;
-    let pct = (used_us / t.elapsed().as_micros().max(1) as f64 / cpus * 100.0).clamp(0.0, 100.0);
+    let u = s.engine.usage(&id, Duration::from_millis(100)).await?;
+    let (sb, b) = (&u.sandbox, &u.stats);
     let now = Utc::now();
     Ok(Json(vec![model::Metric {
         timestamp: now,
         timestamp_unix: now.timestamp(),
-        cpu_count: cpus.ceil() as u64,
-        cpu_used_pct: pct,
+        cpu_count: u.cpus.ceil() as u64,
+        cpu_used_pct: u.cpu_used_pct,
         mem_used: b.memory_bytes,
         mem_total: b
             .memory_limit_bytes

@@ -32,12 +32,7 @@ pub const ENVD_VERSION: &str = "0.6.13";
 /// What `clientID` says.
 pub const CLIENT_ID: &str = "warren";
 
-/// Who may call. `None` in [`Options`]: the daemon runs without keys (loopback only).
-pub trait Gate: Send + Sync {
-    fn accepts_key(&self, key: &str) -> bool;
-    /// The token that opens sandbox `id`'s data plane (E2B's `envdAccessToken`).
-    fn token_for(&self, id: &str) -> String;
-}
+pub use warren_api::Gate;
 
 #[derive(Clone, Default)]
 pub struct Options {

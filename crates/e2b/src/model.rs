@@ -208,14 +208,18 @@ pub fn visible_metadata(m: &BTreeMap<String, String>) -> BTreeMap<String, String
         .collect()
 }
 
+/// The `templateID` a sandbox was created with (its image for one made elsewhere).
+pub fn template_of(s: &warren_api::Sandbox) -> String {
+    s.metadata
+        .get(META_TEMPLATE)
+        .cloned()
+        .unwrap_or_else(|| s.image.clone())
+}
+
 pub fn detail(s: &warren_api::Sandbox, token: Option<String>) -> Detail {
     let r = &s.resources;
     Detail {
-        template_id: s
-            .metadata
-            .get(META_TEMPLATE)
-            .cloned()
-            .unwrap_or_else(|| s.image.clone()),
+        template_id: template_of(s),
         sandbox_id: s.id.clone(),
         client_id: CLIENT_ID,
         started_at: s.created_at,

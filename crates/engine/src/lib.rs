@@ -41,7 +41,7 @@ use tracing::{info, warn};
 pub use admission::{disk_floor_mib, DiskProbe, DiskSpace, MemoryProbe, PidsProbe};
 pub use error::EngineError;
 pub use events::{EventItem, EventStream};
-pub use lifecycle::Deadlines;
+pub use lifecycle::{Deadlines, Usage};
 pub use ports::address_to_url;
 pub use store::{Lifecycle, Record};
 pub use warren_runtime::{

@@ -553,6 +553,41 @@ impl Engine {
             net_tx_bytes: s.net_tx_bytes,
         })
     }
+
+    /// A sandbox's usage now, with its CPU use measured over `window` (two samples that
+    /// far apart) as a share of the CPUs it may use: its `cpus` limit, else the host's.
+    pub async fn usage(&self, id: &str, window: Duration) -> Result<Usage, EngineError> {
+        let sandbox = self.get(id).await?;
+        let before = self.stats(id).await?;
+        let t = std::time::Instant::now();
+        tokio::time::sleep(window).await;
+        let stats = self.stats(id).await?;
+        let cpus = sandbox
+            .resources
+            .cpus
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64))
+            .max(0.01);
+        let used_us = stats.cpu_usage_us.saturating_sub(before.cpu_usage_us) as f64;
+        let wall_us = t.elapsed().as_micros().max(1) as f64;
+        Ok(Usage {
+            sandbox,
+            stats,
+            cpus,
+            cpu_used_pct: (used_us / wall_us / cpus * 100.0).clamp(0.0, 100.0),
+        })
+    }
+}
+
+/// What [`Engine::usage`] measured.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    pub sandbox: Sandbox,
+    /// The second sample.
+    pub stats: SandboxStats,
+    /// The CPUs the sandbox may use.
+    pub cpus: f64,
+    /// Its CPU use over the window, in percent of `cpus`.
+    pub cpu_used_pct: f64,
 }
 
 impl Engine {

@@ -597,28 +597,18 @@ struct Metrics {
 
 /// CPU use measured over a tenth of a second, memory now.
 async fn sample(os: &Os, sid: &str) -> OsResult<Metrics> {
-    const WINDOW: Duration = Duration::from_millis(100);
-    let sandbox = os.engine.get(sid).await?;
-    let a = os.engine.stats(sid).await?;
-    let t = Instant::now();
-    tokio::time::sleep(WINDOW).await;
-    let b = os.engine.stats(sid).await?;
-    let cpus = sandbox
-        .resources
-        .cpus
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64));
-    let used_us = b.cpu_usage_us.saturating_sub(a.cpu_usage_us) as f64;
-    let wall_us = t.elapsed().as_micros().max(1) as f64;
+    let u = os.engine.usage(sid, Duration::from_millis(100)).await?;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     Ok(Metrics {
-        cpu_count: cpus,
-        cpu_used_pct: (used_us / wall_us / cpus * 100.0).clamp(0.0, 100.0),
-        mem_total_mib: b
+        cpu_count: u.cpus,
+        cpu_used_pct: u.cpu_used_pct,
+        mem_total_mib: u
+            .stats
             .memory_limit_bytes
             .map(mib)
-            .or(sandbox.resources.memory_mib.map(|m| m as f64))
+            .or(u.sandbox.resources.memory_mib.map(|m| m as f64))
             .unwrap_or(0.0),
-        mem_used_mib: mib(b.memory_bytes),
+        mem_used_mib: mib(u.stats.memory_bytes),
         timestamp: now_ms(),
     })
 }

@@ -46,17 +46,7 @@ pub const EGRESS_PORT: u16 = 18080;
 const ORIGIN_HEADER: &str = "open-sandbox-origin";
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Who may call: the daemon's API keys and its per-sandbox tokens. `None` in [`Options`]
-/// means the daemon runs without keys (loopback only) and everything is open.
-pub trait Gate: Send + Sync {
-    /// Whether `key` is a valid API key.
-    fn accepts_key(&self, key: &str) -> bool;
-    /// The token that opens sandbox `id`'s data plane.
-    fn token_for(&self, id: &str) -> String;
-    /// A token for a link to port `port` of sandbox `id` that needs no header, valid until
-    /// `expires` (Unix seconds); it goes in the proxy path as `~TOKEN`.
-    fn route_token(&self, id: &str, port: u16, expires: i64) -> String;
-}
+pub use warren_api::Gate;
 
 /// How the surface is set up.
 #[derive(Clone, Default)]

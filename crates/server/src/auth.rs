@@ -372,17 +372,7 @@ pub struct Auth {
     pub tokens: SandboxTokens,
 }
 
-impl warren_e2b::Gate for Auth {
-    fn accepts_key(&self, key: &str) -> bool {
-        self.keys.accepts(key)
-    }
-
-    fn token_for(&self, id: &str) -> String {
-        self.tokens.token_for(id)
-    }
-}
-
-impl warren_opensandbox::Gate for Auth {
+impl warren_api::Gate for Auth {
     fn accepts_key(&self, key: &str) -> bool {
         self.keys.accepts(key)
     }

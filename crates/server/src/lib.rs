@@ -114,14 +114,11 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
-    fn e2b(&self) -> warren_e2b::Options {
-        warren_e2b::Options {
-            image_aliases: self.image_aliases.clone(),
-            gate: self
-                .auth
-                .clone()
-                .map(|a| std::sync::Arc::new(a) as std::sync::Arc<dyn warren_e2b::Gate>),
-        }
+    /// The keys and tokens, as the other surfaces take them.
+    fn gate(&self) -> Option<std::sync::Arc<dyn warren_api::Gate>> {
+        self.auth
+            .clone()
+            .map(|a| std::sync::Arc::new(a) as std::sync::Arc<dyn warren_api::Gate>)
     }
 }
 
@@ -129,7 +126,14 @@ impl ServeOptions {
 /// `/sandboxes/...`) and OpenSandbox's under [`OPENSANDBOX_PREFIX`]; each other surface
 /// checks its own headers and answers in its own error shape.
 pub fn router_opts(engine: Engine, opts: ServeOptions) -> Router {
-    let e2b = warren_e2b::router(engine.clone(), opts.e2b());
+    let gate = opts.gate();
+    let e2b = warren_e2b::router(
+        engine.clone(),
+        warren_e2b::Options {
+            image_aliases: opts.image_aliases.clone(),
+            gate: gate.clone(),
+        },
+    );
     let auth = opts.auth;
     let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
     let output_budget = output::OutputBudget::new(engine.config().max_exec_output_bytes);
@@ -139,9 +143,7 @@ pub fn router_opts(engine: Engine, opts: ServeOptions) -> Router {
         warren_opensandbox::Options {
             prefix: OPENSANDBOX_PREFIX.into(),
             image_aliases: opts.image_aliases,
-            gate: auth
-                .clone()
-                .map(|a| std::sync::Arc::new(a) as std::sync::Arc<dyn warren_opensandbox::Gate>),
+            gate,
         },
     )
     .route_layer(axum::middleware::from_fn_with_state(
