@@ -60,8 +60,9 @@ fn optional<T: serde::de::DeserializeOwned + Default>(b: &[u8]) -> E2bResult<T> 
         .map_err(|e| E2bError::bad_request(format!("malformed JSON body: {e}")))
 }
 
+/// Every sandbox has an envd access token (E2B's SDK signs file URLs with it).
 fn token(s: &E2b, id: &str) -> Option<String> {
-    s.opts.gate.as_ref().map(|g| g.token_for(id))
+    Some(s.token(id))
 }
 
 fn created(s: &E2b, sb: &warren_api::Sandbox) -> Created {

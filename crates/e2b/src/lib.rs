@@ -1,16 +1,20 @@
-//! E2B's API served by Warren (first part: the control plane).
+//! E2B's API served by Warren.
 //!
-//! [`router`] answers E2B's REST paths (`POST /v2/sandboxes`, `GET /v2/sandboxes`,
-//! `/sandboxes/{id}/...`, `/snapshots`, `/templates/{id}`) on Warren's main listener, so the
-//! `e2b` SDKs pointed at it with `E2B_API_URL` work unchanged. Every request is translated
-//! onto Warren's [`Engine`]; no E2B type reaches the engine or the runtime. Errors leave in
-//! E2B's shape, `{"code": <HTTP status>, "message": "..."}` (the SDK's generated client
-//! fails on any other shape). The key is E2B's header `X-API-KEY`.
+//! [`router`] answers, on Warren's main listener:
+//! - E2B's control plane (`POST /v2/sandboxes`, `GET /v2/sandboxes`, `/sandboxes/{id}/...`,
+//!   `/snapshots`, `/templates/{id}`), which the `e2b` SDKs reach with `E2B_API_URL`; the
+//!   key is E2B's header `X-API-KEY`; errors leave in E2B's shape,
+//!   `{"code": <HTTP status>, "message": "..."}` (the SDK's generated client fails on any
+//!   other shape);
+//! - envd, the in-sandbox API (processes, terminals, files, watches over Connect RPC and
+//!   `/files`), which the SDKs reach with `E2B_SANDBOX_URL` and route by the
+//!   `E2b-Sandbox-Id` header; it opens with the sandbox's access token ([`envd`]).
 //!
-//! Not yet here: envd (the in-sandbox Connect-RPC API for processes and files), which the
-//! SDK reaches through `E2B_SANDBOX_URL`.
+//! Every request is translated onto Warren's [`Engine`]; no E2B type reaches the engine or
+//! the runtime, and nothing E2B-specific runs inside the sandbox.
 
 mod control;
+mod envd;
 mod error;
 mod model;
 
@@ -48,13 +52,59 @@ pub(crate) struct E2b {
     /// `Idempotency-Key` → the sandbox its create made (kept an hour), behind a lock its
     /// create holds.
     pub idempotent: Arc<tokio::sync::Mutex<HashMap<String, (IdempotentSlot, Instant)>>>,
+    /// envd's polled file watchers.
+    pub watchers: envd::Watchers,
+    /// envs and cwd of started processes, for envd's `List`.
+    pub configs: envd::Configs,
+    /// Signs sandbox tokens when the daemon has no keys (tokens then only route signed
+    /// file URLs; envd checks none).
+    pub secret: Arc<[u8; 32]>,
+}
+
+impl E2b {
+    /// Sandbox `id`'s envd access token: the daemon's per-sandbox token, or one this
+    /// process signs when the daemon has no keys.
+    pub fn token(&self, id: &str) -> String {
+        use hmac::{KeyInit, Mac};
+        if let Some(g) = &self.opts.gate {
+            return g.token_for(id);
+        }
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(&self.secret[..]);
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new(&block.into());
+        mac.update(b"warren e2b envd token\0");
+        mac.update(id.as_bytes());
+        let bytes = mac.finalize().into_bytes();
+        format!(
+            "wet_{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    }
+}
+
+/// Equal strings, compared in time that does not depend on where they differ.
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// `n` random bytes in hex.
+pub(crate) fn random_hex(n: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(crate) type IdempotentSlot = Arc<tokio::sync::Mutex<Option<String>>>;
 
-/// The paths this surface owns on the shared listener.
+/// The paths this surface owns on the shared listener (it checks their credentials).
 pub fn owns(path: &str) -> bool {
-    path.starts_with("/v2/sandboxes")
+    envd::owns(path)
+        || path.starts_with("/v2/sandboxes")
         || path == "/sandboxes"
         || path.starts_with("/sandboxes/")
         || path == "/snapshots"
@@ -66,12 +116,21 @@ pub fn router(engine: Engine, opts: Options) -> Router {
         engine,
         opts: Arc::new(opts),
         idempotent: Arc::default(),
+        watchers: envd::Watchers::default(),
+        configs: envd::Configs::default(),
+        secret: Arc::new({
+            use rand::RngCore;
+            let mut k = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut k);
+            k
+        }),
     };
     control::routes()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
         ))
+        .merge(envd::routes())
         .with_state(state)
 }
 

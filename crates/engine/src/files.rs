@@ -8,7 +8,9 @@ use warren_runtime::{ByteStream, FileOp, FileOpResult, FileStat, RuntimeError, W
 use crate::error::file_code;
 use crate::{Engine, EngineError};
 
+mod accounts;
 mod search;
+pub use accounts::{parse_ids, AccountNames};
 pub use search::{validate_pattern, FileEvents, MAX_REPLACE_FILES, SEARCH_TIME_LIMIT};
 
 /// Longest path accepted (bytes), like Linux's `PATH_MAX`.

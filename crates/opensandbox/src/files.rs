@@ -23,6 +23,7 @@ use warren_engine::ByteStream;
 use crate::error::{OsError, OsResult};
 use crate::model::{mode_from_os, mode_to_os};
 use crate::{read_small, Os};
+use warren_engine::files::AccountNames;
 
 /// Largest file `replace` rewrites.
 const MAX_REPLACE_BYTES: u64 = 64 * 1024 * 1024;
@@ -64,38 +65,11 @@ struct FileInfo {
 }
 
 /// Names of the sandbox's users and groups (read once per request, when needed).
-#[derive(Default)]
-struct Names {
-    users: BTreeMap<u32, String>,
-    groups: BTreeMap<u32, String>,
-}
-
-/// `name:x:id:...` lines of a passwd/group file.
-fn parse_ids(text: &[u8]) -> BTreeMap<u32, String> {
-    String::from_utf8_lossy(text)
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let id = f.nth(1)?.parse().ok()?;
-            Some((id, name.to_string()))
-        })
-        .collect()
-}
+struct Names(AccountNames);
 
 impl Names {
     async fn load(os: &Os, sid: &str) -> OsResult<Names> {
-        const CAP: u64 = 4 * 1024 * 1024;
-        Ok(Names {
-            users: read_small(os, sid, "/etc/passwd", CAP)
-                .await?
-                .map(|b| parse_ids(&b))
-                .unwrap_or_default(),
-            groups: read_small(os, sid, "/etc/group", CAP)
-                .await?
-                .map(|b| parse_ids(&b))
-                .unwrap_or_default(),
-        })
+        Ok(Names(os.engine.account_names(sid).await?))
     }
 
     fn info(&self, f: &warren_api::FileInfo) -> FileInfo {
@@ -104,16 +78,8 @@ impl Names {
             size: f.size,
             modified_at: f.modified_at,
             created_at: f.modified_at,
-            owner: self
-                .users
-                .get(&f.uid)
-                .cloned()
-                .unwrap_or_else(|| f.uid.to_string()),
-            group: self
-                .groups
-                .get(&f.gid)
-                .cloned()
-                .unwrap_or_else(|| f.gid.to_string()),
+            owner: self.0.user(f.uid),
+            group: self.0.group(f.gid),
             mode: mode_to_os(f.mode),
             kind: match f.kind {
                 FileKind::File => "file",
@@ -685,14 +651,5 @@ mod tests {
             .await
             .concat();
         assert_eq!(got, b"cdefgh");
-    }
-
-    #[test]
-    fn ids_from_passwd() {
-        let m = parse_ids(
-            b"root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh\nbad\n",
-        );
-        assert_eq!(m.get(&0).map(String::as_str), Some("root"));
-        assert_eq!(m.get(&1000).map(String::as_str), Some("user"));
     }
 }

@@ -27,8 +27,6 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use futures::StreamExt;
-use warren_api::ErrorCode;
 use warren_engine::Engine;
 
 pub use error::OsError;
@@ -158,37 +156,14 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A small file of the sandbox, whole (`None` if it does not exist); more than `cap` bytes
-/// is `payload_too_large`.
+/// The whole of a small file (`None` when missing), in OpenSandbox's error shape.
 pub(crate) async fn read_small(
     os: &Os,
     sid: &str,
     path: &str,
     cap: u64,
 ) -> OsResult<Option<Vec<u8>>> {
-    let (info, mut body) = match os.engine.read_file(sid, path).await {
-        Ok(r) => r,
-        Err(e) if e.code() == ErrorCode::FileNotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    if info.size > cap {
-        return Err(OsError::from_code(
-            ErrorCode::PayloadTooLarge,
-            format!("{path} is {} bytes; at most {cap} are handled", info.size),
-        ));
-    }
-    let mut out = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| OsError::from(os.engine.attach_error(e)))?;
-        out.extend_from_slice(&chunk);
-        if out.len() as u64 > cap {
-            return Err(OsError::from_code(
-                ErrorCode::PayloadTooLarge,
-                format!("{path} grew past {cap} bytes while it was read"),
-            ));
-        }
-    }
-    Ok(Some(out))
+    Ok(os.engine.read_small(sid, path, cap).await?)
 }
 
 /// Milliseconds since the epoch, as OpenSandbox's events carry them.
