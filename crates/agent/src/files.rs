@@ -10,6 +10,7 @@
 //! [`Request::FileOp`]: warren_proto::Request::FileOp
 
 use std::collections::hash_map::RandomState;
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
@@ -27,7 +28,8 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{Encoder, FramedRead};
 use warren_proto::AgentCode;
 use warren_proto::{
-    Event, FileKind, FileOp, FileOpResult, FileStat, Frame, FrameCodec, ProtoError, MAX_FRAME_LEN,
+    is_metadata_key, normalize_metadata, Event, FileKind, FileOp, FileOpResult, FileStat, Frame,
+    FrameCodec, ProtoError, MAX_FRAME_LEN, MAX_METADATA_VALUE_LEN, METADATA_XATTR_PREFIX,
 };
 
 use crate::error::ConnError;
@@ -161,14 +163,22 @@ fn file_stat(path: &Path, host: &Path, md: &Metadata) -> FileStat {
         gid: md.gid(),
         mtime: md.mtime(),
         link_target,
+        metadata: BTreeMap::new(),
     }
+}
+
+/// [`file_stat`] with the file's metadata ([`read_metadata`]).
+fn file_stat_with_metadata(path: &Path, host: &Path, md: &Metadata) -> FileStat {
+    let mut st = file_stat(path, host, md);
+    st.metadata = read_metadata(host, st.kind);
+    st
 }
 
 pub(crate) fn lstat(root: &Root, path: &Path) -> Result<FileStat, FileError> {
     let err = |e| FileError::io("stat", path, &e);
     let at = root.entry(path).map_err(err)?;
     let md = fs::symlink_metadata(&*at).map_err(err)?;
-    Ok(file_stat(path, &at, &md))
+    Ok(file_stat_with_metadata(path, &at, &md))
 }
 
 /// Runs blocking file-system work on tokio's blocking pool.
@@ -569,6 +579,11 @@ fn run_op(root: &Root, op: FileOp) -> Result<FileOpResult, FileError> {
             rename(root, &check_path(&from)?, &check_path(&to)?, overwrite)?;
             Ok(FileOpResult::Done)
         }
+        FileOp::SetMetadata { path, metadata } => Ok(FileOpResult::Stat(set_metadata(
+            root,
+            &check_path(&path)?,
+            metadata,
+        )?)),
     }
 }
 
@@ -599,7 +614,7 @@ fn list(root: &Root, path: &Path, depth: u32, limit: u32) -> Result<FileOpResult
             truncated = true;
             break;
         }
-        entries.push(file_stat(&path, &host, &md));
+        entries.push(file_stat_with_metadata(&path, &host, &md));
         if level < depth && md.is_dir() {
             // An unreadable subdirectory is listed but not descended into.
             let _ = push_children(&tree, &path, level + 1, &mut stack);
@@ -701,6 +716,153 @@ fn rename(root: &Root, from: &Path, to: &Path, overwrite: bool) -> Result<(), Fi
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Metadata: user extended attributes `user.warren.<key>`
+
+/// Sets (or, with an empty value, removes) the metadata keys of the regular file or
+/// directory `path` (not followed) and returns its metadata afterwards. Everything is checked
+/// before anything changes.
+fn set_metadata(
+    root: &Root,
+    path: &Path,
+    metadata: BTreeMap<String, String>,
+) -> Result<FileStat, FileError> {
+    let metadata =
+        normalize_metadata(metadata).map_err(|m| FileError::new(AgentCode::InvalidRequest, m))?;
+    split_path(path)?; // `/` and paths ending in `..` would name a magic link, not a file
+    let err = |e| FileError::io("stat", path, &e);
+    let at = root.entry(path).map_err(err)?;
+    let md = fs::symlink_metadata(&*at).map_err(err)?;
+    match kind_of(&md) {
+        FileKind::File | FileKind::Dir => {}
+        FileKind::Symlink => {
+            return Err(FileError::new(
+                AgentCode::InvalidRequest,
+                format!(
+                    "{} is a symlink; metadata can only be set on regular files and directories",
+                    path.to_string_lossy()
+                ),
+            ))
+        }
+        FileKind::Other => {
+            return Err(FileError::new(
+                AgentCode::InvalidRequest,
+                format!(
+                    "{} is not a regular file or directory; metadata can only be set on those",
+                    path.to_string_lossy()
+                ),
+            ))
+        }
+    }
+    // `l*xattr` on the entry's name: never follows it, even if it was swapped for a symlink
+    // since the check (and the kernel refuses `user.` attributes on symlinks anyway).
+    for (key, value) in &metadata {
+        let name = format!("{METADATA_XATTR_PREFIX}{key}");
+        let res = if value.is_empty() {
+            match rustix::fs::lremovexattr(&*at, name.as_str()) {
+                Err(rustix::io::Errno::NODATA) => Ok(()), // not set: already removed
+                r => r,
+            }
+        } else {
+            rustix::fs::lsetxattr(
+                &*at,
+                name.as_str(),
+                value.as_bytes(),
+                rustix::fs::XattrFlags::empty(),
+            )
+        };
+        res.map_err(|e| xattr_error(path, key, io::Error::from(e)))?;
+    }
+    let md = fs::symlink_metadata(&*at).map_err(err)?;
+    Ok(file_stat_with_metadata(path, &at, &md))
+}
+
+/// Maps a failure to set or remove metadata `key` of `path`.
+fn xattr_error(path: &Path, key: &str, e: io::Error) -> FileError {
+    let path = path.to_string_lossy();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => FileError::new(
+            AgentCode::NotSupported,
+            format!(
+                "the file system of {path} does not support extended attributes, \
+                 which hold file metadata"
+            ),
+        ),
+        Some(libc::E2BIG) => FileError::new(
+            AgentCode::InvalidRequest,
+            format!("metadata key {key:?} of {path}: the value is too large for its file system"),
+        ),
+        Some(libc::ENOSPC) => FileError::new(
+            AgentCode::NoSpace,
+            format!(
+                "set metadata key {key:?} of {path}: no space (the disk is full, or the file \
+                 system's room for extended attributes of one file is used up)"
+            ),
+        ),
+        _ => FileError::new(
+            io_code(&e),
+            format!("set metadata key {key:?} of {path}: {e}"),
+        ),
+    }
+}
+
+/// The metadata of the entry at `host` (not followed), of kind `kind`: its `user.warren.*`
+/// extended attributes with the prefix stripped. Only regular files and directories have
+/// any; a file system without extended attributes, an unreadable attribute, a name that is
+/// not a valid key or a value that is not UTF-8 is skipped, never an error. One
+/// `llistxattr` per entry; values are read only for our keys.
+fn read_metadata(host: &Path, kind: FileKind) -> BTreeMap<String, String> {
+    if !matches!(kind, FileKind::File | FileKind::Dir) {
+        return BTreeMap::new();
+    }
+    let mut names = [0u8; 1024];
+    match rustix::fs::llistxattr(host, &mut names[..]) {
+        Ok(n) => metadata_values(host, &names[..n]),
+        // More attribute names than fit: ask for the size, then read them all.
+        Err(rustix::io::Errno::RANGE) => {
+            let Ok(len) = rustix::fs::llistxattr_query(host) else {
+                return BTreeMap::new();
+            };
+            // Grown meanwhile: a little slack, then give up.
+            let mut names = vec![0u8; len + 1024];
+            match rustix::fs::llistxattr(host, &mut names[..]) {
+                Ok(n) => metadata_values(host, &names[..n]),
+                Err(_) => BTreeMap::new(),
+            }
+        }
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+/// The values of our keys among `names` (NUL-separated attribute names of `host`).
+fn metadata_values(host: &Path, names: &[u8]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut value = Vec::new();
+    for name in names.split(|&b| b == 0) {
+        let Some(key) = name.strip_prefix(METADATA_XATTR_PREFIX.as_bytes()) else {
+            continue;
+        };
+        let Ok(key) = std::str::from_utf8(key) else {
+            continue;
+        };
+        if !is_metadata_key(key) {
+            continue;
+        }
+        value.resize(MAX_METADATA_VALUE_LEN, 0);
+        // Longer than ours can be (set from inside the sandbox): `ERANGE`, skipped.
+        let Ok(n) = rustix::fs::lgetxattr(host, name, &mut value[..]) else {
+            continue;
+        };
+        match std::str::from_utf8(&value[..n]) {
+            Ok(v) if !v.is_empty() => {
+                out.insert(key.to_owned(), v.to_owned());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_bytes())
@@ -754,6 +916,7 @@ mod tests {
             gid: 0,
             mtime: 0,
             link_target: None,
+            metadata: BTreeMap::new(),
         };
         let res = FileOpResult::List {
             entries: vec![entry; 20_000],

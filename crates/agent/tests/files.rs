@@ -569,3 +569,200 @@ async fn ownership_follows_the_request() {
     let md = std::fs::metadata(agent.work().join("owned-dir")).unwrap();
     assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (42, 43, 0o755));
 }
+
+impl Agent {
+    async fn set_metadata(
+        &self,
+        path: &str,
+        pairs: &[(&str, &str)],
+    ) -> Result<FileStat, ProtoError> {
+        let metadata = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match self
+            .op(FileOp::SetMetadata {
+                path: path.into(),
+                metadata,
+            })
+            .await?
+        {
+            FileOpResult::Stat(s) => Ok(s),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn meta(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The raw extended attribute `name` of `path` (not followed), if set.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 8192];
+    let n = rustix::fs::lgetxattr(path, name, &mut buf[..]).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+#[tokio::test]
+async fn metadata_is_kept_in_extended_attributes() {
+    let agent = Agent::start();
+    let w = agent.work();
+    std::fs::create_dir_all(w.join("d")).unwrap();
+    agent.write(&agent.p("d/a"), b"data").await.unwrap();
+
+    let first = agent
+        .set_metadata(&agent.p("d/a"), &[("Owner", "me"), ("x.y_z-1", "1")])
+        .await;
+    if let Err(ProtoError::Remote { code, message }) = &first {
+        if code == "not_supported" {
+            // Only when the file system refuses user extended attributes: nothing to test.
+            eprintln!(
+                "SKIPPED: the file system of {} has no user extended attributes: {message}",
+                w.display()
+            );
+            return;
+        }
+    }
+    let st = first.unwrap();
+    assert_eq!(st.kind, FileKind::File);
+    assert_eq!(st.size, 4);
+    assert_eq!(st.metadata, meta(&[("owner", "me"), ("x.y_z-1", "1")]));
+    // Stored as `user.warren.<lowercased key>`.
+    assert_eq!(
+        xattr(&w.join("d/a"), "user.warren.owner").as_deref(),
+        Some(&b"me"[..])
+    );
+    assert_eq!(
+        agent.stat(&agent.p("d/a")).await.unwrap().metadata,
+        st.metadata
+    );
+
+    // Other attributes and names that are not keys are not metadata.
+    rustix::fs::lsetxattr(
+        w.join("d/a"),
+        "user.other",
+        b"o",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::lsetxattr(
+        w.join("d/a"),
+        "user.warren.Not A Key",
+        b"o",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(
+        agent.stat(&agent.p("d/a")).await.unwrap().metadata,
+        st.metadata
+    );
+
+    // Directories take metadata too; listings report it per entry.
+    let d = agent
+        .set_metadata(&agent.p("d"), &[("k", "dir")])
+        .await
+        .unwrap();
+    assert_eq!((d.kind, d.metadata), (FileKind::Dir, meta(&[("k", "dir")])));
+    std::fs::write(w.join("d/plain"), b"").unwrap();
+    let (entries, _) = agent.list(&agent.p(""), 2, 100).await;
+    let found: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.path.strip_prefix(&agent.p("")).unwrap(),
+                e.metadata.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("d", meta(&[("k", "dir")])),
+            ("d/a", meta(&[("owner", "me"), ("x.y_z-1", "1")])),
+            ("d/plain", meta(&[])),
+        ]
+    );
+
+    // A rename keeps it; an empty value removes a key (absent keys too); others stay.
+    agent
+        .rename(&agent.p("d/a"), &agent.p("b"), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        agent.stat(&agent.p("b")).await.unwrap().metadata,
+        meta(&[("owner", "me"), ("x.y_z-1", "1")])
+    );
+    let st = agent
+        .set_metadata(
+            &agent.p("b"),
+            &[("x.y_z-1", ""), ("never-set", ""), ("new", "v")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.metadata, meta(&[("new", "v"), ("owner", "me")]));
+    assert_eq!(xattr(&w.join("b"), "user.warren.x.y_z-1"), None);
+    // Nothing at all changes nothing.
+    assert_eq!(
+        agent
+            .set_metadata(&agent.p("b"), &[])
+            .await
+            .unwrap()
+            .metadata,
+        st.metadata
+    );
+
+    // Bad input is refused before anything changes.
+    let long = "v".repeat(4097);
+    let many: Vec<(String, String)> = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for bad in [
+        vec![("good", "1"), ("bad key", "2")],
+        vec![("good", "1"), ("", "2")],
+        vec![("good", "1"), ("k", long.as_str())],
+        vec![("good", "1"), ("Dup", "1"), ("dup", "2")],
+        many,
+    ] {
+        assert_eq!(
+            code(agent.set_metadata(&agent.p("b"), &bad).await),
+            "invalid_request",
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        agent.stat(&agent.p("b")).await.unwrap().metadata,
+        st.metadata
+    );
+
+    // Not on symlinks (never followed), nor on special files.
+    std::os::unix::fs::symlink("b", w.join("link")).unwrap();
+    let err = agent.set_metadata(&agent.p("link"), &[("k", "v")]).await;
+    assert_eq!(code(err), "invalid_request");
+    assert_eq!(xattr(&w.join("b"), "user.warren.k"), None);
+    nix::unistd::mkfifo(&w.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    assert_eq!(
+        code(agent.set_metadata(&agent.p("fifo"), &[("k", "v")]).await),
+        "invalid_request"
+    );
+    assert_eq!(
+        code(agent.set_metadata(&agent.p("missing"), &[("k", "v")]).await),
+        "not_found"
+    );
+    assert_eq!(
+        code(agent.set_metadata("/", &[("k", "v")]).await),
+        "invalid_path"
+    );
+    assert_eq!(
+        code(agent.set_metadata("relative", &[("k", "v")]).await),
+        "invalid_path"
+    );
+
+    // Metadata belongs to the file: an atomic overwrite (a new file) starts without any, and
+    // removing the file removes it.
+    agent.write(&agent.p("b"), b"new").await.unwrap();
+    assert!(agent.stat(&agent.p("b")).await.unwrap().metadata.is_empty());
+}

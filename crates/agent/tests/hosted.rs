@@ -255,3 +255,56 @@ async fn commands_and_ports_are_those_given() {
     );
     drop(h);
 }
+
+#[tokio::test]
+async fn metadata_stays_in_the_directory() {
+    let tmp = common::TempDir::new("hosted-meta");
+    let dir = tmp.0.clone();
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    // The same name outside and inside; a link to the outside one, and one whose parent
+    // points up.
+    std::fs::write(dir.join("f"), b"outside").unwrap();
+    std::fs::write(root.join("f"), b"inside").unwrap();
+    std::os::unix::fs::symlink(dir.join("f"), root.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../..", root.join("up")).unwrap();
+    let h = Hosted::start(&root, HostedOptions::default()).unwrap();
+    let set = |path: &str| FileOp::SetMetadata {
+        path: path.into(),
+        metadata: [("k".to_string(), path.to_string())].into(),
+    };
+    let xattr = |p: &Path| {
+        let mut buf = [0u8; 256];
+        rustix::fs::lgetxattr(p, "user.warren.k", &mut buf[..])
+            .ok()
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    match agent::file_op(conn(&h), set("/f")).await {
+        Err(ProtoError::Remote { code, message }) if code == "not_supported" => {
+            eprintln!(
+                "SKIPPED: no user extended attributes in {}: {message}",
+                dir.display()
+            );
+            return;
+        }
+        r => assert!(r.is_ok(), "{r:?}"),
+    }
+    for path in ["/../../f", "/up/f", "/up/../up/f"] {
+        match agent::file_op(conn(&h), set(path)).await.unwrap() {
+            FileOpResult::Stat(st) => {
+                assert_eq!(st.path, path);
+                assert_eq!(st.metadata.get("k").map(String::as_str), Some(path));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(xattr(&root.join("f")).as_deref(), Some(path));
+    }
+    // A symlink is refused, not followed (not even inside).
+    let err = refused(agent::file_op(conn(&h), set("/abs")).await, "a symlink");
+    assert!(
+        matches!(&err, ProtoError::Remote { code, .. } if code == "invalid_request"),
+        "{err:?}"
+    );
+    assert_eq!(xattr(&dir.join("f")), None, "the outside file was touched");
+    drop(h);
+}

@@ -435,6 +435,12 @@ pub struct FileInfo {
     /// Target of a symlink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
+    /// File metadata: small key/value pairs attached to a regular file or directory (keys
+    /// lowercase `[a-z0-9_.-]`, 1 to 128 bytes; values up to 4096 bytes). Kept in the file's
+    /// user extended attributes (`user.warren.<key>`), so they follow it through renames
+    /// and vanish with it; a file replaced by an upload starts without any. Absent when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Answer of `GET /v1/sandboxes/{id}/files/list`.

@@ -71,7 +71,8 @@ pub enum EngineError {
     /// A file operation failed inside the sandbox: `file_not_found` (404),
     /// `not_a_directory`, `is_a_directory`, `invalid_path` (400), `file_exists`,
     /// `directory_not_empty` (409), `permission_denied` (403), `disk_quota_exceeded`,
-    /// `no_space` (507), `io_error` (500).
+    /// `no_space` (507), `not_supported` (501, e.g. no extended attributes for file
+    /// metadata), `io_error` (500).
     #[error("{message}")]
     File { code: ErrorCode, message: String },
     /// A durable-process operation failed: `process_not_found` (404), `not_a_pty`,
@@ -165,6 +166,7 @@ pub(crate) fn file_code(code: AgentCode) -> ErrorCode {
         AgentCode::QuotaExceeded => ErrorCode::DiskQuotaExceeded,
         AgentCode::NoSpace => ErrorCode::NoSpace,
         AgentCode::InvalidRequest => ErrorCode::InvalidRequest,
+        AgentCode::NotSupported => ErrorCode::NotSupported,
         AgentCode::Io
         | AgentCode::BadCwd
         | AgentCode::SpawnFailed

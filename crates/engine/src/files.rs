@@ -1,5 +1,8 @@
 //! File access inside a running sandbox: read and write streams, stat, list, mkdir, remove,
-//! move. Paths are validated here; the runtime's agent resolves them inside the sandbox.
+//! move, file metadata. Paths are validated here; the runtime's agent resolves them inside
+//! the sandbox.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use warren_api::{ExecUser, FileInfo, FileKind, FileList};
@@ -79,7 +82,19 @@ pub fn file_info(stat: FileStat) -> FileInfo {
         gid: stat.gid,
         modified_at: DateTime::<Utc>::from_timestamp(stat.mtime, 0).unwrap_or_default(),
         link_target: stat.link_target,
+        metadata: stat.metadata,
     }
+}
+
+/// Checks file metadata as the agent will (see [`warren_runtime::normalize_metadata`]):
+/// keys 1 to [`MAX_METADATA_KEY_LEN`](warren_runtime::MAX_METADATA_KEY_LEN) bytes of
+/// `[A-Za-z0-9_.-]`, lowercased; values at most
+/// [`MAX_METADATA_VALUE_LEN`](warren_runtime::MAX_METADATA_VALUE_LEN) bytes; at most
+/// [`MAX_METADATA_KEYS`](warren_runtime::MAX_METADATA_KEYS) keys. Returns them normalized.
+pub fn validate_file_metadata(
+    metadata: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, EngineError> {
+    warren_runtime::normalize_metadata(metadata).map_err(invalid)
 }
 
 fn unexpected(op: &str) -> EngineError {
@@ -269,6 +284,33 @@ impl Engine {
                 truncated,
             }),
             _ => Err(unexpected("list")),
+        }
+    }
+
+    /// Set file metadata of the regular file or directory `path` (symlinks are not followed
+    /// and refused): each key is set to its value, or removed when the value is empty; keys
+    /// not named are left alone. Keys are case-insensitive (stored lowercased). Invalid input
+    /// ([`validate_file_metadata`]) is `invalid_request` and changes nothing; a file system
+    /// without user extended attributes is `not_supported`. Returns the file's metadata
+    /// afterwards.
+    pub async fn set_file_metadata(
+        &self,
+        id: &str,
+        path: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<FileInfo, EngineError> {
+        validate_path("path", path)?;
+        if is_root(path) {
+            return Err(invalid("cannot set metadata on `/`"));
+        }
+        let metadata = validate_file_metadata(metadata)?;
+        let op = FileOp::SetMetadata {
+            path: path.to_string(),
+            metadata,
+        };
+        match self.op(id, op).await? {
+            FileOpResult::Stat(stat) => Ok(file_info(stat)),
+            _ => Err(unexpected("set metadata")),
         }
     }
 

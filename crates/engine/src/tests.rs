@@ -427,6 +427,100 @@ async fn files_round_trip_and_errors() {
     );
 }
 
+#[tokio::test]
+async fn file_metadata_follows_the_file() {
+    use std::collections::BTreeMap;
+    use warren_api::ExecUser;
+    let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let (e, _rt, _d) = engine().await;
+    let id = e.create(CreateSandboxRequest::default()).await.unwrap().id;
+    let id = id.as_str();
+    e.write_file(
+        id,
+        "/workspace/f",
+        None,
+        ExecUser::Root,
+        body(vec![Ok("x".into())]),
+    )
+    .await
+    .unwrap();
+
+    let info = match e
+        .set_file_metadata(id, "/workspace/f", m(&[("Author", "ann"), ("run.id", "7")]))
+        .await
+    {
+        Err(err) if err.code() == "not_supported" => {
+            eprintln!("SKIPPED: the fake sandbox's file system has no user xattrs: {err}");
+            return;
+        }
+        r => r.unwrap(),
+    };
+    assert_eq!(info.metadata, m(&[("author", "ann"), ("run.id", "7")]));
+    assert_eq!(
+        e.stat(id, "/workspace/f").await.unwrap().metadata,
+        info.metadata
+    );
+    let list = e.list_files(id, "/workspace", 1).await.unwrap();
+    assert_eq!(list.entries[0].metadata, info.metadata);
+    // Serialized only when present.
+    let json = serde_json::to_value(&info).unwrap();
+    assert_eq!(json["metadata"]["author"], "ann");
+    let dir = e.stat(id, "/workspace").await.unwrap();
+    assert!(serde_json::to_value(&dir)
+        .unwrap()
+        .get("metadata")
+        .is_none());
+
+    e.move_path(id, "/workspace/f", "/workspace/g", false)
+        .await
+        .unwrap();
+    let info = e
+        .set_file_metadata(id, "/workspace/g", m(&[("author", "")]))
+        .await
+        .unwrap();
+    assert_eq!(info.metadata, m(&[("run.id", "7")]));
+
+    // Bad input is refused by the engine itself: before it even looks for the sandbox.
+    let code = |r: Result<warren_api::FileInfo, EngineError>| r.unwrap_err().code();
+    for bad in [
+        m(&[("bad key", "v")]),
+        m(&[("k", &"v".repeat(4097))]),
+        m(&[("K", "1"), ("k", "2")]),
+        (0..33)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect(),
+    ] {
+        assert_eq!(
+            code(e.set_file_metadata("sb-nope", "/workspace/g", bad).await),
+            "invalid_request"
+        );
+    }
+    assert_eq!(
+        code(e.set_file_metadata(id, "/", m(&[("k", "v")])).await),
+        "invalid_request"
+    );
+    assert_eq!(
+        code(e.set_file_metadata(id, "relative", m(&[("k", "v")])).await),
+        "invalid_request"
+    );
+    assert_eq!(
+        code(
+            e.set_file_metadata(id, "/workspace/none", m(&[("k", "v")]))
+                .await
+        ),
+        "file_not_found"
+    );
+    assert_eq!(
+        e.stat(id, "/workspace/g").await.unwrap().metadata,
+        m(&[("run.id", "7")])
+    );
+}
+
 mod processes {
     use super::*;
     use crate::processes::AttachEvent;

@@ -24,6 +24,8 @@ pub enum AgentCode {
     InvalidSignal,
     ConnectionRefused,
     AddressInUse,
+    /// The file system does not support what was asked (e.g. extended attributes).
+    NotSupported,
     /// A code this side does not know.
     Other,
 }
@@ -50,6 +52,7 @@ impl AgentCode {
         AgentCode::InvalidSignal,
         AgentCode::ConnectionRefused,
         AgentCode::AddressInUse,
+        AgentCode::NotSupported,
     ];
 
     /// The code on the wire.
@@ -75,6 +78,7 @@ impl AgentCode {
             AgentCode::InvalidSignal => "invalid_signal",
             AgentCode::ConnectionRefused => "connection_refused",
             AgentCode::AddressInUse => "address_in_use",
+            AgentCode::NotSupported => "not_supported",
             AgentCode::Other => "other",
         }
     }

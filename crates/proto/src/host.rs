@@ -952,6 +952,7 @@ mod tests {
             gid: 0,
             mtime: 1,
             link_target: None,
+            metadata: Default::default(),
         }
     }
 

@@ -17,11 +17,18 @@
 mod code;
 pub mod codec;
 pub mod host;
+mod metadata;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use code::AgentCode;
 pub use codec::{Frame, FrameCodec, ProtoError, MAX_FRAME_LEN};
+pub use metadata::{
+    is_metadata_key, normalize_metadata, MAX_METADATA_KEYS, MAX_METADATA_KEY_LEN,
+    MAX_METADATA_VALUE_LEN, METADATA_XATTR_PREFIX,
+};
 
 /// Version of this protocol; the agent reports it in [`Event::Pong`].
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -266,6 +273,16 @@ pub enum FileOp {
         to: String,
         overwrite: bool,
     },
+    /// Set or (with an empty value) remove metadata keys of the file or directory `path`
+    /// (not followed: a symlink is `invalid_request`); keys not named stay as they are. Keys
+    /// and values must pass [`normalize_metadata`] (else `invalid_request`, and nothing
+    /// changes). Stored as user extended attributes ([`METADATA_XATTR_PREFIX`]`key`); a file
+    /// system without them is `not_supported`. Answered by [`FileOpResult::Stat`] of the file
+    /// afterwards. Keys are applied one by one: an i/o failure midway may leave some set.
+    SetMetadata {
+        path: String,
+        metadata: BTreeMap<String, String>,
+    },
 }
 
 /// Kind of a directory entry.
@@ -293,6 +310,10 @@ pub struct FileStat {
     pub mtime: i64,
     /// Target of a symlink.
     pub link_target: Option<String>,
+    /// Metadata set by [`FileOp::SetMetadata`] (regular files and directories only). Absent
+    /// on the wire when empty, so peers that predate it still parse this.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Answer to a [`FileOp`].
@@ -392,6 +413,7 @@ pub enum Event {
     /// `not_found`, bad cwd: `bad_cwd`, anything else: `spawn_failed`). File requests use
     /// `not_found`, `not_a_directory`, `is_a_directory`, `not_empty`, `exists`,
     /// `permission_denied`, `invalid_path`, `quota_exceeded` (`EDQUOT`), `no_space`
-    /// (`ENOSPC`) and `io`.
+    /// (`ENOSPC`), `invalid_request`, `not_supported` (the file system lacks a feature, e.g.
+    /// extended attributes for [`FileOp::SetMetadata`]) and `io`.
     Error { code: String, message: String },
 }
