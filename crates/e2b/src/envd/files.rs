@@ -213,11 +213,17 @@ fn metadata_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, E2b
             out.insert(key.to_string(), v.to_string());
         }
     }
-    Ok(out)
+    // Checked before anything is written, so a bad key changes nothing.
+    warren_engine::files::validate_file_metadata(out).map_err(engine_to_http)
 }
 
 fn written(f: &FileInfo) -> serde_json::Value {
-    json!({"path": f.path, "name": super::filesystem::base_name(&f.path), "type": "file"})
+    let mut v =
+        json!({"path": f.path, "name": super::filesystem::base_name(&f.path), "type": "file"});
+    if !f.metadata.is_empty() {
+        v["metadata"] = json!(f.metadata);
+    }
+    v
 }
 
 /// `POST /files?path=`: the body is the file (`application/octet-stream`, maybe gzip), or
@@ -289,11 +295,13 @@ where
         .write_from(sid, path, None, user.0, body)
         .await
         .map_err(engine_to_http)?;
-    if !metadata.is_empty() {
-        // TODO(metadata): set once the engine stores file metadata.
-        let _ = metadata;
+    if metadata.is_empty() {
+        return Ok(f);
     }
-    Ok(f)
+    s.engine
+        .set_file_metadata(sid, &f.path, metadata.clone())
+        .await
+        .map_err(engine_to_http)
 }
 
 #[cfg(test)]

@@ -140,7 +140,9 @@ pub(crate) fn entry(f: &FileInfo, names: &AccountNames) -> serde_json::Value {
         v["symlinkTarget"] = json!(t);
         v["isSymlink"] = json!(true);
     }
-    // TODO(metadata): file metadata once the engine reports it.
+    if !f.metadata.is_empty() {
+        v["metadata"] = json!(f.metadata);
+    }
     v
 }
 
