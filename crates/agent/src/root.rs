@@ -139,7 +139,15 @@ impl Root {
                 let path = fd_path(&fd).join(name);
                 Ok(At { _fd: fd, path })
             }
-            None => self.follow(path),
+            None => {
+                // `/proc/self/fd/N` is a magic link: `lstat` would report a symlink (and
+                // `readlink` the agent's own view of the directory). `N/.` is the directory.
+                let at = self.follow(path)?;
+                Ok(At {
+                    path: at.path.join("."),
+                    _fd: at._fd,
+                })
+            }
         }
     }
 }
@@ -241,10 +249,18 @@ mod tests {
             fs::read(&*root.entry(Path::new("/dir/f")).unwrap()).unwrap(),
             b"inside"
         );
-        // `/` is the root itself.
+        // `/` is the root itself, a directory even to `lstat` (not the fd's magic link).
         assert!(fs::metadata(&*root.entry(Path::new("/")).unwrap())
             .unwrap()
             .is_dir());
+        assert!(fs::symlink_metadata(&*root.entry(Path::new("/")).unwrap())
+            .unwrap()
+            .is_dir());
+        assert!(
+            fs::symlink_metadata(&*root.entry(Path::new("/a/..")).unwrap())
+                .unwrap()
+                .is_dir()
+        );
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -10,6 +10,7 @@ mod build;
 mod cold;
 mod concurrent;
 mod density;
+mod e2b;
 mod files;
 mod memory;
 mod opensandbox;
@@ -56,6 +57,9 @@ pub enum Scenario {
     /// An OpenSandbox SDK's create → ready → first output → delete on `/opensandbox`,
     /// interleaved with Warren's own cold lifecycle.
     Opensandbox,
+    /// An E2B SDK's create → first command output → delete (`/v2/sandboxes` and envd),
+    /// interleaved with Warren's own cold lifecycle; and envd's command round trip.
+    E2b,
 }
 
 const DEFAULT_SCENARIOS: [Scenario; 5] = [
@@ -69,7 +73,7 @@ const DEFAULT_SCENARIOS: [Scenario; 5] = [
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Scenarios to run, comma-separated: cold, warm, exec, concurrent, files, snapshot,
-    /// density, build, opensandbox [default: cold,warm,exec,concurrent,files].
+    /// density, build, opensandbox, e2b [default: cold,warm,exec,concurrent,files].
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub scenarios: Vec<Scenario>,
     /// Run every scenario, snapshot and density included.
@@ -405,6 +409,7 @@ async fn run_scenarios(
             Scenario::Density => density::run(ctx, out).await,
             Scenario::Build => build::run(ctx, out).await,
             Scenario::Opensandbox => opensandbox::run(ctx, out).await,
+            Scenario::E2b => e2b::run(ctx, out).await,
         };
         let name = format!("{s:?}").to_lowercase();
         if let Err(e) = r {
@@ -484,7 +489,7 @@ mod tests {
         assert!(!default.contains(&Scenario::Density));
         assert!(!default.contains(&Scenario::Snapshot));
         let all = parse(&["--all"]).unwrap().selected();
-        assert_eq!(all.len(), 9);
+        assert_eq!(all.len(), 10);
         let some = parse(&["--scenarios", "density,cold", "--json"]).unwrap();
         assert!(some.json);
         assert_eq!(

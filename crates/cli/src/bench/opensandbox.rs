@@ -19,7 +19,7 @@ pub const READY: &str = "opensandbox: create → endpoints → ping (SDK ready)"
 pub const LIFECYCLE: &str = "opensandbox: create → first output → delete";
 pub const NATIVE: &str = "native, same run: create → first output → delete";
 
-async fn json_of(resp: reqwest::Response, what: &str) -> Result<Value> {
+pub(super) async fn json_of(resp: reqwest::Response, what: &str) -> Result<Value> {
     let status = resp.status();
     let body = resp.text().await.with_context(|| format!("{what}: body"))?;
     if !status.is_success() {

@@ -192,7 +192,13 @@ async fn a_create_matching_a_pool_spec_takes_from_it() {
         .await
         .unwrap();
     assert_eq!(sb.pool.as_deref(), Some("small"));
-    assert_eq!(creates(&rt), made);
+    // The claim made no sandbox; the pool's refill (in the background, maybe already
+    // started) makes at most one.
+    assert!(
+        creates(&rt) <= made + 1,
+        "{} creates after a claim",
+        creates(&rt) - made
+    );
     // Default resources match "withenv" only, which is never taken implicitly.
     let cold = e.create(CreateSandboxRequest::default()).await.unwrap();
     assert_eq!(cold.pool, None);
