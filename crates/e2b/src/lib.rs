@@ -56,6 +56,8 @@ pub(crate) struct E2b {
     pub watchers: envd::Watchers,
     /// envs and cwd of started processes, for envd's `List`.
     pub configs: envd::Configs,
+    /// Sandboxes' account names, for envd's entry info.
+    pub names: envd::NamesCache,
     /// Signs sandbox tokens when the daemon has no keys (tokens then only route signed
     /// file URLs; envd checks none).
     pub secret: Arc<[u8; 32]>,
@@ -118,6 +120,7 @@ pub fn router(engine: Engine, opts: Options) -> Router {
         idempotent: Arc::default(),
         watchers: envd::Watchers::default(),
         configs: envd::Configs::default(),
+        names: envd::NamesCache::default(),
         secret: Arc::new({
             use rand::RngCore;
             let mut k = [0u8; 32];

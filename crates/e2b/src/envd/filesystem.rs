@@ -78,6 +78,38 @@ pub(super) async fn call(s: E2b, method: &str, call: Call) -> Response {
     }
 }
 
+/// How long a sandbox's account names are reused before `/etc/passwd` and `/etc/group`
+/// are read again.
+const NAMES_TTL: Duration = Duration::from_secs(10);
+/// Sandboxes whose names are cached.
+const MAX_NAMES: usize = 4096;
+
+/// Account names of sandboxes, read at most every [`NAMES_TTL`] (two file reads saved on
+/// every stat and listing).
+#[derive(Default, Clone)]
+pub(crate) struct NamesCache(Arc<Mutex<HashMap<String, (Instant, Arc<AccountNames>)>>>);
+
+async fn names(s: &E2b, sid: &str) -> RpcResult<Arc<AccountNames>> {
+    let cached = {
+        let c = s.names.0.lock().unwrap_or_else(|p| p.into_inner());
+        c.get(sid)
+            .filter(|(at, _)| at.elapsed() < NAMES_TTL)
+            .map(|(_, n)| n.clone())
+    };
+    if let Some(n) = cached {
+        return Ok(n);
+    }
+    let n = Arc::new(s.engine.account_names(sid).await?);
+    let mut c = s.names.0.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= MAX_NAMES {
+        c.retain(|_, (at, _)| at.elapsed() < NAMES_TTL);
+    }
+    if c.len() < MAX_NAMES {
+        c.insert(sid.to_string(), (Instant::now(), n.clone()));
+    }
+    Ok(n)
+}
+
 /// Go's `FileMode.String()` of a file: `drwxr-xr-x`, `-rw-r--r--`, `Lrwxrwxrwx`.
 pub(crate) fn permissions(kind: FileKind, mode: u32) -> String {
     let mut out = String::new();
@@ -150,7 +182,7 @@ async fn stat(s: &E2b, call: &Call) -> RpcResult<serde_json::Value> {
     let req: PathRequest = call.message()?;
     let path = call.user.resolve(&req.path)?;
     let f = s.engine.stat(&call.sid, &path).await?;
-    let names = s.engine.account_names(&call.sid).await?;
+    let names = names(s, &call.sid).await?;
     Ok(json!({"entry": entry(&f, &names)}))
 }
 
@@ -159,7 +191,7 @@ async fn list_dir(s: &E2b, call: &Call) -> RpcResult<serde_json::Value> {
     let path = call.user.resolve(&req.path)?;
     let depth = req.depth.clamp(1, warren_engine::files::MAX_LIST_DEPTH);
     let list = s.engine.list_files(&call.sid, &path, depth).await?;
-    let names = s.engine.account_names(&call.sid).await?;
+    let names = names(s, &call.sid).await?;
     let entries: Vec<_> = list.entries.iter().map(|f| entry(f, &names)).collect();
     Ok(json!({ "entries": entries }))
 }
@@ -182,7 +214,7 @@ async fn make_dir(s: &E2b, call: &Call) -> RpcResult<serde_json::Value> {
         .engine
         .mkdir(&call.sid, &path, true, None, call.user.0)
         .await?;
-    let names = s.engine.account_names(&call.sid).await?;
+    let names = names(s, &call.sid).await?;
     Ok(json!({"entry": entry(&f, &names)}))
 }
 
@@ -193,7 +225,7 @@ async fn move_entry(s: &E2b, call: &Call) -> RpcResult<serde_json::Value> {
     let to = call.user.resolve(&req.destination)?;
     s.engine.move_path(&call.sid, &from, &to, true).await?;
     let f = s.engine.stat(&call.sid, &to).await?;
-    let names = s.engine.account_names(&call.sid).await?;
+    let names = names(s, &call.sid).await?;
     Ok(json!({"entry": entry(&f, &names)}))
 }
 
@@ -212,7 +244,7 @@ async fn remove(s: &E2b, call: &Call) -> RpcResult<serde_json::Value> {
 struct Translator {
     root: String,
     include_entry: bool,
-    names: AccountNames,
+    names: Arc<AccountNames>,
 }
 
 impl Translator {
@@ -275,9 +307,9 @@ async fn open_watch(
         .watch_files(&call.sid, &path, req.recursive)
         .await?;
     let names = if req.include_entry {
-        s.engine.account_names(&call.sid).await?
+        names(s, &call.sid).await?
     } else {
-        AccountNames::default()
+        Arc::default()
     };
     Ok((
         events,
@@ -480,7 +512,7 @@ mod tests {
         let tr = Translator {
             root: "/home/user/w".into(),
             include_entry: false,
-            names: AccountNames::default(),
+            names: Arc::default(),
         };
         assert_eq!(tr.relative("/home/user/w/a/b").as_deref(), Some("a/b"));
         assert_eq!(tr.relative("/home/user/w"), None);

@@ -28,7 +28,7 @@ use warren_api::{ExecUser, SandboxState};
 use crate::E2b;
 use connect::{Code, Kind, RpcError, RpcResult};
 
-pub(crate) use filesystem::Watchers;
+pub(crate) use filesystem::{NamesCache, Watchers};
 pub(crate) use process::Configs;
 
 /// The paths envd owns on the shared listener.
