@@ -87,7 +87,10 @@ const MAX_NAMES: usize = 4096;
 /// Account names of sandboxes, read at most every [`NAMES_TTL`] (two file reads saved on
 /// every stat and listing).
 #[derive(Default, Clone)]
-pub(crate) struct NamesCache(Arc<Mutex<HashMap<String, (Instant, Arc<AccountNames>)>>>);
+pub(crate) struct NamesCache(Arc<Mutex<HashMap<String, CachedNames>>>);
+
+/// When a sandbox's names were read, and what they were.
+type CachedNames = (Instant, Arc<AccountNames>);
 
 async fn names(s: &E2b, sid: &str) -> RpcResult<Arc<AccountNames>> {
     let cached = {
