@@ -399,10 +399,7 @@ fn prepare_write(
         .map_err(|e| FileError::io("create a temporary file for", target, &e))?;
     let mut last = None;
     for _ in 0..TEMP_ATTEMPTS {
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".warren-{:016x}", random()));
-        let tmp = dir_at.join(tmp_name);
+        let tmp = dir_at.join(warren_proto::write_temp_name(name, random()));
         match OpenOptions::new()
             .write(true)
             .create_new(true)

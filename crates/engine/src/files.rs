@@ -15,6 +15,8 @@ mod accounts;
 mod search;
 pub use accounts::{parse_ids, AccountNames};
 pub use search::{validate_pattern, FileEvents, MAX_REPLACE_FILES, SEARCH_TIME_LIMIT};
+/// Whether a path is a write's temporary file (see [`warren_runtime::is_write_temp`]).
+pub use warren_runtime::is_write_temp;
 
 /// Longest path accepted (bytes), like Linux's `PATH_MAX`.
 pub const MAX_PATH_LEN: usize = 4096;

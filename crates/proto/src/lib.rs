@@ -18,6 +18,7 @@ mod code;
 pub mod codec;
 pub mod host;
 mod metadata;
+mod temp;
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,7 @@ pub use metadata::{
     is_metadata_key, normalize_metadata, MAX_METADATA_KEYS, MAX_METADATA_KEY_LEN,
     MAX_METADATA_VALUE_LEN, METADATA_XATTR_PREFIX,
 };
+pub use temp::{is_write_temp, write_temp_name, WRITE_TEMP_MARK};
 
 /// Version of this protocol; the agent reports it in [`Event::Pong`].
 pub const PROTOCOL_VERSION: u32 = 1;

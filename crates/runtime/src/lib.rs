@@ -49,10 +49,10 @@ pub fn fs_space(path: &std::path::Path) -> std::io::Result<FsSpace> {
     })
 }
 pub use warren_proto::{
-    normalize_metadata, AgentCode, ExecSpec, FileEventKind, FileKind, FileOp, FileOpResult,
-    FileStat, ProcessInfo, ProcessOp, ProcessSpec, ProcessState, ProtoError, PtySize, ReplaceSpec,
-    ReplacedFile, SearchMatch, SearchSpec, MAX_FRAME_LEN, MAX_METADATA_KEYS, MAX_METADATA_KEY_LEN,
-    MAX_METADATA_VALUE_LEN, METADATA_XATTR_PREFIX,
+    is_write_temp, normalize_metadata, AgentCode, ExecSpec, FileEventKind, FileKind, FileOp,
+    FileOpResult, FileStat, ProcessInfo, ProcessOp, ProcessSpec, ProcessState, ProtoError, PtySize,
+    ReplaceSpec, ReplacedFile, SearchMatch, SearchSpec, MAX_FRAME_LEN, MAX_METADATA_KEYS,
+    MAX_METADATA_KEY_LEN, MAX_METADATA_VALUE_LEN, METADATA_XATTR_PREFIX,
 };
 
 /// Resource limits applied to a sandbox's own cgroup.

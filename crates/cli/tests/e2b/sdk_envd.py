@@ -690,6 +690,9 @@ def test_watch() -> None:
     wait_events(w, {(W, "c.txt")}, seen)
     w.stop()
     raises(SandboxException, w.get_new_events, "events after stop")
+    # Writes happen in place, as far as the watcher can tell: no temporary names.
+    temps = [e.name for e in seen if ".warren-" in e.name]
+    check(not temps, f"the agent's temporary files were reported: {temps}")
 
     # Not recursive, with entries.
     flat = sb.files.watch_dir(base, include_entry=True)

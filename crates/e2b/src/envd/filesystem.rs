@@ -262,35 +262,41 @@ impl Translator {
 
     async fn events(&self, s: &E2b, sid: &str, e: FileEvent) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
-        let kind = match e.event {
-            FileEventKind::Created => "EVENT_TYPE_CREATE",
-            FileEventKind::Modified => "EVENT_TYPE_WRITE",
-            FileEventKind::Deleted => "EVENT_TYPE_REMOVE",
-            FileEventKind::Renamed => "EVENT_TYPE_RENAME",
-        };
-        if let Some(name) = self.relative(&e.path) {
+        for (kind, path) in plain_events(&e) {
+            let Some(name) = self.relative(path) else {
+                continue;
+            };
             let mut v = json!({"name": name, "type": kind});
-            if self.include_entry
-                && !matches!(e.event, FileEventKind::Deleted | FileEventKind::Renamed)
-            {
-                if let Ok(f) = s.engine.stat(sid, &e.path).await {
+            if self.include_entry && matches!(kind, "EVENT_TYPE_CREATE" | "EVENT_TYPE_WRITE") {
+                if let Ok(f) = s.engine.stat(sid, path).await {
                     v["entry"] = entry(&f, &self.names);
                 }
             }
             out.push(v);
         }
-        if let Some(to) = e.to.as_deref() {
-            if let Some(name) = self.relative(to) {
-                let mut v = json!({"name": name, "type": "EVENT_TYPE_CREATE"});
-                if self.include_entry {
-                    if let Ok(f) = s.engine.stat(sid, to).await {
-                        v["entry"] = entry(&f, &self.names);
-                    }
-                }
-                out.push(v);
-            }
-        }
         out
+    }
+}
+
+/// A Warren watch event as E2B's event types, with the agent's write temporaries hidden
+/// (envd writes in place): a temporary's own events vanish, and its rename onto the
+/// target is the target's `CREATE` and `WRITE`. Another rename is `RENAME` of the old
+/// name and `CREATE` of the new one (what inotify-based envd reports).
+fn plain_events(e: &FileEvent) -> Vec<(&'static str, &str)> {
+    use warren_engine::files::is_write_temp;
+    let kind = match e.event {
+        FileEventKind::Created => "EVENT_TYPE_CREATE",
+        FileEventKind::Modified => "EVENT_TYPE_WRITE",
+        FileEventKind::Deleted => "EVENT_TYPE_REMOVE",
+        FileEventKind::Renamed => "EVENT_TYPE_RENAME",
+    };
+    match (e.event, e.to.as_deref()) {
+        (FileEventKind::Renamed, Some(to)) if is_write_temp(&e.path) && !is_write_temp(to) => {
+            vec![("EVENT_TYPE_CREATE", to), ("EVENT_TYPE_WRITE", to)]
+        }
+        _ if is_write_temp(&e.path) => Vec::new(),
+        (FileEventKind::Renamed, Some(to)) => vec![(kind, &e.path), ("EVENT_TYPE_CREATE", to)],
+        _ => vec![(kind, &e.path)],
     }
 }
 
@@ -521,5 +527,33 @@ mod tests {
         assert_eq!(tr.relative("/home/user/w"), None);
         assert_eq!(tr.relative("/elsewhere"), None);
         assert_eq!(tr.relative("/home/user/wx"), None);
+    }
+
+    #[test]
+    fn write_temporaries_are_hidden() {
+        let ev = |event, path: &str, to: Option<&str>| FileEvent {
+            event,
+            path: path.into(),
+            kind: FileKind::File,
+            to: to.map(str::to_string),
+        };
+        let tmp = "/w/.a.txt.warren-00000000000000ff";
+        assert!(plain_events(&ev(FileEventKind::Created, tmp, None)).is_empty());
+        assert!(plain_events(&ev(FileEventKind::Modified, tmp, None)).is_empty());
+        assert_eq!(
+            plain_events(&ev(FileEventKind::Renamed, tmp, Some("/w/a.txt"))),
+            [
+                ("EVENT_TYPE_CREATE", "/w/a.txt"),
+                ("EVENT_TYPE_WRITE", "/w/a.txt")
+            ]
+        );
+        assert_eq!(
+            plain_events(&ev(FileEventKind::Renamed, "/w/a", Some("/w/b"))),
+            [("EVENT_TYPE_RENAME", "/w/a"), ("EVENT_TYPE_CREATE", "/w/b")]
+        );
+        assert_eq!(
+            plain_events(&ev(FileEventKind::Deleted, "/w/a", None)),
+            [("EVENT_TYPE_REMOVE", "/w/a")]
+        );
     }
 }
