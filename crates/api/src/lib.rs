@@ -487,6 +487,18 @@ pub struct MoveRequest {
     pub overwrite: Option<bool>,
 }
 
+/// Body of `POST /v1/sandboxes/{id}/files/metadata`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileMetadataRequest {
+    /// Absolute path of a regular file or directory.
+    pub path: String,
+    /// Keys to set (1-128 bytes of `[A-Za-z0-9_.-]`, stored lowercased) with their values
+    /// (at most 4096 bytes); an empty value removes the key; keys not named are kept. At
+    /// most 32 keys per request.
+    pub metadata: BTreeMap<String, String>,
+}
+
 /// What this server and its runtime support.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Capabilities {

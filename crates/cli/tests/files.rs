@@ -66,6 +66,36 @@ fn binary_round_trip_metadata_and_ops() {
         for want in ["/workspace/a/b/blob.bin", "/workspace/dir/deep"] {
             assert!(paths.contains(&want), "{want} not in {paths:?}");
         }
+        // Metadata: kept in the file's extended attributes inside the sandbox, shown by
+        // stat and list, carried by a move, removed by an empty value; a bad key changes
+        // nothing.
+        let meta = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let set = c
+            .set_file_metadata(
+                &sb.id,
+                "/workspace/a/b/blob.bin",
+                meta(&[("Owner", "evals"), ("run", "7")]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(set.metadata, meta(&[("owner", "evals"), ("run", "7")]));
+        let r = run_sh(c, &sb.id, "getfattr -d --absolute-names /workspace/a/b/blob.bin 2>/dev/null || python3 -c \"import os; print(sorted(os.listxattr('/workspace/a/b/blob.bin')))\"").await;
+        assert!(r.stdout.contains("user.warren.owner"), "{r:?}");
+        let err = c
+            .set_file_metadata(&sb.id, "/workspace/a/b/blob.bin", meta(&[("bad key", "x"), ("run", "8")]))
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), "invalid_request");
+        let err = c
+            .set_file_metadata(&sb.id, "/workspace/nope", meta(&[("k", "v")]))
+            .await
+            .unwrap_err();
+        assert!(err.is_file_not_found(), "{err:?}");
         c.move_path(
             &sb.id,
             "/workspace/a/b/blob.bin",
@@ -74,6 +104,20 @@ fn binary_round_trip_metadata_and_ops() {
         )
         .await
         .unwrap();
+        let moved = c.stat(&sb.id, "/workspace/dir/moved.bin").await.unwrap();
+        assert_eq!(moved.metadata, meta(&[("owner", "evals"), ("run", "7")]));
+        let cleared = c
+            .set_file_metadata(&sb.id, "/workspace/dir/moved.bin", meta(&[("run", "")]))
+            .await
+            .unwrap();
+        assert_eq!(cleared.metadata, meta(&[("owner", "evals")]));
+        let listed = c.list_files(&sb.id, "/workspace/dir", 1).await.unwrap();
+        let entry = listed
+            .entries
+            .iter()
+            .find(|e| e.path == "/workspace/dir/moved.bin")
+            .unwrap();
+        assert_eq!(entry.metadata, meta(&[("owner", "evals")]));
         assert!(c
             .stat(&sb.id, "/workspace/a/b/blob.bin")
             .await

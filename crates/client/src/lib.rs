@@ -553,6 +553,26 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/sandboxes/{id}/files/metadata`: set (or, with an empty value, remove)
+    /// metadata keys of a file or directory; answers the file with its metadata.
+    pub async fn set_file_metadata(
+        &self,
+        id: &str,
+        path: &str,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<FileInfo, Error> {
+        let req = warren_api::FileMetadataRequest {
+            path: path.to_string(),
+            metadata,
+        };
+        self.call(
+            Method::POST,
+            &["v1", "sandboxes", id, "files", "metadata"],
+            Some(&req),
+        )
+        .await
+    }
+
     /// `DELETE /v1/sandboxes/{id}/files?path=`: remove a file, symlink, empty directory,
     /// or with `recursive` a directory tree.
     pub async fn remove_path(&self, id: &str, path: &str, recursive: bool) -> Result<(), Error> {

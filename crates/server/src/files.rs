@@ -14,7 +14,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use warren_api::{
-    ErrorBody, ExecUser, FileInfo, FileList, MkdirRequest, MoveRequest, UploadedFiles,
+    ErrorBody, ExecUser, FileInfo, FileList, FileMetadataRequest, MkdirRequest, MoveRequest,
+    UploadedFiles,
 };
 use warren_engine::{ByteStream, Engine, EngineError};
 use warren_runtime::RuntimeError;
@@ -395,6 +396,35 @@ pub(crate) async fn mkdir(
         )
         .await?;
     Ok(Json(info))
+}
+
+/// Set or remove metadata keys of a file or directory; answers its metadata.
+///
+/// File metadata is small string key/value pairs kept with the file (in its user extended
+/// attributes `user.warren.<key>`): it follows renames and snapshots, vanishes with the
+/// file, and is dropped when an upload replaces the file. Stat and list answers show it as
+/// `metadata`. Nothing changes when any key or value is refused.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/metadata", tag = "files",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = FileMetadataRequest,
+    responses(
+        (status = 200, description = "The file, with its metadata", body = FileInfo),
+        (status = 400, description = "`invalid_request` (a bad key or value, a symlink, `/`) or `invalid_path`", body = ErrorBody),
+        (status = 404, description = "`sandbox_not_found` or `file_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`", body = ErrorBody),
+        (status = 501, description = "`not_supported` (the sandbox's file system keeps no extended attributes)", body = ErrorBody),
+        (status = 507, description = "`no_space` (also: the file system's per-file attribute space is full)", body = ErrorBody),
+    ))]
+pub(crate) async fn set_metadata(
+    State(engine): State<Engine>,
+    SandboxId(id): SandboxId,
+    ApiJson(req): ApiJson<FileMetadataRequest>,
+) -> Result<Json<FileInfo>, ApiError> {
+    Ok(Json(
+        engine
+            .set_file_metadata(&id, &req.path, req.metadata)
+            .await?,
+    ))
 }
 
 /// Remove a file, a symlink, an empty directory, or with `recursive=true` a directory tree.

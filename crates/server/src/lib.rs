@@ -70,6 +70,7 @@ fn api() -> OpenApiRouter<Engine> {
         .routes(routes!(files::stat))
         .routes(routes!(files::list))
         .routes(routes!(files::mkdir))
+        .routes(routes!(files::set_metadata))
         .routes(routes!(files::move_path))
         .merge(processes::routes())
         .merge(lifecycle::routes())

@@ -528,7 +528,7 @@ async fn every_documented_operation_is_routed() {
             }
         }
     }
-    assert_eq!(operations, 79, "operations documented");
+    assert_eq!(operations, 80, "operations documented");
 }
 
 #[tokio::test]
