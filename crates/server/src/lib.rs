@@ -128,17 +128,21 @@ impl ServeOptions {
 /// checks its own headers and answers in its own error shape.
 pub fn router_opts(engine: Engine, opts: ServeOptions) -> Router {
     let gate = opts.gate();
+    let auth = opts.auth;
+    let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
+    let output_budget = output::OutputBudget::new(engine.config().max_exec_output_bytes);
+    let streams = streams::StreamLimit::new(engine.config().max_streams);
     let e2b = warren_e2b::router(
         engine.clone(),
         warren_e2b::Options {
             image_aliases: opts.image_aliases.clone(),
             gate: gate.clone(),
         },
-    );
-    let auth = opts.auth;
-    let body_limit = usize::try_from(engine.config().max_request_bytes).unwrap_or(usize::MAX);
-    let output_budget = output::OutputBudget::new(engine.config().max_exec_output_bytes);
-    let streams = streams::StreamLimit::new(engine.config().max_streams);
+    )
+    .route_layer(axum::middleware::from_fn_with_state(
+        streams.clone(),
+        streams::limit_streams,
+    ));
     let opensandbox = warren_opensandbox::router(
         engine.clone(),
         warren_opensandbox::Options {

@@ -1,4 +1,5 @@
-//! A cap on long-lived responses: SSE streams, WebSockets and upgraded proxy connections.
+//! A cap on long-lived responses: SSE streams, WebSockets, upgraded proxy connections and
+//! Connect streams (E2B's envd).
 //!
 //! Each holds a connection (and, for most, a connection to a sandbox's agent) for as long
 //! as the client likes. They are counted apart from the connection cap and kept below it,
@@ -53,6 +54,16 @@ const STREAM_ROUTES: [&str; 5] = [
 fn is_stream(req: &Request) -> bool {
     // A WebSocket, or any upgrade through the proxy.
     if req.headers().contains_key(header::UPGRADE) {
+        return true;
+    }
+    // A Connect streaming call (E2B's envd: process output, watches, input streams), or a
+    // client asking any route for Server-Sent Events (OpenSandbox's commands too).
+    let connect_stream = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/connect+"));
+    if connect_stream || wants_event_stream(req.headers()) {
         return true;
     }
     let Some(path) = req.extensions().get::<MatchedPath>() else {

@@ -215,6 +215,27 @@ async fn streams_over_their_cap_get_429_and_short_requests_go_on() {
     };
     assert_eq!(status(&resp), 429, "{resp}");
     assert_eq!(json_body(&resp)["error"]["code"], "too_many_streams");
+    // So is an E2B envd stream (Connect's streaming content type).
+    let resp = {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        let msg = br#"{"process":{"cmd":"echo"}}"#;
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        body.extend_from_slice(msg);
+        let head = format!(
+            "POST /process.Process/Start HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+             content-type: application/connect+json\r\ne2b-sandbox-id: {}\r\n\
+             content-length: {}\r\n\r\n",
+            sb.id,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert_eq!(status(&resp), 429, "{resp}");
 
     // Short requests are not streams.
     assert_eq!(
