@@ -381,6 +381,50 @@ impl Timing {
     }
 }
 
+/// What waiting for a server stream's next item ended with.
+pub enum Step<T> {
+    /// The source's next item (`None`: the source ended).
+    Item(Option<T>),
+    /// The client's deadline passed.
+    Deadline,
+    /// The client went away.
+    Gone,
+}
+
+/// The next item of `source` for a server stream, sending `keepalive` whenever the stream
+/// was idle for [`Timing::keepalive`]; ends early at the deadline or when the client left.
+pub async fn next_item<S>(
+    source: &mut S,
+    tx: &StreamTx,
+    timing: &Timing,
+    keepalive: &serde_json::Value,
+) -> Step<S::Item>
+where
+    S: futures::Stream + Unpin,
+{
+    use futures::StreamExt;
+    loop {
+        let deadline = async {
+            match timing.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = deadline => return Step::Deadline,
+            _ = tx.closed() => return Step::Gone,
+            r = tokio::time::timeout(timing.keepalive, source.next()) => match r {
+                Ok(item) => return Step::Item(item),
+                Err(_) => {
+                    if tx.send(keepalive).await.is_err() {
+                        return Step::Gone;
+                    }
+                }
+            },
+        }
+    }
+}
+
 /// The sending half of a server stream. Messages are enveloped as they are sent; a send
 /// fails once the client went away.
 pub struct StreamTx {
@@ -475,6 +519,42 @@ mod tests {
             HeaderValue::from_static("application/proto"),
         );
         assert_eq!(kind(&h).unwrap_err().code, Code::Unimplemented);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_streams_get_keepalives_until_the_deadline_or_the_client_leaves() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let tx = StreamTx { tx };
+        let timing = Timing {
+            deadline: Some(Instant::now() + Duration::from_secs(5)),
+            keepalive: Duration::from_secs(2),
+        };
+        let ka = serde_json::json!({"keepalive": {}});
+        let mut idle = futures::stream::pending::<u8>();
+        assert!(matches!(
+            next_item(&mut idle, &tx, &timing, &ka).await,
+            Step::Deadline
+        ));
+        // Idle for 5 s with a 2 s interval: two keepalives, enveloped.
+        for _ in 0..2 {
+            let frame = rx.try_recv().unwrap();
+            assert_eq!(&frame[5..], br#"{"keepalive":{}}"#);
+        }
+        assert!(rx.try_recv().is_err());
+        let mut ready = futures::stream::iter([7u8]);
+        let no_deadline = Timing {
+            deadline: None,
+            ..timing
+        };
+        assert!(matches!(
+            next_item(&mut ready, &tx, &no_deadline, &ka).await,
+            Step::Item(Some(7))
+        ));
+        drop(rx);
+        assert!(matches!(
+            next_item(&mut idle, &tx, &no_deadline, &ka).await,
+            Step::Gone
+        ));
     }
 
     #[test]

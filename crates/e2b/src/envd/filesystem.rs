@@ -13,7 +13,7 @@ use serde_json::json;
 use warren_api::{FileEvent, FileEventKind, FileInfo, FileKind};
 use warren_engine::files::AccountNames;
 
-use super::connect::{self, Code, RpcError, RpcResult};
+use super::connect::{self, Code, RpcError, RpcResult, Step};
 use super::Call;
 use crate::E2b;
 
@@ -346,27 +346,12 @@ async fn watch_dir(s: E2b, call: Call) -> Response {
         if tx.send_json(json!({"start": {}})).await.is_err() {
             return Ok(());
         }
-        let deadline = async {
-            match timing.deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
+        let keepalive = json!({"keepalive": {}});
         loop {
-            let item = tokio::select! {
+            let item = match connect::next_item(&mut events, &tx, &timing, &keepalive).await {
+                Step::Item(item) => item,
                 // The SDK's watch timeout: the stream ends normally.
-                _ = &mut deadline => return Ok(()),
-                _ = tx.closed() => return Ok(()),
-                r = tokio::time::timeout(timing.keepalive, events.next()) => match r {
-                    Ok(item) => item,
-                    Err(_) => {
-                        if tx.send_json(json!({"keepalive": {}})).await.is_err() {
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                },
+                Step::Deadline | Step::Gone => return Ok(()),
             };
             match item {
                 Some(Ok(e)) => {

@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use axum::response::Response;
 use base64::Engine as _;
-use futures::StreamExt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 use warren_api::{CreateProcessRequest, Process, ProcessState, PtySize, SignalValue};
 use warren_engine::processes::AttachEvent;
 
-use super::connect::{self, Code, RpcError, RpcResult, StreamTx, Timing};
+use super::connect::{self, Code, RpcError, RpcResult, Step, StreamTx, Timing};
 use super::{Call, User};
 use crate::E2b;
 
@@ -347,28 +346,17 @@ async fn follow(
         .attach(sid, &selector, offset, true)
         .await
         .map_err(RpcError::from)?;
-    let deadline = async {
-        match timing.deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
+    let keepalive = json!({"event": {"keepalive": {}}});
     loop {
-        let item = tokio::select! {
-            _ = &mut deadline => {
-                return Err(RpcError::new(Code::DeadlineExceeded, "the stream's deadline passed"));
+        let item = match connect::next_item(&mut out, tx, &timing, &keepalive).await {
+            Step::Item(item) => item,
+            Step::Gone => return Ok(()),
+            Step::Deadline => {
+                return Err(RpcError::new(
+                    Code::DeadlineExceeded,
+                    "the stream's deadline passed",
+                ))
             }
-            _ = tx.closed() => return Ok(()),
-            r = tokio::time::timeout(timing.keepalive, out.next()) => match r {
-                Ok(item) => item,
-                Err(_) => {
-                    if tx.send_json(json!({"event": {"keepalive": {}}})).await.is_err() {
-                        return Ok(());
-                    }
-                    continue;
-                }
-            },
         };
         let msg = match item {
             Some(Ok(AttachEvent::Stdout(b))) if pty => json!({"event": {"data": {"pty": b64(&b)}}}),
