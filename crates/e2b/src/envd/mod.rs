@@ -177,17 +177,23 @@ impl Call {
     }
 }
 
-async fn call_of(s: &E2b, headers: HeaderMap, body: Bytes) -> RpcResult<Call> {
+/// The checked call: its codec, sandbox and user, and its one message (at most
+/// [`connect::MAX_MESSAGE`] bytes).
+async fn call_of(s: &E2b, req: axum::extract::Request) -> RpcResult<Call> {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     let kind = connect::kind(&headers)?;
-    if body.len() > connect::MAX_MESSAGE {
-        return Err(RpcError::new(
-            Code::ResourceExhausted,
-            format!(
-                "the request message is larger than {} bytes",
-                connect::MAX_MESSAGE
-            ),
-        ));
-    }
+    let body = axum::body::to_bytes(body, connect::MAX_MESSAGE)
+        .await
+        .map_err(|_| {
+            RpcError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "the request message is larger than {} bytes",
+                    connect::MAX_MESSAGE
+                ),
+            )
+        })?;
     let sid = sandbox(s, &headers).await?;
     let user = User::from_headers(&headers)?;
     Ok(Call {
@@ -225,22 +231,7 @@ async fn process_rpc(
             Err(e) => connect::stream_error(e),
         };
     }
-    let body = match axum::body::to_bytes(req.into_body(), connect::MAX_MESSAGE).await {
-        Ok(b) => b,
-        Err(_) => {
-            return refuse(
-                &headers,
-                RpcError::new(
-                    Code::ResourceExhausted,
-                    format!(
-                        "the request message is larger than {} bytes",
-                        connect::MAX_MESSAGE
-                    ),
-                ),
-            )
-        }
-    };
-    match call_of(&s, headers.clone(), body).await {
+    match call_of(&s, req).await {
         Ok(call) => process::call(s, &method, call).await,
         Err(e) => refuse(&headers, e),
     }
@@ -249,10 +240,10 @@ async fn process_rpc(
 async fn filesystem_rpc(
     State(s): State<E2b>,
     Path(method): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Response {
-    match call_of(&s, headers.clone(), body).await {
+    let headers = req.headers().clone();
+    match call_of(&s, req).await {
         Ok(call) => filesystem::call(s, &method, call).await,
         Err(e) => refuse(&headers, e),
     }
