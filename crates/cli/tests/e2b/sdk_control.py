@@ -11,13 +11,12 @@ killed; the exit status is 1 if any test failed.
 import os
 import secrets
 import sys
-import time
-import traceback
 from datetime import datetime, timedelta, timezone
 
 import httpx
 from e2b import Sandbox, SandboxQuery, SandboxState
 from e2b.exceptions import SandboxException, NotFoundException
+from harness import run
 
 RUN = secrets.token_hex(4)
 MADE: list[str] = []
@@ -201,22 +200,7 @@ TESTS = [
 
 
 def main() -> int:
-    failed = 0
-    for t in TESTS:
-        name = t.__name__.removeprefix("test_")
-        start = time.monotonic()
-        try:
-            t()
-            print(f"ok {name} ({time.monotonic() - start:.1f} s)", flush=True)
-        except Exception:  # noqa: BLE001 - reported, the run goes on
-            failed += 1
-            print(f"FAIL {name}: {traceback.format_exc()}", flush=True)
-    for sid in MADE:
-        try:
-            Sandbox.kill(sid)
-        except Exception as e:  # noqa: BLE001
-            print(f"cleanup of {sid}: {e}", flush=True)
-    return 1 if failed else 0
+    return run(TESTS, MADE, sys.argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ is 1 if any test failed.
 """
 
 import asyncio
-import faulthandler
 import hashlib
 import io
 import os
@@ -22,7 +21,6 @@ import secrets
 import sys
 import threading
 import time
-import traceback
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Optional
@@ -39,11 +37,11 @@ from e2b import (
     TimeoutException,
 )
 from e2b.exceptions import (
-    AuthenticationException,
     FileNotFoundException,
     NotFoundException,
     SandboxNotRunningException,
 )
+from harness import run
 
 # The SDK sends every envd call (RPCs, /files, /health) to E2B_SANDBOX_URL when it is set.
 os.environ.setdefault("E2B_SANDBOX_URL", os.environ.get("E2B_API_URL", ""))
@@ -995,30 +993,7 @@ def main(argv: list[str]) -> int:
     if not SANDBOX_URL:
         print("FAIL setup: neither E2B_SANDBOX_URL nor E2B_API_URL is set", flush=True)
         return 1
-    # Streams have no overall client-side bound: a server that never ends one would hang
-    # the run, so dump where instead.
-    faulthandler.dump_traceback_later(float(os.environ.get("E2B_SDK_TIMEOUT", "600")), exit=True)
-    by_name = {t.__name__.removeprefix("test_"): t for t in TESTS}
-    unknown = [n for n in argv[1:] if n not in by_name]
-    if unknown:
-        print(f"FAIL setup: unknown tests {unknown}; known: {list(by_name)}", flush=True)
-        return 1
-    failed = 0
-    for t in [by_name[n] for n in argv[1:]] or TESTS:
-        name = t.__name__.removeprefix("test_")
-        start = time.monotonic()
-        try:
-            t()
-            print(f"ok {name} ({time.monotonic() - start:.1f} s)", flush=True)
-        except Exception:  # noqa: BLE001 - reported, the run goes on
-            failed += 1
-            print(f"FAIL {name}: {traceback.format_exc()}", flush=True)
-    for sid in MADE:
-        try:
-            Sandbox.kill(sid)
-        except Exception as e:  # noqa: BLE001
-            print(f"cleanup of {sid}: {e}", flush=True)
-    return 1 if failed else 0
+    return run(TESTS, MADE, argv)
 
 
 if __name__ == "__main__":
