@@ -12,12 +12,14 @@
 //! `std::fs` keeps doing it. Walks (listings, search, archives, watches) resolve their start
 //! once and descend by the names they read, never following a symlink.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
@@ -106,6 +108,9 @@ impl Root {
     /// Opens `path` (absolute, as the sandbox sees it) with `flags`, following symlinks,
     /// inside the root.
     pub(crate) fn open_in(&self, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+        if NO_OPENAT2.load(Ordering::Relaxed) {
+            return walk_in_root(self.fd.as_fd(), path, flags);
+        }
         let rel = relative(path);
         let mut tries = 0;
         loop {
@@ -117,6 +122,12 @@ impl Root {
                 ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
             ) {
                 Err(rustix::io::Errno::AGAIN) if tries < EAGAIN_RETRIES => tries += 1,
+                // A kernel without openat2 (gVisor's, before 2023): resolve in user space,
+                // from now on.
+                Err(rustix::io::Errno::NOSYS) => {
+                    NO_OPENAT2.store(true, Ordering::Relaxed);
+                    return walk_in_root(self.fd.as_fd(), path, flags);
+                }
                 r => return r.map_err(io::Error::from),
             }
         }
@@ -168,6 +179,115 @@ fn relative(path: &Path) -> &Path {
         Ok(p) => p,
         Err(_) => path,
     }
+}
+
+/// Set once `openat2` answered `ENOSYS`: every later resolution walks in user space.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Symlinks one resolution may follow (the kernel's `MAXSYMLINKS`).
+const MAX_SYMLINKS: usize = 40;
+
+/// What `openat2(root, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` does, in user
+/// space, for kernels without `openat2`: one component at a time, each opened `O_PATH |
+/// O_NOFOLLOW` below the directory held open before it, so the kernel never follows a link
+/// or a `..` for us. A symlink's text is read and walked the same way (an absolute one from
+/// the root); `..` goes back to the directory we came through and never above the root.
+/// A concurrent rename cannot lead out: every step starts at a descriptor that was inside.
+/// Magic links are never followed (their text is walked as a path inside the root). Only the
+/// last component is opened with `flags`, again without following it.
+fn walk_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    let nofollow = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // The directories walked through, root first: `..` pops one.
+    let mut dirs: Vec<OwnedFd> = vec![rustix::fs::openat(root, ".", nofollow, Mode::empty())?];
+    let mut todo: VecDeque<std::ffi::OsString> = components(path).collect();
+    let mut links = 0;
+    while let Some(name) = todo.pop_front() {
+        let last = todo.is_empty();
+        if name == ".." {
+            if dirs.len() > 1 {
+                dirs.pop();
+            }
+            if last {
+                break;
+            }
+            continue;
+        }
+        let Some(dir) = dirs.last() else {
+            return Err(io::Error::other("resolution lost its root"));
+        };
+        let fd = rustix::fs::openat(dir, name.as_os_str(), nofollow, Mode::empty())?;
+        let stat = rustix::fs::fstat(&fd)?;
+        let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+        if kind == rustix::fs::FileType::Symlink {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+            let target = PathBuf::from(std::ffi::OsString::from_vec(target.into_bytes()));
+            if target.is_absolute() {
+                dirs.truncate(1);
+            }
+            for c in components(&target).collect::<Vec<_>>().into_iter().rev() {
+                todo.push_front(c);
+            }
+            continue;
+        }
+        if !last {
+            if kind != rustix::fs::FileType::Directory {
+                return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+            }
+            dirs.push(fd);
+            continue;
+        }
+        return finish_open(dir, &name, fd, kind, flags);
+    }
+    // The path ended at a directory we hold (`/`, `..`, a link to a directory).
+    let Some(fd) = dirs.pop() else {
+        return Err(io::Error::other("resolution lost its root"));
+    };
+    if flags.contains(OFlags::PATH) {
+        return Ok(fd);
+    }
+    let proc = fd_path(&fd);
+    Ok(rustix::fs::open(
+        &proc,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The last step of [`walk_in_root`]: `fd` (an `O_PATH` handle on `name` in `dir`, not a
+/// symlink) as `flags` asks.
+fn finish_open(
+    dir: &OwnedFd,
+    name: &OsStr,
+    fd: OwnedFd,
+    kind: rustix::fs::FileType,
+    flags: OFlags,
+) -> io::Result<OwnedFd> {
+    if flags.contains(OFlags::DIRECTORY) && kind != rustix::fs::FileType::Directory {
+        return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+    }
+    if flags.contains(OFlags::PATH) {
+        return Ok(fd);
+    }
+    // Opened again by name, not following: a symlink swapped in meanwhile is `ELOOP`.
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The names of `path`, `.` dropped (`..` kept: the walk handles it).
+fn components(path: &Path) -> impl Iterator<Item = std::ffi::OsString> + '_ {
+    path.components().filter_map(|c| match c {
+        Component::Normal(n) => Some(n.to_os_string()),
+        Component::ParentDir => Some("..".into()),
+        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+    })
 }
 
 fn fd_path(fd: &OwnedFd) -> PathBuf {
@@ -261,6 +381,73 @@ mod tests {
                 .unwrap()
                 .is_dir()
         );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The user-space walk (for kernels without `openat2`, like gVisor's) reaches what
+    /// `openat2` reaches, and fails where it fails.
+    #[test]
+    fn the_user_space_walk_agrees_with_openat2() {
+        let d = scratch("walk");
+        let r = d.join("root");
+        symlink("/a/f", r.join("abs")).unwrap();
+        symlink("../../../../outside", r.join("up")).unwrap();
+        symlink("/proc/self/root/etc/passwd", r.join("magic")).unwrap();
+        symlink("a", r.join("rel")).unwrap();
+        symlink("loop2", r.join("loop1")).unwrap();
+        symlink("loop1", r.join("loop2")).unwrap();
+        symlink("../..", r.join("a/upup")).unwrap();
+        fs::create_dir_all(r.join("a/b")).unwrap();
+        let root = Root::open(&r).unwrap();
+        let id = |fd: &OwnedFd| {
+            let st = rustix::fs::fstat(fd).unwrap();
+            (st.st_dev, st.st_ino)
+        };
+        let paths = [
+            "/",
+            "/a",
+            "/a/f",
+            "/../../a/f",
+            "/abs",
+            "/up",
+            "/magic",
+            "/rel/f",
+            "/rel/../a/f",
+            "/loop1",
+            "/a/f/x",
+            "/a/upup",
+            "/a/upup/a/f",
+            "/a/b/../../abs",
+            "/a/..",
+            "/nope",
+            "/a/b/",
+            "/abs/",
+        ];
+        for p in paths {
+            for flags in [
+                OFlags::PATH,
+                OFlags::PATH | OFlags::DIRECTORY,
+                OFlags::RDONLY | OFlags::NONBLOCK,
+            ] {
+                let kernel = rustix::fs::openat2(
+                    root.fd.as_fd(),
+                    relative(Path::new(p)),
+                    flags | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+                );
+                let walked = walk_in_root(root.fd.as_fd(), Path::new(p), flags);
+                match (&kernel, &walked) {
+                    (Ok(k), Ok(w)) => assert_eq!(id(k), id(w), "{p} {flags:?}"),
+                    (Err(k), Err(w)) => assert_eq!(
+                        k.raw_os_error(),
+                        w.raw_os_error().unwrap_or(0),
+                        "{p} {flags:?}: {w}"
+                    ),
+                    _ => panic!("{p} {flags:?}: openat2 {kernel:?}, walk {walked:?}"),
+                }
+            }
+        }
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -127,12 +127,16 @@ pub fn apply_default() -> Result<(), CapsError> {
         }
     }
 
-    // 2. Ambient and inheritable: empty.
-    caps::clear(None, CapSet::Ambient).map_err(|source| CapsError::Set {
-        op: "clearing",
-        set: "ambient",
-        source,
-    })?;
+    // 2. Ambient and inheritable: empty. A kernel without ambient capabilities (gVisor's
+    //    refuses every PR_CAP_AMBIENT operation) has none to clear.
+    let ambient = ambient_supported();
+    if ambient {
+        caps::clear(None, CapSet::Ambient).map_err(|source| CapsError::Set {
+            op: "clearing",
+            set: "ambient",
+            source,
+        })?;
+    }
     caps::clear(None, CapSet::Inheritable).map_err(|source| CapsError::Set {
         op: "clearing",
         set: "inheritable",
@@ -152,11 +156,26 @@ pub fn apply_default() -> Result<(), CapsError> {
         source,
     })?;
 
-    verify(&keep)
+    verify(&keep, ambient)
+}
+
+/// Whether this kernel has ambient capabilities (Linux 4.3+; not gVisor's).
+fn ambient_supported() -> bool {
+    // SAFETY: PR_CAP_AMBIENT_IS_SET only reads this thread's ambient set.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_IS_SET,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    r >= 0
 }
 
 /// Read every set back and check it is exactly what [`apply_default`] asked for.
-fn verify(keep: &CapsHashSet) -> Result<(), CapsError> {
+fn verify(keep: &CapsHashSet, ambient: bool) -> Result<(), CapsError> {
     let expectations: [(CapSet, &'static str, bool); 5] = [
         (CapSet::Effective, "effective", true),
         (CapSet::Permitted, "permitted", true),
@@ -165,6 +184,9 @@ fn verify(keep: &CapsHashSet) -> Result<(), CapsError> {
         (CapSet::Ambient, "ambient", false),
     ];
     for (set, name, should_be_default) in expectations {
+        if matches!(set, CapSet::Ambient) && !ambient {
+            continue;
+        }
         let actual = caps::read(None, set).map_err(|source| CapsError::Set {
             op: "reading",
             set: name,
