@@ -52,6 +52,8 @@ pub enum ErrorCode {
     TooManyStreams,
     /// The sandbox asked for a network mode this server does not offer.
     NetworkUnavailable,
+    /// The sandbox asked for a runtime (`gvisor`) this server cannot run.
+    RuntimeUnavailable,
     /// The image is used by a sandbox or a pool.
     ImageInUse,
     /// The registry could not be reached, refused, or sent something unusable.
@@ -82,7 +84,8 @@ impl ErrorCode {
             | C::IsADirectory
             | C::InvalidPath
             | C::InvalidSignal
-            | C::NetworkUnavailable => 400,
+            | C::NetworkUnavailable
+            | C::RuntimeUnavailable => 400,
             C::PermissionDenied => 403,
             C::Unauthorized => 401,
             C::SandboxNotFound
@@ -167,6 +170,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::TooManyStreams,
         ErrorCode::NetworkUnavailable,
+        ErrorCode::RuntimeUnavailable,
         ErrorCode::ImageInUse,
         ErrorCode::RegistryError,
         ErrorCode::VolumeNotFound,
@@ -224,6 +228,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::TooManyStreams => "too_many_streams",
             ErrorCode::NetworkUnavailable => "network_unavailable",
+            ErrorCode::RuntimeUnavailable => "runtime_unavailable",
             ErrorCode::ImageInUse => "image_in_use",
             ErrorCode::RegistryError => "registry_error",
             ErrorCode::VolumeNotFound => "volume_not_found",

@@ -110,6 +110,47 @@ pub struct CreateSandboxRequest {
     /// (a restore or fork mounts the same volumes, as they are then).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
+    /// What runs the sandbox: `native` (Linux namespaces on the host kernel) or `gvisor`
+    /// (gVisor's user-space kernel between the sandbox and the host). Default: the
+    /// server's (`warren serve --runtime`). One the server cannot run is 400
+    /// `runtime_unavailable`; `GET /v1/capabilities` lists what each supports. A restore or
+    /// fork keeps the snapshot's sandbox's runtime unless this names another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+}
+
+/// What runs a sandbox's processes.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Linux namespaces, cgroups and seccomp on the host's kernel: starts in milliseconds.
+    #[default]
+    Native,
+    /// gVisor (`runsc`): the sandbox's system calls go to a user-space kernel, not the
+    /// host's. Slower to start, more memory, a much smaller host attack surface.
+    Gvisor,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Native => "native",
+            Runtime::Gvisor => "gvisor",
+        }
+    }
 }
 
 /// Lifecycle state of a sandbox.
@@ -227,6 +268,9 @@ pub struct Sandbox {
     /// Its volume and host directory mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
+    /// What runs it.
+    #[serde(default)]
+    pub runtime: Runtime,
 }
 
 /// Where a sandbox's port is reachable from the server's host.
@@ -503,8 +547,12 @@ pub struct FileMetadataRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Capabilities {
     pub version: String,
-    /// Runtime backend (`native`).
+    /// The runtime a create that names none gets (`native` or `gvisor`).
     pub runtime: String,
+    /// Every runtime this server knows, with what its sandboxes support here (the
+    /// top-level `isolation`, `features` and `network` describe the native runtime).
+    #[serde(default)]
+    pub runtimes: Vec<RuntimeCapabilities>,
     pub images: Vec<String>,
     /// Cgroup layout of the host: `v1`, `hybrid` or `v2`.
     pub cgroup: String,
@@ -513,6 +561,43 @@ pub struct Capabilities {
     pub limits: Limits,
     pub storage: StorageInfo,
     pub network: NetworkCapabilities,
+}
+
+/// What sandboxes of one runtime support on this server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RuntimeCapabilities {
+    pub name: Runtime,
+    pub available: bool,
+    /// Why it is not available (what is missing), when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_reason: Option<String>,
+    /// The kernel the sandbox's processes talk to: `host` or `gvisor`.
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// How gVisor intercepts system calls (`ptrace`, `kvm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    pub pause: bool,
+    pub stop: bool,
+    pub snapshots: bool,
+    pub rollback: bool,
+    pub fork: bool,
+    /// Checkpoint and restore of the processes' memory (not only the files).
+    pub memory_snapshots: bool,
+    /// Network modes its sandboxes can have (`isolated`, `nat`).
+    pub network_modes: Vec<String>,
+    pub egress_policy: bool,
+    /// Sandbox root is an unprivileged host uid (native user namespaces).
+    pub user_namespace: bool,
+    pub seccomp: bool,
+    pub disk_quota: bool,
+    pub volumes: bool,
+    /// Extended-attribute file metadata (`POST .../files/metadata`, E2B's `X-Metadata-*`).
+    pub file_metadata: bool,
+    /// The server's limits apply to every runtime alike.
+    pub max_sandboxes: Option<u32>,
+    pub max_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

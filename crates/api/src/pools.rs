@@ -32,6 +32,10 @@ pub struct PoolSpec {
     /// from the pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::NetworkRequest>,
+    /// Runtime of the pool's sandboxes (the server's default when absent). A create that
+    /// names another runtime does not take from the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crate::Runtime>,
 }
 
 /// Where a pool is defined.
@@ -60,6 +64,9 @@ pub struct Pool {
     pub env_keys: Vec<String>,
     /// Network of its sandboxes.
     pub network: crate::NetworkRequest,
+    /// Runtime of its sandboxes.
+    #[serde(default)]
+    pub runtime: crate::Runtime,
     pub source: PoolSource,
     /// Sandboxes running and waiting to be claimed.
     pub ready: u32,

@@ -20,7 +20,7 @@ use crate::{Cli, Command, ExecOpts, OnIdle, OnTimeout, SandboxOpts, User};
 /// Run one verb; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Command::Serve(args) = cli.command {
-        crate::serve::run(args).await?;
+        crate::serve::run(*args).await?;
         return Ok(0);
     }
     if let Command::Key(args) = cli.command {
@@ -415,6 +415,7 @@ fn create_request(opts: &SandboxOpts) -> CreateSandboxRequest {
         network: opts.net.request(),
         credentials: opts.credentials.clone(),
         volumes: opts.volumes.clone(),
+        runtime: opts.runtime.map(Into::into),
     }
 }
 
@@ -626,6 +627,7 @@ mod tests {
             },
             credentials: Vec::new(),
             volumes: Vec::new(),
+            runtime: Default::default(),
         };
         let t = table(
             &[sb("sb-1", &[]), sb("sb-longer", &[("a", "1"), ("b", "2")])],

@@ -273,7 +273,7 @@ enum Command {
         json: bool,
     },
     /// Run the daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure a running daemon: cold and warm starts, exec, concurrency, files, snapshots,
     /// density, with bubblewrap/runsc baselines (docs/PERFORMANCE.md).
     Bench(bench::BenchArgs),
@@ -354,6 +354,10 @@ enum SnapshotCommand {
 /// Options of a new sandbox.
 #[derive(Debug, Clone, Args)]
 struct SandboxOpts {
+    /// What runs the sandbox: native (Linux namespaces on the host kernel) or gvisor
+    /// (gVisor's user-space kernel) [default: the server's].
+    #[arg(long, value_enum, value_name = "RUNTIME")]
+    runtime: Option<RuntimeChoice>,
     /// CPU quota in cores (fractions allowed).
     #[arg(long, value_name = "F")]
     cpus: Option<f64>,
@@ -528,6 +532,22 @@ const EXIT_CODES: &str = "Exit status: the command's; 125 if Warren fails (daemo
 126 if the command cannot be run (permission denied, not executable, bad --cwd); 127 if it is \
 not found; 128+N if this client is ended by signal N.";
 
+/// `--runtime` of `create` and `pool put`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RuntimeChoice {
+    Native,
+    Gvisor,
+}
+
+impl From<RuntimeChoice> for warren_api::Runtime {
+    fn from(r: RuntimeChoice) -> warren_api::Runtime {
+        match r {
+            RuntimeChoice::Native => warren_api::Runtime::Native,
+            RuntimeChoice::Gvisor => warren_api::Runtime::Gvisor,
+        }
+    }
+}
+
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -536,11 +556,19 @@ pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    // The sandbox-init role must run before any thread or async runtime exists.
-    if std::env::args_os().nth(1).as_deref()
-        == Some(OsStr::new(warren_runtime_native::SANDBOX_INIT_ARG))
-    {
-        return warren_runtime_native::init::sandbox_init_main();
+    // The helper roles must run before any thread or async runtime exists.
+    let role = std::env::args_os().nth(1);
+    match role.as_deref() {
+        Some(r) if r == OsStr::new(warren_runtime_native::SANDBOX_INIT_ARG) => {
+            return warren_runtime_native::init::sandbox_init_main()
+        }
+        Some(r) if r == OsStr::new(warren_runtime_gvisor::INIT_ARG) => {
+            return warren_runtime_gvisor::init::init_main()
+        }
+        Some(r) if r == OsStr::new(warren_runtime_gvisor::AGENT_ARG) => {
+            return warren_runtime_gvisor::agent::agent_main()
+        }
+        _ => {}
     }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

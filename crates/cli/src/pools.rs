@@ -32,6 +32,9 @@ pub enum PoolCommand {
         /// used by `create --pool NAME`.
         #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = crate::parse_kv)]
         env: Vec<(String, String)>,
+        /// Runtime of its sandboxes: native or gvisor (default: the server's).
+        #[arg(long, value_enum, value_name = "RUNTIME")]
+        runtime: Option<crate::RuntimeChoice>,
     },
     /// List pools with their ready, filling and claimed counts.
     #[command(alias = "list")]
@@ -59,6 +62,7 @@ pub async fn run(client: &Client, cmd: PoolCommand) -> anyhow::Result<u8> {
             disk,
             image,
             env,
+            runtime,
         } => {
             let resources = Resources {
                 cpus,
@@ -68,6 +72,7 @@ pub async fn run(client: &Client, cmd: PoolCommand) -> anyhow::Result<u8> {
             };
             let spec = PoolSpec {
                 network: None,
+                runtime: runtime.map(Into::into),
                 image,
                 size,
                 resources: (resources != Resources::default()).then_some(resources),
@@ -161,6 +166,7 @@ mod tests {
             },
             env_keys: vec![],
             network: Default::default(),
+            runtime: Default::default(),
             source: Default::default(),
             ready: 3,
             filling: 1,

@@ -109,10 +109,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         storage,
         user_namespaces: settings.user_namespaces,
     };
-    let runtime = tokio::task::spawn_blocking(move || NativeRuntime::new(native_config))
-        .await
-        .context("runtime setup task")?
-        .context("setting up the native runtime")?;
+    let gvisor = warren_runtime_gvisor::GvisorConfig {
+        runsc: settings.runsc.clone(),
+        platform: "ptrace".into(),
+        agent_exe: native_config.helper_exe.clone(),
+    };
+    let default_runtime = settings.runtime;
+    let runtime = tokio::task::spawn_blocking(move || {
+        let launcher = warren_runtime_gvisor::GvisorLauncher::new(&gvisor);
+        if default_runtime == warren_runtime::RuntimeKind::Gvisor {
+            if let Err(why) = launcher.check() {
+                return Err(anyhow::anyhow!("--runtime gvisor: {why}"));
+            }
+        }
+        NativeRuntime::with_launchers(native_config, vec![std::sync::Arc::new(launcher)])
+            .context("setting up the native runtime")
+    })
+    .await
+    .context("runtime setup task")??;
     let mut net = warren_network::NetConfig::new(data_dir.join("network"));
     net.range = settings.network_range;
     net.dns_upstreams = settings.dns_upstreams.clone();
@@ -177,6 +191,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.id_ranges.exclude = warren_engine::idmaps::host_accounts(Path::new("/"));
     config.default_network = settings.default_network;
+    config.default_runtime = settings.runtime;
     config.pull_policy = settings.pull;
     config.allowed_host_paths = settings.allow_host_paths.clone();
     config.images = Some(

@@ -123,6 +123,15 @@ pub struct ServeArgs {
     /// (loopback only) [default: nat].
     #[arg(long, value_enum, value_name = "MODE")]
     pub default_network: Option<NetModeKind>,
+    /// Runtime of a sandbox (or pool) that names none: `native` (Linux namespaces on the
+    /// host kernel, milliseconds to start) or `gvisor` (gVisor's user-space kernel between
+    /// the sandbox and the host; needs runsc). Both are offered whenever available; a
+    /// create picks one with `"runtime"` [default: native].
+    #[arg(long, value_enum, value_name = "RUNTIME")]
+    pub runtime: Option<RuntimeArg>,
+    /// The runsc binary gVisor sandboxes use [default: `runsc` in PATH].
+    #[arg(long, value_name = "PATH")]
+    pub runsc: Option<PathBuf>,
     /// Addresses of `nat` sandboxes (its first address is their gateway and DNS proxy),
     /// e.g. `10.88.0.0/16`; prefix /8 to /28 in steps of 4. Daemons on one host claim
     /// their ranges in /run/warren/net and refuse overlapping ones [default: 10.88.0.0/16].
@@ -223,6 +232,23 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// `--runtime` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeArg {
+    Native,
+    Gvisor,
+}
+
+impl From<RuntimeArg> for warren_runtime::RuntimeKind {
+    fn from(k: RuntimeArg) -> warren_runtime::RuntimeKind {
+        match k {
+            RuntimeArg::Native => warren_runtime::RuntimeKind::Native,
+            RuntimeArg::Gvisor => warren_runtime::RuntimeKind::Gvisor,
+        }
+    }
+}
+
 /// `--default-network` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -288,6 +314,8 @@ pub struct PoolEntry {
     pub resources: Option<Resources>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// `native` or `gvisor` (the server's default when absent).
+    pub runtime: Option<warren_api::Runtime>,
 }
 
 /// The daemon's settings: flags over the config file over the defaults. `None` leaves the
@@ -314,6 +342,8 @@ pub struct Settings {
     pub userns_base: Option<u32>,
     pub userns_ranges: Option<u32>,
     pub default_network: warren_runtime::NetworkMode,
+    pub runtime: warren_runtime::RuntimeKind,
+    pub runsc: PathBuf,
     pub network_range: warren_runtime::Ipv4Cidr,
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     pub max_connections: Option<usize>,
@@ -404,6 +434,8 @@ impl ServeArgs {
             userns_base,
             userns_ranges,
             default_network,
+            runtime,
+            runsc,
             network_range,
             dns_upstream,
             max_connections,
@@ -455,6 +487,8 @@ impl ServeArgs {
                 .default_network
                 .map(Into::into)
                 .unwrap_or(warren_runtime::NetworkMode::Nat),
+            runtime: self.runtime.map(Into::into).unwrap_or_default(),
+            runsc: self.runsc.unwrap_or_else(|| PathBuf::from("runsc")),
             network_range: match &self.network_range {
                 Some(r) => r
                     .parse()
@@ -503,6 +537,7 @@ impl ServeArgs {
                         resources: p.resources,
                         env: p.env,
                         network: None,
+                        runtime: p.runtime,
                     };
                     (p.name, spec)
                 })

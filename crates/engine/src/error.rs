@@ -93,6 +93,10 @@ pub enum EngineError {
     /// A network mode this server does not offer.
     #[error("{0}")]
     NetworkUnavailable(String),
+    /// A runtime this server cannot run (400 `runtime_unavailable`), or a feature the
+    /// sandbox's runtime lacks.
+    #[error("{0}")]
+    RuntimeUnavailable(String),
     /// The host's available memory is below the floor (503); nothing was created.
     #[error("{0}")]
     HostUnderPressure(String),
@@ -142,6 +146,7 @@ impl EngineError {
             EngineError::LimitReached(_) => C::LimitReached,
             EngineError::CapacityExhausted(_) => C::CapacityExhausted,
             EngineError::NetworkUnavailable(_) => C::NetworkUnavailable,
+            EngineError::RuntimeUnavailable(_) => C::RuntimeUnavailable,
             EngineError::HostUnderPressure(_) => C::HostUnderPressure,
             EngineError::PoolNotFound(_) => C::PoolNotFound,
             EngineError::PoolFromConfig(_) => C::PoolFromConfig,

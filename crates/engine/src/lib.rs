@@ -20,6 +20,7 @@ mod ports;
 pub mod processes;
 mod reaper;
 mod recover;
+mod runtimes;
 mod snapshots;
 mod store;
 pub mod templates;
@@ -134,6 +135,8 @@ pub struct EngineConfig {
     /// The network mode of a sandbox that names none (`warren serve --default-network`);
     /// `isolated` where the runtime offers no other.
     pub default_network: warren_runtime::NetworkMode,
+    /// The runtime of a sandbox (or pool) that names none (`warren serve --runtime`).
+    pub default_runtime: warren_runtime::RuntimeKind,
     /// The OCI image store (`None`: only the runtime's built-in images).
     pub images: Option<warren_image::ImageStore>,
     /// Whether a create pulls an image the store lacks (`warren serve --pull`).
@@ -194,6 +197,7 @@ impl EngineConfig {
             config_pools: Vec::new(),
             id_ranges: idmaps::IdRangeConfig::default(),
             default_network: warren_runtime::NetworkMode::Nat,
+            default_runtime: warren_runtime::RuntimeKind::Native,
             images: None,
             pull_policy: images::PullPolicy::Missing,
             allowed_host_paths: Vec::new(),
@@ -370,6 +374,7 @@ fn to_api(r: &Record, gateway: Option<std::net::Ipv4Addr>) -> Sandbox {
             .map(|c| c.shown.clone())
             .unwrap_or_default(),
         volumes: r.volumes.clone(),
+        runtime: runtimes::api_of(r.lifecycle.runtime),
     }
 }
 
@@ -519,7 +524,10 @@ impl Engine {
             let mut map = self.map();
             let missing: Vec<String> = map
                 .iter()
-                .filter(|(_, e)| e.record.host_id.is_none())
+                .filter(|(_, e)| {
+                    e.record.host_id.is_none()
+                        && e.record.lifecycle.runtime == warren_runtime::RuntimeKind::Native
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             let mut out = Vec::new();
@@ -560,7 +568,8 @@ impl Engine {
         let c = &self.inner.config;
         Capabilities {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            runtime: info.name,
+            runtime: c.default_runtime.to_string(),
+            runtimes: self.runtime_capabilities(),
             images: self
                 .list_images()
                 .map(|l| l.into_iter().map(|i| i.name).collect())
@@ -706,7 +715,8 @@ impl Engine {
         }
         let resources = validate::resources(req.resources.as_ref(), c)?;
         validate::env("env", &req.env)?;
-        let network = self.resolve_network(req.network.as_ref())?;
+        let mut network = self.resolve_network(req.network.as_ref())?;
+        let runtime = self.resolve_runtime(req.runtime, &mut network, req.network.is_some())?;
         let volumes = self.resolve_mounts(&req.volumes).await?;
         // Reading a snapshot: it cannot be deleted until the files are copied.
         let reader = match (&hidden_snapshot, &req.snapshot) {
@@ -740,6 +750,7 @@ impl Engine {
                 auto_resume: req.auto_resume,
                 pool: None,
                 pool_member: false,
+                runtime,
             },
             host_id: None,
             network,
@@ -794,7 +805,11 @@ impl Engine {
             self.check_open()?;
             // Under the map lock: a volume delete checks its users under it too.
             self.check_volumes_exist(&record.volumes)?;
-            record.host_id = self.allocate_host_id(&map)?;
+            // Only native sandboxes get a user namespace range (gVisor's kernel has its own).
+            record.host_id = match record.lifecycle.runtime {
+                warren_runtime::RuntimeKind::Native => self.allocate_host_id(&map)?,
+                _ => None,
+            };
             self.allocate_address(&map, &mut record.network)?;
             let evicted = self.admit_locked(&mut map, record, who)?;
             let mut entry = Entry::new(record.clone());
@@ -833,6 +848,7 @@ impl Engine {
             idmap: record.host_id.map(warren_runtime::IdMap::new),
             network: record.network.clone(),
             mounts: self.runtime_mounts(&record.volumes),
+            runtime: record.lifecycle.runtime,
         })
     }
 

@@ -67,6 +67,7 @@ pub(crate) struct PoolDef {
     pub env: BTreeMap<String, String>,
     /// Mode and policy of its sandboxes (no address: each member gets its own).
     pub network: warren_runtime::NetworkSpec,
+    pub runtime: warren_runtime::RuntimeKind,
 }
 
 impl PoolDef {
@@ -77,6 +78,7 @@ impl PoolDef {
             && r.env == self.env
             && r.network.mode == self.network.mode
             && r.network.egress == self.network.egress
+            && r.lifecycle.runtime == self.runtime
     }
 }
 
@@ -237,13 +239,15 @@ impl Engine {
         }
         let resources = validate::resources(spec.resources.as_ref(), c)?;
         validate::env("env", &spec.env)?;
-        let network = self.resolve_network(spec.network.as_ref())?;
+        let mut network = self.resolve_network(spec.network.as_ref())?;
+        let runtime = self.resolve_runtime(spec.runtime, &mut network, spec.network.is_some())?;
         Ok(PoolDef {
             image,
             size: spec.size,
             resources,
             env: spec.env.clone(),
             network,
+            runtime,
         })
     }
 
@@ -384,6 +388,7 @@ impl Engine {
             resources: p.def.resources.clone(),
             env_keys: p.def.env.keys().cloned().collect(),
             network: crate::network::request_of(&p.def.network),
+            runtime: crate::runtimes::api_of(p.def.runtime),
             source: p.source,
             ready: c.ready,
             filling: c.filling,
@@ -464,6 +469,14 @@ impl Engine {
                     )));
                 }
             }
+            if let Some(r) = req.runtime.map(crate::runtimes::kind_of) {
+                if r != def.runtime {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "runtime {r} is not pool {name}'s ({}); leave `runtime` out",
+                        def.runtime
+                    )));
+                }
+            }
             return Ok(vec![(name.clone(), def)]);
         }
         if req.snapshot.is_some() || !req.volumes.is_empty() {
@@ -482,9 +495,13 @@ impl Engine {
         }
         let image = req.image.as_deref().unwrap_or(DEFAULT_IMAGE);
         let resources = validate::resources(req.resources.as_ref(), c)?;
+        let runtime = req
+            .runtime
+            .map(crate::runtimes::kind_of)
+            .unwrap_or(c.default_runtime);
         Ok(candidates
             .into_iter()
-            .filter(|(_, d)| d.image == image && d.resources == resources)
+            .filter(|(_, d)| d.image == image && d.resources == resources && d.runtime == runtime)
             .collect())
     }
 
@@ -727,6 +744,7 @@ impl Engine {
             lifecycle: Lifecycle {
                 pool: Some(pool.to_string()),
                 pool_member: true,
+                runtime: def.runtime,
                 ..Default::default()
             },
             host_id: None,

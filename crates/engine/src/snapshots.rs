@@ -387,6 +387,8 @@ impl Engine {
             credentials: self.credential_requests(source.credentials.as_ref())?,
             // The same volumes (not copied: they are not part of snapshots).
             volumes: source.volumes.clone(),
+            // The same runtime.
+            runtime: Some(crate::runtimes::api_of(source.lifecycle.runtime)),
         };
         let result = self.create_inner(create, Some(snap_id.clone())).await;
         // The new sandbox has its own copy; the fork's snapshot is not kept.

@@ -63,6 +63,8 @@ pub struct Lifecycle {
     pub pool: Option<String>,
     /// An unclaimed pool sandbox: not a user's, hidden from the API, never expires.
     pub pool_member: bool,
+    /// What runs it.
+    pub runtime: warren_runtime::RuntimeKind,
 }
 
 #[derive(Clone)]
@@ -882,6 +884,7 @@ mod tests {
                 auto_resume: true,
                 pool: Some("py".into()),
                 pool_member: true,
+                runtime: warren_runtime::RuntimeKind::Gvisor,
             },
             host_id: Some(1 << 30),
             network: warren_runtime::NetworkSpec {

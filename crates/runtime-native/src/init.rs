@@ -103,7 +103,8 @@ enum Stage {
     Agent(OwnedFd),
 }
 
-fn read_spec() -> Result<InitSpec, InitError> {
+/// Read and check the [`InitSpec`] on stdin (also for other launchers' helpers).
+pub fn read_spec() -> Result<InitSpec, InitError> {
     let mut buf = Vec::new();
     io::stdin()
         .lock()
@@ -126,7 +127,8 @@ fn thread_count() -> Result<usize, InitError> {
         .ok_or_else(|| InitError::Spec("no Threads: line in /proc/self/status".into()))
 }
 
-fn single_threaded() -> Result<(), InitError> {
+/// Fail unless this process has exactly one thread (`fork` is only sound then).
+pub fn single_threaded() -> Result<(), InitError> {
     match thread_count()? {
         1 => Ok(()),
         n => Err(InitError::Spec(format!(
@@ -136,7 +138,7 @@ fn single_threaded() -> Result<(), InitError> {
 }
 
 /// Close every fd from `first` up, except those in `keep` (`close_range(2)`).
-fn close_fds_from(first: RawFd, keep: &[RawFd]) {
+pub fn close_fds_from(first: RawFd, keep: &[RawFd]) {
     let mut keep: Vec<RawFd> = keep.iter().copied().filter(|fd| *fd >= first).collect();
     keep.sort_unstable();
     let mut lo = first;
@@ -158,7 +160,7 @@ fn close_fds_from(first: RawFd, keep: &[RawFd]) {
 
 /// The private mount namespace the helper builds the root file system in (its mounts are
 /// copied into the sandbox's own namespace and vanish with both).
-fn private_mount_ns() -> Result<(), InitError> {
+pub fn private_mount_ns() -> Result<(), InitError> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare mount namespace"))?;
     // Nothing mounted here may propagate back to the host's namespace.
     mount(

@@ -45,7 +45,8 @@ use cgroup::Layout;
 use spec::{HelperReport, InitSpec, SandboxPaths, HELPER_ARG, SOCKET_NAME};
 use warren_network::{NetConfig, NetworkManager};
 use warren_runtime::{
-    EgressPolicy, NetworkMode, Runtime, RuntimeError, RuntimeInfo, SandboxId, SandboxSpec,
+    EgressPolicy, KindInfo, NetworkMode, Runtime, RuntimeError, RuntimeInfo, RuntimeKind,
+    SandboxId, SandboxSpec,
 };
 
 pub use init::run_helper;
@@ -96,6 +97,34 @@ pub enum UsernsSetting {
     Off,
 }
 
+/// Another way to start a sandbox (another [`RuntimeKind`]) on what this runtime prepares:
+/// its files (storage, layers, snapshots, quotas), its cgroup and limits, its volumes and
+/// its network. The launcher only decides how PID 1 comes up and where its agent listens;
+/// the agent and its protocol are the same. The gVisor backend (`warren-runtime-gvisor`)
+/// is one.
+///
+/// The daemon execs `<helper_exe> <helper_arg>` (a fresh single-threaded process) in the
+/// sandbox's cgroup and hands it an [`InitSpec`] on stdin whose `launcher` holds
+/// [`Launcher::options`]; the helper answers one [`spec::HelperReport`] line, as the native
+/// helper does, with the host pid to watch.
+pub trait Launcher: Send + Sync + 'static {
+    fn kind(&self) -> RuntimeKind;
+    /// The helper role to exec.
+    fn helper_arg(&self) -> &'static str;
+    /// What the helper needs besides the [`InitSpec`] (limits it applies itself, paths).
+    fn options(&self, spec: &SandboxSpec) -> serde_json::Value;
+    /// Where the agent's socket appears, relative to the sandbox directory
+    /// (`agent.sock` is made a symlink to it).
+    fn socket(&self) -> &'static str;
+    /// What sandboxes of this kind support here, given the native kind's entry.
+    fn info(&self, native: &KindInfo) -> KindInfo;
+    /// Host cgroup limits for a sandbox of this kind whose own limits are `limits` (a
+    /// user-space kernel needs room for its own threads and memory).
+    fn host_limits(&self, limits: &warren_runtime::Limits) -> warren_runtime::Limits {
+        limits.clone()
+    }
+}
+
 /// The host id range the start-up probe borrows for a moment (a uid no account uses).
 const PROBE_HOST_ID: u32 = 0xFFFE_0000;
 
@@ -123,12 +152,22 @@ struct Inner {
     /// What Warren's table held at start-up (for adopting sandboxes' policies), until
     /// [`NativeRuntime::start_network`]'s caller has adopted them.
     net_listing: std::sync::Mutex<warren_network::nft::Listing>,
+    /// The other kinds of sandbox it can start ([`Launcher`]).
+    launchers: Vec<Arc<dyn Launcher>>,
 }
 
 impl NativeRuntime {
     /// Check the configuration, detect the cgroup layout and build the `host` image if it is
     /// missing. Blocking (file-system work): call it at startup or from `spawn_blocking`.
     pub fn new(cfg: NativeConfig) -> Result<Self, RuntimeError> {
+        Self::with_launchers(cfg, Vec::new())
+    }
+
+    /// [`NativeRuntime::new`], also starting the kinds of sandbox `launchers` start.
+    pub fn with_launchers(
+        cfg: NativeConfig,
+        launchers: Vec<Arc<dyn Launcher>>,
+    ) -> Result<Self, RuntimeError> {
         if !cfg.data_dir.is_absolute() {
             return Err(RuntimeError::Setup(format!(
                 "data_dir must be absolute: {}",
@@ -178,6 +217,7 @@ impl NativeRuntime {
                 userns,
                 network: std::sync::OnceLock::new(),
                 net_listing: std::sync::Mutex::new(Default::default()),
+                launchers,
             }),
         })
     }
@@ -229,6 +269,7 @@ fn probe_userns(cfg: &NativeConfig, image_dir: &Path) -> Result<(), String> {
         idmap: Some(warren_runtime::IdMap::new(PROBE_HOST_ID)),
         layers: Vec::new(),
         mounts: Vec::new(),
+        launcher: None,
     };
     let outcome = (|| {
         let json = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
@@ -283,6 +324,27 @@ async fn read_net_addr(paths: &SandboxPaths) -> Option<std::net::Ipv4Addr> {
         .ok()
 }
 
+/// The last lines (at most 1 KiB) of a sandbox's agent log, to say why its agent never
+/// answered. The pipe is drained by a task: give it a moment to catch up.
+async fn log_tail(log: &Path) -> Option<String> {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let text = tokio::fs::read(log).await.ok()?;
+    let tail = &text[text.len().saturating_sub(1024)..];
+    let tail = String::from_utf8_lossy(tail).trim().replace('\n', " | ");
+    (!tail.is_empty()).then_some(tail)
+}
+
+/// Remove `path` if it is there (a socket or a link to one left by an earlier start).
+fn remove_stale_link(path: &Path) -> Result<(), RuntimeError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RuntimeError::Setup(format!(
+            "removing {}: {e}",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn check_cgroup_parent(parent: &str) -> Result<(), RuntimeError> {
     let trimmed = parent.trim_matches('/');
     let ok = !trimmed.is_empty()
@@ -331,9 +393,21 @@ impl Inner {
     /// namespace (as on a host where they do not work).
     fn owner(&self, spec: &SandboxSpec) -> u32 {
         match spec.idmap {
-            Some(m) if self.userns => m.host_id,
+            Some(m) if self.userns && spec.runtime == RuntimeKind::Native => m.host_id,
             _ => 0,
         }
+    }
+
+    /// The launcher of `kind`: `Ok(None)` for native sandboxes.
+    fn launcher(&self, kind: RuntimeKind) -> Result<Option<&Arc<dyn Launcher>>, RuntimeError> {
+        if kind == RuntimeKind::Native {
+            return Ok(None);
+        }
+        self.launchers
+            .iter()
+            .find(|l| l.kind() == kind)
+            .map(Some)
+            .ok_or(RuntimeError::Unsupported("this kind of sandbox"))
     }
 
     fn cgroup_path(&self, id: &str) -> PathBuf {
@@ -341,6 +415,7 @@ impl Inner {
     }
 
     async fn create(self: Arc<Self>, spec: SandboxSpec) -> Result<(), RuntimeError> {
+        self.launcher(spec.runtime)?;
         if spec.image != image::HOST_IMAGE && spec.layers.is_empty() {
             return Err(RuntimeError::ImageNotFound(spec.image.clone()));
         }
@@ -433,14 +508,14 @@ impl Inner {
     ) -> Result<(), RuntimeError> {
         let id = spec.id.to_string();
         let cgroup_path = self.cgroup_path(&id);
+        let launcher = self.launcher(spec.runtime)?.cloned();
         let t0 = Instant::now();
         {
-            let (layout, parent, id, limits) = (
-                self.layout,
-                self.cfg.cgroup_parent.clone(),
-                id.clone(),
-                spec.limits.clone(),
-            );
+            let limits = match &launcher {
+                Some(l) => l.host_limits(&spec.limits),
+                None => spec.limits.clone(),
+            };
+            let (layout, parent, id) = (self.layout, self.cfg.cgroup_parent.clone(), id.clone());
             blocking(move || cgroup::create(layout, &parent, &id, &limits).map_err(cg_err)).await?;
         }
         let mounts = if spec.mounts.is_empty() {
@@ -455,12 +530,24 @@ impl Inner {
             image_dir: self.image_dir.clone(),
             cgroup_path,
             seccomp_bpf: self.seccomp_bpf.clone(),
-            idmap: spec.idmap.filter(|_| self.userns),
+            idmap: spec.idmap.filter(|_| self.userns && launcher.is_none()),
             layers: spec.layers.clone(),
             mounts,
+            launcher: launcher.as_ref().map(|l| l.options(spec)),
         };
+        if let Some(l) = &launcher {
+            // The daemon (and probe, stop, ...) reach every agent at `agent.sock`.
+            let (link, target) = (paths.socket.clone(), l.socket());
+            blocking(move || {
+                remove_stale_link(&link)?;
+                std::os::unix::fs::symlink(target, &link)
+                    .map_err(|e| RuntimeError::Setup(format!("linking {}: {e}", link.display())))
+            })
+            .await?;
+        }
+        let helper_arg = launcher.as_ref().map_or(HELPER_ARG, |l| l.helper_arg());
         let t_cgroup = t0.elapsed();
-        let pid = self.spawn_helper(&init).await?;
+        let pid = self.spawn_helper(&init, helper_arg).await?;
         let t_helper = t0.elapsed();
         {
             // So stats and probe find PID 1 without scanning the cgroup.
@@ -479,7 +566,18 @@ impl Inner {
                 NetworkMode::Nat => self.attach_network(spec, paths, pid).await,
             }
         };
-        tokio::try_join!(self.wait_agent(&paths.socket), network)?;
+        let agent = async {
+            match self.wait_agent(&paths.socket).await {
+                Err(RuntimeError::Setup(e)) => {
+                    Err(RuntimeError::Setup(match log_tail(&paths.log).await {
+                        Some(tail) => format!("{e}; its log ends: {tail}"),
+                        None => e,
+                    }))
+                }
+                r => r,
+            }
+        };
+        tokio::try_join!(agent, network)?;
         tracing::debug!(
             sandbox = %id,
             pid,
@@ -545,7 +643,7 @@ impl Inner {
     }
 
     /// Exec the helper, hand it the spec, and read its one-line report.
-    async fn spawn_helper(&self, init: &InitSpec) -> Result<i32, RuntimeError> {
+    async fn spawn_helper(&self, init: &InitSpec, helper_arg: &str) -> Result<i32, RuntimeError> {
         let json = serde_json::to_vec(init)
             .map_err(|e| RuntimeError::Setup(format!("encoding init spec: {e}")))?;
         // The helper's stderr, which the sandbox's PID 1 keeps as its stdout and stderr: a
@@ -553,7 +651,7 @@ impl Inner {
         let (log_rd, log_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| RuntimeError::Setup(format!("agent log pipe: {e}")))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.helper_exe);
-        cmd.arg(HELPER_ARG)
+        cmd.arg(helper_arg)
             .env_clear()
             .env("PATH", HELPER_PATH)
             .stdin(Stdio::piped())
@@ -567,7 +665,7 @@ impl Inner {
         }
         let mut child = cmd.spawn().map_err(|e| {
             RuntimeError::Setup(format!(
-                "spawning {} {HELPER_ARG}: {e}",
+                "spawning {} {helper_arg}: {e}",
                 self.cfg.helper_exe.display()
             ))
         })?;
@@ -899,7 +997,7 @@ async fn detached<T: Send + 'static>(
 #[async_trait]
 impl Runtime for NativeRuntime {
     fn info(&self) -> RuntimeInfo {
-        RuntimeInfo {
+        let info = RuntimeInfo {
             name: "native".into(),
             cgroup: self.inner.layout.as_str().into(),
             namespaces: ["mount", "pid", "uts", "ipc", "network", "cgroup"]
@@ -932,7 +1030,35 @@ impl Runtime for NativeRuntime {
             },
             volumes: true,
             volume_quota: self.inner.storage.disk_quota(),
-        }
+            kinds: Vec::new(),
+        };
+        let network = &info.network;
+        let native = KindInfo {
+            kind: RuntimeKind::Native,
+            unavailable: None,
+            kernel: "host".into(),
+            version: None,
+            platform: None,
+            pause: info.pause,
+            stop: info.stop,
+            snapshots: info.snapshots,
+            memory_snapshots: false,
+            network_modes: network.modes.clone(),
+            egress: network.egress,
+            user_namespace: info.user_namespace,
+            seccomp: info.seccomp,
+            disk_quota: info.disk_quota,
+            volumes: info.volumes,
+            file_metadata: true,
+        };
+        let mut kinds: Vec<KindInfo> = self
+            .inner
+            .launchers
+            .iter()
+            .map(|l| l.info(&native))
+            .collect();
+        kinds.insert(0, native);
+        RuntimeInfo { kinds, ..info }
     }
 
     async fn writable_layer(

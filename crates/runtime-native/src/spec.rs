@@ -38,6 +38,10 @@ pub struct InitSpec {
     /// Directories bind-mounted into the root last, in order (volumes, host directories).
     #[serde(default)]
     pub mounts: Vec<PlannedMount>,
+    /// Options of the [`crate::Launcher`] that starts this sandbox instead of the native
+    /// PID 1 (opaque here; `None`: the native helper).
+    #[serde(default)]
+    pub launcher: Option<serde_json::Value>,
 }
 
 /// A directory the helper binds into the sandbox's root (planned by the daemon from a
@@ -262,6 +266,7 @@ mod tests {
             idmap: Some(IdMap::new(1 << 30)),
             layers: Vec::new(),
             mounts: Vec::new(),
+            launcher: None,
         }
     }
 

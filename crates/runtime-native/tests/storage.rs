@@ -74,6 +74,7 @@ impl Harness {
             idmap: Some(test_idmap(id)),
             network: warren_runtime::NetworkSpec::isolated(),
             mounts: Vec::new(),
+            runtime: Default::default(),
         }
     }
 

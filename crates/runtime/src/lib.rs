@@ -119,6 +119,91 @@ pub struct SandboxSpec {
     /// Directories bind-mounted into it (volumes, allowed host directories), in order:
     /// a mount inside another's path comes after it.
     pub mounts: Vec<MountSpec>,
+    /// Which kind of sandbox: the host kernel's namespaces, or gVisor's kernel. A backend
+    /// serves the kinds its [`RuntimeInfo::kinds`] lists as available.
+    pub runtime: RuntimeKind,
+}
+
+/// What runs a sandbox's processes (`"runtime"` in the API).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Linux namespaces, cgroups and seccomp on the host kernel.
+    #[default]
+    Native,
+    /// gVisor (`runsc`): a user-space kernel between the sandbox and the host.
+    Gvisor,
+}
+
+impl RuntimeKind {
+    pub const ALL: [RuntimeKind; 2] = [RuntimeKind::Native, RuntimeKind::Gvisor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Native => "native",
+            RuntimeKind::Gvisor => "gvisor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RuntimeKind> {
+        RuntimeKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one kind of sandbox ([`RuntimeKind`]) supports on this host
+/// ([`RuntimeInfo::kinds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindInfo {
+    pub kind: RuntimeKind,
+    /// `None` when sandboxes of this kind can be made; otherwise what is missing.
+    pub unavailable: Option<String>,
+    /// The kernel a sandbox's processes talk to (`host`, `gvisor`).
+    pub kernel: String,
+    /// The runtime's version (`runsc`'s), when it has one of its own.
+    pub version: Option<String>,
+    /// How the runtime intercepts system calls (gVisor's `ptrace`, `systrap`, `kvm`).
+    pub platform: Option<String>,
+    pub pause: bool,
+    pub stop: bool,
+    /// Snapshots, rollback, restore and fork of the files.
+    pub snapshots: bool,
+    /// Checkpoint and restore of the processes' memory.
+    pub memory_snapshots: bool,
+    pub network_modes: Vec<NetworkMode>,
+    pub egress: bool,
+    /// Sandbox root is an unprivileged host uid (the native runtime's user namespaces; a
+    /// gVisor sandbox's kernel runs as an unprivileged host user whatever this says).
+    pub user_namespace: bool,
+    /// A seccomp filter stands between the sandbox's processes and the kernel they see.
+    pub seccomp: bool,
+    pub disk_quota: bool,
+    pub volumes: bool,
+    /// Extended attributes (file metadata) on the sandbox's files.
+    pub file_metadata: bool,
+}
+
+impl KindInfo {
+    pub fn available(&self) -> bool {
+        self.unavailable.is_none()
+    }
 }
 
 /// What [`Runtime::writable_layer`] gives.
@@ -296,6 +381,16 @@ pub struct RuntimeInfo {
     pub volumes: bool,
     /// Whether a volume's size limit is enforced.
     pub volume_quota: bool,
+    /// Every kind of sandbox this backend knows, available or not (the fields above
+    /// describe the native kind; a kind's own entry says what differs for it).
+    pub kinds: Vec<KindInfo>,
+}
+
+impl RuntimeInfo {
+    /// The entry of `kind`, if this backend knows it.
+    pub fn kind(&self, kind: RuntimeKind) -> Option<&KindInfo> {
+        self.kinds.iter().find(|k| k.kind == kind)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -144,7 +144,51 @@ async fn healthz_and_capabilities() {
 
     let (status, caps) = a.call(Method::GET, "/v1/capabilities", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(caps["runtime"], "fake");
+    // The default runtime, and every runtime the backend knows (the fake runs no gVisor).
+    assert_eq!(caps["runtime"], "native");
+    assert_eq!(caps["runtimes"][0]["name"], "native");
+    assert_eq!(caps["runtimes"][0]["available"], true);
+    assert_eq!(caps["runtimes"][1]["name"], "gvisor");
+    assert_eq!(caps["runtimes"][1]["available"], false);
+    assert!(caps["runtimes"][1]["unavailable_reason"].is_string());
+    // Asking for it: 400 runtime_unavailable saying why, and nothing made.
+    let (status, err) = a
+        .call(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(r#"{"runtime": "gvisor"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(err["error"]["code"], "runtime_unavailable");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("simulates"),
+        "{err}"
+    );
+    let (status, err) = a
+        .call(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(r#"{"runtime": "firecracker"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(err["error"]["code"], "invalid_request", "{err}");
+    let (_, list) = a.call(Method::GET, "/v1/sandboxes", None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    // A native sandbox says so.
+    let (status, sb) = a
+        .call(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(r#"{"runtime": "native"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sb}");
+    assert_eq!(sb["runtime"], "native");
     assert_eq!(caps["limits"]["max_request_bytes"], 64 * 1024);
 }
 

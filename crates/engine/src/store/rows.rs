@@ -78,6 +78,42 @@ pub(super) struct LifecycleRow {
     pool: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pool_member: bool,
+    /// Absent in rows written before gVisor: native.
+    #[serde(default, skip_serializing_if = "RuntimeRow::is_native")]
+    runtime: RuntimeRow,
+}
+
+/// `sandboxes.lifecycle.runtime`, `pools.spec.runtime`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RuntimeRow {
+    #[default]
+    Native,
+    Gvisor,
+}
+
+impl RuntimeRow {
+    fn is_native(&self) -> bool {
+        *self == RuntimeRow::Native
+    }
+}
+
+impl From<warren_runtime::RuntimeKind> for RuntimeRow {
+    fn from(k: warren_runtime::RuntimeKind) -> RuntimeRow {
+        match k {
+            warren_runtime::RuntimeKind::Native => RuntimeRow::Native,
+            warren_runtime::RuntimeKind::Gvisor => RuntimeRow::Gvisor,
+        }
+    }
+}
+
+impl From<RuntimeRow> for warren_runtime::RuntimeKind {
+    fn from(r: RuntimeRow) -> warren_runtime::RuntimeKind {
+        match r {
+            RuntimeRow::Native => warren_runtime::RuntimeKind::Native,
+            RuntimeRow::Gvisor => warren_runtime::RuntimeKind::Gvisor,
+        }
+    }
 }
 
 impl From<&Lifecycle> for LifecycleRow {
@@ -98,6 +134,7 @@ impl From<&Lifecycle> for LifecycleRow {
             auto_resume: l.auto_resume,
             pool: l.pool.clone(),
             pool_member: l.pool_member,
+            runtime: l.runtime.into(),
         }
     }
 }
@@ -120,6 +157,7 @@ impl From<LifecycleRow> for Lifecycle {
             auto_resume: l.auto_resume,
             pool: l.pool,
             pool_member: l.pool_member,
+            runtime: l.runtime.into(),
         }
     }
 }
@@ -137,6 +175,8 @@ pub(super) struct PoolSpecRow {
     env: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<NetworkRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: Option<RuntimeRow>,
 }
 
 /// A pool's `network` (strings, as the API gave them; checked again when the pool loads).
@@ -214,6 +254,10 @@ impl From<&PoolSpec> for PoolSpecRow {
             resources: p.resources.as_ref().map(ResourcesRow::from),
             env: p.env.clone(),
             network: p.network.as_ref().map(NetworkRow::from),
+            runtime: p.runtime.map(|r| match r {
+                warren_api::Runtime::Native => RuntimeRow::Native,
+                warren_api::Runtime::Gvisor => RuntimeRow::Gvisor,
+            }),
         }
     }
 }
@@ -226,6 +270,10 @@ impl From<PoolSpecRow> for PoolSpec {
             resources: p.resources.map(Resources::from),
             env: p.env,
             network: p.network.map(warren_api::NetworkRequest::from),
+            runtime: p.runtime.map(|r| match r {
+                RuntimeRow::Native => warren_api::Runtime::Native,
+                RuntimeRow::Gvisor => warren_api::Runtime::Gvisor,
+            }),
         }
     }
 }

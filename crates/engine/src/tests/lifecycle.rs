@@ -391,6 +391,7 @@ async fn restart_adopts_what_runs_and_cleans_the_rest() {
         idmap: None,
         network: warren_runtime::NetworkSpec::isolated(),
         mounts: Vec::new(),
+        runtime: Default::default(),
     };
     rt.create(&orphan).await.unwrap();
     rt.snapshot(

@@ -86,7 +86,8 @@ async fn a_pool_fills_and_a_claim_takes_a_ready_sandbox_without_the_runtime() {
     assert_eq!(creates(&rt), 2);
     // Members are not the API's.
     assert!(e.list(&Default::default()).await.unwrap().is_empty());
-    assert_eq!(rt.live().len(), 2);
+    let members = rt.live();
+    assert_eq!(members.len(), 2);
 
     let mut events = e.events(None, None).unwrap();
     let t = std::time::Instant::now();
@@ -103,9 +104,10 @@ async fn a_pool_fills_and_a_claim_takes_a_ready_sandbox_without_the_runtime() {
         .await
         .unwrap();
     let took = t.elapsed();
-    // No runtime call (the fake's create would take 150 ms).
+    // No runtime call (the fake's create would take 150 ms): the sandbox is one of the two
+    // members. (The pool's refill may already have started a third create.)
     assert!(took < Duration::from_millis(100), "claim took {took:?}");
-    assert_eq!(creates(&rt), 2);
+    assert!(members.contains(&sb.id), "{} is not a member", sb.id);
     assert_eq!(sb.state, SandboxState::Running);
     assert_eq!(sb.pool.as_deref(), Some("py"));
     assert_eq!(sb.env_keys, ["MINE", "POOL_VAR"]);

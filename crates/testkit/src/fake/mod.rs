@@ -322,6 +322,47 @@ impl Runtime for FakeRuntime {
             // Volumes are tested on the native runtime (they are bind mounts).
             volumes: false,
             volume_quota: false,
+            kinds: vec![
+                warren_runtime::KindInfo {
+                    kind: warren_runtime::RuntimeKind::Native,
+                    unavailable: None,
+                    kernel: "host".into(),
+                    version: None,
+                    platform: None,
+                    pause: true,
+                    stop: true,
+                    snapshots: true,
+                    memory_snapshots: false,
+                    network_modes: vec![
+                        warren_runtime::NetworkMode::Nat,
+                        warren_runtime::NetworkMode::Isolated,
+                    ],
+                    egress: true,
+                    user_namespace: false,
+                    seccomp: false,
+                    disk_quota: !self.shared.no_disk_quota.load(Ordering::SeqCst),
+                    volumes: false,
+                    file_metadata: true,
+                },
+                warren_runtime::KindInfo {
+                    kind: warren_runtime::RuntimeKind::Gvisor,
+                    unavailable: Some("the fake runtime simulates native sandboxes only".into()),
+                    kernel: "gvisor".into(),
+                    version: None,
+                    platform: None,
+                    pause: false,
+                    stop: false,
+                    snapshots: false,
+                    memory_snapshots: false,
+                    network_modes: vec![],
+                    egress: false,
+                    user_namespace: false,
+                    seccomp: false,
+                    disk_quota: false,
+                    volumes: false,
+                    file_metadata: false,
+                },
+            ],
         }
     }
 
