@@ -37,7 +37,7 @@ async fn lifecycle() {
     let server = TestServer::start().await;
     let c = Client::new(&server.url).unwrap();
     c.health().await.unwrap();
-    assert_eq!(c.capabilities().await.unwrap().runtime, "fake");
+    assert_eq!(c.capabilities().await.unwrap().runtime, "native");
 
     let req = CreateSandboxRequest {
         metadata: [("team & co".to_string(), "a=b c".to_string())].into(),
