@@ -22,6 +22,8 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::{umask, Mode};
 
+use warren_runtime_native::storage::unescape_mountinfo;
+
 use crate::bundle::{self, AGENT_DIR};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,20 +47,7 @@ fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> AgentSetupError {
 
 /// The whole life of `<exe> __gvisor-agent`: set up (above), then serve.
 pub fn agent_main() -> std::process::ExitCode {
-    let listener = match setup() {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("warren {}: {e}", crate::AGENT_ARG);
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match warren_agent::serve(listener) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("warren agent: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    warren_runtime_native::init::serve_as_pid1(crate::AGENT_ARG, setup())
 }
 
 fn setup() -> Result<OwnedFd, AgentSetupError> {
@@ -128,29 +117,9 @@ fn mount_points_below(table: &str, dir: &str) -> Vec<String> {
     table
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1))
-        .map(unescape)
+        .map(|p| String::from_utf8_lossy(&unescape_mountinfo(p)).into_owned())
         .filter(|p| p == dir || p.starts_with(&format!("{dir}/")))
         .collect()
-}
-
-/// `/proc/mounts` writes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

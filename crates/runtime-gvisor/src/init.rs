@@ -19,7 +19,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -157,18 +157,7 @@ fn agent_mount_points(dev: &Path, opts: &Options, bundle_dir: &Path) -> Result<(
 
 /// `dir`, empty, with `mode`.
 fn fresh_dir(dir: &Path, mode: u32) -> Result<(), HelperError> {
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(io_ctx(format!("emptying {}", dir.display()))(e))
-        }
-        _ => {}
-    }
-    fs::DirBuilder::new()
-        .mode(mode)
-        .create(dir)
-        .map_err(io_ctx(format!("making {}", dir.display())))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
-        .map_err(io_ctx(format!("chmod {}", dir.display())))
+    warren_runtime_native::fresh_dir(dir, mode).map_err(io_ctx(format!("making {}", dir.display())))
 }
 
 /// runsc's global flags for this sandbox (`state`: its `--root`).

@@ -56,7 +56,7 @@ pub const HOST_MEMORY_OVERHEAD: u64 = 96 << 20;
 /// `warren serve --runtime gvisor --runsc PATH`: how to run runsc.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GvisorConfig {
-    /// The `runsc` binary (`runsc` is looked up in `PATH`).
+    /// The `runsc` binary (a bare name is looked up in `PATH`, then the system directories).
     pub runsc: PathBuf,
     /// gVisor's platform: `ptrace` (works everywhere; `kvm` hangs in nested VMs without
     /// KVM, and this runsc has no `systrap`).
@@ -222,7 +222,7 @@ impl Launcher for GvisorLauncher {
     }
 }
 
-/// `path` if it names a file, else `path` looked up in `PATH`.
+/// `path` if it names a file, else `path` looked up in `PATH` and the system directories.
 fn find_runsc(path: &Path) -> Result<PathBuf, String> {
     if path.components().count() > 1 {
         return if path.is_file() {
@@ -231,17 +231,12 @@ fn find_runsc(path: &Path) -> Result<PathBuf, String> {
             Err(format!("runsc not found at {}", path.display()))
         };
     }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(path))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!(
-                "{} is not installed (apt-get install runsc, or warren serve --runsc PATH)",
-                path.display()
-            )
-        })
+    warren_runtime_native::storage::find_tool(&path.to_string_lossy()).ok_or_else(|| {
+        format!(
+            "{} is not installed (apt-get install runsc, or warren serve --runsc PATH)",
+            path.display()
+        )
+    })
 }
 
 /// `runsc --version`'s first line's version (`0.0~20221219.0`).

@@ -558,10 +558,19 @@ fn bind_agent_socket(dir: &std::path::Path) -> Result<OwnedFd, InitError> {
 /// before any thread or async runtime exists; it stays single-threaded until
 /// `warren_agent::serve` builds its own runtime.
 pub fn sandbox_init_main() -> std::process::ExitCode {
-    let listener = match run_helper() {
+    serve_as_pid1(crate::SANDBOX_INIT_ARG, run_helper())
+}
+
+/// A sandbox's PID 1 once it is set up (`listener`, or why not, reported as `role`): the
+/// agent, until it is told to stop. Shared by every launcher's PID 1.
+pub fn serve_as_pid1(
+    role: &str,
+    listener: Result<OwnedFd, impl std::fmt::Display>,
+) -> std::process::ExitCode {
+    let listener = match listener {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("warren __sandbox-init: {e}");
+            eprintln!("warren {role}: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };

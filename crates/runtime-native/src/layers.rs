@@ -156,6 +156,13 @@ pub fn mkdir_sandboxes(data_dir: &Path) -> io::Result<()> {
     mkdir_mode(&data_dir.join("sandboxes"), 0o700)
 }
 
+/// `dir`, empty, with exactly `mode` (whatever was there before is removed).
+pub fn fresh_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    remove_if_exists(dir)?;
+    fs::DirBuilder::new().mode(mode).create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+}
+
 /// `rm -rf`, and fine if it is already gone.
 pub fn remove_if_exists(p: &Path) -> io::Result<()> {
     match fs::symlink_metadata(p) {

@@ -51,6 +51,7 @@ use warren_runtime::{
 
 pub use init::run_helper;
 pub use init_error::InitError;
+pub use layers::fresh_dir;
 pub use spec::HELPER_ARG as SANDBOX_INIT_ARG;
 pub use storage::StorageConfig;
 
@@ -334,17 +335,6 @@ async fn log_tail(log: &Path) -> Option<String> {
     (!tail.is_empty()).then_some(tail)
 }
 
-/// Remove `path` if it is there (a socket or a link to one left by an earlier start).
-fn remove_stale_link(path: &Path) -> Result<(), RuntimeError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RuntimeError::Setup(format!(
-            "removing {}: {e}",
-            path.display()
-        ))),
-        _ => Ok(()),
-    }
-}
-
 fn check_cgroup_parent(parent: &str) -> Result<(), RuntimeError> {
     let trimmed = parent.trim_matches('/');
     let ok = !trimmed.is_empty()
@@ -539,7 +529,8 @@ impl Inner {
             // The daemon (and probe, stop, ...) reach every agent at `agent.sock`.
             let (link, target) = (paths.socket.clone(), l.socket());
             blocking(move || {
-                remove_stale_link(&link)?;
+                // A socket or a link left by an earlier start.
+                lifecycle::remove_file_if_exists(&link)?;
                 std::os::unix::fs::symlink(target, &link)
                     .map_err(|e| RuntimeError::Setup(format!("linking {}: {e}", link.display())))
             })

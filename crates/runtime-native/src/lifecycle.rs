@@ -14,7 +14,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +72,7 @@ fn presence(layout: Layout, cg: &Path, paths: &SandboxPaths) -> Result<Presence,
 }
 
 /// `rm` that is fine with a missing file.
-fn remove_file_if_exists(p: &Path) -> Result<(), RuntimeError> {
+pub(super) fn remove_file_if_exists(p: &Path) -> Result<(), RuntimeError> {
     match fs::remove_file(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -93,10 +92,8 @@ fn remove_runtime_files(paths: &SandboxPaths) -> Result<(), RuntimeError> {
 /// Replace an overlay work dir by an empty one (overlayfs needs a clean work dir; a used
 /// one holds a root-only `work/` subdirectory).
 fn reset_work_dir(dir: &Path) -> Result<(), RuntimeError> {
-    let err = |e: io::Error| RuntimeError::Setup(format!("resetting {}: {e}", dir.display()));
-    layers::remove_if_exists(dir).map_err(err)?;
-    fs::DirBuilder::new().mode(0o755).create(dir).map_err(err)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(err)
+    layers::fresh_dir(dir, 0o755)
+        .map_err(|e| RuntimeError::Setup(format!("resetting {}: {e}", dir.display())))
 }
 
 /// `(rx_bytes, tx_bytes)` summed over every interface of a `/proc/<pid>/net/dev`.

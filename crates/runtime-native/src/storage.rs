@@ -1099,7 +1099,7 @@ fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
 }
 
 /// A tool in `PATH` or the usual system directories (a daemon's `PATH` may lack `sbin`).
-fn find_tool(name: &str) -> Option<PathBuf> {
+pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
@@ -1139,8 +1139,8 @@ fn is_mount_point(p: &Path) -> io::Result<bool> {
         .any(|mp| unescape_mountinfo(mp) == want))
 }
 
-/// Mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
+/// Mountinfo (and `/proc/mounts`) escapes space, tab, newline and backslash as `\ooo`.
+pub fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
