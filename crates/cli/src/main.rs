@@ -357,7 +357,7 @@ struct SandboxOpts {
     /// What runs the sandbox: native (Linux namespaces on the host kernel) or gvisor
     /// (gVisor's user-space kernel) [default: the server's].
     #[arg(long, value_enum, value_name = "RUNTIME")]
-    runtime: Option<RuntimeChoice>,
+    runtime: Option<serve_args::RuntimeArg>,
     /// CPU quota in cores (fractions allowed).
     #[arg(long, value_name = "F")]
     cpus: Option<f64>,
@@ -531,22 +531,6 @@ enum User {
 const EXIT_CODES: &str = "Exit status: the command's; 125 if Warren fails (daemon, sandbox); \
 126 if the command cannot be run (permission denied, not executable, bad --cwd); 127 if it is \
 not found; 128+N if this client is ended by signal N.";
-
-/// `--runtime` of `create` and `pool put`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum RuntimeChoice {
-    Native,
-    Gvisor,
-}
-
-impl From<RuntimeChoice> for warren_api::Runtime {
-    fn from(r: RuntimeChoice) -> warren_api::Runtime {
-        match r {
-            RuntimeChoice::Native => warren_api::Runtime::Native,
-            RuntimeChoice::Gvisor => warren_api::Runtime::Gvisor,
-        }
-    }
-}
 
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {

@@ -34,7 +34,7 @@ pub enum PoolCommand {
         env: Vec<(String, String)>,
         /// Runtime of its sandboxes: native or gvisor (default: the server's).
         #[arg(long, value_enum, value_name = "RUNTIME")]
-        runtime: Option<crate::RuntimeChoice>,
+        runtime: Option<crate::serve_args::RuntimeArg>,
     },
     /// List pools with their ready, filling and claimed counts.
     #[command(alias = "list")]

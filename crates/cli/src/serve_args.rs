@@ -232,12 +232,21 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-/// `--runtime` values.
+/// `--runtime` values (of `serve`, `create` and `pool put`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeArg {
     Native,
     Gvisor,
+}
+
+impl From<RuntimeArg> for warren_api::Runtime {
+    fn from(k: RuntimeArg) -> warren_api::Runtime {
+        match k {
+            RuntimeArg::Native => warren_api::Runtime::Native,
+            RuntimeArg::Gvisor => warren_api::Runtime::Gvisor,
+        }
+    }
 }
 
 impl From<RuntimeArg> for warren_runtime::RuntimeKind {

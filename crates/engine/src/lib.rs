@@ -569,7 +569,7 @@ impl Engine {
         Capabilities {
             version: env!("CARGO_PKG_VERSION").to_string(),
             runtime: c.default_runtime.to_string(),
-            runtimes: self.runtime_capabilities(),
+            runtimes: self.runtime_capabilities(info.kinds),
             images: self
                 .list_images()
                 .map(|l| l.into_iter().map(|i| i.name).collect())

@@ -5,7 +5,7 @@
 //! [`warren_runtime::KindInfo`], shown in `GET /v1/capabilities` `runtimes`.
 
 use warren_api::{Runtime, RuntimeCapabilities};
-use warren_runtime::{NetworkMode, NetworkSpec, RuntimeKind};
+use warren_runtime::{KindInfo, NetworkMode, NetworkSpec, RuntimeKind};
 
 use crate::{Engine, EngineError};
 
@@ -70,13 +70,10 @@ impl Engine {
         Ok(kind)
     }
 
-    /// `GET /v1/capabilities` `runtimes`.
-    pub(crate) fn runtime_capabilities(&self) -> Vec<RuntimeCapabilities> {
+    /// `GET /v1/capabilities` `runtimes`, from the backend's `kinds`.
+    pub(crate) fn runtime_capabilities(&self, kinds: Vec<KindInfo>) -> Vec<RuntimeCapabilities> {
         let c = &self.inner.config;
-        self.inner
-            .runtime
-            .info()
-            .kinds
+        kinds
             .into_iter()
             .map(|k| RuntimeCapabilities {
                 name: api_of(k.kind),

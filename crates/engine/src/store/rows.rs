@@ -254,10 +254,7 @@ impl From<&PoolSpec> for PoolSpecRow {
             resources: p.resources.as_ref().map(ResourcesRow::from),
             env: p.env.clone(),
             network: p.network.as_ref().map(NetworkRow::from),
-            runtime: p.runtime.map(|r| match r {
-                warren_api::Runtime::Native => RuntimeRow::Native,
-                warren_api::Runtime::Gvisor => RuntimeRow::Gvisor,
-            }),
+            runtime: p.runtime.map(|r| crate::runtimes::kind_of(r).into()),
         }
     }
 }
@@ -270,10 +267,7 @@ impl From<PoolSpecRow> for PoolSpec {
             resources: p.resources.map(Resources::from),
             env: p.env,
             network: p.network.map(warren_api::NetworkRequest::from),
-            runtime: p.runtime.map(|r| match r {
-                RuntimeRow::Native => warren_api::Runtime::Native,
-                RuntimeRow::Gvisor => warren_api::Runtime::Gvisor,
-            }),
+            runtime: p.runtime.map(|r| crate::runtimes::api_of(r.into())),
         }
     }
 }
