@@ -541,12 +541,19 @@ impl Engine {
                 RuntimeError::Unsupported(w) => EngineError::NotSupported(w),
                 e => EngineError::Runtime(e),
             })?;
+        // The sandbox's own limit: a gVisor sandbox's cgroup also holds its kernel (the
+        // sentry), with room for it on top (see `Launcher::host_limits`).
+        let limit = self
+            .map()
+            .get(id)
+            .and_then(|e| e.record.resources.memory_mib)
+            .map(|m| m << 20);
         Ok(SandboxStats {
             state: Some(state),
             cpu_usage_us: s.cpu_usage_us,
             memory_bytes: s.memory_bytes,
             memory_peak_bytes: s.memory_peak_bytes,
-            memory_limit_bytes: s.memory_limit_bytes,
+            memory_limit_bytes: limit.or(s.memory_limit_bytes),
             pids: s.pids,
             disk_bytes: s.disk_bytes,
             net_rx_bytes: s.net_rx_bytes,

@@ -1,4 +1,5 @@
-//! The reaper: timeouts (`on_timeout`), idleness (`on_idle`) and the persisted event
+//! The reaper: timeouts (`on_timeout`), idleness (`on_idle`), sandboxes whose processes
+//! all ended on their own (marked failed with the reason) and the persisted event
 //! sequence, checked every `reap_interval`.
 //!
 //! A timeout whose action is `pause` or `stop` pauses or stops the sandbox and gives it
@@ -14,9 +15,13 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::{info, warn};
 use warren_api::{EventKind, IdleAction, SandboxState, TimeoutAction};
+use warren_runtime::{Probe, RuntimeKind};
 
 use crate::lifecycle::Op;
 use crate::{events, expiry, Engine};
+
+/// How often running sandboxes are checked for processes that all ended on their own.
+const ENDED_SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// Fewest seconds between two CPU samples of one sandbox.
 const CPU_SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -192,6 +197,62 @@ impl Engine {
         idle_ids
     }
 
+    /// Mark failed every running sandbox whose processes all ended on their own (its
+    /// PID 1 was OOM-killed or, on gVisor, the sentry that holds all of its memory), so it
+    /// does not stay "running" with every call failing. Returns the ids.
+    pub async fn reap_ended(&self) -> Vec<String> {
+        let running: Vec<(String, RuntimeKind, Option<u64>)> = self
+            .map()
+            .values()
+            .filter(|e| e.record.state == SandboxState::Running)
+            .map(|e| {
+                let r = &e.record;
+                (r.id.clone(), r.lifecycle.runtime, r.resources.memory_mib)
+            })
+            .collect();
+        let rt = &self.inner.runtime;
+        let mut ended = Vec::new();
+        for (id, kind, memory_mib) in running {
+            let Ok(sid) = warren_runtime::SandboxId::parse(&id) else {
+                continue;
+            };
+            if rt.has_processes(&sid).await {
+                continue;
+            }
+            // Sure: no process and no agent (a stop or delete that started meanwhile has
+            // moved the state on, and `set_state` below then changes nothing).
+            if matches!(rt.probe(&sid).await, Ok(Probe::Running | Probe::Paused)) {
+                continue;
+            }
+            let reason = match rt.ended_why(&sid).await {
+                Some(why) => {
+                    let limit = memory_mib.map_or(String::new(), |m| format!(" of {m} MiB"));
+                    let whole = if kind == RuntimeKind::Gvisor {
+                        " (on gVisor that ends the whole sandbox: its kernel holds all of \
+                         its memory)"
+                    } else {
+                        ""
+                    };
+                    format!("out of memory: {why}{limit}{whole}")
+                }
+                None => "its processes ended on their own (its PID 1 exited)".to_string(),
+            };
+            if let Ok(true) = self
+                .set_state(
+                    &id,
+                    SandboxState::Failed,
+                    &[SandboxState::Running],
+                    Some(reason.clone()),
+                )
+                .await
+            {
+                warn!(%id, %reason, "sandbox ended by itself");
+                ended.push(id);
+            }
+        }
+        ended
+    }
+
     /// Start the reaper (runs until the process ends).
     pub fn spawn_reaper(&self) -> tokio::task::JoinHandle<()> {
         let engine = self.clone();
@@ -199,6 +260,7 @@ impl Engine {
             let mut tick = tokio::time::interval(engine.inner.config.reap_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut persisted_seq = 0;
+            let mut swept = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
                 if engine.inner.shutting_down.load(Ordering::SeqCst) {
@@ -206,6 +268,10 @@ impl Engine {
                 }
                 engine.reap_expired().await;
                 engine.reap_idle().await;
+                if swept.elapsed() >= ENDED_SWEEP_EVERY {
+                    engine.reap_ended().await;
+                    swept = tokio::time::Instant::now();
+                }
                 engine.resync_store().await;
                 let seq = engine.inner.events.next_seq();
                 if seq != persisted_seq {

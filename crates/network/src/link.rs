@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::NetError;
@@ -286,6 +287,31 @@ pub async fn wire(
             .await
             .map_err(nl("bringing eth0 up"))
     };
+    // Inside: a plain `addr/32`, a link route to the gateway and the default route through
+    // it. Not a point-to-point address (as on the host side): gVisor's runsc takes the
+    // address over by deleting `addr/32`, which matches no address that has a peer.
+    let inside_addr = async {
+        ns.inside
+            .address()
+            .add(inside_idx, IpAddr::V4(addr), 32)
+            .execute()
+            .await
+            .map_err(nl("adding eth0's address"))
+    };
+    let gateway_route = async {
+        ns.inside
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(gateway, 32)
+                    .output_interface(inside_idx)
+                    .scope(RouteScope::Link)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("adding the route to the gateway"))
+    };
     let route = async {
         ns.inside
             .route()
@@ -302,7 +328,8 @@ pub async fn wire(
     futures::try_join!(
         add_p2p_address(host, host_idx, gateway, addr),
         up,
-        add_p2p_address(&ns.inside, inside_idx, addr, gateway),
+        inside_addr,
+        gateway_route,
         route,
     )?;
     Ok(())

@@ -105,8 +105,11 @@ fn hide_agent_files() -> Result<(), AgentSetupError> {
     )
     .map_err(sys(format!("cover {}", bundle::RUN_DIR)))?;
     for p in points {
-        // Files first (the binds' mount points), then the directories, deepest first.
-        let _ = std::fs::remove_file(&p);
+        // The binds' mount points, deepest first: files, or directories where runsc made
+        // them itself (it does since 2023).
+        if std::fs::remove_file(&p).is_err() {
+            let _ = std::fs::remove_dir(&p);
+        }
     }
     let _ = std::fs::remove_dir(format!("{AGENT_DIR}/lib"));
     Ok(())

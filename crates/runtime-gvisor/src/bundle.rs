@@ -121,6 +121,7 @@ pub fn config(
     run_dir: &Path,
     bundle_dir: &Path,
     tmp: bool,
+    netns: Option<&Path>,
     opts: &Options,
 ) -> Result<Spec, serde_json::Error> {
     let mut mounts = vec![
@@ -157,6 +158,17 @@ pub fn config(
         resources["cpu"] = json!({ "quota": (c * period as f64).ceil() as i64, "period": period });
     }
     let caps = json!(CAPS);
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    if let Some(ns) = netns {
+        // The wired namespace (with `--network=sandbox` runsc's sandbox joins it and copies
+        // its interfaces, addresses and routes into its netstack).
+        namespaces.push(json!({"type": "network", "path": ns}));
+    }
     let doc = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -172,7 +184,7 @@ pub fn config(
         "hostname": id,
         "mounts": mounts,
         "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "namespaces": namespaces,
             "resources": resources,
         },
     });
@@ -234,6 +246,7 @@ mod tests {
             Path::new("/data/sandboxes/sb-1/run"),
             Path::new("/data/sandboxes/sb-1/bundle"),
             true,
+            None,
             &opts(),
         )
         .unwrap();
@@ -266,5 +279,23 @@ mod tests {
         assert!(ns
             .iter()
             .all(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network));
+
+        // A nat sandbox's: the helper's wired namespace, by path.
+        let spec = config(
+            "sb-1",
+            Path::new("/r"),
+            Path::new("/run"),
+            Path::new("/b"),
+            true,
+            Some(Path::new("/proc/42/ns/net")),
+            &opts(),
+        )
+        .unwrap();
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let net = ns
+            .iter()
+            .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            .unwrap();
+        assert_eq!(net.path().as_deref(), Some(Path::new("/proc/42/ns/net")));
     }
 }

@@ -4,6 +4,9 @@
 //! the sandbox's cgroup, the [`InitSpec`] on stdin, one report line on stdout):
 //!
 //! 1. closes inherited descriptors, reads the spec and its [`Options`];
+//!    For a `nat` sandbox it first makes a network namespace and reports it
+//!    ([`HelperReport::Netns`]); the daemon wires it while the next steps run, and says
+//!    [`GO`] before runsc starts (runsc's netstack takes the interfaces over at boot);
 //! 2. enters a private mount namespace and mounts the root file system there exactly as the
 //!    native helper does (`rootfs::prepare`: the image's layers under the writable layer,
 //!    the host's `/usr` for the `host` image, volumes), then a scratch tmpfs over its `/dev`
@@ -18,15 +21,16 @@
 //! bound them, and the root's mounts vanish with the last of them.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
 use warren_runtime_native::init::{close_fds_from, private_mount_ns, read_spec, single_threaded};
-use warren_runtime_native::spec::{HelperReport, InitSpec};
+use warren_runtime_native::spec::{HelperReport, InitSpec, GO};
 use warren_runtime_native::{rootfs, InitError};
 
 use crate::bundle::{self, AGENT_DIR};
@@ -73,11 +77,7 @@ pub fn init_main() -> std::process::ExitCode {
         },
     };
     let failed = matches!(report, HelperReport::Failed { .. });
-    let mut out = io::stdout().lock();
-    if let Err(e) = out
-        .write_all(report.to_line().as_bytes())
-        .and_then(|()| out.flush())
-    {
+    if let Err(e) = send(&report) {
         eprintln!("warren {}: cannot report: {e}", crate::INIT_ARG);
         return std::process::ExitCode::FAILURE;
     }
@@ -86,6 +86,13 @@ pub fn init_main() -> std::process::ExitCode {
     } else {
         std::process::ExitCode::SUCCESS
     }
+}
+
+/// One report line to the daemon.
+fn send(report: &HelperReport) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(report.to_line().as_bytes())?;
+    out.flush()
 }
 
 /// Steps 2 to 4; the sandbox process's host pid.
@@ -97,7 +104,23 @@ fn start(spec: &InitSpec) -> Result<i32, HelperError> {
         None => return Err(HelperError::Options("none given".into())),
     };
     single_threaded()?;
+    // runsc's netstack takes over the interfaces it finds in its namespace when it boots:
+    // a namespace of our own, which the daemon wires while the root is prepared.
+    let netns = if opts.network {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(sys("unshare a network namespace"))?;
+        // runsc copies only interfaces that are up: `lo` too, or the sandbox has no
+        // loopback (127.0.0.1 refuses binds).
+        warren_runtime_native::net::loopback_up().map_err(sys("bring lo up"))?;
+        let pid = nix::unistd::getpid().as_raw();
+        send(&HelperReport::Netns { netns_pid: pid }).map_err(io_ctx("asking for a network"))?;
+        Some(std::path::PathBuf::from(format!("/proc/{pid}/ns/net")))
+    } else {
+        None
+    };
     private_mount_ns()?;
+    if netns.is_some() {
+        hide_root_netns_probe()?;
+    }
     let paths = spec.paths();
     rootfs::prepare(spec, None)?;
     let run_dir = paths.dir.join("run");
@@ -112,19 +135,66 @@ fn start(spec: &InitSpec) -> Result<i32, HelperError> {
         .unwrap_or(false);
     let bpf = bundle_dir.join(bundle::SECCOMP_FILE);
     fs::write(&bpf, &spec.seccomp_bpf).map_err(io_ctx(format!("writing {}", bpf.display())))?;
-    let config = bundle::config(&spec.id, &paths.rootfs, &run_dir, &bundle_dir, tmp, &opts)
-        .map_err(|e| HelperError::Options(format!("writing config.json: {e}")))?;
+    let config = bundle::config(
+        &spec.id,
+        &paths.rootfs,
+        &run_dir,
+        &bundle_dir,
+        tmp,
+        netns.as_deref(),
+        &opts,
+    )
+    .map_err(|e| HelperError::Options(format!("writing config.json: {e}")))?;
     config
         .save(bundle_dir.join("config.json"))
         .map_err(|e| HelperError::Options(format!("writing config.json: {e}")))?;
     let pid_file = paths.dir.join("runsc.pid");
     let _ = fs::remove_file(&pid_file);
+    if netns.is_some() {
+        wait_for_go()?;
+    }
     run_detached(spec, &opts, &state, &bundle_dir, &pid_file)?;
     let pid =
         fs::read_to_string(&pid_file).map_err(io_ctx(format!("reading {}", pid_file.display())))?;
     pid.trim()
         .parse()
         .map_err(|_| HelperError::Runsc(format!("its pid file holds {pid:?}")))
+}
+
+/// This runsc (2022) decides whether it runs in the host's network namespace by whether
+/// `/proc/sys/net/core/rmem_default` exists, which kernels since 2023 show in every
+/// namespace, so it refuses `--network=sandbox` everywhere ("cannot run with network
+/// enabled in root network namespace"). The namespace is ours, fresh; hide that one probe
+/// with an empty read-only tmpfs over `/proc/sys/net/core`, in this helper's own mount
+/// namespace only (runsc's processes inherit it; the sandbox's kernel is gVisor's and never
+/// reads the host's /proc).
+fn hide_root_netns_probe() -> Result<(), HelperError> {
+    let core = Path::new("/proc/sys/net/core");
+    mount(
+        Some("tmpfs"),
+        core,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        Some("size=4k,mode=555"),
+    )
+    .map_err(sys(format!("mount a tmpfs at {}", core.display())))
+}
+
+/// Wait until the daemon has wired the network namespace ([`GO`] on stdin; EOF: it could
+/// not, and has already given up on this sandbox).
+fn wait_for_go() -> Result<(), HelperError> {
+    let mut line = String::new();
+    io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(io_ctx("waiting for the network"))?;
+    if line == GO {
+        Ok(())
+    } else {
+        Err(HelperError::Options(
+            "the daemon did not wire the network".into(),
+        ))
+    }
 }
 
 /// A scratch tmpfs over the root's `/dev` with the agent's mount points, so runsc makes
@@ -174,6 +244,10 @@ pub fn global_args(opts: &Options, state: &Path) -> Vec<String> {
         "--host-uds=create".into(),
         // The daemon made the cgroup and put this helper (so runsc) in it.
         "--ignore-cgroups".into(),
+        // Writes go to the sandbox's own writable layer on the host (snapshots, stop/start
+        // and the native runtime read them there), not to an overlay inside gVisor (the
+        // default since 2023: `root:self`).
+        "--overlay2=none".into(),
         // Keep CAP_NET_RAW in the bundle's set (runsc strips it otherwise): a native
         // sandbox's root has it (ping), and raw sockets here are gVisor's own netstack's.
         "--net-raw".into(),

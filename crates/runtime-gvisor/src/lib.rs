@@ -197,9 +197,10 @@ impl Launcher for GvisorLauncher {
             // `runsc checkpoint` refuses a sandbox holding a host socket (the agent's), and
             // this runsc's `restore` does not resume the processes: off.
             memory_snapshots: false,
-            // runsc's own network stack on a routed veth is not wired yet.
-            network_modes: vec![NetworkMode::Isolated],
-            egress: false,
+            // runsc's netstack on the same routed veth (wired before it boots): the host
+            // side, its nft policy and DNS proxy are the native runtime's.
+            network_modes: native.network_modes.clone(),
+            egress: native.egress,
             // Processes are root of gVisor's kernel; that kernel (the sentry) runs as the
             // host's `nobody` in its own user namespace, under runsc's seccomp filter.
             user_namespace: false,
@@ -209,6 +210,10 @@ impl Launcher for GvisorLauncher {
             // This gVisor refuses extended attributes on files its gofer serves.
             file_metadata: false,
         }
+    }
+
+    fn network_before_start(&self) -> bool {
+        true
     }
 
     fn host_limits(&self, limits: &Limits) -> Limits {
@@ -370,5 +375,8 @@ mod tests {
         let info = l.info(&native);
         assert_eq!(info.unavailable.as_deref(), Some(why.as_str()));
         assert!(!info.memory_snapshots);
+        // The network modes are the host's (the same veth, policy and DNS proxy).
+        assert_eq!(info.network_modes, native.network_modes);
+        assert!(l.network_before_start());
     }
 }

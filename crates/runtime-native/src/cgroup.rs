@@ -576,6 +576,28 @@ pub fn cpu_usage_us(layout: Layout, cgroup_path: &Path) -> Result<Option<u64>, C
     }
 }
 
+/// Processes the kernel's OOM killer killed in the cgroup at its memory limit (v1
+/// `memory.oom_control`'s `oom_kill`, v2 `memory.events`'); `None` if the cgroup or the
+/// counter does not exist.
+pub fn oom_kills(layout: Layout, cgroup_path: &Path) -> Result<Option<u64>, CgroupError> {
+    let mem = controller_dir(layout, ControllerType::Memory, cgroup_path)?;
+    let file = match layout {
+        Layout::V2 => mem.join("memory.events"),
+        Layout::V1 | Layout::Hybrid => mem.join("memory.oom_control"),
+    };
+    let Some(text) = read_opt(&file)? else {
+        return Ok(None);
+    };
+    Ok(parse_oom_kills(&text))
+}
+
+/// The `oom_kill N` line of `memory.oom_control` or `memory.events`.
+fn parse_oom_kills(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 /// The cgroup's CPU, memory and pids counters. `None` if the cgroup does not exist. A
 /// frozen cgroup's counters are readable too.
 pub fn usage(layout: Layout, cgroup_path: &Path) -> Result<Option<Usage>, CgroupError> {
@@ -757,6 +779,15 @@ pub fn remove_parent(layout: Layout, parent: &str) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oom_kill_counters() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(parse_oom_kills(v1), Some(2));
+        let v2 = "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(parse_oom_kills(v2), Some(1));
+        assert_eq!(parse_oom_kills("oom_kill_disable 0\n"), None);
+    }
 
     #[test]
     fn cgroup_paths() {

@@ -46,6 +46,7 @@ use nix::unistd::{
     chdir, dup2, fork, pipe2, setgroups, sethostname, setresgid, setresuid, setsid, ForkResult,
     Gid, Pid, Uid,
 };
+use serde::Deserialize;
 
 use crate::init_error::InitError;
 use crate::init_error::{io_ctx, sys};
@@ -103,15 +104,12 @@ enum Stage {
     Agent(OwnedFd),
 }
 
-/// Read and check the [`InitSpec`] on stdin (also for other launchers' helpers).
+/// Read and check the [`InitSpec`] on stdin (also for other launchers' helpers): exactly
+/// one JSON value, so a helper can go on reading the daemon's later messages (see
+/// [`HelperReport::Netns`]) from the same stdin.
 pub fn read_spec() -> Result<InitSpec, InitError> {
-    let mut buf = Vec::new();
-    io::stdin()
-        .lock()
-        .read_to_end(&mut buf)
-        .map_err(io_ctx("read spec from stdin"))?;
-    let spec: InitSpec =
-        serde_json::from_slice(&buf).map_err(|e| InitError::Spec(e.to_string()))?;
+    let mut de = serde_json::Deserializer::from_reader(io::stdin().lock());
+    let spec = InitSpec::deserialize(&mut de).map_err(|e| InitError::Spec(e.to_string()))?;
     spec.validate().map_err(InitError::Spec)?;
     Ok(spec)
 }

@@ -121,6 +121,13 @@ pub trait Launcher: Send + Sync + 'static {
     fn info(&self, native: &KindInfo) -> KindInfo;
     /// Host cgroup limits for a sandbox of this kind whose own limits are `limits` (a
     /// user-space kernel needs room for its own threads and memory).
+    /// Whether a `nat` sandbox's network must be wired before its PID 1 starts (its
+    /// helper then asks with [`HelperReport::Netns`]); else it is wired while the agent
+    /// comes up.
+    fn network_before_start(&self) -> bool {
+        false
+    }
+
     fn host_limits(&self, limits: &warren_runtime::Limits) -> warren_runtime::Limits {
         limits.clone()
     }
@@ -335,6 +342,14 @@ async fn log_tail(log: &Path) -> Option<String> {
     (!tail.is_empty()).then_some(tail)
 }
 
+/// A set-up error with the end of the sandbox's log (what its helper, runsc or agent said).
+async fn with_log_tail(e: String, log: &Path) -> RuntimeError {
+    RuntimeError::Setup(match log_tail(log).await {
+        Some(tail) => format!("{e}; its log ends: {tail}"),
+        None => e,
+    })
+}
+
 fn check_cgroup_parent(parent: &str) -> Result<(), RuntimeError> {
     let trimmed = parent.trim_matches('/');
     let ok = !trimmed.is_empty()
@@ -537,8 +552,18 @@ impl Inner {
             .await?;
         }
         let helper_arg = launcher.as_ref().map_or(HELPER_ARG, |l| l.helper_arg());
+        // A launcher whose sandbox takes its network over at start (gVisor's netstack)
+        // needs it wired before: its helper asks (`HelperReport::Netns`).
+        let wire_first = spec.network.mode == NetworkMode::Nat
+            && launcher.as_ref().is_some_and(|l| l.network_before_start());
         let t_cgroup = t0.elapsed();
-        let pid = self.spawn_helper(&init, helper_arg).await?;
+        let pid = match self
+            .start_helper(spec, paths, &init, helper_arg, wire_first)
+            .await
+        {
+            Err(RuntimeError::Setup(e)) => return Err(with_log_tail(e, &paths.log).await),
+            r => r?,
+        };
         let t_helper = t0.elapsed();
         {
             // So stats and probe find PID 1 without scanning the cgroup.
@@ -553,18 +578,13 @@ impl Inner {
         // create returns).
         let network = async {
             match spec.network.mode {
-                NetworkMode::Isolated => Ok(()),
-                NetworkMode::Nat => self.attach_network(spec, paths, pid).await,
+                NetworkMode::Nat if !wire_first => self.attach_network(spec, paths, pid).await,
+                _ => Ok(()),
             }
         };
         let agent = async {
             match self.wait_agent(&paths.socket).await {
-                Err(RuntimeError::Setup(e)) => {
-                    Err(RuntimeError::Setup(match log_tail(&paths.log).await {
-                        Some(tail) => format!("{e}; its log ends: {tail}"),
-                        None => e,
-                    }))
-                }
+                Err(RuntimeError::Setup(e)) => Err(with_log_tail(e, &paths.log).await),
                 r => r,
             }
         };
@@ -633,8 +653,45 @@ impl Inner {
         }
     }
 
-    /// Exec the helper, hand it the spec, and read its one-line report.
-    async fn spawn_helper(&self, init: &InitSpec, helper_arg: &str) -> Result<i32, RuntimeError> {
+    /// Spawn the helper and see it through to its final report, wiring the network first
+    /// when it asks (see [`Launcher::network_before_start`]); PID 1's host pid.
+    async fn start_helper(
+        &self,
+        spec: &SandboxSpec,
+        paths: &SandboxPaths,
+        init: &InitSpec,
+        helper_arg: &str,
+        wire_first: bool,
+    ) -> Result<i32, RuntimeError> {
+        let mut helper = self.spawn_helper(init, helper_arg, wire_first).await?;
+        let mut report = helper.report().await?;
+        if let HelperReport::Netns { netns_pid } = report {
+            if !wire_first {
+                return Err(RuntimeError::Setup(
+                    "sandbox init asked for a network nobody asked for".into(),
+                ));
+            }
+            self.attach_network(spec, paths, netns_pid).await?;
+            helper.write(spec::GO.as_bytes()).await?;
+            helper.close_stdin().await;
+            report = helper.report().await?;
+        } else if wire_first {
+            return Err(RuntimeError::Setup(
+                "sandbox init did not ask for its network".into(),
+            ));
+        }
+        helper.ready(report).await
+    }
+
+    /// Exec the helper and hand it the spec; its reports are read from the returned
+    /// handle. `keep_stdin`: the helper will ask for its network first
+    /// ([`HelperReport::Netns`]), so its stdin stays open for the answer.
+    async fn spawn_helper(
+        &self,
+        init: &InitSpec,
+        helper_arg: &str,
+        keep_stdin: bool,
+    ) -> Result<Helper, RuntimeError> {
         let json = serde_json::to_vec(init)
             .map_err(|e| RuntimeError::Setup(format!("encoding init spec: {e}")))?;
         // The helper's stderr, which the sandbox's PID 1 keeps as its stdout and stderr: a
@@ -663,7 +720,7 @@ impl Inner {
         // Only the helper (and what it forks) may hold the write end.
         drop(cmd);
         drain_agent_log(log_rd, init.paths().log, init.id.clone());
-        let mut stdin = child
+        let stdin = child
             .stdin
             .take()
             .ok_or_else(|| RuntimeError::Setup("helper stdin missing".into()))?;
@@ -684,39 +741,16 @@ impl Inner {
             })
             .await?;
         }
-        let talk = async {
-            stdin.write_all(&json).await?;
-            stdin.shutdown().await?;
-            drop(stdin);
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).await?;
-            io::Result::Ok(line)
+        let mut helper = Helper {
+            child,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout),
         };
-        let line = match tokio::time::timeout(HELPER_TIMEOUT, talk).await {
-            Ok(Ok(line)) => line,
-            Ok(Err(e)) => return Err(RuntimeError::Setup(format!("talking to the helper: {e}"))),
-            Err(_) => {
-                return Err(RuntimeError::Setup(format!(
-                    "sandbox init did not report within {HELPER_TIMEOUT:?}"
-                )))
-            }
-        };
-        // The helper exits right after its report.
-        let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-        let report = HelperReport::parse(&line);
-        match (report, status) {
-            (Ok(HelperReport::Ready { pid }), Ok(Ok(st))) if st.success() => Ok(pid),
-            (Ok(HelperReport::Failed { error }), _) => Err(RuntimeError::Setup(error)),
-            (_, st) => Err(RuntimeError::Setup(format!(
-                "sandbox init failed (report {:?}, helper {})",
-                line.trim(),
-                match st {
-                    Ok(Ok(st)) => st.to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "did not exit".into(),
-                }
-            ))),
+        helper.write(&json).await?;
+        if !keep_stdin {
+            helper.close_stdin().await;
         }
+        Ok(helper)
     }
 
     /// Ping the agent until it answers (the socket is listening before the helper reports,
@@ -724,6 +758,9 @@ impl Inner {
     async fn wait_agent(&self, socket: &Path) -> Result<(), RuntimeError> {
         let start = Instant::now();
         let mut last_err;
+        // A native agent answers the first ping; gVisor's comes up some 20 to 40 ms after
+        // its helper reports: poll often at first, then every 20 ms.
+        let mut pause = Duration::from_millis(1);
         loop {
             let attempt = async {
                 let stream = connect(socket).await.map_err(ProtoError::Io)?;
@@ -747,7 +784,8 @@ impl Inner {
                     "agent did not answer within {PING_TIMEOUT:?}: {last_err}"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 
@@ -952,6 +990,83 @@ fn drain_agent_log(rd: std::os::fd::OwnedFd, log: PathBuf, id: String) {
 }
 
 /// Connect to an agent socket; paths longer than `sun_path` go through `/proc/self/fd`.
+/// A running helper: its stdin (the daemon's messages) and its report lines.
+struct Helper {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: BufReader<tokio::process::ChildStdout>,
+}
+
+impl Helper {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| RuntimeError::Setup("helper stdin closed".into()))?;
+        stdin
+            .write_all(bytes)
+            .await
+            .map_err(|e| RuntimeError::Setup(format!("talking to the helper: {e}")))
+    }
+
+    /// EOF on the helper's stdin: all it gets (or, before [`spec::GO`], "give up").
+    async fn close_stdin(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.shutdown().await;
+        }
+    }
+
+    /// The helper's next report line.
+    async fn report(&mut self) -> Result<HelperReport, RuntimeError> {
+        let mut line = String::new();
+        let read = tokio::time::timeout(HELPER_TIMEOUT, self.stdout.read_line(&mut line)).await;
+        match read {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(RuntimeError::Setup(format!("talking to the helper: {e}"))),
+            Err(_) => {
+                return Err(RuntimeError::Setup(format!(
+                    "sandbox init did not report within {HELPER_TIMEOUT:?}"
+                )))
+            }
+        }
+        match HelperReport::parse(&line) {
+            Ok(HelperReport::Failed { error }) => Err(RuntimeError::Setup(error)),
+            Ok(r) => Ok(r),
+            Err(_) => Err(RuntimeError::Setup(format!(
+                "sandbox init failed (report {:?}, helper {})",
+                line.trim(),
+                self.exit_status().await
+            ))),
+        }
+    }
+
+    /// How the helper ended (it exits right after its final report).
+    async fn exit_status(&mut self) -> String {
+        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(Ok(st)) => st.to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "did not exit".into(),
+        }
+    }
+
+    /// The sandbox's PID 1 from the final report, once the helper has exited cleanly.
+    async fn ready(mut self, report: HelperReport) -> Result<i32, RuntimeError> {
+        self.close_stdin().await;
+        let HelperReport::Ready { pid } = report else {
+            return Err(RuntimeError::Setup(format!(
+                "sandbox init reported {report:?} where it should be ready"
+            )));
+        };
+        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(Ok(st)) if st.success() => Ok(pid),
+            _ => Err(RuntimeError::Setup(format!(
+                "sandbox init reported pid {pid} but then {}",
+                self.exit_status().await
+            ))),
+        }
+    }
+}
+
 async fn connect(socket: &Path) -> io::Result<UnixStream> {
     if socket.as_os_str().len() <= SUN_PATH_MAX {
         return UnixStream::connect(socket).await;
@@ -1155,6 +1270,25 @@ impl Runtime for NativeRuntime {
 
     async fn probe(&self, id: &SandboxId) -> Result<warren_runtime::Probe, RuntimeError> {
         self.probe_impl(id).await
+    }
+
+    async fn has_processes(&self, id: &SandboxId) -> bool {
+        let (layout, cg) = (self.inner.layout, self.inner.cgroup_path(id));
+        // Unknown (an error) counts as yes: only a sure "none" leads to a probe.
+        blocking(move || Ok(cgroup::pids(layout, &cg).map_or(true, |p| !p.is_empty())))
+            .await
+            .unwrap_or(true)
+    }
+
+    async fn ended_why(&self, id: &SandboxId) -> Option<String> {
+        let (layout, cg) = (self.inner.layout, self.inner.cgroup_path(id));
+        let kills = blocking(move || Ok(cgroup::oom_kills(layout, &cg).ok().flatten()))
+            .await
+            .ok()
+            .flatten()?;
+        (kills > 0).then(|| {
+            format!("the kernel's OOM killer killed {kills} of its processes at its memory limit")
+        })
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {

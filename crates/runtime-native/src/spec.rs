@@ -152,7 +152,16 @@ pub enum HelperReport {
     Failed {
         error: String,
     },
+    /// Not yet up: the helper made the network namespace its sandbox will use (that of
+    /// host pid `netns_pid`) and waits for the daemon to wire it and write [`GO`] on its
+    /// stdin (EOF instead: give up). Then the final report follows.
+    Netns {
+        netns_pid: i32,
+    },
 }
+
+/// The daemon's answer to [`HelperReport::Netns`] once the namespace is wired.
+pub const GO: &str = "go\n";
 
 impl HelperReport {
     pub fn to_line(&self) -> String {
@@ -324,6 +333,9 @@ mod tests {
         assert_eq!(err.to_line(), "{\"error\":\"boom\"}\n");
         assert_eq!(HelperReport::parse(&err.to_line()).unwrap(), err);
         assert!(HelperReport::parse("garbage").is_err());
+        let netns = HelperReport::Netns { netns_pid: 7 };
+        assert_eq!(netns.to_line(), "{\"netns_pid\":7}\n");
+        assert_eq!(HelperReport::parse(&netns.to_line()).unwrap(), netns);
     }
 
     #[test]

@@ -489,6 +489,22 @@ pub trait Runtime: Send + Sync + 'static {
         Err(RuntimeError::Unsupported("stats"))
     }
 
+    /// Whether a running sandbox still has processes, cheaply (no agent call; `true` when
+    /// unknown). The engine asks about every running sandbox every few seconds and probes
+    /// those that have none: a sandbox whose processes all ended on their own (its kernel
+    /// OOM-killed its PID 1 or, on gVisor, the sentry) is marked failed, not left "running".
+    async fn has_processes(&self, id: &SandboxId) -> bool {
+        let _ = id;
+        true
+    }
+
+    /// Why a sandbox's processes ended without a stop or delete, when the runtime can tell
+    /// (e.g. the kernel's OOM killer at its memory limit).
+    async fn ended_why(&self, id: &SandboxId) -> Option<String> {
+        let _ = id;
+        None
+    }
+
     /// What is left of a sandbox on this host (after a daemon restart).
     async fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError> {
         let _ = id;
