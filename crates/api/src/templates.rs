@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Image, NetworkRequest};
+use crate::{Image, NetworkRequest, Runtime};
 
 /// The multipart form of `POST /v1/templates` (documentation: each field is a form part).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -38,6 +38,11 @@ pub struct BuildTemplateForm {
     /// JSON of the RUN steps' network (mode and egress policy), as in a create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// What runs the RUN steps: `native` or `gvisor` (default: the server's default
+    /// runtime). The template's files are the same either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Runtime>)]
+    pub runtime: Option<String>,
     /// `true`: ignore the build cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_cache: Option<String>,
@@ -53,6 +58,7 @@ pub struct BuildTemplateRequest {
     pub ready_cmd: Option<String>,
     pub ready_timeout_secs: Option<u64>,
     pub network: Option<NetworkRequest>,
+    pub runtime: Option<Runtime>,
     pub no_cache: bool,
 }
 

@@ -34,6 +34,9 @@ pub struct BuildArgs {
     pub no_cache: bool,
     #[command(flatten)]
     pub net: crate::NetOpts,
+    /// What runs the RUN steps: native or gvisor [default: the server's].
+    #[arg(long, value_enum)]
+    pub runtime: Option<crate::serve_args::RuntimeArg>,
     /// Print only the template's name (no build log).
     #[arg(short, long)]
     pub quiet: bool,
@@ -102,6 +105,7 @@ pub async fn build(client: &Client, args: BuildArgs) -> anyhow::Result<u8> {
         ready_cmd: args.ready_cmd.clone(),
         ready_timeout_secs: args.ready_timeout,
         network: args.net.request(),
+        runtime: args.runtime.map(Into::into),
         no_cache: args.no_cache,
     };
     let mut events = client.build_template_events(build).await?;

@@ -26,6 +26,8 @@ pub struct TemplateBuild {
     pub ready_timeout_secs: Option<u64>,
     /// The RUN steps' network, as in a create.
     pub network: Option<warren_api::NetworkRequest>,
+    /// What runs the RUN steps (default: the server's default runtime).
+    pub runtime: Option<warren_api::Runtime>,
     pub no_cache: bool,
 }
 
@@ -107,6 +109,9 @@ impl TemplateBuild {
         if let Some(n) = self.network {
             let n = serde_json::to_string(&n).map_err(|e| Error::Decode(e.to_string()))?;
             form = form.text("network", n);
+        }
+        if let Some(r) = self.runtime {
+            form = form.text("runtime", r.as_str());
         }
         if self.no_cache {
             form = form.text("no_cache", "true");

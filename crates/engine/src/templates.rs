@@ -244,6 +244,7 @@ impl Build<'_> {
                 metadata: [("warren.build".to_string(), self.req.name.clone())].into(),
                 timeout_secs: Some(e.inner.config.max_timeout_secs),
                 network: self.req.network.clone(),
+                runtime: self.req.runtime,
                 ..Default::default()
             })
             .await?;

@@ -148,11 +148,17 @@ pub(crate) async fn build_template(
                 })?)
             }
             "network" => req.network = Some(serde_json::from_str(&text).map_err(json_err)?),
+            "runtime" => {
+                req.runtime = Some(
+                    serde_json::from_value(serde_json::Value::String(text.trim().to_string()))
+                        .map_err(json_err)?,
+                )
+            }
             "no_cache" => req.no_cache = matches!(text.trim(), "true" | "1"),
             other => {
                 return Err(ApiError::invalid_request(format!(
                     "unknown form field {other:?} (name, dockerfile, context, build_args, \
-                     start_cmd, ready_cmd, ready_timeout_secs, network, no_cache)"
+                     start_cmd, ready_cmd, ready_timeout_secs, network, runtime, no_cache)"
                 )))
             }
         }
