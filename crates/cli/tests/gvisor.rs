@@ -38,21 +38,22 @@ fn capabilities_list_both_runtimes_and_a_sandbox_says_which_it_uses() {
             !g.memory_snapshots,
             "this runsc's restore does not resume processes"
         );
-        assert_eq!(g.network_modes, ["isolated"]);
         let n = caps
             .runtimes
             .iter()
             .find(|r| r.name == Runtime::Native)
             .unwrap();
         assert_eq!(n.kernel, "host");
+        // gVisor's netstack on the native runtime's veth, policy and DNS proxy.
+        assert_eq!(g.network_modes, n.network_modes);
+        assert!(g.network_modes.iter().any(|m| m == "nat") && g.egress_policy);
 
         let native = create(c).await;
         assert_eq!(native.runtime, Runtime::Native);
-        // The server's default network is nat, which gVisor does not offer here: a create
-        // that names no network gets an isolated one.
+        // The server's default network, nat, on gVisor too.
         let sb = c.create_sandbox(&gvisor()).await.unwrap();
         assert_eq!(sb.runtime, Runtime::Gvisor);
-        assert_eq!(sb.network.mode, warren_api::NetworkMode::Isolated);
+        assert_eq!(sb.network.mode, warren_api::NetworkMode::Nat);
         assert_eq!(
             c.get_sandbox(&sb.id).await.unwrap().runtime,
             Runtime::Gvisor
@@ -62,21 +63,6 @@ fn capabilities_list_both_runtimes_and_a_sandbox_says_which_it_uses() {
         assert_eq!(inside.stdout.trim(), "4.4.0", "{inside:?}");
         let host = run_sh(c, &native.id, "uname -r").await;
         assert_ne!(host.stdout.trim(), "4.4.0");
-        // A network mode gVisor does not offer here: typed, nothing made.
-        let no_meta: &[(&str, &str)] = &[];
-        let before = c.list_sandboxes(no_meta).await.unwrap().len();
-        let err = c
-            .create_sandbox(&CreateSandboxRequest {
-                network: Some(warren_api::NetworkRequest {
-                    mode: Some(warren_api::NetworkMode::Nat),
-                    egress: None,
-                }),
-                ..gvisor()
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Some("network_unavailable"), "{err}");
-        assert_eq!(c.list_sandboxes(no_meta).await.unwrap().len(), before);
     });
 }
 

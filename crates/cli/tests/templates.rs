@@ -121,6 +121,8 @@ fn build_req(name: &str, dockerfile: &str, base: &str) -> TemplateBuild {
         name: name.into(),
         dockerfile: dockerfile.into(),
         build_args: [("BASE".to_string(), base.to_string())].into(),
+        // Named, so the form field is exercised (the daemon's default is the same).
+        runtime: Some(common::runtime()),
         ..Default::default()
     }
 }
@@ -225,16 +227,28 @@ fn templates_build_run_and_rebuild_from_the_cache() {
             })
             .await
             .unwrap();
-        assert_eq!(
-            out(
-                c,
-                &with_volume.id,
-                "stat -c %u /data; test $(stat -c %d /data) != $(stat -c %d /) && echo mounted"
-            )
-            .await,
-            "0\nmounted\n"
-        );
+        let mut as_root = common::sh("stat -c %u /data; echo kept > /data/probe");
+        as_root.user = Some(warren_api::ExecUser::Root);
+        let r = c.exec(&with_volume.id, &as_root).await.unwrap();
+        assert_eq!((r.exit_code, r.stdout.as_str()), (0, "0\n"), "{r:?}");
         c.delete_sandbox(&with_volume.id).await.unwrap();
+        // What it wrote is in the volume (gVisor shows no separate mount inside: the check
+        // is the file, read through another sandbox).
+        let reader = c
+            .create_sandbox(&CreateSandboxRequest {
+                volumes: vec![warren_api::VolumeMount {
+                    name: Some("tpl-data".into()),
+                    host_path: None,
+                    path: "/v".into(),
+                    read_only: true,
+                    sub_path: None,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(out(c, &reader.id, "cat /v/probe").await, "kept\n");
+        c.delete_sandbox(&reader.id).await.unwrap();
         c.delete_volume("tpl-data").await.unwrap();
     });
 

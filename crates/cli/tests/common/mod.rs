@@ -24,6 +24,21 @@ pub struct Daemon {
     plain: Option<Vec<String>>,
 }
 
+/// The runtime this test crate's sandboxes use: gVisor for the `gvisor_*` crates (each
+/// compiles a behaviour suite once more, see tests/gvisor_exec.rs), else native.
+pub fn runtime() -> warren_api::Runtime {
+    if env!("CARGO_CRATE_NAME").starts_with("gvisor_") {
+        warren_api::Runtime::Gvisor
+    } else {
+        warren_api::Runtime::Native
+    }
+}
+
+/// Whether this crate's sandboxes run on gVisor (see [`runtime`]).
+pub fn on_gvisor() -> bool {
+    runtime() == warren_api::Runtime::Gvisor
+}
+
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Daemon {
@@ -105,6 +120,11 @@ impl Daemon {
         // namespaces.
         if !extra.contains(&"--pull") {
             net.extend(["--pull".into(), "never".into()]);
+        }
+        // A suite compiled as `gvisor_*` runs every sandbox it does not place itself on
+        // gVisor.
+        if on_gvisor() && !extra.contains(&"--runtime") {
+            net.extend(["--runtime".into(), "gvisor".into()]);
         }
         let mut child = cmd
             .arg("serve")
