@@ -1,5 +1,6 @@
 //! cold: create → first exec output → delete, one after another, with the bubblewrap and
-//! runsc baselines of the same work; exec: round trip of `true` on a running sandbox.
+//! bare `runsc run` baselines of the same work; exec: round trip of `true` on a running
+//! sandbox, with `runsc exec` as gVisor's baseline.
 
 use std::time::Instant;
 
@@ -8,6 +9,10 @@ use warren_api::CreateSandboxRequest;
 
 use super::stats::stat;
 use super::{baseline, exec_req, first_output, Ctx, Out};
+
+/// Iterations of bare runsc's sandbox lifecycle at most (each `delete --force` takes about
+/// 2 s here).
+const SANDBOX_BASELINE_RUNS: usize = 20;
 
 pub const LIFECYCLE: &str = "cold: create → first output → delete";
 /// The same with `network.mode = isolated` (interleaved with the default's runs, so both
@@ -18,7 +23,7 @@ pub const LIFECYCLE_IMAGE: &str = "cold, --image: create → first output → de
 
 pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
     let runs = ctx.args.runs;
-    eprintln!("bench: cold lifecycle x{runs}");
+    eprintln!("bench: cold lifecycle x{runs}{}", ctx.label(""));
     let mut total = Vec::with_capacity(runs);
     let mut create = Vec::with_capacity(runs);
     let mut first = Vec::with_capacity(runs);
@@ -30,15 +35,20 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
             mode: Some(warren_api::NetworkMode::Isolated),
             egress: None,
         }),
-        ..Default::default()
+        ..ctx.create_req()
     };
-    let default_req = CreateSandboxRequest::default();
+    let default_req = ctx.create_req();
     let image_req = ctx.args.image.as_ref().map(|image| CreateSandboxRequest {
         image: Some(image.clone()),
-        ..Default::default()
+        ..ctx.create_req()
     });
     let mut from_image = Vec::new();
-    let mut reqs = vec![&default_req, &iso_req];
+    // A runtime without `nat` creates isolated sandboxes by default: nothing to compare.
+    let mut reqs = if ctx.has_nat() {
+        vec![&default_req, &iso_req]
+    } else {
+        vec![&default_req]
+    };
     if let Some(r) = &image_req {
         reqs.push(r);
     }
@@ -77,48 +87,76 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
         stat("  create (201)", create),
         stat("  exec → first output", first),
         stat("  delete (204)", delete),
-        stat(LIFECYCLE_ISOLATED, isolated),
     ]);
+    if !isolated.is_empty() {
+        out.results.push(stat(LIFECYCLE_ISOLATED, isolated));
+    }
+    // Rows are labelled with the runtime after the scenario (see `run_scenario`).
+    let ours = out.stat(LIFECYCLE).and_then(|s| s.p50_ms);
+    let create_p50 = out.stat("  create (201)").and_then(|s| s.p50_ms);
+    let figures = out.figures(ctx.runtime_name());
+    figures.lifecycle_p50_ms = ours;
+    figures.create_p50_ms = create_p50;
     if let Some(image) = &ctx.args.image {
         out.results.push(stat(LIFECYCLE_IMAGE, from_image));
-        if let (Some(a), Some(b)) = (
-            out.stat(LIFECYCLE_IMAGE).and_then(|s| s.p50_ms),
-            out.stat(LIFECYCLE).and_then(|s| s.p50_ms),
-        ) {
+        if let (Some(a), Some(b)) = (out.stat(LIFECYCLE_IMAGE).and_then(|s| s.p50_ms), ours) {
             out.note(format!(
-                "cold: image {image} costs {:+.2} ms p50 over the default image",
-                a - b
+                "cold: image {image} costs {:+.2} ms p50 over the default image{}",
+                a - b,
+                ctx.label("")
             ));
         }
     }
-    if let (Some(a), Some(b)) = (
-        out.stat(LIFECYCLE).and_then(|s| s.p50_ms),
-        out.stat(LIFECYCLE_ISOLATED).and_then(|s| s.p50_ms),
-    ) {
+    if let (Some(a), Some(b)) = (ours, out.stat(LIFECYCLE_ISOLATED).and_then(|s| s.p50_ms)) {
         out.note(format!(
-            "cold: the default network mode costs {:+.2} ms p50 over isolated",
-            a - b
+            "cold: the default network mode costs {:+.2} ms p50 over isolated{}",
+            a - b,
+            ctx.label("")
         ));
     }
 
-    if ctx.args.baseline_runs == 0 {
+    if ctx.args.baseline_runs == 0 || !ctx.last_pass {
         return Ok(());
     }
-    let ours = out.stat(LIFECYCLE).and_then(|s| s.p50_ms);
+    // bubblewrap against the native runtime (the default's figures when unlabelled).
+    let native = out
+        .by_runtime
+        .get("native")
+        .and_then(|f| f.lifecycle_p50_ms)
+        .or(if ctx.labelled { None } else { ours });
     match baseline::bwrap(ctx.args.baseline_runs).await {
         Ok(b) => {
-            out.lifecycle_vs_bwrap = ours.zip(b.p50_ms).map(|(a, b)| a / b);
+            out.lifecycle_vs_bwrap = native.zip(b.p50_ms).map(|(a, b)| a / b);
             out.results.push(b);
         }
         Err(e) => out.note(format!("bwrap baseline skipped: {e:#}")),
     }
-    match baseline::runsc(ctx.args.baseline_runs).await {
-        Ok(Some(b)) => {
-            out.lifecycle_vs_runsc = ours.zip(b.p50_ms).map(|(a, b)| a / b);
+    let runsc = match baseline::Runsc::find() {
+        Ok(r) => r,
+        Err(why) => {
+            out.note(format!("runsc baseline skipped: {why}"));
+            return Ok(());
+        }
+    };
+    match runsc.lifecycle(ctx.args.baseline_runs).await {
+        Ok(b) => {
+            out.gvisor_vs_runsc.lifecycle = out.vs_runsc(|f| f.lifecycle_p50_ms, b.p50_ms);
             out.results.push(b);
         }
-        Ok(None) => out.note("runsc: not installed"),
-        Err(e) => out.note(format!("runsc baseline skipped: {e:#}")),
+        Err(e) => out.note(format!("runsc run baseline skipped: {e:#}")),
+    }
+    // `delete --force` takes seconds: fewer runs.
+    match runsc
+        .sandbox_lifecycle(ctx.args.baseline_runs.min(SANDBOX_BASELINE_RUNS))
+        .await
+    {
+        Ok(rows) => {
+            let (total, create) = (rows[0].p50_ms, rows[1].p50_ms);
+            out.gvisor_vs_runsc.sandbox_lifecycle = out.vs_runsc(|f| f.lifecycle_p50_ms, total);
+            out.gvisor_vs_runsc.create = out.vs_runsc(|f| f.create_p50_ms, create);
+            out.results.extend(rows);
+        }
+        Err(e) => out.note(format!("runsc sandbox baseline skipped: {e:#}")),
     }
     Ok(())
 }
@@ -140,12 +178,13 @@ pub(crate) async fn lifecycle(
     Ok(([t0, t1, t2, t3], sb.pool.is_some()))
 }
 
-/// Non-streaming exec of `true` on one running sandbox, after 20 warm-up calls.
+/// Non-streaming exec of `true` on one running sandbox, after 20 warm-up calls; on the
+/// last pass, `runsc exec` of the same on a bare runsc container.
 pub async fn exec_round_trip(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
     let (client, runs) = (ctx.client, ctx.args.exec_runs);
-    eprintln!("bench: exec round trip x{runs}");
+    eprintln!("bench: exec round trip x{runs}{}", ctx.label(""));
     let sb = client
-        .create_sandbox(&CreateSandboxRequest::default())
+        .create_sandbox(&ctx.create_req())
         .await
         .context("create")?;
     ctx.tracker.sandbox(&sb.id);
@@ -163,6 +202,21 @@ pub async fn exec_round_trip(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
     }
     client.delete_sandbox(&sb.id).await.context("delete")?;
     ctx.tracker.sandbox_gone(&sb.id);
-    out.results.push(stat("exec round trip (`true`)", execs));
+    let row = stat("exec round trip (`true`)", execs);
+    out.figures(ctx.runtime_name()).exec_p50_ms = row.p50_ms;
+    out.results.push(row);
+    if ctx.args.baseline_runs == 0 || !ctx.last_pass {
+        return Ok(());
+    }
+    match baseline::Runsc::find() {
+        Ok(runsc) => match runsc.exec_round_trip(ctx.args.baseline_runs).await {
+            Ok(b) => {
+                out.gvisor_vs_runsc.exec = out.vs_runsc(|f| f.exec_p50_ms, b.p50_ms);
+                out.results.push(b);
+            }
+            Err(e) => out.note(format!("runsc exec baseline skipped: {e:#}")),
+        },
+        Err(why) => out.note(format!("runsc exec baseline skipped: {why}")),
+    }
     Ok(())
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use warren_api::CreateSandboxRequest;
 use warren_client::Client;
 
 use super::stats::stat;
@@ -18,7 +17,7 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
     for _ in 0..n {
         let sb = ctx
             .client
-            .create_sandbox(&CreateSandboxRequest::default())
+            .create_sandbox(&ctx.create_req())
             .await
             .context("create")?;
         ctx.tracker.sandbox(&sb.id);

@@ -110,7 +110,7 @@ fn meminfo_growth(
         .collect()
 }
 
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
@@ -129,7 +129,7 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
             ..Default::default()
         }),
         metadata: [("bench".to_string(), "density".to_string())].into(),
-        ..Default::default()
+        ..ctx.create_req()
     };
     eprintln!(
         "bench: density: idle sandboxes of {} MiB until {target} or the first failure",
@@ -291,7 +291,7 @@ async fn measure_step(
     Ok((step, list, exec))
 }
 
-fn measure_memory(ctx: &Ctx<'_>, ids: &[String], before: Option<u64>) -> MemoryAtN {
+pub(crate) fn measure_memory(ctx: &Ctx<'_>, ids: &[String], before: Option<u64>) -> MemoryAtN {
     let n = ids.len();
     let at_n = memory::mem_available_kib();
     let mut mem = MemoryAtN {

@@ -3,7 +3,6 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use warren_api::CreateSandboxRequest;
 
 use super::stats::stat;
 use super::{Ctx, Out};
@@ -13,7 +12,7 @@ const PATH: &str = "/workspace/bench.bin";
 pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
     let client = ctx.client;
     let sb = client
-        .create_sandbox(&CreateSandboxRequest::default())
+        .create_sandbox(&ctx.create_req())
         .await
         .context("create")?;
     ctx.tracker.sandbox(&sb.id);

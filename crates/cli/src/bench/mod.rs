@@ -12,6 +12,7 @@ mod concurrent;
 mod density;
 mod e2b;
 mod files;
+mod idle;
 mod memory;
 mod opensandbox;
 mod snapshot;
@@ -26,10 +27,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use serde::Serialize;
-use warren_api::{Capabilities, ExecRequest};
+use warren_api::{Capabilities, CreateSandboxRequest, ExecRequest, Runtime};
 use warren_client::{Client, ExecStreamEvent};
 
-use crate::serve_args::parse_size;
+use crate::serve_args::{parse_size, RuntimeArg};
 use stats::Stat;
 
 /// A scenario of `--scenarios`.
@@ -60,22 +61,42 @@ pub enum Scenario {
     /// An E2B SDK's create → first command output → delete (`/v2/sandboxes` and envd),
     /// interleaved with Warren's own cold lifecycle; and envd's command round trip.
     E2b,
+    /// Idle sandboxes' host memory (their cgroups' charge and their processes' PSS);
+    /// a bare `runsc run` container's as the gVisor baseline.
+    Idle,
 }
 
-const DEFAULT_SCENARIOS: [Scenario; 5] = [
+impl Scenario {
+    /// Whether the scenario runs once per `--runtime` (the others use the server's
+    /// default runtime once: their clients cannot name one).
+    fn per_runtime(self) -> bool {
+        !matches!(
+            self,
+            Scenario::Build | Scenario::Opensandbox | Scenario::E2b
+        )
+    }
+}
+
+const DEFAULT_SCENARIOS: [Scenario; 6] = [
     Scenario::Cold,
     Scenario::Warm,
     Scenario::Exec,
     Scenario::Concurrent,
     Scenario::Files,
+    Scenario::Idle,
 ];
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Scenarios to run, comma-separated: cold, warm, exec, concurrent, files, snapshot,
-    /// density, build, opensandbox, e2b [default: cold,warm,exec,concurrent,files].
+    /// density, build, opensandbox, e2b, idle [default: cold,warm,exec,concurrent,files,idle].
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub scenarios: Vec<Scenario>,
+    /// Runtimes to measure, comma-separated (native, gvisor): every scenario but build,
+    /// opensandbox and e2b runs once per runtime, its rows labelled with it [default: the
+    /// server's default runtime, unlabelled].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub runtime: Vec<RuntimeArg>,
     /// Run every scenario, snapshot and density included.
     #[arg(long, conflicts_with = "scenarios")]
     pub all: bool,
@@ -95,7 +116,8 @@ pub struct BenchArgs {
     /// cold: lifecycle iterations (create → first exec output → delete).
     #[arg(long, default_value_t = 200)]
     pub runs: usize,
-    /// cold: iterations of each baseline (bwrap, runsc); 0 skips them.
+    /// Iterations of each baseline (cold: bwrap and `runsc run`; exec: `runsc exec`);
+    /// 0 skips them (and idle's bare runsc container).
     #[arg(long, default_value_t = 200)]
     pub baseline_runs: usize,
     /// warm: claims from the pool (each waits until the pool is full again).
@@ -131,6 +153,9 @@ pub struct BenchArgs {
     /// snapshot: number of files of the large workspace (in directories of 100).
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_files: u64,
+    /// idle: sandboxes kept idle at once (their memory is reported per sandbox).
+    #[arg(long, default_value_t = 5)]
+    pub idle_sandboxes: usize,
     /// density: stop after this many idle sandboxes (or at the first failure).
     #[arg(long, default_value_t = 1000)]
     pub density_target: usize,
@@ -162,12 +187,61 @@ impl BenchArgs {
     }
 }
 
+/// How baseline rows' names begin (they are never labelled with a runtime).
+pub(crate) const BASELINE: &str = "baseline: ";
+
 /// What every scenario gets.
 pub(crate) struct Ctx<'a> {
     pub client: &'a Client,
     pub args: &'a BenchArgs,
     pub caps: Option<Capabilities>,
     pub tracker: Tracker,
+    /// The runtime this pass measures (`None`: the server's default, unnamed).
+    pub runtime: Option<Runtime>,
+    /// Whether rows carry the runtime's name (`--runtime` was given).
+    pub labelled: bool,
+    /// Whether this is the last pass over the runtimes (the baselines run then, once).
+    pub last_pass: bool,
+}
+
+impl Ctx<'_> {
+    /// The runtime this pass measures, by name: the named one, else the server's default.
+    pub fn runtime_name(&self) -> String {
+        match (self.runtime, &self.caps) {
+            (Some(r), _) => r.as_str().to_string(),
+            (None, Some(c)) => c.runtime.clone(),
+            (None, None) => "default".to_string(),
+        }
+    }
+
+    /// A row's name, with the runtime when rows are labelled.
+    pub fn label(&self, name: &str) -> String {
+        if self.labelled {
+            format!("{name} [{}]", self.runtime_name())
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// A create request for this pass's runtime.
+    pub fn create_req(&self) -> CreateSandboxRequest {
+        CreateSandboxRequest {
+            runtime: self.runtime,
+            ..Default::default()
+        }
+    }
+
+    /// Whether this pass's runtime offers `nat` (so `isolated` is a different case).
+    pub fn has_nat(&self) -> bool {
+        let Some(caps) = &self.caps else {
+            return true;
+        };
+        let name = self.runtime_name();
+        caps.runtimes
+            .iter()
+            .find(|r| r.name.as_str() == name)
+            .is_none_or(|r| r.network_modes.iter().any(|m| m == "nat"))
+    }
 }
 
 /// What the scenarios produce.
@@ -175,11 +249,52 @@ pub(crate) struct Ctx<'a> {
 pub(crate) struct Out {
     pub results: Vec<Stat>,
     pub notes: Vec<String>,
-    /// Warren's cold lifecycle p50 divided by bubblewrap's (goal ≤ 2).
+    /// Warren's cold lifecycle p50 (native, or the default runtime) divided by
+    /// bubblewrap's (goal ≤ 2).
     pub lifecycle_vs_bwrap: Option<f64>,
-    /// Warren's cold lifecycle p50 divided by runsc's.
-    pub lifecycle_vs_runsc: Option<f64>,
+    /// Warren's gVisor figures divided by bare runsc's doing the same work (budget ≤ 1.3).
+    #[serde(skip_serializing_if = "VsRunsc::is_empty")]
+    pub gvisor_vs_runsc: VsRunsc,
     pub density: Option<density::DensityReport>,
+    /// Per runtime: cold lifecycle p50, exec round trip p50 (ms) and idle PSS per sandbox
+    /// (MiB), for the ratios to the baselines.
+    #[serde(skip)]
+    pub by_runtime: std::collections::BTreeMap<String, RuntimeFigures>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RuntimeFigures {
+    pub lifecycle_p50_ms: Option<f64>,
+    pub create_p50_ms: Option<f64>,
+    pub exec_p50_ms: Option<f64>,
+    pub idle_pss_mib: Option<f64>,
+}
+
+/// Warren's gVisor path over bare runsc (each `None` when either side is missing).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub(crate) struct VsRunsc {
+    /// Cold lifecycle (create → first output → delete) over `runsc run` of `echo` (one
+    /// command in a fresh container: the floor).
+    pub lifecycle: Option<f64>,
+    /// The same over bare runsc's sandbox lifecycle (`run --detach`, `exec echo`,
+    /// `delete --force`): the same work.
+    pub sandbox_lifecycle: Option<f64>,
+    /// Create (201, the agent answering) over `runsc run --detach`.
+    pub create: Option<f64>,
+    /// Exec round trip over `runsc exec … true`.
+    pub exec: Option<f64>,
+    /// Idle PSS per sandbox over a detached `runsc run` container's.
+    pub idle_pss: Option<f64>,
+}
+
+impl VsRunsc {
+    fn is_empty(&self) -> bool {
+        self.lifecycle.is_none()
+            && self.sandbox_lifecycle.is_none()
+            && self.create.is_none()
+            && self.exec.is_none()
+            && self.idle_pss.is_none()
+    }
 }
 
 impl Out {
@@ -191,6 +306,21 @@ impl Out {
 
     fn stat(&self, name: &str) -> Option<&Stat> {
         self.results.iter().find(|s| s.name == name)
+    }
+
+    /// The figures of runtime `name` (made on first use).
+    fn figures(&mut self, name: String) -> &mut RuntimeFigures {
+        self.by_runtime.entry(name).or_default()
+    }
+
+    /// gVisor's figure `f` over the bare runsc baseline's `base`.
+    fn vs_runsc(
+        &self,
+        f: impl Fn(&RuntimeFigures) -> Option<f64>,
+        base: Option<f64>,
+    ) -> Option<f64> {
+        let ours = self.by_runtime.get("gvisor").and_then(f)?;
+        base.filter(|b| *b > 0.0).map(|b| ours / b)
     }
 }
 
@@ -349,6 +479,9 @@ pub async fn run(client: &Client, args: BenchArgs) -> Result<()> {
         args: &args,
         caps,
         tracker: Tracker::default(),
+        runtime: None,
+        labelled: !args.runtime.is_empty(),
+        last_pass: true,
     };
     let mut out = Out::default();
     let mut failed = Vec::new();
@@ -397,7 +530,38 @@ async fn run_scenarios(
     out: &mut Out,
     failed: &mut Vec<String>,
 ) {
+    let runtimes: Vec<Option<Runtime>> = if ctx.args.runtime.is_empty() {
+        vec![None]
+    } else {
+        let mut seen = Vec::new();
+        for r in &ctx.args.runtime {
+            let r = Some(Runtime::from(*r));
+            if !seen.contains(&r) {
+                seen.push(r);
+            }
+        }
+        seen
+    };
     for &s in selected {
+        let passes: &[Option<Runtime>] = if s.per_runtime() { &runtimes } else { &[None] };
+        for (i, &runtime) in passes.iter().enumerate() {
+            let pass = Ctx {
+                client: ctx.client,
+                args: ctx.args,
+                caps: ctx.caps.clone(),
+                tracker: ctx.tracker.clone(),
+                runtime,
+                labelled: ctx.labelled && s.per_runtime(),
+                last_pass: i + 1 == passes.len(),
+            };
+            run_scenario(&pass, s, out, failed).await;
+        }
+    }
+}
+
+async fn run_scenario(ctx: &Ctx<'_>, s: Scenario, out: &mut Out, failed: &mut Vec<String>) {
+    let first_row = out.results.len();
+    {
         let t0 = Instant::now();
         let r = match s {
             Scenario::Cold => cold::run(ctx, out).await,
@@ -410,13 +574,25 @@ async fn run_scenarios(
             Scenario::Build => build::run(ctx, out).await,
             Scenario::Opensandbox => opensandbox::run(ctx, out).await,
             Scenario::E2b => e2b::run(ctx, out).await,
+            Scenario::Idle => idle::run(ctx, out).await,
         };
-        let name = format!("{s:?}").to_lowercase();
+        let mut name = format!("{s:?}").to_lowercase();
+        if ctx.labelled {
+            name = format!("{name} [{}]", ctx.runtime_name());
+        }
         if let Err(e) = r {
             out.note(format!("{name}: failed: {e:#}"));
             failed.push(name);
         } else {
             eprintln!("bench: {name} done in {:.1} s", t0.elapsed().as_secs_f64());
+        }
+        if ctx.labelled {
+            // The scenario's own rows say which runtime they measured; baselines none.
+            for row in &mut out.results[first_row..] {
+                if !row.name.starts_with(BASELINE) {
+                    row.name = ctx.label(&row.name);
+                }
+            }
         }
         // What a failed scenario left behind is removed before the next one starts.
         ctx.tracker.cleanup(ctx.client).await;
@@ -438,8 +614,18 @@ fn print_report(r: &Report) {
     if let Some(x) = r.out.lifecycle_vs_bwrap {
         println!("lifecycle p50 / bubblewrap p50 = {x:.2} (goal ≤ 2)");
     }
-    if let Some(x) = r.out.lifecycle_vs_runsc {
-        println!("lifecycle p50 / runsc p50 = {x:.2}");
+    let v = &r.out.gvisor_vs_runsc;
+    if !v.is_empty() {
+        let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}"));
+        println!(
+            "gVisor / bare runsc (p50; budget ≤ 1.3): lifecycle {} over `runsc run`, {} over \
+             run --detach + exec + delete; create {} over run --detach; exec {}; idle PSS {}",
+            f(v.lifecycle),
+            f(v.sandbox_lifecycle),
+            f(v.create),
+            f(v.exec),
+            f(v.idle_pss)
+        );
     }
     if let Some(d) = &r.out.density {
         print!("{}", density::format_steps(d));
@@ -489,7 +675,11 @@ mod tests {
         assert!(!default.contains(&Scenario::Density));
         assert!(!default.contains(&Scenario::Snapshot));
         let all = parse(&["--all"]).unwrap().selected();
-        assert_eq!(all.len(), 10);
+        assert_eq!(all.len(), 11);
+        let rt = parse(&["--runtime", "native,gvisor"]).unwrap();
+        assert_eq!(rt.runtime, vec![RuntimeArg::Native, RuntimeArg::Gvisor]);
+        assert!(parse(&["--runtime", "firecracker"]).is_err());
+        assert!(Scenario::Cold.per_runtime() && !Scenario::E2b.per_runtime());
         let some = parse(&["--scenarios", "density,cold", "--json"]).unwrap();
         assert!(some.json);
         assert_eq!(

@@ -79,7 +79,7 @@ where
 {
     let req = CreateSandboxRequest {
         timeout_secs: Some(3600),
-        ..Default::default()
+        ..ctx.create_req()
     };
     let sb = ctx.client.create_sandbox(&req).await.context("create")?;
     ctx.tracker.sandbox(&sb.id);

@@ -21,6 +21,7 @@ pub async fn run(ctx: &Ctx<'_>, out: &mut Out) -> Result<()> {
     let size = ctx.args.warm_pool_size.max(1);
     let spec = PoolSpec {
         size,
+        runtime: ctx.runtime,
         ..Default::default()
     };
     let t0 = Instant::now();
@@ -52,7 +53,7 @@ async fn claims(ctx: &Ctx<'_>, out: &mut Out, size: u32, defined: Instant) -> Re
     eprintln!("bench: warm claims x{runs}");
     let req = CreateSandboxRequest {
         pool: Some(POOL.to_string()),
-        ..Default::default()
+        ..ctx.create_req()
     };
     let (mut claim, mut total, mut first) = (Vec::new(), Vec::new(), Vec::new());
     let mut misses = 0;
