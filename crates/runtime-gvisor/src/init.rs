@@ -161,13 +161,13 @@ fn start(spec: &InitSpec) -> Result<i32, HelperError> {
         .map_err(|_| HelperError::Runsc(format!("its pid file holds {pid:?}")))
 }
 
-/// This runsc (2022) decides whether it runs in the host's network namespace by whether
-/// `/proc/sys/net/core/rmem_default` exists, which kernels since 2023 show in every
-/// namespace, so it refuses `--network=sandbox` everywhere ("cannot run with network
-/// enabled in root network namespace"). The namespace is ours, fresh; hide that one probe
-/// with an empty read-only tmpfs over `/proc/sys/net/core`, in this helper's own mount
-/// namespace only (runsc's processes inherit it; the sandbox's kernel is gVisor's and never
-/// reads the host's /proc).
+/// runsc (2022, and still 2024-07) decides whether it runs in the host's network
+/// namespace by whether `/proc/sys/net/core/rmem_default` exists, which kernels since 2023
+/// show in every namespace, so it refuses `--network=sandbox` everywhere ("cannot run with
+/// network enabled in root network namespace"). The namespace is ours, fresh; hide that one
+/// probe with an empty read-only tmpfs over `/proc/sys/net/core`, in this helper's own
+/// mount namespace only (runsc's processes inherit it; the sandbox's kernel is gVisor's and
+/// never reads the host's /proc).
 fn hide_root_netns_probe() -> Result<(), HelperError> {
     let core = Path::new("/proc/sys/net/core");
     mount(
