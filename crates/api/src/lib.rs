@@ -595,6 +595,15 @@ pub struct RuntimeCapabilities {
     pub volumes: bool,
     /// Extended-attribute file metadata (`POST .../files/metadata`, E2B's `X-Metadata-*`).
     pub file_metadata: bool,
+    /// Host directories can be mounted (`volumes[].host_path`, under the server's allowed
+    /// prefixes); without, such a create is 400.
+    #[serde(default)]
+    pub host_path_mounts: bool,
+    /// Reaching the memory limit ends the whole sandbox (its kernel holds all of its
+    /// memory; it is then `failed`, "out of memory …") rather than only the process the
+    /// kernel's OOM killer picks.
+    #[serde(default)]
+    pub memory_limit_ends_sandbox: bool,
     /// The server's limits apply to every runtime alike.
     pub max_sandboxes: Option<u32>,
     pub max_timeout_secs: u64,

@@ -47,6 +47,9 @@ fn capabilities_list_both_runtimes_and_a_sandbox_says_which_it_uses() {
         // gVisor's netstack on the native runtime's veth, policy and DNS proxy.
         assert_eq!(g.network_modes, n.network_modes);
         assert!(g.network_modes.iter().any(|m| m == "nat") && g.egress_policy);
+        // What differs is said: host directories refused, the memory limit ends it all.
+        assert!(!g.host_path_mounts && g.memory_limit_ends_sandbox);
+        assert!(n.host_path_mounts && !n.memory_limit_ends_sandbox);
 
         let native = create(c).await;
         assert_eq!(native.runtime, Runtime::Native);

@@ -717,11 +717,8 @@ impl Engine {
         validate::env("env", &req.env)?;
         let mut network = self.resolve_network(req.network.as_ref())?;
         let runtime = self.resolve_runtime(req.runtime, &mut network, req.network.is_some())?;
-        if runtime == warren_runtime::RuntimeKind::Gvisor
-            && req.volumes.iter().any(|v| v.host_path.is_some())
+        if !runtimes::host_path_mounts(runtime) && req.volumes.iter().any(|v| v.host_path.is_some())
         {
-            // gVisor's file server writes as the host's root (its sandboxes have no user
-            // namespace of their own): what the sandbox wrote would belong to root there.
             return Err(EngineError::InvalidRequest(
                 "host_path mounts are not available on gvisor sandboxes (their files would \
                  belong to the host's root); use a named volume, or the native runtime"

@@ -16,6 +16,13 @@ pub(crate) fn kind_of(r: Runtime) -> RuntimeKind {
     }
 }
 
+/// Whether sandboxes of `kind` may mount host directories: not on gVisor, whose file server
+/// writes as the host's root (its sandboxes have no user namespace of their own), so what
+/// the sandbox wrote there would belong to root.
+pub(crate) fn host_path_mounts(kind: RuntimeKind) -> bool {
+    kind != RuntimeKind::Gvisor
+}
+
 pub(crate) fn api_of(k: RuntimeKind) -> Runtime {
     match k {
         RuntimeKind::Native => Runtime::Native,
@@ -95,6 +102,8 @@ impl Engine {
                 disk_quota: k.disk_quota,
                 volumes: k.volumes,
                 file_metadata: k.file_metadata,
+                host_path_mounts: host_path_mounts(k.kind),
+                memory_limit_ends_sandbox: k.kind == RuntimeKind::Gvisor,
                 max_sandboxes: (c.max_sandboxes > 0)
                     .then(|| u32::try_from(c.max_sandboxes).unwrap_or(u32::MAX)),
                 max_timeout_secs: c.max_timeout_secs,
