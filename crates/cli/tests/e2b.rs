@@ -76,6 +76,8 @@ fn the_e2b_sdks_work_unchanged() {
         ("E2B_SANDBOX_URL", d.url.as_ref()),
         ("E2B_API_KEY", key.as_ref()),
         ("E2B_JS_SDK", js.as_os_str()),
+        // What the scripts expect differs where the runtime lacks a feature (gVisor: xattrs).
+        ("WARREN_RUNTIME", common::runtime().as_str().as_ref()),
     ];
     let text = run_script(&python, &script("sdk_control.py"), &[], &env);
     assert_passed(

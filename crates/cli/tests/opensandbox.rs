@@ -93,6 +93,8 @@ fn the_opensandbox_sdks_work_unchanged() {
                 ("OPEN_SANDBOX_API_KEY", key.as_ref()),
                 ("WARREN_OS_IMAGE", ALIAS.as_ref()),
                 ("WARREN_OS_HOST_DIR", host.as_os_str()),
+                // gVisor refuses host directory mounts: the script checks the refusal.
+                ("WARREN_RUNTIME", common::runtime().as_str().as_ref()),
             ],
         )
     };

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use warren_api::{ExecUser, FileInfo, FileKind, FileList};
+use warren_api::{ErrorCode, ExecUser, FileInfo, FileKind, FileList};
 use warren_runtime::{ByteStream, FileOp, FileOpResult, FileStat, RuntimeError, WriteOptions};
 
 use crate::error::file_code;
@@ -313,6 +313,36 @@ impl Engine {
         match self.op(id, op).await? {
             FileOpResult::Stat(stat) => Ok(file_info(stat)),
             _ => Err(unexpected("set metadata")),
+        }
+    }
+
+    /// `not_supported` (and nothing done) when sandbox `id`'s runtime has no file metadata
+    /// at all (gVisor: no extended attributes): callers that write a file and then its
+    /// metadata ask first, so a refusal leaves no file behind.
+    pub fn check_file_metadata(&self, id: &str) -> Result<(), EngineError> {
+        let kind = self
+            .map()
+            .get(id)
+            .map(|e| e.record.lifecycle.runtime)
+            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
+        let supported = self
+            .inner
+            .runtime
+            .info()
+            .kinds
+            .iter()
+            .find(|k| k.kind == kind)
+            .is_none_or(|k| k.file_metadata);
+        if supported {
+            Ok(())
+        } else {
+            Err(EngineError::File {
+                code: ErrorCode::NotSupported,
+                message: format!(
+                    "sandbox {id}'s runtime ({kind}) does not support extended attributes, \
+                     which hold file metadata"
+                ),
+            })
         }
     }
 

@@ -67,6 +67,9 @@ DOMAIN = os.environ.get("OPEN_SANDBOX_DOMAIN", "")
 API_KEY = os.environ.get("OPEN_SANDBOX_API_KEY", "")
 IMAGE = os.environ.get("WARREN_OS_IMAGE", "opensandbox/code-interpreter:latest")
 HOST_DIR = os.environ.get("WARREN_OS_HOST_DIR", "")
+# The runtime the daemon's sandboxes use (Warren's test sets it): gVisor refuses host
+# directory mounts (its file server writes as host root).
+GVISOR = os.environ.get("WARREN_RUNTIME", "native") == "gvisor"
 
 SUITE = "os-e2e"
 RUN = secrets.token_hex(4)  # tags every sandbox of this run
@@ -561,6 +564,15 @@ def test_volumes() -> None:
         Volume(name="hostdir", host=Host(path=HOST_DIR), mount_path="/mnt/host", read_only=True),
         Volume(name="hostrw", host=Host(path=HOST_DIR), mount_path="/mnt/rw"),
     ]
+    if GVISOR:
+        try:
+            with new_sandbox(volumes=volumes):
+                pass
+        except SandboxException as e:
+            check("gvisor" in str(e), f"the refusal says why: {e}")
+        else:
+            raise AssertionError("host volumes on gVisor: expected a refusal")
+        return
     with new_sandbox(volumes=volumes) as sb:
         eq(sb.files.read_file("/mnt/host/hello.txt"), "from the host\n", "read-only mount")
         eq(sh(sb, "cat /mnt/host/hello.txt"), "from the host", "cat on read-only mount")

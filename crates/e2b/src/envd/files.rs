@@ -290,6 +290,10 @@ where
     S: futures::Stream<Item = Result<bytes::Bytes, E>> + Send,
     E: std::fmt::Display,
 {
+    if !metadata.is_empty() {
+        // Refused before anything is written where the runtime has no file metadata.
+        s.engine.check_file_metadata(sid).map_err(engine_to_http)?;
+    }
     let f = s
         .engine
         .write_from(sid, path, None, user.0, body)
