@@ -282,7 +282,13 @@ impl Engine {
         };
         match self.op(id, op).await? {
             FileOpResult::List { entries, truncated } => Ok(FileList {
-                entries: entries.into_iter().map(file_info).collect(),
+                // Uploads in flight, or whose connection just ended and whose temporary
+                // file the agent is still unlinking, are not files of the sandbox's.
+                entries: entries
+                    .into_iter()
+                    .filter(|e| !is_write_temp(&e.path))
+                    .map(file_info)
+                    .collect(),
                 truncated,
             }),
             _ => Err(unexpected("list")),
