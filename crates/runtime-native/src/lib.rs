@@ -1003,10 +1003,15 @@ impl Helper {
             .stdin
             .as_mut()
             .ok_or_else(|| RuntimeError::Setup("helper stdin closed".into()))?;
-        stdin
-            .write_all(bytes)
-            .await
-            .map_err(|e| RuntimeError::Setup(format!("talking to the helper: {e}")))
+        // A helper that never reads (stuck before it takes its spec) must not hold the
+        // create: the same deadline as for its reports.
+        match tokio::time::timeout(HELPER_TIMEOUT, stdin.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RuntimeError::Setup(format!("talking to the helper: {e}"))),
+            Err(_) => Err(RuntimeError::Setup(format!(
+                "sandbox init did not read its input within {HELPER_TIMEOUT:?}"
+            ))),
+        }
     }
 
     /// EOF on the helper's stdin: all it gets (or, before [`spec::GO`], "give up").
