@@ -335,9 +335,7 @@ impl Engine {
             .inner
             .runtime
             .info()
-            .kinds
-            .iter()
-            .find(|k| k.kind == kind)
+            .kind(kind)
             .is_none_or(|k| k.file_metadata);
         if supported {
             Ok(())
